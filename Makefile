@@ -1,0 +1,37 @@
+# `make` bootstraps .venv from this project's own files; `make test` is what CI runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: all test lint demo bench emulator clean
+
+all: $(STAMP)
+
+# Reinstall only when the project's declared dependencies change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check runner tests bench
+	$(BIN)/ruff check runner tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+# The main job on the embedded emulator: no token, no network.
+demo: $(STAMP)
+	$(BIN)/python -m runner.demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+emulator: $(STAMP)
+	$(BIN)/zbatch emulator --host 127.0.0.1 --port 8765
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info out/demo

@@ -1,0 +1,116 @@
+"""The one exception hierarchy of zbatch, and the exit code each error ends a run with.
+
+```
+* ZbatchError                     exit 1   anything we raise on purpose
+  + ManifestError                 exit 2   file:line, field, value, what is allowed
+  + ApiError                      exit 1   the orchestration API said no, or did not answer
+    - RetryableError                       connect/read errors, 408, 429, 5xx (retry_after_s)
+    - RejectedError                        400: the input is wrong; nothing spent, never retried
+    - NotFoundError                        404: unknown or deleted workflow / blob
+    - AuthError                   exit 3   401/403: the run stops, nothing is lost
+    - FundsError                  exit 3   402 or a 400 for insufficient Buzz: the run stops
+  + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
+  + StoreError                    exit 1   illegal state transition, database lock held
+```
+
+A message says what is wrong, where, and what is allowed. No message, str() or repr() of any
+of these ever holds the API token: `api.py` builds them from the method, a redacted URL, the
+status and the service's own problem text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+
+class ZbatchError(Exception):
+    """Base of every error zbatch raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class ManifestError(ZbatchError):
+    """The manifest (or a file it names) is wrong; nothing was written or spent."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class ApiError(ZbatchError):
+    """The orchestration API refused a request or could not be reached.
+
+    `status` is the HTTP status (None for a transport failure), `method` and `url` name the
+    request (the URL with signatures and tokens redacted), `detail` is the service's text.
+    """
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str = "",
+        url: str = "",
+        detail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.method = method
+        self.url = url
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, status={self.status!r})"
+
+
+class RetryableError(ApiError):
+    """A transient failure: connection or read error, 408, 429, 5xx. Safe to retry.
+
+    `retry_after_s` is the service's Retry-After in seconds when it sent one.
+    """
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after_s = retry_after_s
+
+
+class RejectedError(ApiError):
+    """400: the service refused the input. Nothing was spent; the same input never succeeds.
+
+    `errors` maps the service's field paths (e.g. `steps[0].input.width`) to its messages.
+    """
+
+    def __init__(
+        self, message: str, *, errors: Mapping[str, list[str]] | None = None, **kw: object
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.errors: dict[str, list[str]] = dict(errors or {})
+
+
+class NotFoundError(ApiError):
+    """404: the workflow or blob is unknown to this token, deleted, or past retention."""
+
+
+class AuthError(ApiError):
+    """401/403: the token is missing, invalid, or not allowed to do this. The run stops."""
+
+    exit_code: ClassVar[int] = 3
+
+
+class FundsError(ApiError):
+    """The account cannot pay for the work (402, or a 400 naming insufficient Buzz)."""
+
+    exit_code: ClassVar[int] = 3
+
+
+class CapReached(ZbatchError):
+    """Submitting more would spend beyond the batch's Buzz cap. The batch stays resumable."""
+
+    exit_code: ClassVar[int] = 4
+
+
+class StoreError(ZbatchError):
+    """The database refused a transition (wrong state) or is locked by another runner."""
