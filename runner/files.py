@@ -1,13 +1,18 @@
-"""Atomic file writes: temp file, fsync, rename, directory fsync.
+"""Atomic file writes (temp file, fsync, rename, directory fsync) and image verification.
 
 Blocking by design: async callers run these through `anyio.to_thread.run_sync`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -37,3 +42,46 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class InvalidImage(ValueError):
+    """Downloaded bytes are not the image that was asked for (corrupt, truncated, wrong size)."""
+
+
+@dataclass(frozen=True)
+class VerifiedImage:
+    """What verification learned about an image's bytes."""
+
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    format: str
+
+
+def verify_image(
+    data: bytes, *, width: int, height: int, max_bytes: int = 64 * 1024 * 1024
+) -> VerifiedImage:
+    """Check that `data` decodes fully as an image of exactly `width` x `height`.
+
+    Raises InvalidImage naming what is wrong. Blocking (Pillow decodes the whole image):
+    call it through `anyio.to_thread.run_sync` from async code.
+    """
+    if len(data) > max_bytes:
+        raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # decodes every byte: truncation and corruption surface here
+            got_w, got_h = img.size
+            fmt = (img.format or "").lower()
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
+        raise InvalidImage(f"bytes do not decode as an image: {exc}") from exc
+    if (got_w, got_h) != (width, height):
+        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height}")
+    return VerifiedImage(
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        width=got_w,
+        height=got_h,
+        format=fmt,
+    )

@@ -1,0 +1,78 @@
+"""Atomic writes leave the old file or the whole new one; verification rejects bad images."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runner.files import InvalidImage, atomic_write_bytes, verify_image
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 90)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_atomic_write_creates_parents_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    """The file holds exactly the bytes written and no temporary file remains beside it."""
+    target = tmp_path / "a" / "b" / "img.jpeg"
+    atomic_write_bytes(target, b"hello")
+    assert target.read_bytes() == b"hello"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["img.jpeg"]
+
+
+def test_atomic_write_replaces_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new content")
+    assert target.read_bytes() == b"new content"
+
+
+def test_failed_write_keeps_old_content_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash before the rename leaves the previous file untouched and no temp behind."""
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_verify_accepts_image_of_requested_size() -> None:
+    data = _jpeg(64, 48)
+    info = verify_image(data, width=64, height=48)
+    assert (info.width, info.height, info.format, info.size_bytes) == (64, 48, "jpeg", len(data))
+    assert len(info.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda b: b[: len(b) // 2], "do not decode"),
+        (lambda b: b[:20] + bytes(x ^ 0xFF for x in b[20:200]) + b[200:], "do not decode"),
+        (lambda b: b"not an image at all", "do not decode"),
+    ],
+    ids=["truncated", "corrupt", "garbage"],
+)
+def test_verify_rejects_damaged_bytes(mangle, message) -> None:
+    with pytest.raises(InvalidImage, match=message):
+        verify_image(mangle(_jpeg(64, 64)), width=64, height=64)
+
+
+def test_verify_rejects_wrong_size_and_oversize() -> None:
+    with pytest.raises(InvalidImage, match="is 64x64, expected 128x64"):
+        verify_image(_jpeg(64, 64), width=128, height=64)
+    with pytest.raises(InvalidImage, match="over the limit of 10"):
+        verify_image(_jpeg(64, 64), width=64, height=64, max_bytes=10)
