@@ -7,6 +7,7 @@
     - RetryableError                       connect/read errors, 408, 429, 5xx (retry_after_s)
     - RejectedError                        400: the input is wrong; nothing spent, never retried
     - NotFoundError                        404: unknown or deleted workflow / blob
+    - UrlExpiredError                      401/403 on a signed blob URL: refresh it, then retry
     - AuthError                   exit 3   401/403: the run stops, nothing is lost
     - FundsError                  exit 3   402 or a 400 for insufficient Buzz: the run stops
   + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
@@ -92,6 +93,14 @@ class RejectedError(ApiError):
 
 class NotFoundError(ApiError):
     """404: the workflow or blob is unknown to this token, deleted, or past retention."""
+
+
+class UrlExpiredError(ApiError):
+    """401/403 from a signed blob URL: the signature expired. Refresh the blob, then fetch again.
+
+    Not an `AuthError`: the API token is fine (it is never sent to blob URLs); only the URL is
+    stale. Retrying the same URL never helps, so `retryable` is False.
+    """
 
 
 class AuthError(ApiError):
