@@ -1,0 +1,168 @@
+"""Logging setup: structlog to stderr (JSON lines or console), an optional JSONL file, redaction.
+
+Every event passes through `redact_event` before any renderer sees it, so the API token, a
+`Bearer …` header, a URL signature (`sig=…`, `token=…`, `signature=…`) or the secret part of a
+`/blobs/content/<token>` URL never reaches a log line, whatever module logged it. Other modules
+use `redact(text)` for strings they build themselves (error messages, URLs).
+
+```python
+configure_logging(level="info", log_file=out / "log.jsonl")
+structlog.get_logger().info("cell_submitted", cell=key, workflow=wid, cost_buzz=8)
+```
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+TOKEN_ENV = "CIVITAI_API_TOKEN"
+REDACTED = "[REDACTED]"
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# `Bearer <credential>` anywhere (headers echoed in a body, a repr of a request, …).
+_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+# `sig=…`, `token=…`, `signature=…`, also as the tail of `access_token=` or `X-Amz-Signature=`.
+_QUERY_SECRET_RE = re.compile(r"(?i)(?<![a-z0-9])(sig|signature|token|credential)=[^&\s\"'<>]+")
+# Signed content URLs carry their secret in the path: `/v2/consumer/blobs/content/<token>`.
+_CONTENT_PATH_RE = re.compile(r"(/blobs/content/)[^\s\"'<>?#]+")
+# Whole values of these keys are secrets, whatever they look like.
+_SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "password"})
+
+_secrets: tuple[str, ...] = ()
+_file_sink: _JsonlFileSink | None = None
+
+
+def redact(text: str) -> str:
+    """Return `text` with the configured secrets, the env token and credential patterns replaced.
+
+    Replaces every configured secret and `$CIVITAI_API_TOKEN` wholesale, then `Bearer <x>`,
+    `sig=<x>` / `token=<x>` / `signature=<x>` and `/blobs/content/<x>` by `[REDACTED]`.
+    """
+    for secret in _active_secrets():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _BEARER_RE.sub(rf"\1 {REDACTED}", text)
+    text = _QUERY_SECRET_RE.sub(rf"\1={REDACTED}", text)
+    return _CONTENT_PATH_RE.sub(rf"\1{REDACTED}", text)
+
+
+def _active_secrets() -> tuple[str, ...]:
+    env_token = os.environ.get(TOKEN_ENV, "").strip()
+    if env_token and env_token not in _secrets:
+        return (*_secrets, env_token)
+    return _secrets
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {key: _redact_item(key, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact_value(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_redact_value(item) for item in value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else (a URL object, an exception, a request) is rendered with str() later:
+    # redact that text now, but keep the object when it holds nothing to hide.
+    text = str(value)
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
+
+
+def _redact_item(key: object, value: Any) -> Any:
+    if isinstance(key, str) and key.lower() in _SECRET_KEYS and value:
+        return REDACTED
+    return _redact_value(value)
+
+
+def redact_event(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: redact every string value, recursively through dicts and lists."""
+    for key in list(event_dict):
+        event_dict[key] = _redact_item(key, event_dict[key])
+    return event_dict
+
+
+class _JsonlFileSink:
+    """structlog processor: append each event as one JSON line to a file, pass it on unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle: IO[str] = path.open("a", encoding="utf-8")
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        self._handle.write(jsonlib.dumps(dict(event_dict), default=str) + "\n")
+        self._handle.flush()
+        return event_dict
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def configure_logging(
+    *,
+    json: bool | None = None,
+    level: str = "info",
+    secrets: Sequence[str] = (),
+    log_file: Path | None = None,
+) -> None:
+    """Configure structlog for the process; call once at startup (again to reconfigure).
+
+    `json=None` renders JSON lines when stderr is not a TTY and the console renderer when it
+    is. `level` is one of debug, info, warning, error, critical. `secrets` (and the token in
+    `$CIVITAI_API_TOKEN`) are replaced by `[REDACTED]` in every event. `log_file` adds a JSONL
+    copy of every event (appended). Logs go to stderr, never to stdout.
+    """
+    global _secrets, _file_sink
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    _secrets = tuple(s.strip() for s in secrets if s and s.strip())
+    if _file_sink is not None:
+        _file_sink.close()
+        _file_sink = None
+    if json is None:
+        json = not sys.stderr.isatty()
+
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Plain text tracebacks (no locals), so they pass through redaction like any string.
+        structlog.processors.format_exc_info,
+        redact_event,
+    ]
+    if log_file is not None:
+        _file_sink = _JsonlFileSink(log_file)
+        processors.append(_file_sink)
+    if json:
+        processors.append(structlog.processors.JSONRenderer(default=str))
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # httpx logs every request URL (with its signature) through stdlib logging at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
