@@ -1,0 +1,106 @@
+"""Deterministic stand-in images for the emulator, rendered with Pillow.
+
+``render_image`` turns (prompt, seed, index, size, format) into bytes. The same arguments
+always give byte-identical output; a different prompt, seed or index gives a visibly
+different picture: a two-colour gradient (direction and colours from a SHA-256 of the
+arguments) with a few filled shapes on it. Encoders run with fixed settings and no
+metadata: JPEG quality 85 with 4:2:0 subsampling and no EXIF, PNG at compression level 1
+without time or text chunks, lossy WebP quality 80 at method 0 (its fastest). A 2048² image
+renders in a small fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+SHAPES_PER_IMAGE = 4
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How one ``outputFormat`` value is encoded, served and named."""
+
+    pillow_name: str
+    content_type: str
+    extension: str
+
+
+FORMATS: dict[str, ImageFormat] = {
+    "jpeg": ImageFormat("JPEG", "image/jpeg", "jpeg"),
+    "png": ImageFormat("PNG", "image/png", "png"),
+    "webP": ImageFormat("WEBP", "image/webp", "webp"),
+}
+
+
+def _format(fmt: str) -> ImageFormat:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown image format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def content_type(fmt: str) -> str:
+    """The Content-Type served for ``fmt`` (``jpeg``, ``png`` or ``webP``)."""
+    return _format(fmt).content_type
+
+
+def extension(fmt: str) -> str:
+    """The file extension, without a dot, for ``fmt`` (``jpeg``, ``png`` or ``webp``)."""
+    return _format(fmt).extension
+
+
+def _entropy(prompt: str, seed: int, index: int) -> Iterator[int]:
+    """An endless, deterministic stream of bytes derived from the arguments."""
+    key = f"{seed}\x00{index}\x00{prompt}".encode()
+    counter = 0
+    while True:
+        yield from hashlib.sha256(key + counter.to_bytes(8, "big")).digest()
+        counter += 1
+
+
+def _colour(stream: Iterator[int]) -> tuple[int, int, int]:
+    return (next(stream), next(stream), next(stream))
+
+
+def _gradient(stream: Iterator[int], width: int, height: int) -> Image.Image:
+    start, end = _colour(stream), _colour(stream)
+    mask = Image.linear_gradient("L") if next(stream) % 2 else Image.radial_gradient("L")
+    mask = mask.rotate(next(stream) % 4 * 90).resize((width, height), Image.Resampling.BILINEAR)
+    return Image.composite(
+        Image.new("RGB", (width, height), start), Image.new("RGB", (width, height), end), mask
+    )
+
+
+def _draw_shapes(picture: Image.Image, stream: Iterator[int]) -> None:
+    draw = ImageDraw.Draw(picture)
+    width, height = picture.size
+    for _ in range(SHAPES_PER_IMAGE):
+        left, top = next(stream) * width // 256, next(stream) * height // 256
+        size_px = max(2, (32 + next(stream)) * min(width, height) // 512)
+        box = (left, top, left + size_px, top + size_px)
+        if next(stream) % 2:
+            draw.ellipse(box, fill=_colour(stream))
+        else:
+            draw.rectangle(box, fill=_colour(stream))
+
+
+def render_image(*, prompt: str, seed: int, index: int, width: int, height: int, fmt: str) -> bytes:
+    """The image for one output of a step: exactly ``width`` × ``height``, encoded as ``fmt``."""
+    encoding = _format(fmt)
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, not {width}x{height}")
+    stream = _entropy(prompt, seed, index)
+    picture = _gradient(stream, width, height)
+    _draw_shapes(picture, stream)
+    out = io.BytesIO()
+    if encoding.pillow_name == "JPEG":
+        picture.save(out, "JPEG", quality=85, subsampling=2, optimize=False)
+    elif encoding.pillow_name == "PNG":
+        picture.save(out, "PNG", compress_level=1)
+    else:
+        picture.save(out, "WEBP", quality=80, method=0)
+    return out.getvalue()
