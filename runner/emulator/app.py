@@ -1,0 +1,290 @@
+"""The emulator's HTTP face: Starlette routes over `Emulator`, problem+json error handlers.
+
+Each handler authenticates, spends a rate-limit token, parses the query string, calls one
+service method and renders its answer. Every error is a `Problem` rendered as RFC 7807
+`application/problem+json`. The test-only routes live under `/_emulator`, outside `/v2`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runner.emulator import content
+from runner.emulator.clock import Clock, ManualClock
+from runner.emulator.config import EmulatorConfig
+from runner.emulator.problems import Problem, validation_problem
+from runner.emulator.query import QueryParams, query_workflows
+from runner.emulator.service import Emulator, Reply
+
+PROBLEM_JSON = "application/problem+json"
+UPDATE_FIELDS = ("status", "metadata", "tags", "allowMatureContent")
+
+
+class ConnectionDropped(Exception):
+    """Raised after a deliberately partial response: the connection is to be cut."""
+
+
+class DroppedResponse(Response):
+    """Announces the whole body's Content-Length, sends half of it, then drops the connection."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = bytes(self.body)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
+        )
+        raise ConnectionDropped("emulated fault: connection dropped mid-response")
+
+
+def _service(request: Request) -> Emulator:
+    emulator: Emulator = request.app.state.emulator
+    return emulator
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _account(request: Request, kind: str) -> str:
+    service = _service(request)
+    account = service.authenticate(request.headers.get("authorization"))
+    service.throttle(account, kind)
+    return account
+
+
+def _bool(request: Request, name: str, default: bool) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise validation_problem({name: [f"The value '{raw}' is not valid for {name} (true|false)."]})
+
+
+def _int(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise validation_problem({name: [f"The value '{raw}' is not a valid integer."]}) from None
+
+
+async def _json_body(request: Request) -> object:
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError as exc:
+        raise validation_problem({"$": [f"The request body is not valid JSON: {exc}."]}) from None
+
+
+def _reply(reply: Reply) -> Response:
+    if reply.drop:
+        return DroppedResponse(json.dumps(reply.body).encode("utf-8"), status_code=reply.status)
+    return JSONResponse(reply.body, status_code=reply.status)
+
+
+async def submit_workflow(request: Request) -> Response:
+    account = _account(request, "submit")
+    body = await _json_body(request)
+    reply = await _service(request).submit(
+        account,
+        body,
+        base_url=_base_url(request),
+        wait_s=float(_int(request, "wait", 0) or 0),
+        whatif=_bool(request, "whatif", False),
+    )
+    return _reply(reply)
+
+
+async def get_workflow(request: Request) -> Response:
+    account = _account(request, "read")
+    wait_s = float(_int(request, "wait", 0) or 0)
+    wf_id = request.path_params["workflowId"]
+    reply = await _service(request).get(account, wf_id, base_url=_base_url(request), wait_s=wait_s)
+    return _reply(reply)
+
+
+async def query_workflows_route(request: Request) -> Response:
+    account = _account(request, "read")
+    service = _service(request)
+    if service.faults.fires("read_5xx", f"query:{account}"):
+        raise Problem(service.faults.status_for("read_5xx", f"query:{account}"), "Query failed.")
+    params = QueryParams(
+        tags=tuple(request.query_params.getlist("tags")),
+        cursor=request.query_params.get("cursor") or None,
+        take=_int(request, "take", None),
+        ascending=_bool(request, "ascending", False),
+        exclude_failed=_bool(request, "excludeFailed", False),
+        from_date=request.query_params.get("fromDate"),
+        to_date=request.query_params.get("toDate"),
+        query=request.query_params.get("query"),
+    )
+    _bool(request, "hideMatureContent", True)  # validated; every emulated image is "pg"
+    page = query_workflows(service, account, params, base_url=_base_url(request))
+    return JSONResponse(page)
+
+
+def _update_errors(body: object) -> dict[str, list[str]]:
+    if not isinstance(body, dict):
+        return {"$": ["The request body must be a JSON object (an UpdateWorkflowRequest)."]}
+    errors: dict[str, list[str]] = {}
+    for name in body:
+        if name not in UPDATE_FIELDS:
+            errors[name] = [f"Unknown field {name!r} (allowed: {', '.join(UPDATE_FIELDS)})."]
+    if body.get("status") not in (None, "canceled"):
+        errors["status"] = [f"status must be canceled (got {body['status']!r})."]
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        errors["metadata"] = ["metadata must be an object or null."]
+    tags = body.get("tags")
+    if tags is not None and not (
+        isinstance(tags, list)
+        and all(isinstance(t, str) and len(t) <= 200 for t in tags)
+        and len(tags) <= 10
+        and len(set(tags)) == len(tags)
+    ):
+        errors["tags"] = ["tags must be at most 10 unique strings of at most 200 characters."]
+    return errors
+
+
+async def update_workflow(request: Request) -> Response:
+    account = _account(request, "read")
+    body = await _json_body(request)
+    errors = _update_errors(body)
+    if errors:
+        raise validation_problem(errors)
+    assert isinstance(body, dict)
+    _service(request).update(account, request.path_params["workflowId"], body)
+    return Response(status_code=204)
+
+
+async def delete_workflow(request: Request) -> Response:
+    account = _account(request, "read")
+    _service(request).delete(account, request.path_params["workflowId"])
+    return Response(status_code=204)
+
+
+async def get_blob(request: Request) -> Response:
+    service, blob_id = _service(request), request.path_params["blobId"]
+    sig = request.query_params.get("sig")
+    if sig is not None:
+        exp = request.query_params.get("exp", "")
+        location = content.redirect_signed(service, blob_id, exp, sig, _base_url(request))
+        return RedirectResponse(location, status_code=308)
+    account = _account(request, "read")
+    if request.method == "HEAD":
+        record, _ = service.blob(blob_id)
+        if record.account != account:
+            raise Problem(404, f"Blob {blob_id!r} was not found.")
+        return Response(status_code=204)
+    location = content.redirect_owned(service, account, blob_id, _base_url(request))
+    return RedirectResponse(location, status_code=308)
+
+
+async def refresh_blob(request: Request) -> Response:
+    account = _account(request, "read")
+    blob_id = request.path_params["blobId"]
+    return JSONResponse(content.refresh(_service(request), account, blob_id, _base_url(request)))
+
+
+async def blob_content(request: Request) -> Response:
+    found = await content.serve_content(_service(request), request.path_params["encryptedToken"])
+    return Response(found.data, media_type=found.media_type)
+
+
+async def emulator_state(request: Request) -> Response:
+    return JSONResponse(_service(request).state())
+
+
+async def emulator_advance(request: Request) -> Response:
+    clock = _service(request).clock
+    if not isinstance(clock, ManualClock):
+        raise Problem(
+            409, "This emulator runs on the real clock; /_emulator/advance needs a ManualClock."
+        )
+    raw = request.query_params.get("seconds", "0")
+    try:
+        seconds = float(raw)
+        clock.advance(seconds)
+    except ValueError:
+        raise validation_problem({"seconds": [f"{raw!r} is not a number >= 0."]}) from None
+    return JSONResponse({"now_s": clock.now()})
+
+
+async def problem_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return JSONResponse(
+        exc.body(), status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON
+    )
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    problem = Problem(exc.status_code, str(exc.detail))
+    return await problem_handler(request, problem)
+
+
+class RequestCounter:
+    """ASGI middleware: counts every answered request per route and status code."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent: list[int] = []
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = scope.get("route")
+            label = f"{scope['method']} {getattr(route, 'path', 'unmatched')}"
+            emulator: Emulator = scope["app"].state.emulator
+            emulator.record_request(label, sent[0] if sent else 500)
+
+
+ROUTES = [
+    Route("/v2/consumer/workflows", submit_workflow, methods=["POST"]),
+    Route("/v2/consumer/workflows", query_workflows_route, methods=["GET"]),
+    Route("/v2/consumer/workflows/{workflowId}", get_workflow, methods=["GET"]),
+    Route("/v2/consumer/workflows/{workflowId}", update_workflow, methods=["PUT"]),
+    Route("/v2/consumer/workflows/{workflowId}", delete_workflow, methods=["DELETE"]),
+    Route("/v2/consumer/blobs/content/{encryptedToken}", blob_content, methods=["GET"]),
+    Route("/v2/consumer/blobs/{blobId}", get_blob, methods=["GET", "HEAD"]),
+    Route("/v2/consumer/blobs/{blobId}/refresh", refresh_blob, methods=["POST"]),
+    Route("/_emulator/state", emulator_state, methods=["GET"]),
+    Route("/_emulator/advance", emulator_advance, methods=["POST"]),
+]
+
+
+def make_app(config: EmulatorConfig | None = None, *, clock: Clock | None = None) -> Starlette:
+    """The emulator as an ASGI app; its service model is `app.state.emulator`."""
+    app = Starlette(
+        routes=ROUTES,
+        exception_handlers={Problem: problem_handler, HTTPException: http_error_handler},
+        middleware=[Middleware(RequestCounter)],
+    )
+    app.state.emulator = Emulator(config, clock)
+    return app

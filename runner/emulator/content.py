@@ -1,0 +1,102 @@
+"""Blob delivery: signed-URL redirects, refresh, and image bytes with their faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runner.emulator.clock import iso_utc
+from runner.emulator.images import content_type, render_image
+from runner.emulator.problems import Problem
+from runner.emulator.validation import output_format
+from runner.emulator.workflows import WorkflowRecord
+
+if TYPE_CHECKING:
+    from runner.emulator.service import Emulator
+
+
+@dataclass(frozen=True)
+class Content:
+    """Image bytes to send and their media type."""
+
+    data: bytes
+    media_type: str
+
+
+def _available(emulator: Emulator, record: WorkflowRecord, index: int, blob_id: str) -> None:
+    if record.job_status(index, emulator.clock.now()) != "succeeded":
+        raise Problem(404, f"Blob {blob_id!r} is not available (yet).")
+
+
+def _content_location(emulator: Emulator, base_url: str, blob_id: str) -> str:
+    expires_unix_s = int(emulator.now_unix_s() + emulator.config.content_ttl_s)
+    return emulator.signer.content_url(base_url, blob_id, expires_unix_s)
+
+
+def redirect_signed(emulator: Emulator, blob_id: str, exp: str, sig: str, base_url: str) -> str:
+    """A signed blob URL (no auth): the content URL to redirect to, or 403 / 404."""
+    emulator.settle()
+    emulator.signer.check_blob_url(blob_id, exp, sig, emulator.now_unix_s())
+    record, index = emulator.blob(blob_id)
+    _available(emulator, record, index, blob_id)
+    return _content_location(emulator, base_url, blob_id)
+
+
+def redirect_owned(emulator: Emulator, account: str, blob_id: str, base_url: str) -> str:
+    """GetBlob with a bearer token: the content URL for the account's own available blob."""
+    emulator.settle()
+    record, index = emulator.blob(blob_id)
+    if record.account != account:
+        raise Problem(404, f"Blob {blob_id!r} was not found.")
+    _available(emulator, record, index, blob_id)
+    return _content_location(emulator, base_url, blob_id)
+
+
+def refresh(emulator: Emulator, account: str, blob_id: str, base_url: str) -> dict[str, Any]:
+    """RefreshBlob: the Blob with a freshly signed `url` and `urlExpiresAt`."""
+    emulator.settle()
+    record, index = emulator.blob(blob_id)
+    if record.account != account:
+        raise Problem(404, f"Blob {blob_id!r} was not found.")
+    image = emulator.render_for(record, base_url)["steps"][0]["output"]["images"][index]
+    signed = emulator.sign(base_url, blob_id)
+    image.update(url=signed.url, urlExpiresAt=iso_utc(signed.expires_unix_s))
+    return dict(image)
+
+
+async def serve_content(emulator: Emulator, token: str) -> Content:
+    """The bytes behind a content token, after the blob faults (5xx, truncate, corrupt)."""
+    emulator.settle()
+    blob_id = emulator.signer.check_content_token(token, emulator.now_unix_s())
+    record, index = emulator.blob(blob_id)
+    _available(emulator, record, index, blob_id)
+    if emulator.faults.fires("blob_5xx", blob_id):
+        raise Problem(emulator.faults.status_for("blob_5xx", blob_id), "Blob store failed (fault).")
+    inp = record.input
+    fmt = output_format(inp)
+
+    def draw() -> bytes:
+        return render_image(
+            prompt=str(inp["prompt"]),
+            seed=int(inp["seed"]) + index,
+            index=index,
+            width=int(inp["width"]),
+            height=int(inp["height"]),
+            fmt=fmt,
+        )
+
+    data = await emulator.images.get(blob_id, draw)
+    if emulator.faults.fires("blob_truncate", blob_id):
+        data = data[: int(len(data) * emulator.config.faults.blob_truncate.fraction)]
+    elif emulator.faults.fires("blob_corrupt", blob_id):
+        data = corrupt(data)
+    return Content(data, content_type(fmt))
+
+
+def corrupt(data: bytes) -> bytes:
+    """Flip every bit of a run of bytes in the middle (length kept, content wrong)."""
+    if not data:
+        return data
+    middle = len(data) // 2
+    start, end = max(0, middle - 32), min(len(data), middle + 32)
+    return data[:start] + bytes(b ^ 0xFF for b in data[start:end]) + data[end:]
