@@ -1,0 +1,619 @@
+"""The orchestration API client: the only module that speaks HTTP to the service.
+
+```python
+async with Client() as api:            # token from $CIVITAI_API_TOKEN
+    wf = await api.submit([step], external_id=key, tags=["zbatch:run7"])
+    wf = await api.get(wf.id, wait_s=30)
+    for image in wf.images:
+        if image.deliverable:
+            data = await api.download(image.url, max_bytes=20_000_000)
+```
+
+The token goes to the API origin only (`_BearerAuth` checks every request), never to blob or
+download URLs; API calls do not follow redirects, so it cannot cross to another origin either.
+No message, `str`, `repr` or log line holds it: messages are built from the method, a
+redacted URL, the status and the service's text, scrubbed of the token.
+
+Every failure becomes an `ApiError` in `translate` (plus `_parse_body` for bodies):
+
+| what happened                                   | raised                         |
+|-------------------------------------------------|--------------------------------|
+| timeouts, connect/read/write errors, a dropped  | RetryableError                 |
+|   connection (RemoteProtocolError), proxy and   |                                |
+|   decoding errors, the overall deadline         |                                |
+| UnsupportedProtocol, LocalProtocolError, too    | ApiError (our request is bad;  |
+|   many redirects                                |   retrying never helps)        |
+| 408, 429, 5xx                                   | RetryableError(retry_after_s)  |
+| 400 naming insufficient Buzz/funds, 402, and a  | FundsError                     |
+|   403 naming insufficient Buzz/funds            |                                |
+| other 400                                       | RejectedError(errors)          |
+| 401, 403 from the API                           | AuthError                      |
+| 401, 403 from a blob download URL               | UrlExpiredError                |
+| 404                                             | NotFoundError                  |
+| other 3xx/4xx, a body over the byte limit       | ApiError                       |
+| 2xx whose body is not JSON, or shorter than its | RetryableError: a proxy page or|
+|   Content-Length                                |   a cut body; every call is    |
+|                                                 |   safe to repeat (GET, or a    |
+|                                                 |   submit with its externalId)  |
+| 2xx JSON of the wrong shape                     | ApiError: the contract changed;|
+|                                                 |   repeating gives the same     |
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import quote
+
+import anyio
+import httpx
+import structlog
+
+from runner import __version__
+from runner.errors import (
+    ApiError,
+    AuthError,
+    FundsError,
+    NotFoundError,
+    RejectedError,
+    RetryableError,
+    UrlExpiredError,
+)
+from runner.log import REDACTED, redact
+from runner.models import (
+    Blob,
+    ShapeError,
+    Workflow,
+    WorkflowPage,
+    parse_blob,
+    parse_page,
+    parse_workflow,
+)
+
+__all__ = [
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "TOKEN_ENV",
+    "Client",
+    "Download",
+    "parse_retry_after",
+    "redact_url",
+    "translate",
+]
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+DEFAULT_BASE_URL: Final = "https://orchestration.civitai.com"
+TOKEN_ENV: Final = "CIVITAI_API_TOKEN"
+BASE_URL_ENV: Final = "CIVITAI_API_BASE_URL"
+MAX_WAIT_S: Final = 90  # the service times requests out at 100 s (civitai-api.md §1)
+DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
+
+_EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
+_URL_SECRET_PARAM_RE = re.compile(r"(?i)([?&][^=&#]*(?:sig|token|credential)[^=&#]*=)[^&#]*")
+_URL_CONTENT_PATH_RE = re.compile(r"(/blobs/content/).*")  # its query too
+_FUNDS_RE = re.compile(r"(?i)insufficient\s+(buzz|funds?|balance)|not\s+enough\s+buzz")
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+_NEVER_HEALS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.TooManyRedirects)
+_DETAIL_MAX_CHARS: Final = 500
+
+
+@dataclass(frozen=True)
+class Download:
+    """The bytes of a blob and the Content-Type the server gave them."""
+
+    content: bytes
+    content_type: str
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds `Authorization: Bearer …` to requests for the API origin, and to nothing else."""
+
+    def __init__(self, token: str, origin: tuple[str, str, int]) -> None:
+        self._token = token
+        self._origin = origin
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(token=<hidden>)"
+
+
+class Client:
+    """An async client for Civitai's consumer workflow API; use it as an async context manager.
+
+    `base_url` defaults to `$CIVITAI_API_BASE_URL`, then `DEFAULT_BASE_URL`; `token` to
+    `$CIVITAI_API_TOKEN` (missing: `AuthError`). `timeout_s` bounds each connect/read/write;
+    a whole call (connect, server wait, body) gets `wait_s + 2 * timeout_s` (downloads
+    `4 * timeout_s`). API bodies larger than `max_response_bytes` are refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 30.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        url = httpx.URL(base)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"API base URL {base!r} is not an http:// or https:// URL")
+        secret = (token if token is not None else os.environ.get(TOKEN_ENV, "")).strip()
+        if not secret:
+            raise AuthError(f"no API token: set {TOKEN_ENV} to your Civitai API key")
+        if not _TOKEN_RE.fullmatch(secret):
+            raise AuthError(
+                f"the API token (from {TOKEN_ENV}) holds spaces or non-ASCII characters; "
+                "copy the key again"
+            )
+        self.base_url = base
+        self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
+        self._secrets = (secret,)
+        self._auth = _BearerAuth(secret, _origin(url))
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout_s,
+            follow_redirects=False,
+            headers={"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
+        )
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; the client cannot send afterwards."""
+        await self._http.aclose()
+
+    # -- workflows -----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        external_id: str | None = None,
+        tags: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        wait_s: int = 0,
+        whatif: bool = False,
+        currencies: Sequence[str] | None = None,
+    ) -> Workflow:
+        """Submit a workflow (`POST /v2/consumer/workflows`); 200 and 202 both return it.
+
+        `external_id` is the idempotency key: a known key returns the existing workflow. It is
+        refused together with `whatif=True`, which would burn the key on the preview.
+        """
+        if external_id is not None and whatif:
+            raise ValueError(
+                "external_id cannot be sent with whatif=True: the preview would burn the key "
+                "(civitai-api.md §11); send the key only on the real submit"
+            )
+        if external_id is not None and not _EXTERNAL_ID_RE.fullmatch(external_id):
+            raise ValueError(
+                f"external_id {external_id!r} is not allowed: use 1-128 characters "
+                "from A-Z a-z 0-9 _ -"
+            )
+        if not steps:
+            raise ValueError("steps must hold at least one step")
+        _check_wait(wait_s)
+        body: dict[str, Any] = {"steps": [dict(step) for step in steps]}
+        if tags:
+            body["tags"] = list(tags)
+        if external_id is not None:
+            body["externalId"] = external_id
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if currencies is not None:
+            body["currencies"] = list(currencies)
+        params = httpx.QueryParams(wait=wait_s, whatif="true" if whatif else "false")
+        response, data = await self._call(
+            "POST", "/v2/consumer/workflows", params=params, json_body=body, wait_s=wait_s
+        )
+        return _parse_body(response, data, parse_workflow, self._secrets)
+
+    async def get(self, workflow_id: str, *, wait_s: int = 0) -> Workflow:
+        """Fetch a workflow; with `wait_s` > 0 the service holds the call until it is terminal."""
+        _check_wait(wait_s)
+        params = httpx.QueryParams(wait=wait_s) if wait_s else None
+        response, data = await self._call(
+            "GET", f"/v2/consumer/workflows/{_segment(workflow_id)}", params=params, wait_s=wait_s
+        )
+        return _parse_body(response, data, parse_workflow, self._secrets)
+
+    async def query(
+        self,
+        *,
+        tags: Sequence[str],
+        cursor: str | None = None,
+        take: int = 100,
+        ascending: bool = False,
+        exclude_failed: bool = False,
+    ) -> WorkflowPage:
+        """One page of the workflows carrying `tags`; `next` is None on the last page.
+
+        Sends `hideMatureContent=false` (the query's default is true, which drops mature
+        images' URLs), so pages carry what `get` does.
+        """
+        if isinstance(tags, str) or not tags:
+            raise ValueError("tags must name at least one tag (a list, not a string)")
+        if take < 1:
+            raise ValueError(f"take must be at least 1, not {take}")
+        params: list[tuple[str, str | int | float | bool | None]] = [("tags", t) for t in tags]
+        params += [
+            ("take", take),
+            ("ascending", "true" if ascending else "false"),
+            ("excludeFailed", "true" if exclude_failed else "false"),
+            ("hideMatureContent", "false"),
+        ]
+        if cursor:
+            params.append(("cursor", cursor))
+        response, data = await self._call(
+            "GET", "/v2/consumer/workflows", params=httpx.QueryParams(params)
+        )
+        items, next_cursor = _parse_body(response, data, parse_page, self._secrets)
+        if len(items) < take:
+            next_cursor = None
+        return WorkflowPage(items=items, next=next_cursor)
+
+    async def iter_workflows(
+        self, *, tags: Sequence[str], take: int = 100
+    ) -> AsyncIterator[Workflow]:
+        """Every workflow carrying `tags`, newest first, page by page."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            page = await self.query(tags=tags, cursor=cursor, take=take)
+            for workflow in page.items:
+                yield workflow
+            if page.next is None:
+                return
+            if page.next in seen:
+                raise ApiError(f"GET {self.base_url}/v2/consumer/workflows: the cursor repeated")
+            seen.add(page.next)
+            cursor = page.next
+
+    async def cancel(self, workflow_id: str) -> None:
+        """Cancel a workflow (`PUT {"status": "canceled"}`); 204 and 200 are both success."""
+        await self._call(
+            "PUT",
+            f"/v2/consumer/workflows/{_segment(workflow_id)}",
+            json_body={"status": "canceled"},
+            ok={200, 204},
+        )
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    async def blob_url(self, blob_id: str) -> str:
+        """The absolute content URL that `GET /v2/consumer/blobs/{id}` redirects to."""
+        response, _ = await self._call(
+            "GET", f"/v2/consumer/blobs/{_segment(blob_id)}", ok=_REDIRECT_STATUSES
+        )
+        location = response.headers.get("Location")
+        if not location:
+            raise ApiError(
+                f"GET {redact_url(response.request.url)} -> {response.status_code}: "
+                "redirect without a Location header",
+                status=response.status_code,
+                method="GET",
+                url=redact_url(response.request.url),
+            )
+        return str(response.request.url.join(location))
+
+    async def refresh_blob(self, blob_id: str) -> Blob:
+        """A fresh signed URL for a blob (`POST …/blobs/{id}/refresh`); resets its 30-day TTL."""
+        response, data = await self._call("POST", f"/v2/consumer/blobs/{_segment(blob_id)}/refresh")
+        return _parse_body(response, data, parse_blob, self._secrets)
+
+    async def download(self, url: str, *, max_bytes: int) -> Download:
+        """GET a blob URL without Authorization, following redirects, at most `max_bytes`.
+
+        401/403 raise `UrlExpiredError` (refresh the blob), 404 `NotFoundError` (not rendered
+        yet, or gone); a body shorter than its Content-Length raises `RetryableError`.
+        """
+        if httpx.URL(url).scheme not in ("http", "https"):
+            raise ValueError(f"download URL {redact_url(url)!r} is not http:// or https://")
+        request = self._http.build_request("GET", url, headers={"Accept": "*/*"})
+        response, content = await self._send(
+            request, auth=None, max_bytes=max_bytes, deadline_s=4 * self.timeout_s
+        )
+        if response.status_code != 200:
+            raise translate(response, body=content, secrets=self._secrets, blob_content=True)
+        return Download(content=content, content_type=response.headers.get("Content-Type", ""))
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: httpx.QueryParams | None = None,
+        json_body: object = None,
+        wait_s: int = 0,
+        ok: Collection[int] = (200, 202),
+    ) -> tuple[httpx.Response, bytes]:
+        """One API call with the token; raises `translate(...)` unless the status is in `ok`."""
+        request = self._http.build_request(
+            method,
+            self.base_url + path,
+            params=params,
+            json=json_body,
+            timeout=httpx.Timeout(self.timeout_s, read=self.timeout_s + wait_s),
+        )
+        response, body = await self._send(
+            request,
+            auth=self._auth,
+            max_bytes=self.max_response_bytes,
+            deadline_s=wait_s + 2 * self.timeout_s,
+        )
+        if response.status_code not in ok:
+            raise translate(response, body=body, secrets=self._secrets)
+        return response, body
+
+    async def _send(
+        self, request: httpx.Request, *, auth: httpx.Auth | None, max_bytes: int, deadline_s: float
+    ) -> tuple[httpx.Response, bytes]:
+        """Send, read at most `max_bytes` of the body, all within `deadline_s`."""
+        started_s = anyio.current_time()
+        follow = auth is None  # downloads follow redirects; API calls never do
+        try:
+            with anyio.fail_after(deadline_s):
+                response = await self._http.send(
+                    request, auth=auth, follow_redirects=follow, stream=True
+                )
+                try:
+                    body = await _read_limited(response, max_bytes)
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise translate(
+                exc,
+                method=request.method,
+                url=request.url,
+                secrets=self._secrets,
+                deadline_s=deadline_s,
+            ) from exc
+        log.debug(
+            "api_response",
+            method=request.method,
+            url=redact_url(request.url),
+            status=response.status_code,
+            elapsed_ms=round((anyio.current_time() - started_s) * 1000),
+        )
+        return response, body
+
+
+async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
+    """The body, checked against `max_bytes` and Content-Length (error bodies: truncated)."""
+    declared = _content_length(response)
+    if response.is_success and declared is not None and declared > max_bytes:
+        raise _body_error(response, f"the body ({declared} bytes) exceeds {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            if response.is_success:
+                raise _body_error(response, f"the body exceeds {max_bytes} bytes")
+            break  # an error body: its first max_bytes say enough
+        chunks.append(chunk)
+    else:
+        # Content-Length counts the bytes on the wire; without a Content-Encoding (or when
+        # the body came preloaded) they are the decoded bytes.
+        received = response.num_bytes_downloaded or size
+        if "Content-Encoding" not in response.headers:
+            received = size
+        if declared is not None and received != declared:
+            raise _body_error(
+                response,
+                f"the body ended after {received} of {declared} bytes (Content-Length)",
+                retryable=True,
+            )
+    return b"".join(chunks)
+
+
+def _body_error(response: httpx.Response, text: str, *, retryable: bool = False) -> ApiError:
+    method, shown = response.request.method, redact_url(response.request.url)
+    kind = RetryableError if retryable else ApiError
+    return kind(
+        f"{method} {shown} -> {response.status_code}: {text}",
+        status=response.status_code,
+        method=method,
+        url=shown,
+    )
+
+
+def translate(
+    source: httpx.Response | BaseException,
+    *,
+    method: str = "",
+    url: httpx.URL | str = "",
+    body: bytes = b"",
+    secrets: Sequence[str] = (),
+    blob_content: bool = False,
+    deadline_s: float | None = None,
+) -> ApiError:
+    """Map an httpx exception, or a response with a failure status, to the right `ApiError`.
+
+    For a response, `method` and `url` come from its request and `body` is its (read) body;
+    `blob_content` marks a download from a signed URL (401/403 mean the URL expired).
+    `secrets` are scrubbed from every text taken from the service. See the module table.
+    """
+    if not isinstance(source, httpx.Response):
+        shown = redact_url(url)
+        where: dict[str, Any] = {"method": method, "url": shown}
+        if isinstance(source, TimeoutError):
+            text = f"no complete answer within the deadline of {deadline_s or 0:g} s"
+            return RetryableError(f"{method} {shown}: {text}", **where)
+        text = _scrub(f"{type(source).__name__}: {source}".rstrip(": "), secrets)
+        if isinstance(source, _NEVER_HEALS) or not isinstance(source, httpx.HTTPError):
+            return ApiError(f"{method} {shown}: {text}", detail=text, **where)
+        return RetryableError(f"{method} {shown}: {text}", detail=text, **where)
+
+    status = source.status_code
+    method, shown = source.request.method, redact_url(source.request.url)
+    detail, errors = _problem(body, secrets)
+    message = f"{method} {shown} -> {status} {source.reason_phrase}".rstrip()
+    if detail:
+        message += f": {detail}"
+    if errors:
+        message += " [" + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()) + "]"
+    kw: dict[str, Any] = {"status": status, "method": method, "url": shown, "detail": detail}
+    funds = bool(_FUNDS_RE.search(detail + " " + " ".join(sum(errors.values(), []))))
+    if blob_content and status in (401, 403):
+        return UrlExpiredError(f"{message} (the signed URL expired: refresh the blob)", **kw)
+    if status in (408, 429) or status >= 500:
+        retry_after_s = parse_retry_after(source.headers.get("Retry-After"), now=_date(source))
+        return RetryableError(message, retry_after_s=retry_after_s, **kw)
+    if status == 402 or (status in (400, 403) and funds):
+        return FundsError(f"{message} (top up Buzz, or allow other currencies)", **kw)
+    if status == 400:
+        return RejectedError(message, errors=errors, **kw)
+    if status in (401, 403):
+        return AuthError(f"{message} (check {TOKEN_ENV} and what the key may do)", **kw)
+    if status == 404:
+        return NotFoundError(message, **kw)
+    return ApiError(message, **kw)
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date after `now`."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """`url` fit for a message or a log: no signatures, tokens, user info or content secrets."""
+    text = str(url)
+    if "@" in text.split("?", 1)[0]:
+        parsed = httpx.URL(text)
+        text = str(parsed.copy_with(username=None, password=None))
+    text = _URL_SECRET_PARAM_RE.sub(rf"\1{REDACTED}", text)
+    return redact(_URL_CONTENT_PATH_RE.sub(rf"\1{REDACTED}", text))
+
+
+def _parse_body(
+    response: httpx.Response,
+    body: bytes,
+    parser: Callable[[object], T],
+    secrets: Sequence[str],
+) -> T:
+    """Decode a success body with `parser`; not JSON is retryable, a wrong shape is not."""
+    method, shown = response.request.method, redact_url(response.request.url)
+    where: dict[str, Any] = {"status": response.status_code, "method": method, "url": shown}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        kind = response.headers.get("Content-Type", "no Content-Type")
+        raise RetryableError(
+            f"{method} {shown} -> {response.status_code}: the body is not JSON "
+            f"({kind}, {len(body)} bytes)",
+            **where,
+        ) from exc
+    try:
+        return parser(data)
+    except ShapeError as exc:
+        text = _scrub(str(exc), secrets)
+        raise ApiError(
+            f"{method} {shown} -> {response.status_code}: unexpected answer: {text}",
+            detail=text,
+            **where,
+        ) from exc
+
+
+def _problem(body: bytes, secrets: Sequence[str]) -> tuple[str, dict[str, list[str]]]:
+    """The service's own words from an error body: title/detail text and the errors map."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = body.decode("utf-8", "replace")
+        data = " ".join(data.split())  # a gateway's HTML page: one line is plenty
+    if isinstance(data, str):  # a 403 on submit is a bare JSON string; or the text above
+        return _scrub(data, secrets), {}
+    if not isinstance(data, dict):
+        return _scrub(json.dumps(data), secrets), {}
+    parts = [str(data[k]) for k in ("title", "detail") if data.get(k)]
+    errors: dict[str, list[str]] = {}
+    raw_errors = data.get("errors")
+    if isinstance(raw_errors, dict):
+        for field, messages in raw_errors.items():
+            items = messages if isinstance(messages, list) else [messages]
+            errors[_scrub(str(field), secrets)] = [_scrub(str(m), secrets) for m in items]
+    return _scrub(" - ".join(parts), secrets), errors
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    text = redact(text)
+    if len(text) > _DETAIL_MAX_CHARS:
+        text = text[: _DETAIL_MAX_CHARS - 1] + "…"
+    return text
+
+
+def _date(response: httpx.Response) -> datetime:
+    """The server's clock from its Date header (so Retry-After dates ignore our skew)."""
+    try:
+        when = email.utils.parsedate_to_datetime(response.headers.get("Date", ""))
+    except (TypeError, ValueError, IndexError):
+        return datetime.now(UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    default_port = 443 if url.scheme == "https" else 80
+    return url.scheme, url.host.lower(), url.port or default_port
+
+
+def _segment(value: str) -> str:
+    if not value:
+        raise ValueError("an id must not be empty")
+    return quote(value, safe="")
+
+
+def _check_wait(wait_s: int) -> None:
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        raise ValueError(f"wait_s must be 0-{MAX_WAIT_S} seconds, not {wait_s}")
