@@ -33,7 +33,7 @@ _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 # `sig=…`, `token=…`, `signature=…`, also as the tail of `access_token=` or `X-Amz-Signature=`.
 _QUERY_SECRET_RE = re.compile(r"(?i)(?<![a-z0-9])(sig|signature|token|credential)=[^&\s\"'<>]+")
 # Signed content URLs carry their secret in the path: `/v2/consumer/blobs/content/<token>`.
-_CONTENT_PATH_RE = re.compile(r"(/blobs/content/)[^\s\"'<>?#]+")
+_CONTENT_PATH_RE = re.compile(r"(/blobs/content/)[^\s\"'<>]+")
 # Whole values of these keys are secrets, whatever they look like.
 _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "password"})
 
