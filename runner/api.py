@@ -14,34 +14,23 @@ download URLs; API calls do not follow redirects, so it cannot cross to another 
 No message, `str`, `repr` or log line holds it: messages are built from the method, a
 redacted URL, the status and the service's text, scrubbed of the token.
 
-Every failure becomes an `ApiError` in `translate` (plus `_parse_body` for bodies):
+Every failure becomes an `ApiError` in one place, `translate` (bodies: `_parse_body`):
 
-| what happened                                   | raised                         |
-|-------------------------------------------------|--------------------------------|
-| timeouts, connect/read/write errors, a dropped  | RetryableError                 |
-|   connection (RemoteProtocolError), proxy and   |                                |
-|   decoding errors, the overall deadline         |                                |
-| UnsupportedProtocol, LocalProtocolError, too    | ApiError (our request is bad;  |
-|   many redirects                                |   retrying never helps)        |
-| 408, 429, 5xx                                   | RetryableError(retry_after_s)  |
-| 400 naming insufficient Buzz/funds, 402, and a  | FundsError                     |
-|   403 naming insufficient Buzz/funds            |                                |
-| other 400                                       | RejectedError(errors)          |
-| 401, 403 from the API                           | AuthError                      |
-| 401, 403 from a blob download URL               | UrlExpiredError                |
-| 404                                             | NotFoundError                  |
-| other 3xx/4xx, a body over the byte limit       | ApiError                       |
-| 2xx whose body is not JSON, or shorter than its | RetryableError: a proxy page or|
-|   Content-Length                                |   a cut body; every call is    |
-|                                                 |   safe to repeat (GET, or a    |
-|                                                 |   submit with its externalId)  |
-| 2xx JSON of the wrong shape                     | ApiError: the contract changed;|
-|                                                 |   repeating gives the same     |
+- Transport: timeouts, connect/read/write errors, a dropped connection (RemoteProtocolError),
+  proxy and decoding errors, the per-call deadline -> `RetryableError`. UnsupportedProtocol,
+  LocalProtocolError and TooManyRedirects -> `ApiError`: our request is wrong, no retry heals.
+- Status: 408, 429, 5xx -> `RetryableError(retry_after_s)`; 402, or a 400/403 whose problem
+  names insufficient Buzz/funds -> `FundsError`; other 400 -> `RejectedError(errors)`;
+  401/403 -> `AuthError` (`UrlExpiredError` from a signed blob URL); 404 -> `NotFoundError`;
+  any other status the call does not expect (3xx, 409, …) -> `ApiError`.
+- Body: a 2xx that is not JSON, or shorter than its Content-Length -> `RetryableError` (a
+  proxy page or a cut connection; every call is safe to repeat: a GET, or a submit with its
+  externalId). JSON of the wrong shape, or a body over the byte limit -> `ApiError` (the
+  same request gets the same answer).
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import re
@@ -66,14 +55,17 @@ from runner.errors import (
     RetryableError,
     UrlExpiredError,
 )
-from runner.log import REDACTED, redact
+from runner.log import REDACTED, redact, redact_url
 from runner.models import (
     Blob,
     ShapeError,
     Workflow,
     WorkflowPage,
     parse_blob,
+    parse_http_date,
     parse_page,
+    parse_problem,
+    parse_retry_after,
     parse_workflow,
 )
 
@@ -83,8 +75,6 @@ __all__ = [
     "TOKEN_ENV",
     "Client",
     "Download",
-    "parse_retry_after",
-    "redact_url",
     "translate",
 ]
 
@@ -99,8 +89,6 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 
 _EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
-_URL_SECRET_PARAM_RE = re.compile(r"(?i)([?&][^=&#]*(?:sig|token|credential)[^=&#]*=)[^&#]*")
-_URL_CONTENT_PATH_RE = re.compile(r"(/blobs/content/).*")  # its query too
 _FUNDS_RE = re.compile(r"(?i)insufficient\s+(buzz|funds?|balance)|not\s+enough\s+buzz")
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _NEVER_HEALS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.TooManyRedirects)
@@ -316,13 +304,7 @@ class Client:
         )
         location = response.headers.get("Location")
         if not location:
-            raise ApiError(
-                f"GET {redact_url(response.request.url)} -> {response.status_code}: "
-                "redirect without a Location header",
-                status=response.status_code,
-                method="GET",
-                url=redact_url(response.request.url),
-            )
+            raise _body_error(response, "a redirect without a Location header")
         return str(response.request.url.join(location))
 
     async def refresh_blob(self, blob_id: str) -> Blob:
@@ -340,8 +322,9 @@ class Client:
             raise ValueError(f"download URL {redact_url(url)!r} is not http:// or https://")
         request = self._http.build_request("GET", url, headers={"Accept": "*/*"})
         response, content = await self._send(
-            request, auth=None, max_bytes=max_bytes, deadline_s=4 * self.timeout_s
-        )
+            request, auth=None, follow_redirects=True, max_bytes=max_bytes,
+            deadline_s=4 * self.timeout_s,
+        )  # fmt: skip
         if response.status_code != 200:
             raise translate(response, body=content, secrets=self._secrets, blob_content=True)
         return Download(content=content, content_type=response.headers.get("Content-Type", ""))
@@ -356,7 +339,7 @@ class Client:
         params: httpx.QueryParams | None = None,
         json_body: object = None,
         wait_s: int = 0,
-        ok: Collection[int] = (200, 202),
+        ok: Collection[int] = range(200, 300),
     ) -> tuple[httpx.Response, bytes]:
         """One API call with the token; raises `translate(...)` unless the status is in `ok`."""
         request = self._http.build_request(
@@ -367,25 +350,28 @@ class Client:
             timeout=httpx.Timeout(self.timeout_s, read=self.timeout_s + wait_s),
         )
         response, body = await self._send(
-            request,
-            auth=self._auth,
-            max_bytes=self.max_response_bytes,
+            request, auth=self._auth, follow_redirects=False, max_bytes=self.max_response_bytes,
             deadline_s=wait_s + 2 * self.timeout_s,
-        )
+        )  # fmt: skip
         if response.status_code not in ok:
             raise translate(response, body=body, secrets=self._secrets)
         return response, body
 
     async def _send(
-        self, request: httpx.Request, *, auth: httpx.Auth | None, max_bytes: int, deadline_s: float
+        self,
+        request: httpx.Request,
+        *,
+        auth: httpx.Auth | None,
+        follow_redirects: bool,
+        max_bytes: int,
+        deadline_s: float,
     ) -> tuple[httpx.Response, bytes]:
         """Send, read at most `max_bytes` of the body, all within `deadline_s`."""
         started_s = anyio.current_time()
-        follow = auth is None  # downloads follow redirects; API calls never do
         try:
             with anyio.fail_after(deadline_s):
                 response = await self._http.send(
-                    request, auth=auth, follow_redirects=follow, stream=True
+                    request, auth=auth, follow_redirects=follow_redirects, stream=True
                 )
                 try:
                     body = await _read_limited(response, max_bytes)
@@ -424,11 +410,11 @@ async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
             break  # an error body: its first max_bytes say enough
         chunks.append(chunk)
     else:
-        # Content-Length counts the bytes on the wire; without a Content-Encoding (or when
-        # the body came preloaded) they are the decoded bytes.
-        received = response.num_bytes_downloaded or size
-        if "Content-Encoding" not in response.headers:
-            received = size
+        # Content-Length counts bytes on the wire: the decoded ones unless a Content-Encoding
+        # applies (then httpx's raw count, which a preloaded test body leaves at 0).
+        received = size
+        if "Content-Encoding" in response.headers and response.num_bytes_downloaded:
+            received = response.num_bytes_downloaded
         if declared is not None and received != declared:
             raise _body_error(
                 response,
@@ -463,7 +449,7 @@ def translate(
 
     For a response, `method` and `url` come from its request and `body` is its (read) body;
     `blob_content` marks a download from a signed URL (401/403 mean the URL expired).
-    `secrets` are scrubbed from every text taken from the service. See the module table.
+    `secrets` are scrubbed from every text taken from the service. See the module docstring.
     """
     if not isinstance(source, httpx.Response):
         shown = redact_url(url)
@@ -478,7 +464,11 @@ def translate(
 
     status = source.status_code
     method, shown = source.request.method, redact_url(source.request.url)
-    detail, errors = _problem(body, secrets)
+    problem = parse_problem(body)
+    detail = _scrub(problem.text, secrets)
+    errors = {
+        _scrub(k, secrets): [_scrub(m, secrets) for m in v] for k, v in problem.errors.items()
+    }
     message = f"{method} {shown} -> {status} {source.reason_phrase}".rstrip()
     if detail:
         message += f": {detail}"
@@ -489,7 +479,9 @@ def translate(
     if blob_content and status in (401, 403):
         return UrlExpiredError(f"{message} (the signed URL expired: refresh the blob)", **kw)
     if status in (408, 429) or status >= 500:
-        retry_after_s = parse_retry_after(source.headers.get("Retry-After"), now=_date(source))
+        # Against the server's own clock (its Date header), so our clock skew does not count.
+        now = parse_http_date(source.headers.get("Date")) or datetime.now(UTC)
+        retry_after_s = parse_retry_after(source.headers.get("Retry-After"), now=now)
         return RetryableError(message, retry_after_s=retry_after_s, **kw)
     if status == 402 or (status in (400, 403) and funds):
         return FundsError(f"{message} (top up Buzz, or allow other currencies)", **kw)
@@ -500,32 +492,6 @@ def translate(
     if status == 404:
         return NotFoundError(message, **kw)
     return ApiError(message, **kw)
-
-
-def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date after `now`."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def redact_url(url: httpx.URL | str) -> str:
-    """`url` fit for a message or a log: no signatures, tokens, user info or content secrets."""
-    text = str(url)
-    if "@" in text.split("?", 1)[0]:
-        parsed = httpx.URL(text)
-        text = str(parsed.copy_with(username=None, password=None))
-    text = _URL_SECRET_PARAM_RE.sub(rf"\1{REDACTED}", text)
-    return redact(_URL_CONTENT_PATH_RE.sub(rf"\1{REDACTED}", text))
 
 
 def _parse_body(
@@ -557,27 +523,6 @@ def _parse_body(
         ) from exc
 
 
-def _problem(body: bytes, secrets: Sequence[str]) -> tuple[str, dict[str, list[str]]]:
-    """The service's own words from an error body: title/detail text and the errors map."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = body.decode("utf-8", "replace")
-        data = " ".join(data.split())  # a gateway's HTML page: one line is plenty
-    if isinstance(data, str):  # a 403 on submit is a bare JSON string; or the text above
-        return _scrub(data, secrets), {}
-    if not isinstance(data, dict):
-        return _scrub(json.dumps(data), secrets), {}
-    parts = [str(data[k]) for k in ("title", "detail") if data.get(k)]
-    errors: dict[str, list[str]] = {}
-    raw_errors = data.get("errors")
-    if isinstance(raw_errors, dict):
-        for field, messages in raw_errors.items():
-            items = messages if isinstance(messages, list) else [messages]
-            errors[_scrub(str(field), secrets)] = [_scrub(str(m), secrets) for m in items]
-    return _scrub(" - ".join(parts), secrets), errors
-
-
 def _scrub(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
@@ -585,15 +530,6 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     if len(text) > _DETAIL_MAX_CHARS:
         text = text[: _DETAIL_MAX_CHARS - 1] + "…"
     return text
-
-
-def _date(response: httpx.Response) -> datetime:
-    """The server's clock from its Date header (so Retry-After dates ignore our skew)."""
-    try:
-        when = email.utils.parsedate_to_datetime(response.headers.get("Date", ""))
-    except (TypeError, ValueError, IndexError):
-        return datetime.now(UTC)
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _content_length(response: httpx.Response) -> int | None:

@@ -34,6 +34,10 @@ _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 _QUERY_SECRET_RE = re.compile(r"(?i)(?<![a-z0-9])(sig|signature|token|credential)=[^&\s\"'<>]+")
 # Signed content URLs carry their secret in the path: `/v2/consumer/blobs/content/<token>`.
 _CONTENT_PATH_RE = re.compile(r"(/blobs/content/)[^\s\"'<>]+")
+# For `redact_url`: user info, any query parameter named like a credential, a content tail.
+_USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#@]*@", re.IGNORECASE)
+_URL_SECRET_PARAM_RE = re.compile(r"(?i)([?&][^=&#]*(?:sig|token|credential)[^=&#]*=)[^&#]*")
+_URL_CONTENT_TAIL_RE = re.compile(r"(/blobs/content/).*")
 # Whole values of these keys are secrets, whatever they look like.
 _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "password"})
 
@@ -53,6 +57,14 @@ def redact(text: str) -> str:
     text = _BEARER_RE.sub(rf"\1 {REDACTED}", text)
     text = _QUERY_SECRET_RE.sub(rf"\1={REDACTED}", text)
     return _CONTENT_PATH_RE.sub(rf"\1{REDACTED}", text)
+
+
+def redact_url(url: object) -> str:
+    """`url` fit for a message or a log line: no user info, no value of a query parameter
+    whose name holds sig/token/credential, nothing after `/blobs/content/`."""
+    text = _USERINFO_RE.sub(r"\1", str(url))
+    text = _URL_SECRET_PARAM_RE.sub(rf"\1{REDACTED}", text)
+    return redact(_URL_CONTENT_TAIL_RE.sub(rf"\1{REDACTED}", text))
 
 
 def _active_secrets() -> tuple[str, ...]:

@@ -3,14 +3,17 @@
 camelCase comes in, snake_case goes out, and every result keeps `raw` (the JSON object it was
 built from) for the record. Optional or unexpected-but-harmless fields become None; a body
 that cannot be a result at all (not an object, no `status`, a field of the wrong type) raises
-`ShapeError`, which `api.py` turns into an `ApiError`.
+`ShapeError`, which `api.py` turns into an `ApiError`. Error bodies (`parse_problem`) and
+`Retry-After` headers (`parse_retry_after`) never raise: whatever came is made readable.
 """
 
 from __future__ import annotations
 
+import email.utils
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -199,6 +202,56 @@ def parse_page(data: object) -> tuple[tuple[Workflow, ...], str | None]:
     items = tuple(parse_workflow(item) for item in _list(obj.get("items"), "page.items"))
     cursor = _str(obj.get("next"), "page.next")
     return items, cursor or None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The service's words in an error body: `text` (title and detail) and the errors map."""
+
+    text: str
+    errors: dict[str, list[str]]
+
+
+def parse_problem(body: bytes) -> Problem:
+    """Read a ProblemDetails / ValidationProblemDetails, a bare JSON string (a 403 on submit)
+    or any other text (a gateway's HTML page, collapsed to one line)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = " ".join(body.decode("utf-8", "replace").split())
+    if isinstance(data, str):
+        return Problem(text=data, errors={})
+    if not isinstance(data, dict):
+        return Problem(text=json.dumps(data), errors={})
+    text = " - ".join(str(data[key]) for key in ("title", "detail") if data.get(key))
+    errors: dict[str, list[str]] = {}
+    raw_errors = data.get("errors")
+    if isinstance(raw_errors, dict):
+        for name, messages in raw_errors.items():
+            items = messages if isinstance(messages, list) else [messages]
+            errors[str(name)] = [str(message) for message in items]
+    return Problem(text=text, errors=errors)
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date after `now`.
+
+    A date in the past gives 0.0; an absent or unreadable value gives None.
+    """
+    text = (value or "").strip()
+    if text.isdigit():
+        return float(text)
+    when = parse_http_date(text)
+    return None if when is None else max(0.0, (when - now).total_seconds())
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An RFC 9110 HTTP date (`Date`, `Retry-After`) as an aware datetime, or None."""
+    try:
+        when = email.utils.parsedate_to_datetime(value or "")
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _parse_image(index: int, data: object) -> ImageResult:

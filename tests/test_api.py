@@ -14,7 +14,7 @@ import httpx
 import pytest
 import structlog
 
-from runner.api import Client, parse_retry_after, redact_url
+from runner.api import Client
 from runner.errors import (
     ApiError,
     AuthError,
@@ -24,7 +24,8 @@ from runner.errors import (
     RetryableError,
     UrlExpiredError,
 )
-from runner.models import WorkflowStatus
+from runner.log import redact_url
+from runner.models import WorkflowStatus, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 
