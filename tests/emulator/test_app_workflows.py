@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import anyio
 import pytest
@@ -16,11 +17,11 @@ ID_PATTERN = re.compile(r"^\d+-\d{17}$")
 BLOB_PATTERN = re.compile(r"^[A-Z2-7]{26}\.jpeg$")
 
 
-def debits(workflow: dict) -> int:
+def debits(workflow: dict[str, Any]) -> int:
     return sum(t["amount"] for t in workflow["transactions"]["list"] if t["type"] == "debit")
 
 
-def credits(workflow: dict) -> int:
+def credits(workflow: dict[str, Any]) -> int:
     return sum(t["amount"] for t in workflow["transactions"]["list"] if t["type"] == "credit")
 
 
@@ -53,7 +54,7 @@ async def test_status_moves_through_phases_as_the_clock_advances(harness: Harnes
     """Statuses are computed from the clock: unassigned, preparing, scheduled, processing, done."""
     with anyio.fail_after(5):
         wf_id = (await harness.submit(template(quantity=2))).json()["id"]
-        seen = []
+        seen: list[str] = []
         for _ in range(400):
             response = await harness.get(wf_id)
             body = response.json()
