@@ -29,7 +29,7 @@ REDACTED = "[REDACTED]"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # `Bearer <credential>` anywhere (headers echoed in a body, a repr of a request, …).
-_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+(?!token\b)[A-Za-z0-9._~+/=-]+")
 # `sig=…`, `token=…`, `signature=…`, also as the tail of `access_token=` or `X-Amz-Signature=`.
 _QUERY_SECRET_RE = re.compile(r"(?i)(?<![a-z0-9])(sig|signature|token|credential)=[^&\s\"'<>]+")
 # Signed content URLs carry their secret in the path: `/v2/consumer/blobs/content/<token>`.

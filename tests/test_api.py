@@ -163,6 +163,8 @@ CASES = [
      None, None, "Insufficient Buzz"),
     (400, problem(400, "Insufficient funds"), {}, FundsError, None, None, "Insufficient funds"),
     (402, problem(402, "Payment Required"), {}, FundsError, None, None, "402"),
+    (403, problem(403, "Forbidden", "Insufficient Buzz: costs 8, have 0"), {}, FundsError, None,
+     None, "costs 8, have 0"),
     (401, problem(401, "Unauthorized"), {}, AuthError, None, None, "CIVITAI_API_TOKEN"),
     (403, "You are not permitted to use this recipe", {}, AuthError, None, None,
      "not permitted to use this recipe"),

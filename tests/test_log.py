@@ -32,13 +32,14 @@ def test_redact_replaces_patterns():
     text = (
         "Authorization: Bearer abc.DEF-123 and bearer xyz "
         "https://cdn.test/a.jpeg?sig=S1&w=5 access_token=T2&X-Amz-Signature=S3 "
-        "https://x.test/v2/consumer/blobs/content/eyJhbGci?x=1 design=ok"
+        "https://x.test/v2/consumer/blobs/content/eyJhbGci?x=1 design=ok "
+        "the bearer token is not valid"
     )
     assert redact(text) == (
         "Authorization: Bearer [REDACTED] and bearer [REDACTED] "
         "https://cdn.test/a.jpeg?sig=[REDACTED]&w=5 access_token=[REDACTED]&"
         "X-Amz-Signature=[REDACTED] https://x.test/v2/consumer/blobs/content/[REDACTED] "
-        "design=ok"
+        "design=ok the bearer token is not valid"
     )
 
 
