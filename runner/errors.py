@@ -4,12 +4,13 @@
 * ZbatchError                     exit 1   anything we raise on purpose
   + ManifestError                 exit 2   file:line, field, value, what is allowed
   + ApiError                      exit 1   the orchestration API said no, or did not answer
-    - RetryableError                       connect/read errors, 408, 429, 5xx (retry_after_s)
+    - RetryableError                       transport errors, 408, 429, 5xx, a cut or non-JSON
+                                           2xx body (retry_after_s)
     - RejectedError                        400: the input is wrong; nothing spent, never retried
     - NotFoundError                        404: unknown or deleted workflow / blob
     - UrlExpiredError                      401/403 on a signed blob URL: refresh it, then retry
     - AuthError                   exit 3   401/403: the run stops, nothing is lost
-    - FundsError                  exit 3   402 or a 400 for insufficient Buzz: the run stops
+    - FundsError                  exit 3   402, or a 400/403 naming insufficient Buzz: stops
   + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
   + StoreError                    exit 1   illegal state transition, database lock held
 ```
@@ -66,7 +67,7 @@ class ApiError(ZbatchError):
 
 
 class RetryableError(ApiError):
-    """A transient failure: connection or read error, 408, 429, 5xx. Safe to retry.
+    """A transient failure: transport error, 408, 429, 5xx, a cut or non-JSON 2xx. Retry it.
 
     `retry_after_s` is the service's Retry-After in seconds when it sent one.
     """
@@ -110,7 +111,7 @@ class AuthError(ApiError):
 
 
 class FundsError(ApiError):
-    """The account cannot pay for the work (402, or a 400 naming insufficient Buzz)."""
+    """The account cannot pay for the work (402, or a 400/403 naming insufficient Buzz)."""
 
     exit_code: ClassVar[int] = 3
 
