@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 from PIL import Image
@@ -63,12 +62,14 @@ def test_seeds_give_many_distinct_images():
     assert len({_render(seed=seed, width=64, height=64) for seed in range(20)}) == 20
 
 
-def test_largest_image_renders_fast():
-    """A 2048² image in every format renders in well under a second."""
+def test_largest_image_renders_at_full_size():
+    """The largest size the API allows renders in every format at exactly 2048x2048.
+
+    How fast it renders is a figure for `make bench`, not a test assertion.
+    """
     for fmt, _ in FORMATS:
-        started = time.perf_counter()
-        _render(fmt=fmt, width=2048, height=2048)
-        assert time.perf_counter() - started < 0.9
+        with Image.open(io.BytesIO(_render(fmt=fmt, width=2048, height=2048))) as img:
+            assert img.size == (2048, 2048)
 
 
 @pytest.mark.parametrize(
