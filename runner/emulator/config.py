@@ -32,13 +32,14 @@ class RateLimit:
 class FaultRule:
     """One fault kind: fires with probability `p`, at most `times` times in total (None = no cap).
 
-    `statuses` are the HTTP codes a 5xx fault picks from (seeded); `delay_s` is how long a
-    `slow` answer is held; `fraction` is how much of the body `blob_truncate` keeps.
+    `statuses` are the HTTP codes a 5xx fault picks from (seeded; None = the kind's default:
+    502 for `submit_5xx_after`, else 500/502/503); `delay_s` is how long a `slow` answer is
+    held; `fraction` is how much of the body `blob_truncate` keeps.
     """
 
     p: float = 0.0
     times: int | None = None
-    statuses: tuple[int, ...] = (500, 502, 503)
+    statuses: tuple[int, ...] | None = None
     delay_s: float = 2.0
     fraction: float = 0.5
 
@@ -62,7 +63,7 @@ class FaultProfile:
     """Every fault kind the emulator can inject; all off by default. See docs/emulator.md."""
 
     submit_5xx_before: FaultRule = FaultRule()
-    submit_5xx_after: FaultRule = FaultRule(statuses=(502,))
+    submit_5xx_after: FaultRule = FaultRule()
     submit_drop_after: FaultRule = FaultRule()
     read_5xx: FaultRule = FaultRule()
     slow: FaultRule = FaultRule()
@@ -104,7 +105,7 @@ def _parse_rule(value: object, default: FaultRule, where: str) -> FaultRule:
             f"{where}: unknown field(s) {names} (allowed: {', '.join(sorted(allowed))})"
         )
     fields: dict[str, Any] = dict(value)
-    if "statuses" in fields:
+    if fields.get("statuses") is not None:
         fields["statuses"] = tuple(int(s) for s in fields["statuses"])
     rule = dataclasses.replace(default, **fields)
     if not 0.0 <= rule.p <= 1.0:

@@ -12,6 +12,9 @@ from typing import Any
 
 from runner.emulator.config import FaultProfile
 
+DEFAULT_STATUSES: dict[str, tuple[int, ...]] = {"submit_5xx_after": (502,)}
+GENERIC_STATUSES = (500, 502, 503)
+
 
 def derive_bytes(*parts: object) -> bytes:
     """32 bytes that depend only on `parts`."""
@@ -56,6 +59,7 @@ class FaultInjector:
 
     def status_for(self, kind: str, subject: str) -> int:
         """The 5xx status a firing fault answers with (seeded choice among the rule's statuses)."""
-        statuses = self.profile.rule(kind).statuses or (500,)
+        rule = self.profile.rule(kind)
+        statuses: tuple[int, ...] = rule.statuses or DEFAULT_STATUSES.get(kind, GENERIC_STATUSES)
         n = self._seen[(kind, subject)]
         return statuses[derive_int(self._seed, "status", kind, subject, n) % len(statuses)]
