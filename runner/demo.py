@@ -9,6 +9,7 @@ Until `zbatch run` exists this is the main job; it then becomes `zbatch run jobs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -18,22 +19,25 @@ from pathlib import Path
 
 import anyio
 
-from runner.api import Client, Workflow
+from runner.api import Client
 from runner.files import atomic_write_bytes, verify_image
+from runner.log import configure_logging
+from runner.models import Workflow
 
 DEMO_TOKEN = "emulator-demo-token"  # the emulator accepts any bearer token
-DEMO_INPUT = {
+WIDTH, HEIGHT, QUANTITY = 512, 512, 2
+DEMO_INPUT: dict[str, object] = {
     "engine": "sdcpp",
     "ecosystem": "zImage",
     "model": "turbo",
     "operation": "createImage",
     "prompt": "A cozy cabin in the woods at sunset, cinematic lighting",
-    "width": 512,
-    "height": 512,
+    "width": WIDTH,
+    "height": HEIGHT,
     "cfgScale": 1,
     "steps": 9,
     "seed": 42,
-    "quantity": 2,
+    "quantity": QUANTITY,
 }
 POLL_INTERVAL_S = 0.05
 
@@ -73,23 +77,21 @@ async def run_demo(
     key = external_id_for(DEMO_INPUT)
     async with Client(base_url=base_url, token=DEMO_TOKEN) as client:
         preview = await client.submit(steps, whatif=True)
-        say(f"whatif: {preview.cost_total} Buzz for {DEMO_INPUT['quantity']} images")
+        say(f"whatif: {preview.cost_total} Buzz for {QUANTITY} images")
         first = await client.submit(steps, external_id=key, tags=["zbatch:demo"])
         again = await client.submit(steps, external_id=key, tags=["zbatch:demo"])
         if first.id is None or again.id != first.id:
             raise RuntimeError(f"resubmit made a second workflow: {first.id} vs {again.id}")
         say(f"submitted {first.id} (externalId {key}); resubmit returned the same workflow")
         final = await _wait_terminal(client, first.id, say)
-        saved = []
+        saved: list[SavedImage] = []
         for image in final.images:
             if not image.deliverable or image.url is None:
                 say(f"image {image.index}: not deliverable ({image.blocked_reason or 'missing'})")
                 continue
             download = await client.download(image.url, max_bytes=32 * 1024 * 1024)
             info = await anyio.to_thread.run_sync(
-                lambda d=download.content: verify_image(
-                    d, width=int(DEMO_INPUT["width"]), height=int(DEMO_INPUT["height"])
-                )
+                functools.partial(verify_image, download.content, width=WIDTH, height=HEIGHT)
             )
             path = out_dir / "images" / f"{key}_{image.index}.{info.format}"
             await anyio.to_thread.run_sync(atomic_write_bytes, path, download.content)
@@ -123,6 +125,7 @@ def main() -> int:
     from runner.emulator.config import EmulatorConfig
     from runner.emulator.server import running_server
 
+    configure_logging(level="info")
     out_dir = Path("out/demo")
     config = EmulatorConfig(seed=7, time_scale=0.05)
 

@@ -26,6 +26,14 @@ def test_atomic_write_creates_parents_and_leaves_no_temp_file(tmp_path: Path) ->
     assert sorted(p.name for p in target.parent.iterdir()) == ["img.jpeg"]
 
 
+def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
+    """Files get 0o666 less the process umask like any program's output, not mkstemp's 0o600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_bytes(tmp_path / "f", b"x")
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_atomic_write_replaces_existing_file(tmp_path: Path) -> None:
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")
