@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from runner.emulator.app import make_app
+from runner.emulator.clock import Clock
 from runner.emulator.config import EmulatorConfig
 
 STARTUP_TIMEOUT_S = 10.0
@@ -31,10 +32,18 @@ def _free_port(host: str) -> int:
 
 @contextmanager
 def running_server(
-    config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    clock: Clock | None = None,
 ) -> Iterator[str]:
-    """Start uvicorn in a thread on `port` (0 = a free one), yield its base URL, always stop it."""
-    app = make_app(config or EmulatorConfig())
+    """Start uvicorn in a thread on `port` (0 = a free one), yield its base URL, always stop it.
+
+    With a `ManualClock`, move time over HTTP (`POST /_emulator/advance?seconds=N`), not by
+    calling `advance()` from the test's thread: the clock belongs to the server's event loop.
+    """
+    app = make_app(config or EmulatorConfig(), clock=clock)
     chosen = port or _free_port(host)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=chosen, log_level="warning", access_log=False)

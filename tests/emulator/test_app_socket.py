@@ -55,3 +55,18 @@ def test_running_server_stops_when_the_block_ends() -> None:
         assert httpx.get(f"{base_url}/_emulator/state", timeout=5).status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base_url}/_emulator/state", timeout=2)
+
+
+def test_manual_clock_is_driven_over_http() -> None:
+    """With a ManualClock the server's time moves only through /_emulator/advance."""
+    from runner.emulator import ManualClock
+
+    with running_server(EmulatorConfig(), clock=ManualClock()) as base_url:
+        with httpx.Client(base_url=base_url, headers=AUTH, timeout=10) as client:
+            wf_id = client.post(WORKFLOWS, json=template("sock-clock")).json()["id"]
+            before = client.get(f"{WORKFLOWS}/{wf_id}").json()["status"]
+            client.post("/_emulator/advance", params={"seconds": 60})
+            after = client.get(f"{WORKFLOWS}/{wf_id}")
+    assert before == "unassigned"
+    assert after.status_code == 200
+    assert after.json()["status"] == "succeeded"
