@@ -14,31 +14,17 @@ download URLs; API calls do not follow redirects, so it cannot cross to another 
 No message, `str`, `repr` or log line holds it: messages are built from the method, a
 redacted URL, the status and the service's text, scrubbed of the token.
 
-Every failure becomes an `ApiError` in one place, `translate` (bodies: `_parse_body`):
-
-- Transport: timeouts, connect/read/write errors, a dropped connection (RemoteProtocolError),
-  proxy and decoding errors, the per-call deadline -> `RetryableError`. UnsupportedProtocol,
-  LocalProtocolError and TooManyRedirects -> `ApiError`: our request is wrong, no retry heals.
-- Status: 408, 429, 5xx -> `RetryableError(retry_after_s)`; 402, or a 400/403 whose problem
-  names insufficient Buzz/funds -> `FundsError`; other 400 -> `RejectedError(errors)`;
-  401/403 -> `AuthError` (`UrlExpiredError` from a signed blob URL); 404 -> `NotFoundError`;
-  any other status the call does not expect (3xx, 409, …) -> `ApiError`.
-- Body: a 2xx that is not JSON, or shorter than its Content-Length -> `RetryableError` (a
-  proxy page or a cut connection; every call is safe to repeat: a GET, or a submit with its
-  externalId). JSON of the wrong shape, or a body over the byte limit -> `ApiError` (the
-  same request gets the same answer).
+Every failure becomes an `ApiError` in one place, `runner/http_errors.py`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 import anyio
@@ -46,28 +32,10 @@ import httpx
 import structlog
 
 from runner import __version__
-from runner.errors import (
-    ApiError,
-    AuthError,
-    FundsError,
-    NotFoundError,
-    RejectedError,
-    RetryableError,
-    UrlExpiredError,
-)
-from runner.log import REDACTED, redact, redact_url
-from runner.models import (
-    Blob,
-    ShapeError,
-    Workflow,
-    WorkflowPage,
-    parse_blob,
-    parse_http_date,
-    parse_page,
-    parse_problem,
-    parse_retry_after,
-    parse_workflow,
-)
+from runner.errors import ApiError, AuthError
+from runner.http_errors import TOKEN_ENV, body_error, parse_body, read_limited, translate
+from runner.log import redact_url
+from runner.models import Blob, Workflow, WorkflowPage, parse_blob, parse_page, parse_workflow
 
 __all__ = [
     "BASE_URL_ENV",
@@ -79,20 +47,15 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 DEFAULT_BASE_URL: Final = "https://orchestration.civitai.com"
-TOKEN_ENV: Final = "CIVITAI_API_TOKEN"
 BASE_URL_ENV: Final = "CIVITAI_API_BASE_URL"
 MAX_WAIT_S: Final = 90  # the service times requests out at 100 s (civitai-api.md §1)
 DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 
 _EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
-_FUNDS_RE = re.compile(r"(?i)insufficient\s+(buzz|funds?|balance)|not\s+enough\s+buzz")
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
-_NEVER_HEALS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.TooManyRedirects)
-_DETAIL_MAX_CHARS: Final = 500
 
 
 @dataclass(frozen=True)
@@ -223,7 +186,7 @@ class Client:
         response, data = await self._call(
             "POST", "/v2/consumer/workflows", params=params, json_body=body, wait_s=wait_s
         )
-        return _parse_body(response, data, parse_workflow, self._secrets)
+        return parse_body(response, data, parse_workflow, self._secrets)
 
     async def get(self, workflow_id: str, *, wait_s: int = 0) -> Workflow:
         """Fetch a workflow; with `wait_s` > 0 the service holds the call until it is terminal."""
@@ -232,7 +195,7 @@ class Client:
         response, data = await self._call(
             "GET", f"/v2/consumer/workflows/{_segment(workflow_id)}", params=params, wait_s=wait_s
         )
-        return _parse_body(response, data, parse_workflow, self._secrets)
+        return parse_body(response, data, parse_workflow, self._secrets)
 
     async def query(
         self,
@@ -264,7 +227,7 @@ class Client:
         response, data = await self._call(
             "GET", "/v2/consumer/workflows", params=httpx.QueryParams(params)
         )
-        items, next_cursor = _parse_body(response, data, parse_page, self._secrets)
+        items, next_cursor = parse_body(response, data, parse_page, self._secrets)
         if len(items) < take:
             next_cursor = None
         return WorkflowPage(items=items, next=next_cursor)
@@ -304,13 +267,13 @@ class Client:
         )
         location = response.headers.get("Location")
         if not location:
-            raise _body_error(response, "a redirect without a Location header")
+            raise body_error(response, "a redirect without a Location header")
         return str(response.request.url.join(location))
 
     async def refresh_blob(self, blob_id: str) -> Blob:
         """A fresh signed URL for a blob (`POST …/blobs/{id}/refresh`); resets its 30-day TTL."""
         response, data = await self._call("POST", f"/v2/consumer/blobs/{_segment(blob_id)}/refresh")
-        return _parse_body(response, data, parse_blob, self._secrets)
+        return parse_body(response, data, parse_blob, self._secrets)
 
     async def download(self, url: str, *, max_bytes: int) -> Download:
         """GET a blob URL without Authorization, following redirects, at most `max_bytes`.
@@ -374,7 +337,7 @@ class Client:
                     request, auth=auth, follow_redirects=follow_redirects, stream=True
                 )
                 try:
-                    body = await _read_limited(response, max_bytes)
+                    body = await read_limited(response, max_bytes)
                 finally:
                     await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
@@ -393,150 +356,6 @@ class Client:
             elapsed_ms=round((anyio.current_time() - started_s) * 1000),
         )
         return response, body
-
-
-async def _read_limited(response: httpx.Response, max_bytes: int) -> bytes:
-    """The body, checked against `max_bytes` and Content-Length (error bodies: truncated)."""
-    declared = _content_length(response)
-    if response.is_success and declared is not None and declared > max_bytes:
-        raise _body_error(response, f"the body ({declared} bytes) exceeds {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            if response.is_success:
-                raise _body_error(response, f"the body exceeds {max_bytes} bytes")
-            break  # an error body: its first max_bytes say enough
-        chunks.append(chunk)
-    else:
-        # Content-Length counts bytes on the wire: the decoded ones unless a Content-Encoding
-        # applies (then httpx's raw count, which a preloaded test body leaves at 0).
-        received = size
-        if "Content-Encoding" in response.headers and response.num_bytes_downloaded:
-            received = response.num_bytes_downloaded
-        if declared is not None and received != declared:
-            raise _body_error(
-                response,
-                f"the body ended after {received} of {declared} bytes (Content-Length)",
-                retryable=True,
-            )
-    return b"".join(chunks)
-
-
-def _body_error(response: httpx.Response, text: str, *, retryable: bool = False) -> ApiError:
-    method, shown = response.request.method, redact_url(response.request.url)
-    kind = RetryableError if retryable else ApiError
-    return kind(
-        f"{method} {shown} -> {response.status_code}: {text}",
-        status=response.status_code,
-        method=method,
-        url=shown,
-    )
-
-
-def translate(
-    source: httpx.Response | BaseException,
-    *,
-    method: str = "",
-    url: httpx.URL | str = "",
-    body: bytes = b"",
-    secrets: Sequence[str] = (),
-    blob_content: bool = False,
-    deadline_s: float | None = None,
-) -> ApiError:
-    """Map an httpx exception, or a response with a failure status, to the right `ApiError`.
-
-    For a response, `method` and `url` come from its request and `body` is its (read) body;
-    `blob_content` marks a download from a signed URL (401/403 mean the URL expired).
-    `secrets` are scrubbed from every text taken from the service. See the module docstring.
-    """
-    if not isinstance(source, httpx.Response):
-        shown = redact_url(url)
-        where: dict[str, Any] = {"method": method, "url": shown}
-        if isinstance(source, TimeoutError):
-            text = f"no complete answer within the deadline of {deadline_s or 0:g} s"
-            return RetryableError(f"{method} {shown}: {text}", **where)
-        text = _scrub(f"{type(source).__name__}: {source}".rstrip(": "), secrets)
-        if isinstance(source, _NEVER_HEALS) or not isinstance(source, httpx.HTTPError):
-            return ApiError(f"{method} {shown}: {text}", detail=text, **where)
-        return RetryableError(f"{method} {shown}: {text}", detail=text, **where)
-
-    status = source.status_code
-    method, shown = source.request.method, redact_url(source.request.url)
-    problem = parse_problem(body)
-    detail = _scrub(problem.text, secrets)
-    errors = {
-        _scrub(k, secrets): [_scrub(m, secrets) for m in v] for k, v in problem.errors.items()
-    }
-    message = f"{method} {shown} -> {status} {source.reason_phrase}".rstrip()
-    if detail:
-        message += f": {detail}"
-    if errors:
-        message += " [" + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()) + "]"
-    kw: dict[str, Any] = {"status": status, "method": method, "url": shown, "detail": detail}
-    funds = bool(_FUNDS_RE.search(detail + " " + " ".join(sum(errors.values(), []))))
-    if blob_content and status in (401, 403):
-        return UrlExpiredError(f"{message} (the signed URL expired: refresh the blob)", **kw)
-    if status in (408, 429) or status >= 500:
-        # Against the server's own clock (its Date header), so our clock skew does not count.
-        now = parse_http_date(source.headers.get("Date")) or datetime.now(UTC)
-        retry_after_s = parse_retry_after(source.headers.get("Retry-After"), now=now)
-        return RetryableError(message, retry_after_s=retry_after_s, **kw)
-    if status == 402 or (status in (400, 403) and funds):
-        return FundsError(f"{message} (top up Buzz, or allow other currencies)", **kw)
-    if status == 400:
-        return RejectedError(message, errors=errors, **kw)
-    if status in (401, 403):
-        return AuthError(f"{message} (check {TOKEN_ENV} and what the key may do)", **kw)
-    if status == 404:
-        return NotFoundError(message, **kw)
-    return ApiError(message, **kw)
-
-
-def _parse_body(
-    response: httpx.Response,
-    body: bytes,
-    parser: Callable[[object], T],
-    secrets: Sequence[str],
-) -> T:
-    """Decode a success body with `parser`; not JSON is retryable, a wrong shape is not."""
-    method, shown = response.request.method, redact_url(response.request.url)
-    where: dict[str, Any] = {"status": response.status_code, "method": method, "url": shown}
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        kind = response.headers.get("Content-Type", "no Content-Type")
-        raise RetryableError(
-            f"{method} {shown} -> {response.status_code}: the body is not JSON "
-            f"({kind}, {len(body)} bytes)",
-            **where,
-        ) from exc
-    try:
-        return parser(data)
-    except ShapeError as exc:
-        text = _scrub(str(exc), secrets)
-        raise ApiError(
-            f"{method} {shown} -> {response.status_code}: unexpected answer: {text}",
-            detail=text,
-            **where,
-        ) from exc
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    text = redact(text)
-    if len(text) > _DETAIL_MAX_CHARS:
-        text = text[: _DETAIL_MAX_CHARS - 1] + "…"
-    return text
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    try:
-        return int(response.headers["Content-Length"])
-    except (KeyError, ValueError):
-        return None
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
