@@ -5,7 +5,9 @@ The seed page (recipes/zimage.md) gives the shape of the price:
     total = base × (width × height / 1024²) × (steps / referenceSteps) × quantity
 
 with turbo ``base`` 8, ``referenceSteps`` 9 and base ``base`` 20, ``referenceSteps`` 20.
-It is computed exactly with ``fractions.Fraction``.
+It is computed exactly with ``fractions.Fraction`` by ``runner.zimage`` (``exact_buzz``,
+``price_buzz``): the runner estimates and the emulator charges with the same code, so the
+two can never disagree. This module only reads a normalized input's fields for it.
 
 **Rounding.** No source says how the service rounds (civitai-api.md §0, §14.8). The price
 is rounded **up** to a whole Buzz, and is at least 1: ceiling never undercharges, so a
@@ -27,30 +29,24 @@ divided by the total quantity.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from runner import zimage
 from runner.emulator import schema
+from runner.zimage import MINIMUM_BUZZ, RATES, REFERENCE_PIXELS, ModelRate
 
-REFERENCE_PIXELS = 1024 * 1024
-MINIMUM_BUZZ = 1
-
-
-@dataclass(frozen=True)
-class ModelRate:
-    """One model's pricing constants from the seed page."""
-
-    base_buzz: int  # the price of one 1024² image at reference_steps
-    reference_steps: int
-
-
-RATES: Mapping[str, ModelRate] = {
-    "turbo": ModelRate(base_buzz=8, reference_steps=9),
-    "base": ModelRate(base_buzz=20, reference_steps=20),
-}
+__all__ = [
+    "MINIMUM_BUZZ",
+    "RATES",
+    "REFERENCE_PIXELS",
+    "ModelRate",
+    "exact_buzz",
+    "exact_image_buzz",
+    "price_buzz",
+    "workflow_cost",
+]
 
 
 def _field(input: Mapping[str, Any], defaults: Mapping[str, object], name: str) -> int:
@@ -60,29 +56,29 @@ def _field(input: Mapping[str, Any], defaults: Mapping[str, object], name: str) 
     return value
 
 
-def exact_image_buzz(input: Mapping[str, Any]) -> Fraction:
-    """The exact, unrounded price of one image of ``input`` (a normalized Z-Image input)."""
+def _shape(input: Mapping[str, Any]) -> dict[str, Any]:
+    """The priced fields of ``input`` (defaults filled in) as ``zimage`` keyword arguments."""
     model = str(input["model"])
     if model not in RATES:
         raise KeyError(f"no price for model {model!r}; priced: {', '.join(RATES)}")
-    rate = RATES[model]
     defaults = schema.defaults_for(model)
-    area_px = _field(input, defaults, "width") * _field(input, defaults, "height")
-    steps = _field(input, defaults, "steps")
-    return (
-        rate.base_buzz * Fraction(area_px, REFERENCE_PIXELS) * Fraction(steps, rate.reference_steps)
-    )
+    fields = ("width", "height", "steps", "quantity")
+    return {"model": model} | {name: _field(input, defaults, name) for name in fields}
+
+
+def exact_image_buzz(input: Mapping[str, Any]) -> Fraction:
+    """The exact, unrounded price of one image of ``input`` (a normalized Z-Image input)."""
+    return zimage.exact_buzz(**(_shape(input) | {"quantity": 1}))
 
 
 def exact_buzz(input: Mapping[str, Any]) -> Fraction:
     """The exact, unrounded price of the whole step (all ``quantity`` images)."""
-    quantity = _field(input, schema.defaults_for(str(input["model"])), "quantity")
-    return exact_image_buzz(input) * quantity
+    return zimage.exact_buzz(**_shape(input))
 
 
 def price_buzz(input: Mapping[str, Any]) -> int:
-    """The step's price in whole Buzz: the exact price rounded up, at least ``MINIMUM_BUZZ``."""
-    return max(MINIMUM_BUZZ, math.ceil(exact_buzz(input)))
+    """The step's price in whole Buzz: ``zimage.price_buzz``, the runner's own estimate."""
+    return zimage.price_buzz(**_shape(input))
 
 
 def _json_number(value: Fraction) -> int | float:
@@ -92,7 +88,7 @@ def _json_number(value: Fraction) -> int | float:
 
 def workflow_cost(inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The WorkflowCost JSON object for a workflow whose steps have these inputs."""
-    quantity = sum(_field(i, schema.defaults_for(str(i["model"])), "quantity") for i in inputs)
+    quantity = sum(_shape(i)["quantity"] for i in inputs)
     exact_total = sum((exact_buzz(i) for i in inputs), Fraction(0))
     per_image = exact_total / quantity if quantity else Fraction(0)
     return {
