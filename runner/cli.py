@@ -1,20 +1,96 @@
 """Command-line entry point `zbatch`: argument parsing, subcommands and exit codes; no logic.
 
 Exit codes: 0 done, 1 unexpected error, 2 usage or manifest error, 3 auth or funds,
-4 Buzz cap reached, 130 interrupted. Results go to stdout; logs and progress to stderr.
+4 Buzz cap reached, 130 interrupted; `zbatch plan` exits 3 when the plan is over budget.
+Results go to stdout; logs and progress to stderr (`main` configures logging for that).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
 
 from runner import __version__
-from runner.errors import ZbatchError
+from runner.errors import ApiError, ZbatchError
+from runner.log import TOKEN_ENV, configure_logging
+
+if TYPE_CHECKING:
+    from runner.manifest import Manifest
+    from runner.plan import Plan
 
 EXIT_INTERRUPTED = 130
+EXIT_OVER_BUDGET = 3
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show what a manifest will do and cost, before anything is spent.
+
+    Reads the manifest and its prompt files, expands the grid once and prints the axes and
+    their sizes, the cells and images (duplicates removed, exclusions, inclusions), the Buzz
+    by shape and by model against the budget (and, when over, how many cells fit before the
+    run would stop), an estimated wall time at the manifest's limits, and the number of
+    warnings (the warnings themselves go to stderr). It writes nothing and spends nothing.
+
+    --whatif also asks the API (CIVITAI_API_TOKEN; CIVITAI_API_BASE_URL, e.g. a running
+    `zbatch emulator`) for the exact price once per distinct shape, without any cell's
+    externalId, and reports where it differs from the formula.
+
+    Exit codes: 0 within budget; 2 invalid manifest (every problem listed) or --whatif
+    without a token; 3 over budget (the plan is still printed); 1 unexpected, or the
+    whatif call failed.
+
+    Example:
+        zbatch plan jobs/demo.yaml
+        zbatch plan jobs/dataset-interiors.yaml --json | jq .buzz.total
+        CIVITAI_API_TOKEN=... zbatch plan jobs/compare-models.yaml --whatif
+    """
+    from runner.manifest import load_manifest
+    from runner.plan import make_plan, render_text, to_json
+
+    if args.whatif and not os.environ.get(TOKEN_ENV, "").strip():
+        print(f"zbatch: error: --whatif needs {TOKEN_ENV} (your Civitai API key)", file=sys.stderr)
+        return 2
+    manifest = load_manifest(args.manifest)
+    for warning in manifest.warnings:
+        print(f"zbatch: warning: {warning}", file=sys.stderr)
+    if args.whatif:
+        try:
+            plan = anyio.run(_plan_with_whatif, manifest, backend="asyncio")
+        except ApiError as exc:
+            print(f"zbatch: error: the whatif price check failed: {exc}", file=sys.stderr)
+            return 1
+    else:
+        plan = make_plan(manifest)
+    print(json.dumps(to_json(plan), indent=2) if args.json else render_text(plan))
+    return EXIT_OVER_BUDGET if plan.over_budget else 0
+
+
+async def _plan_with_whatif(manifest: Manifest) -> Plan:
+    from runner.api import Client
+    from runner.plan import plan_with_whatif
+
+    async with Client() as client:
+        return await plan_with_whatif(manifest, client)
+
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "plan", cmd_plan)
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the batch's YAML manifest")
+    p.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
+    p.add_argument(
+        "--whatif",
+        action="store_true",
+        help="ask the API for the exact price of each distinct shape (needs CIVITAI_API_TOKEN; "
+        "spends nothing)",
+    )
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -66,7 +142,7 @@ def _subparser(
     name: str,
     func: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
-    doc = (func.__doc__ or "").strip()
+    doc = inspect.cleandoc(func.__doc__ or "")
     summary = doc.splitlines()[0] if doc else name
     p = sub.add_parser(
         name,
@@ -97,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"zbatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_plan(sub)
     _add_emulator(sub)
     return parser
 
@@ -105,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `zbatch`; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(level="info")  # logs to stderr (JSON when not a TTY); stdout is results
     try:
         code: int = args.func(args)
     except ZbatchError as exc:
