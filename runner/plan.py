@@ -364,8 +364,8 @@ def render_text(plan: Plan) -> str:
         "",
         *_cost_table(plan),
         "",
-        f"budget   {_budget_line(plan)}",
-        f"time     {_wall_line(plan.wall)}",
+        *_budget_lines(plan),
+        _wall_line(plan.wall),
         *_check_lines(plan),
         f"warnings {len(plan.warnings)}" + (" (on stderr)" if plan.warnings else ""),
     ]
@@ -416,23 +416,23 @@ def _cost_table(plan: Plan) -> list[str]:
     return out
 
 
-def _budget_line(plan: Plan) -> str:
+def _budget_lines(plan: Plan) -> list[str]:
     if not plan.over_budget:
         left = plan.budget_buzz - plan.total_buzz
-        return f"{plan.total_buzz:,} of {plan.budget_buzz:,} Buzz ({left:,} to spare)"
-    return (
-        f"OVER: {plan.total_buzz:,} of {plan.budget_buzz:,} Buzz; the run would stop after "
-        f"{plan.fit.cells:,} of {plan.cells:,} cells ({plan.fit.images:,} images, "
-        f"{plan.fit.buzz:,} Buzz), in submission order"
-    )
+        return [f"budget   {plan.total_buzz:,} of {plan.budget_buzz:,} Buzz ({left:,} to spare)"]
+    return [
+        f"budget   OVER: {plan.total_buzz:,} of {plan.budget_buzz:,} Buzz",
+        f"fits     {plan.fit.cells:,} of {plan.cells:,} cells ({plan.fit.images:,} images, "
+        f"{plan.fit.buzz:,} Buzz) before the cap stops the run",
+    ]
 
 
 def _wall_line(wall: WallTime) -> str:
     low, high = wall.bounds
-    bound = f"limited by {low}" if low == high else f"limited by {low} (low), {high} (high)"
+    limit = low if low == high else f"{low} at the low end, {high} at the high end"
     return (
-        f"{format_duration(wall.low_s)} to {format_duration(wall.high_s)} at in_flight "
-        f"{wall.in_flight}, {wall.submit_per_s:g} submit/s ({bound}; no queueing, no retries)"
+        f"time     {format_duration(wall.low_s)} to {format_duration(wall.high_s)} at in_flight "
+        f"{wall.in_flight}, {wall.submit_per_s:g} submit/s (limit: {limit})"
     )
 
 

@@ -190,8 +190,9 @@ def test_text_report_names_axes_shapes_budget_and_time(tmp_path: Path) -> None:
     text = render_text(make_plan(_two_models(tmp_path, budget=50, first="base", second="turbo")))
     assert "axes     model 2 x prompt 2 x seed 2 = 8" in text
     assert "base 1024x1024 20 steps x1" in text
-    assert "OVER: 112 of 50 Buzz; the run would stop after 2 of 8 cells" in text
-    assert "at in_flight 2, 100 submit/s (limited by run time;" in text
+    assert "budget   OVER: 112 of 50 Buzz\n" in text
+    assert "fits     2 of 8 cells (2 images, 40 Buzz) before the cap stops the run" in text
+    assert "at in_flight 2, 100 submit/s (limit: run time)" in text
 
 
 # -- the command ---------------------------------------------------------------------------
