@@ -5,14 +5,18 @@ Blocking by design: async callers run these through `anyio.to_thread.run_sync`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from runner.errors import StoreError
 
 
 def _current_umask() -> int:
@@ -97,3 +101,31 @@ def verify_image(
         height=got_h,
         format=fmt,
     )
+
+
+class BatchLock:
+    """One runner per batch: an exclusive `flock` on `<db>.lock`, released even by kill -9."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"{self.path.parent} is in use by {holder}: one runner per batch at a time"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}@{socket.gethostname()}".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,73 @@
+"""The batch database's schema as numbered migrations; `store.py` applies them in order.
+
+`PRAGMA user_version` holds how many have run. Append a new string to change the schema;
+never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE batch (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        name TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        cap_buzz INTEGER NOT NULL,
+        committed_buzz INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        manifest_sha256 TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE cells (
+        key TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        replica INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        request TEXT NOT NULL,
+        vars TEXT NOT NULL,
+        estimate_buzz INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        generation INTEGER NOT NULL
+    );
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        cell_key TEXT NOT NULL REFERENCES cells (key),
+        attempt INTEGER NOT NULL,
+        external_id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        reserved_buzz INTEGER NOT NULL DEFAULT 0,
+        charged_buzz INTEGER NOT NULL DEFAULT 0,
+        workflow_id TEXT,
+        reason TEXT,
+        updated_at TEXT NOT NULL,
+        UNIQUE (cell_key, attempt)
+    );
+    CREATE INDEX attempts_by_state ON attempts (state, id);
+    CREATE TABLE images (
+        attempt_id INTEGER NOT NULL REFERENCES attempts (id),
+        idx INTEGER NOT NULL,
+        blob_id TEXT,
+        state TEXT NOT NULL,
+        path TEXT,
+        sha256 TEXT,
+        size_bytes INTEGER,
+        width INTEGER,
+        height INTEGER,
+        reason TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (attempt_id, idx)
+    );
+    CREATE INDEX images_by_state ON images (state, attempt_id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        attempt_id INTEGER,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        buzz INTEGER,
+        detail TEXT
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,573 @@
+"""The batch database: SQLite schema, migrations, the budget ledger and every state transition.
+
+The database is the single source of truth of a batch. Each transition is one short
+`BEGIN IMMEDIATE` transaction with a guard on the current state, so a crash between any two
+transitions leaves a state the next `zbatch run` knows how to continue (docs/states.md).
+WAL with `synchronous=FULL`: a committed intent is on disk before its network call is made.
+
+```
+attempt:  planned -> submitting -> running -> succeeded | failed | expired | canceled
+                         |   \\-> rejected (4xx: nothing spent)
+                         \\-----> blocked  (moderation)      (also from running)
+image:    pending -> downloaded | lost
+```
+
+Budget: `batch.committed_buzz` = reservations of `submitting` attempts + charges of every
+attempt past it. A reservation is taken only while `committed + estimate <= cap`, in the
+same transaction that records the intent, so the cap holds with any concurrency and
+across crashes. Only this module speaks SQL; the SQL stays portable to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+
+from runner.errors import StoreError
+from runner.files import BatchLock
+from runner.migrations import MIGRATIONS, SCHEMA_VERSION
+from runner.records import (
+    RETRYABLE_OUTCOMES,
+    Attempt,
+    AttemptState,
+    Budget,
+    CellRow,
+    ImageOutcome,
+    ImageState,
+    PendingImage,
+    PlanResult,
+    external_id_for,
+)
+
+PLAN_CHUNK = 5_000
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """The batch database. Open with `await Store.open(path)`; use as an async context manager."""
+
+    def __init__(
+        self, db: aiosqlite.Connection, lock: BatchLock | None, now: Callable[[], str]
+    ) -> None:
+        self._db = db
+        self._lock = lock
+        self._now = now
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, lock: bool = True, now: Callable[[], str] = _utc_now
+    ) -> Store:
+        """Open (creating and migrating) the database at `path`; take the batch lock if asked."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        batch_lock = BatchLock(path) if lock else None
+        if batch_lock is not None:
+            batch_lock.acquire()
+        db: aiosqlite.Connection | None = None
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(db, batch_lock, now)
+            await store._migrate()
+        except BaseException:
+            if db is not None:
+                await db.close()
+            if batch_lock is not None:
+                batch_lock.release()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+        if self._lock is not None:
+            self._lock.release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the batch database has schema version {version}; this zbatch knows up to "
+                f"{SCHEMA_VERSION}: upgrade zbatch"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            # executescript commits whatever is open first, so the script is its own
+            # transaction: the schema change and the version bump land together or not at all.
+            bump = f"PRAGMA user_version = {number + 1};"
+            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n{bump}\nCOMMIT;"
+            try:
+                await self._db.executescript(script)
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+
+    # -- transactions ----------------------------------------------------------------------
+
+    async def _tx(self, fn: Callable[[aiosqlite.Connection], Any]) -> Any:
+        """Run `fn(db)` inside one BEGIN IMMEDIATE transaction; roll back on any error."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = await fn(self._db)
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        await self._db.execute("COMMIT")
+        return result
+
+    async def _event(
+        self,
+        db: aiosqlite.Connection,
+        attempt_id: int | None,
+        from_state: str | None,
+        to_state: str,
+        buzz: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        await db.execute(
+            "INSERT INTO events (at, attempt_id, from_state, to_state, buzz, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (self._now(), attempt_id, from_state, to_state, buzz, detail),
+        )
+
+    async def _move(
+        self,
+        db: aiosqlite.Connection,
+        attempt_id: int,
+        expected: Sequence[AttemptState],
+        to: AttemptState,
+        sets: str = "",
+        params: Sequence[Any] = (),
+    ) -> None:
+        """Guarded transition: raise StoreError unless the attempt is in one of `expected`."""
+        marks = ",".join("?" for _ in expected)
+        cur = await db.execute(
+            f"UPDATE attempts SET state = ?, updated_at = ?{sets}"
+            f" WHERE id = ? AND state IN ({marks})",
+            (to.value, self._now(), *params, attempt_id, *(s.value for s in expected)),
+        )
+        if cur.rowcount != 1:
+            async with db.execute("SELECT state FROM attempts WHERE id = ?", (attempt_id,)) as c:
+                row = await c.fetchone()
+            now = row[0] if row else "missing"
+            allowed = "/".join(s.value for s in expected)
+            raise StoreError(f"attempt {attempt_id}: cannot move {now} -> {to} (needs {allowed})")
+
+    # -- the batch and its cells -------------------------------------------------------
+
+    async def init_batch(
+        self, *, name: str, tag: str, cap_buzz: int, manifest_sha256: str | None = None
+    ) -> None:
+        """Create the batch row, or update its cap and manifest hash (the name must match)."""
+
+        async def fn(db: aiosqlite.Connection) -> None:
+            async with db.execute("SELECT name FROM batch WHERE id = 1") as cur:
+                row = await cur.fetchone()
+            if row is None:
+                await db.execute(
+                    "INSERT INTO batch (id, name, tag, cap_buzz, manifest_sha256, created_at)"
+                    " VALUES (1, ?, ?, ?, ?, ?)",
+                    (name, tag, cap_buzz, manifest_sha256, self._now()),
+                )
+            elif row[0] != name:
+                raise StoreError(
+                    f"this database holds batch {row[0]!r}, not {name!r}: use another `out`"
+                )
+            else:
+                await db.execute(
+                    "UPDATE batch SET cap_buzz = ?, manifest_sha256 = ? WHERE id = 1",
+                    (cap_buzz, manifest_sha256),
+                )
+
+        await self._tx(fn)
+
+    async def plan(self, cells: Iterable[CellRow], *, max_attempts: int) -> PlanResult:
+        """Record the manifest's cells (idempotent); new cells get a planned first attempt.
+
+        Cells already known keep their record; cells no longer in the manifest keep theirs
+        too, and their planned attempts are no longer handed out (`generation` moves on).
+        Written in chunks, so a million cells never sit in memory.
+        """
+        generation = await self._scalar("SELECT generation FROM batch WHERE id = 1") + 1
+        seq = 0
+        added = kept = 0
+        chunk: list[CellRow] = []
+
+        async def flush(rows: list[CellRow]) -> None:
+            nonlocal seq, added, kept
+
+            async def fn(db: aiosqlite.Connection) -> None:
+                nonlocal seq, added, kept
+                for row in rows:
+                    cur = await db.execute(
+                        "UPDATE cells SET generation = ?, seq = ?, max_attempts = ? WHERE key = ?",
+                        (generation, seq, max_attempts, row.key),
+                    )
+                    if cur.rowcount:
+                        kept += 1
+                    else:
+                        await self._insert_cell(db, row, seq, generation, max_attempts)
+                        added += 1
+                    seq += 1
+
+            await self._tx(fn)
+
+        for cell in cells:
+            chunk.append(cell)
+            if len(chunk) >= PLAN_CHUNK:
+                await flush(chunk)
+                chunk = []
+        if chunk:
+            await flush(chunk)
+        await self._tx(
+            lambda db: db.execute("UPDATE batch SET generation = ? WHERE id = 1", (generation,))
+        )
+        removed = await self._scalar("SELECT COUNT(*) FROM cells WHERE generation < ?", generation)
+        return PlanResult(added=added, kept=kept, removed=removed)
+
+    async def _insert_cell(
+        self, db: aiosqlite.Connection, row: CellRow, seq: int, generation: int, max_attempts: int
+    ) -> None:
+        await db.execute(
+            "INSERT INTO cells (key, seq, replica, model, request, vars, estimate_buzz,"
+            " max_attempts, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.key,
+                seq,
+                row.replica,
+                row.model,
+                json.dumps(row.request, sort_keys=True, separators=(",", ":")),
+                json.dumps(row.vars, sort_keys=True, separators=(",", ":")),
+                row.estimate_buzz,
+                max_attempts,
+                generation,
+            ),
+        )
+        await self._insert_attempt(db, row.key, 1)
+
+    async def _insert_attempt(self, db: aiosqlite.Connection, cell_key: str, number: int) -> int:
+        cur = await db.execute(
+            "INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (cell_key, number, external_id_for(cell_key, number), "planned", self._now()),
+        )
+        attempt_id = int(cur.lastrowid or 0)
+        await self._event(db, attempt_id, None, AttemptState.PLANNED)
+        return attempt_id
+
+    # -- submitter ----------------------------------------------------------------------
+
+    async def next_planned(self, limit: int) -> list[Attempt]:
+        """Up to `limit` planned attempts of cells in the current manifest, in grid order."""
+        return await self._attempts(
+            "a.state = 'planned' AND c.generation = (SELECT generation FROM batch WHERE id = 1)"
+            " ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
+            limit,
+        )
+
+    async def reserve(self, attempt_id: int, estimate_buzz: int) -> bool:
+        """Record the intent to submit and reserve `estimate_buzz`, if the cap allows it.
+
+        One transaction: the budget check, the reservation and planned -> submitting. Returns
+        False (nothing changed) when `committed + estimate` would exceed the cap.
+        """
+
+        async def fn(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute(
+                "UPDATE batch SET committed_buzz = committed_buzz + ?"
+                " WHERE id = 1 AND committed_buzz + ? <= cap_buzz",
+                (estimate_buzz, estimate_buzz),
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._move(
+                db, attempt_id, [AttemptState.PLANNED], AttemptState.SUBMITTING,
+                ", reserved_buzz = ?", (estimate_buzz,),
+            )  # fmt: skip
+            await self._event(db, attempt_id, "planned", "submitting", estimate_buzz)
+            return True
+
+        result: bool = await self._tx(fn)
+        return result
+
+    async def mark_running(self, attempt_id: int, workflow_id: str, charged_buzz: int) -> None:
+        """The API answered with a workflow: the reservation becomes what was charged."""
+
+        async def fn(db: aiosqlite.Connection) -> None:
+            reserved = await self._reserved(db, attempt_id)
+            await self._move(
+                db, attempt_id, [AttemptState.SUBMITTING], AttemptState.RUNNING,
+                ", workflow_id = ?, reserved_buzz = 0, charged_buzz = ?",
+                (workflow_id, charged_buzz),
+            )  # fmt: skip
+            await self._commit_delta(db, charged_buzz - reserved)
+            await self._event(db, attempt_id, "submitting", "running", charged_buzz, workflow_id)
+
+        await self._tx(fn)
+
+    async def mark_rejected(self, attempt_id: int, reason: str) -> None:
+        """The API refused the input: release the reservation; the cell is never retried."""
+
+        async def fn(db: aiosqlite.Connection) -> None:
+            reserved = await self._reserved(db, attempt_id)
+            await self._move(
+                db, attempt_id, [AttemptState.SUBMITTING], AttemptState.REJECTED,
+                ", reserved_buzz = 0, reason = ?", (reason,),
+            )  # fmt: skip
+            await self._commit_delta(db, -reserved)
+            await self._event(db, attempt_id, "submitting", "rejected", -reserved, reason)
+
+        await self._tx(fn)
+
+    async def release(self, attempt_id: int) -> None:
+        """Undo an intent the API never saw (no request was sent): back to planned."""
+
+        async def fn(db: aiosqlite.Connection) -> None:
+            reserved = await self._reserved(db, attempt_id)
+            await self._move(
+                db, attempt_id, [AttemptState.SUBMITTING], AttemptState.PLANNED,
+                ", reserved_buzz = 0",
+            )  # fmt: skip
+            await self._commit_delta(db, -reserved)
+            await self._event(db, attempt_id, "submitting", "planned", -reserved)
+
+        await self._tx(fn)
+
+    async def _reserved(self, db: aiosqlite.Connection, attempt_id: int) -> int:
+        async with db.execute(
+            "SELECT reserved_buzz FROM attempts WHERE id = ?", (attempt_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"attempt {attempt_id} does not exist")
+        return int(row[0])
+
+    async def _commit_delta(self, db: aiosqlite.Connection, delta_buzz: int) -> None:
+        if delta_buzz:
+            await db.execute(
+                "UPDATE batch SET committed_buzz = committed_buzz + ? WHERE id = 1",
+                (delta_buzz,),
+            )
+
+    # -- poller -------------------------------------------------------------------------
+
+    async def mark_finished(
+        self,
+        attempt_id: int,
+        outcome: AttemptState,
+        *,
+        charged_buzz: int,
+        images: Sequence[ImageOutcome] = (),
+        reason: str | None = None,
+    ) -> int | None:
+        """Record a terminal workflow: its outcome, what it finally cost, its images.
+
+        A succeeded attempt's deliverable images become `pending` (to download), the others
+        `lost` with their reason. A failed or expired attempt with attempts left plans the
+        next one (a new externalId); its id is returned.
+        """
+        if not outcome.is_final or outcome is AttemptState.REJECTED:
+            raise StoreError(f"attempt {attempt_id}: {outcome} is not a workflow outcome")
+
+        async def fn(db: aiosqlite.Connection) -> int | None:
+            reserved = await self._reserved(db, attempt_id)
+            async with db.execute(
+                "SELECT a.state, a.charged_buzz, a.attempt, a.cell_key, c.max_attempts"
+                " FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE a.id = ?",
+                (attempt_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"attempt {attempt_id} does not exist")
+            before = int(row["charged_buzz"]) + reserved
+            await self._move(
+                db, attempt_id, [AttemptState.SUBMITTING, AttemptState.RUNNING], outcome,
+                ", reserved_buzz = 0, charged_buzz = ?, reason = ?", (charged_buzz, reason),
+            )  # fmt: skip
+            await self._commit_delta(db, charged_buzz - before)
+            await self._event(db, attempt_id, row["state"], outcome, charged_buzz, reason)
+            if outcome is AttemptState.SUCCEEDED:
+                for image in images:
+                    await self._insert_image(db, attempt_id, image)
+            if outcome in RETRYABLE_OUTCOMES and row["attempt"] < row["max_attempts"]:
+                return await self._insert_attempt(db, row["cell_key"], row["attempt"] + 1)
+            return None
+
+        result: int | None = await self._tx(fn)
+        return result
+
+    async def _insert_image(
+        self, db: aiosqlite.Connection, attempt_id: int, image: ImageOutcome
+    ) -> None:
+        state = ImageState.PENDING if image.deliverable else ImageState.LOST
+        await db.execute(
+            "INSERT INTO images (attempt_id, idx, blob_id, state, reason, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (attempt_id, image.index, image.blob_id, state.value, image.reason, self._now()),
+        )
+
+    async def active(self) -> list[Attempt]:
+        """Attempts the API may know of and that are not finished: submitting and running."""
+        return await self._attempts("a.state IN ('submitting', 'running') ORDER BY a.id")
+
+    async def attempt(self, attempt_id: int) -> Attempt:
+        found = await self._attempts("a.id = ?", attempt_id)
+        if not found:
+            raise StoreError(f"attempt {attempt_id} does not exist")
+        return found[0]
+
+    # -- downloader ---------------------------------------------------------------------
+
+    async def pending_images(self, limit: int) -> list[PendingImage]:
+        """Up to `limit` images delivered by the service and not yet on disk."""
+        async with self._db.execute(
+            "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
+            " FROM images i JOIN attempts a ON a.id = i.attempt_id"
+            " JOIN cells c ON c.key = a.cell_key"
+            " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            PendingImage(
+                attempt_id=r["attempt_id"],
+                index=r["idx"],
+                blob_id=r["blob_id"],
+                cell_key=r["cell_key"],
+                workflow_id=r["workflow_id"],
+                request=json.loads(r["request"]),
+            )
+            for r in rows
+        ]
+
+    async def mark_downloaded(
+        self,
+        attempt_id: int,
+        index: int,
+        *,
+        path: str,
+        sha256: str,
+        size_bytes: int,
+        width: int,
+        height: int,
+    ) -> None:
+        """The image is on disk (written atomically) and verified."""
+        await self._image_move(
+            attempt_id, index, ImageState.DOWNLOADED,
+            ", path = ?, sha256 = ?, size_bytes = ?, width = ?, height = ?",
+            (path, sha256, size_bytes, width, height),
+        )  # fmt: skip
+
+    async def mark_lost(self, attempt_id: int, index: int, reason: str) -> None:
+        """The service no longer has the image (or never delivered it)."""
+        await self._image_move(attempt_id, index, ImageState.LOST, ", reason = ?", (reason,))
+
+    async def _image_move(
+        self,
+        attempt_id: int,
+        index: int,
+        to: ImageState,
+        sets: str,
+        params: Sequence[Any],
+    ) -> None:
+        async def fn(db: aiosqlite.Connection) -> None:
+            cur = await db.execute(
+                f"UPDATE images SET state = ?, updated_at = ?{sets}"
+                " WHERE attempt_id = ? AND idx = ? AND state = 'pending'",
+                (to.value, self._now(), *params, attempt_id, index),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"image {attempt_id}/{index}: not pending, cannot become {to}")
+            await self._event(db, attempt_id, "pending", f"image:{to}", None, str(index))
+
+        await self._tx(fn)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def budget(self) -> Budget:
+        """The cap, what is committed, and how much of it is charged vs only reserved."""
+        async with self._db.execute(
+            "SELECT cap_buzz, committed_buzz,"
+            " (SELECT COALESCE(SUM(charged_buzz), 0) FROM attempts),"
+            " (SELECT COALESCE(SUM(reserved_buzz), 0) FROM attempts)"
+            " FROM batch WHERE id = 1"
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError("the batch is not initialised")
+        return Budget(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    async def counts(self) -> dict[str, int]:
+        """Attempts by state and images by state (`image:<state>`)."""
+        out: dict[str, int] = {}
+        async with self._db.execute("SELECT state, COUNT(*) FROM attempts GROUP BY state") as cur:
+            for state, n in await cur.fetchall():
+                out[state] = n
+        async with self._db.execute("SELECT state, COUNT(*) FROM images GROUP BY state") as cur:
+            for state, n in await cur.fetchall():
+                out[f"image:{state}"] = n
+        return out
+
+    async def unsubmitted(self) -> tuple[int, int]:
+        """Planned attempts of current cells and the sum of their estimates (Buzz)."""
+        async with self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
+            " JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned'"
+            " AND c.generation = (SELECT generation FROM batch WHERE id = 1)"
+        ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def _scalar(self, sql: str, *params: Any) -> int:
+        async with self._db.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def _attempts(self, where: str, *params: Any) -> list[Attempt]:
+        async with self._db.execute(
+            "SELECT a.id, a.cell_key, a.attempt, a.external_id, a.state, a.reserved_buzz,"
+            " a.charged_buzz, a.workflow_id, c.model, c.request, c.estimate_buzz"
+            " FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE " + where,
+            params,
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            Attempt(
+                id=r["id"],
+                cell_key=r["cell_key"],
+                attempt=r["attempt"],
+                external_id=r["external_id"],
+                state=AttemptState(r["state"]),
+                reserved_buzz=r["reserved_buzz"],
+                charged_buzz=r["charged_buzz"],
+                workflow_id=r["workflow_id"],
+                model=r["model"],
+                request=json.loads(r["request"]),
+                estimate_buzz=r["estimate_buzz"],
+            )
+            for r in rows
+        ]

@@ -1,0 +1,145 @@
+"""The store: guarded transitions, the budget ledger, retries, images, the lock, durability."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runner.errors import StoreError
+from runner.records import AttemptState, CellRow, ImageOutcome, external_id_for
+from runner.store import Store
+
+
+def cell(n: int, *, estimate: int = 8, model: str = "turbo") -> CellRow:
+    return CellRow(
+        key=f"{n:032x}",
+        replica=0,
+        model=model,
+        request={"model": model, "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
+        vars={},
+        estimate_buzz=estimate,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "batch.sqlite")
+    await s.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_plan_is_idempotent_and_reports_removed_cells(store: Store) -> None:
+    with anyio.fail_after(10):
+        first = await store.plan([cell(i) for i in range(5)], max_attempts=3)
+        again = await store.plan([cell(i) for i in range(5)], max_attempts=3)
+        edited = await store.plan([cell(i) for i in range(2, 7)], max_attempts=3)
+        assert (first.added, first.kept, first.removed) == (5, 0, 0)
+        assert (again.added, again.kept, again.removed) == (0, 5, 0)
+        assert (edited.added, edited.kept, edited.removed) == (2, 3, 2)
+        planned = await store.next_planned(100)
+        assert [a.cell_key for a in planned] == [cell(i).key for i in range(2, 7)]
+        assert (await store.counts())["planned"] == 7  # removed cells keep their record
+
+
+async def test_reserve_holds_the_cap(store: Store) -> None:
+    with anyio.fail_after(10):
+        await store.plan([cell(i, estimate=30) for i in range(5)], max_attempts=1)
+        attempts = await store.next_planned(10)
+        granted = [await store.reserve(a.id, a.estimate_buzz) for a in attempts]
+        assert granted == [True, True, True, False, False]
+        budget = await store.budget()
+        assert (budget.committed_buzz, budget.reserved_buzz, budget.charged_buzz) == (90, 90, 0)
+        assert await store.unsubmitted() == (2, 60)
+
+
+async def test_running_then_refunded_failure_plans_a_new_attempt(store: Store) -> None:
+    with anyio.fail_after(10):
+        await store.plan([cell(1, estimate=10)], max_attempts=2)
+        (a,) = await store.next_planned(10)
+        assert a.external_id == external_id_for(a.cell_key, 1)
+        assert await store.reserve(a.id, 10)
+        await store.mark_running(a.id, "wf-1", charged_buzz=8)
+        assert (await store.budget()).committed_buzz == 8
+        retry_id = await store.mark_finished(a.id, AttemptState.FAILED, charged_buzz=0)
+        assert retry_id is not None
+        retry = await store.attempt(retry_id)
+        assert (retry.attempt, retry.state) == (2, AttemptState.PLANNED)
+        assert retry.external_id != a.external_id
+        assert (await store.budget()).committed_buzz == 0
+        assert await store.reserve(retry.id, 10)
+        await store.mark_running(retry.id, "wf-2", charged_buzz=8)
+        last = await store.mark_finished(retry.id, AttemptState.EXPIRED, charged_buzz=0)
+        assert last is None  # attempts exhausted
+
+
+async def test_blocked_and_rejected_are_never_retried(store: Store) -> None:
+    with anyio.fail_after(10):
+        await store.plan([cell(1), cell(2)], max_attempts=5)
+        a, b = await store.next_planned(10)
+        for x in (a, b):
+            assert await store.reserve(x.id, 8)
+        await store.mark_rejected(a.id, "steps[0].input.width: divisible by 16")
+        await store.mark_running(b.id, "wf", charged_buzz=8)
+        assert await store.mark_finished(b.id, AttemptState.BLOCKED, charged_buzz=0) is None
+        counts = await store.counts()
+        assert (counts["rejected"], counts["blocked"]) == (1, 1)
+        assert "planned" not in counts
+        assert (await store.budget()).committed_buzz == 0
+
+
+async def test_succeeded_images_become_pending_then_downloaded_or_lost(store: Store) -> None:
+    with anyio.fail_after(10):
+        await store.plan([cell(1)], max_attempts=1)
+        (a,) = await store.next_planned(1)
+        assert await store.reserve(a.id, 8)
+        await store.mark_running(a.id, "wf", charged_buzz=8)
+        images = [
+            ImageOutcome(0, "b0", deliverable=True),
+            ImageOutcome(1, "b1", deliverable=False, reason="blocked"),
+        ]
+        await store.mark_finished(a.id, AttemptState.SUCCEEDED, charged_buzz=8, images=images)
+        (pending,) = await store.pending_images(10)
+        assert (pending.index, pending.blob_id, pending.workflow_id) == (0, "b0", "wf")
+        await store.mark_downloaded(
+            a.id, 0, path="images/x_0.jpeg", sha256="ab" * 32, size_bytes=10, width=64, height=64
+        )
+        with pytest.raises(StoreError, match="not pending"):
+            await store.mark_lost(a.id, 0, "gone")
+        counts = await store.counts()
+        assert (counts["image:downloaded"], counts["image:lost"]) == (1, 1)
+
+
+async def test_illegal_transition_names_both_states(store: Store) -> None:
+    with anyio.fail_after(10):
+        await store.plan([cell(1)], max_attempts=1)
+        (a,) = await store.next_planned(1)
+        with pytest.raises(StoreError, match="cannot move planned -> running"):
+            await store.mark_running(a.id, "wf", charged_buzz=8)
+
+
+async def test_state_survives_reopen_and_a_second_runner_is_refused(tmp_path: Path) -> None:
+    with anyio.fail_after(10):
+        path = tmp_path / "batch.sqlite"
+        s = await Store.open(path)
+        await s.init_batch(name="t", tag="zbatch:t", cap_buzz=50)
+        await s.plan([cell(1)], max_attempts=1)
+        (a,) = await s.next_planned(1)
+        assert await s.reserve(a.id, 8)
+        with pytest.raises(StoreError, match=r"in use by pid \d+@"):
+            await Store.open(path)
+        await s.close()
+        reopened = await Store.open(path)
+        try:
+            (active,) = await reopened.active()
+            assert (active.state, active.reserved_buzz) == (AttemptState.SUBMITTING, 8)
+            assert (await reopened.budget()).committed_buzz == 8
+            with pytest.raises(StoreError, match="holds batch 't', not 'other'"):
+                await reopened.init_batch(name="other", tag="x", cap_buzz=1)
+        finally:
+            await reopened.close()
