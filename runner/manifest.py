@@ -217,7 +217,7 @@ class _Parser:
             return None
         sections = checks.Sections(defaults, models, constants, axes, include)
         checks.check_vars(self.report, self.reader, var_names)
-        checks.check_prompts(self.report, root, sections)
+        checks.check_prompts(self.report, nodes.get("grid", root), sections)
         checks.check_size(self.report, nodes.get("grid", root), sections, repeat)
         if self.report.errors:
             return None

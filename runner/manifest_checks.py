@@ -64,7 +64,7 @@ def check_vars(report: Report, reader: FieldReader, var_names: tuple[str, ...]) 
             report.error(node, path, message)
 
 
-def check_prompts(report: Report, root: Node, sections: Sections) -> None:
+def check_prompts(report: Report, grid: Node, sections: Sections) -> None:
     """Every grid cell and every include entry has a prompt; entries fill their variables."""
     defaults, models, constants = sections.defaults[0], sections.models, sections.constants[0]
     axis_names = {axis.name for axis in sections.axes}
@@ -73,7 +73,7 @@ def check_prompts(report: Report, root: Node, sections: Sections) -> None:
             if "prompt" not in models.get(model, ({}, {}))[0] and "prompt" not in defaults:
                 where = f"grid, defaults or models.{model}"
                 message = f"no prompt for the {model} cells (required: a prompt in {where})"
-                report.error(root, "grid.prompt", message)
+                report.error(grid, "grid.prompt", message)
     for index, entry in enumerate(sections.include):
         _check_include(report, index, entry, sections)
 

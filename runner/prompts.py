@@ -125,7 +125,7 @@ def _read_text(path: Path) -> str:
             raise SourceError(f"is larger than {MAX_SOURCE_BYTES // 2**20} MiB")
         return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
-        raise SourceError("no such file") from None
+        raise SourceError("does not exist (allowed: a file inside the manifest's folder)") from None
     except IsADirectoryError:
         raise SourceError("is a folder, not a file") from None
     except UnicodeDecodeError as exc:
