@@ -28,13 +28,17 @@ as "not sooner than", a little optimistic at the low end.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import anyio
+
 from runner import zimage
 from runner.grid import expand
+from runner.limits import Backoff, retrying
 from runner.manifest import Manifest, Problem
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 JSON_VERSION = 1
 FORMULA = "formula"
 WHATIF = "whatif"
+WHATIF_TRIES = 5  # per shape; a whatif spends nothing, so asking again is always safe
 
 
 class Shape(NamedTuple):
@@ -263,17 +268,30 @@ def estimate_wall_time(
     )
 
 
-async def whatif_prices(plan: Plan, client: Client) -> dict[Shape, int]:
+async def whatif_prices(
+    plan: Plan,
+    client: Client,
+    *,
+    backoff: Backoff | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> dict[Shape, int]:
     """Ask the API for the exact price of each distinct shape: one `whatif=True` submit each.
 
     Each preview sends the first cell of that shape *without* an externalId: a whatif
     carrying a cell's key would burn it (the service would hand the preview back to the real
-    submit instead of running it; civitai-api.md §11). Nothing is spent.
+    submit instead of running it; civitai-api.md §11). Nothing is spent, so a retryable
+    failure (429, 5xx, a dropped connection) is simply asked again, up to `WHATIF_TRIES`.
     """
     prices: dict[Shape, int] = {}
     for cost in plan.shapes:
         step = {"$type": "imageGen", "input": dict(plan.samples[cost.shape])}
-        preview = await client.submit([step], whatif=True)
+        preview = await retrying(
+            functools.partial(client.submit, [step], whatif=True),
+            backoff=backoff or Backoff(),
+            what=f"whatif {cost.shape.label}",
+            max_tries=WHATIF_TRIES,
+            sleep=sleep,
+        )
         if preview.cost_total is None:
             raise ValueError(f"the whatif preview of {cost.shape.label} carries no cost.total")
         prices[cost.shape] = preview.cost_total

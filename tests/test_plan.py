@@ -15,7 +15,14 @@ import structlog
 
 from runner.api import Client
 from runner.cli import main
-from runner.emulator import EmulatorConfig, EmulatorTransport, make_app, running_server
+from runner.emulator import (
+    EmulatorConfig,
+    EmulatorTransport,
+    ManualClock,
+    RateLimit,
+    make_app,
+    running_server,
+)
 from runner.grid import expand
 from runner.manifest import Manifest, parse_manifest
 from runner.plan import (
@@ -320,6 +327,30 @@ async def test_whatif_asks_once_per_shape_without_any_cell_key(tmp_path: Path) -
     assert not _cell_external_ids(manifest) & set(state["workflows"])
     assert state["workflow_count"] == 0
     assert state["buzz"]["charged_buzz"] == 0
+
+
+async def test_a_throttled_whatif_is_asked_again_after_retry_after(tmp_path: Path) -> None:
+    clock = ManualClock()
+    app = make_app(EmulatorConfig(submit_limit=RateLimit(per_s=1, burst=1)), clock=clock)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        clock.advance(seconds)
+
+    with anyio.fail_after(10):
+        async with Client(
+            base_url="http://emulator", token="t", transport=EmulatorTransport(app)
+        ) as client:
+            prices = await whatif_prices(make_plan(_two_models(tmp_path)), client, sleep=sleep)
+    assert len(prices) == 2
+    state = app.state.emulator.state()
+    assert state["requests"]["by_route_status"] == {
+        f"{SUBMIT_ROUTE} 200": 2,
+        f"{SUBMIT_ROUTE} 429": 1,
+    }
+    assert waited == [1.0]
+    assert state["workflow_count"] == 0
 
 
 class _DearerApi:
