@@ -9,10 +9,11 @@ import fcntl
 import hashlib
 import io
 import os
+import re
 import socket
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
@@ -28,6 +29,27 @@ def _current_umask() -> int:
 # Read once at import (os.umask can only be read by setting it): new files get 0o666 & ~umask
 # like any other program's, not mkstemp's private 0o600.
 _FILE_MODE = 0o666 & ~_current_umask()
+
+
+_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webP": "webp"}
+_CELL_KEY = re.compile(r"[0-9a-f]{8,64}")
+
+
+def image_path(cell_key: str, index: int, output_format: str) -> PurePosixPath:
+    """Where an image lives under the output folder: `images/<ab>/<cell key>_<index>.<ext>`.
+
+    Made only from our own cell key (hex), the image index and the requested format, never
+    from anything the API returned; the two-character folder keeps folders small.
+    """
+    if not _CELL_KEY.fullmatch(cell_key):
+        raise ValueError(f"cell key {cell_key!r} is not 8-64 lowercase hex characters")
+    if index < 0:
+        raise ValueError(f"image index must be >= 0, not {index}")
+    if output_format not in _EXTENSIONS:
+        allowed = ", ".join(_EXTENSIONS)
+        raise ValueError(f"output format {output_format!r} is not one of {allowed}")
+    name = f"{cell_key}_{index}.{_EXTENSIONS[output_format]}"
+    return PurePosixPath("images", cell_key[:2], name)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

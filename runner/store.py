@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiosqlite
+import anyio
 
 from runner.errors import StoreError
 from runner.files import BatchLock
@@ -59,7 +60,8 @@ class Store:
         self, db: aiosqlite.Connection, lock: BatchLock | None, now: Callable[[], str]
     ) -> None:
         self._db = db
-        self._lock = lock
+        self._batch_lock = lock
+        self._lock = anyio.Lock()  # one connection: one transaction or read at a time
         self._now = now
 
     @classmethod
@@ -91,8 +93,8 @@ class Store:
 
     async def close(self) -> None:
         await self._db.close()
-        if self._lock is not None:
-            self._lock.release()
+        if self._batch_lock is not None:
+            self._batch_lock.release()
 
     async def __aenter__(self) -> Self:
         return self
@@ -106,7 +108,7 @@ class Store:
         await self.close()
 
     async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
+        async with self._lock, self._db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
@@ -129,15 +131,21 @@ class Store:
     # -- transactions ----------------------------------------------------------------------
 
     async def _tx(self, fn: Callable[[aiosqlite.Connection], Any]) -> Any:
-        """Run `fn(db)` inside one BEGIN IMMEDIATE transaction; roll back on any error."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = await fn(self._db)
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
-        return result
+        """Run `fn(db)` inside one BEGIN IMMEDIATE transaction; roll back on any error.
+
+        Shielded from cancellation: a transition that has begun commits or rolls back whole,
+        even when Ctrl-C cancels the task that asked for it.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await fn(self._db)
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    raise
+                await self._db.execute("COMMIT")
+                return result
 
     async def _event(
         self,
@@ -444,13 +452,16 @@ class Store:
 
     async def pending_images(self, limit: int) -> list[PendingImage]:
         """Up to `limit` images delivered by the service and not yet on disk."""
-        async with self._db.execute(
-            "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
-            " FROM images i JOIN attempts a ON a.id = i.attempt_id"
-            " JOIN cells c ON c.key = a.cell_key"
-            " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
-            (limit,),
-        ) as cur:
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
+                " FROM images i JOIN attempts a ON a.id = i.attempt_id"
+                " JOIN cells c ON c.key = a.cell_key"
+                " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
+                (limit,),
+            ) as cur,
+        ):
             rows = await cur.fetchall()
         return [
             PendingImage(
@@ -510,12 +521,15 @@ class Store:
 
     async def budget(self) -> Budget:
         """The cap, what is committed, and how much of it is charged vs only reserved."""
-        async with self._db.execute(
-            "SELECT cap_buzz, committed_buzz,"
-            " (SELECT COALESCE(SUM(charged_buzz), 0) FROM attempts),"
-            " (SELECT COALESCE(SUM(reserved_buzz), 0) FROM attempts)"
-            " FROM batch WHERE id = 1"
-        ) as cur:
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT cap_buzz, committed_buzz,"
+                " (SELECT COALESCE(SUM(charged_buzz), 0) FROM attempts),"
+                " (SELECT COALESCE(SUM(reserved_buzz), 0) FROM attempts)"
+                " FROM batch WHERE id = 1"
+            ) as cur,
+        ):
             row = await cur.fetchone()
         if row is None:
             raise StoreError("the batch is not initialised")
@@ -524,36 +538,48 @@ class Store:
     async def counts(self) -> dict[str, int]:
         """Attempts by state and images by state (`image:<state>`)."""
         out: dict[str, int] = {}
-        async with self._db.execute("SELECT state, COUNT(*) FROM attempts GROUP BY state") as cur:
+        async with (
+            self._lock,
+            self._db.execute("SELECT state, COUNT(*) FROM attempts GROUP BY state") as cur,
+        ):
             for state, n in await cur.fetchall():
                 out[state] = n
-        async with self._db.execute("SELECT state, COUNT(*) FROM images GROUP BY state") as cur:
+        async with (
+            self._lock,
+            self._db.execute("SELECT state, COUNT(*) FROM images GROUP BY state") as cur,
+        ):
             for state, n in await cur.fetchall():
                 out[f"image:{state}"] = n
         return out
 
     async def unsubmitted(self) -> tuple[int, int]:
         """Planned attempts of current cells and the sum of their estimates (Buzz)."""
-        async with self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
-            " JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned'"
-            " AND c.generation = (SELECT generation FROM batch WHERE id = 1)"
-        ) as cur:
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
+                " JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned'"
+                " AND c.generation = (SELECT generation FROM batch WHERE id = 1)"
+            ) as cur,
+        ):
             row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def _scalar(self, sql: str, *params: Any) -> int:
-        async with self._db.execute(sql, params) as cur:
+        async with self._lock, self._db.execute(sql, params) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
     async def _attempts(self, where: str, *params: Any) -> list[Attempt]:
-        async with self._db.execute(
-            "SELECT a.id, a.cell_key, a.attempt, a.external_id, a.state, a.reserved_buzz,"
-            " a.charged_buzz, a.workflow_id, c.model, c.request, c.estimate_buzz"
-            " FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE " + where,
-            params,
-        ) as cur:
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT a.id, a.cell_key, a.attempt, a.external_id, a.state, a.reserved_buzz,"
+                " a.charged_buzz, a.workflow_id, c.model, c.request, c.estimate_buzz"
+                " FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE " + where,
+                params,
+            ) as cur,
+        ):
             rows = await cur.fetchall()
         return [
             Attempt(

@@ -1,0 +1,126 @@
+"""A batch from a manifest: plan its cells into the store, then run the engine to the end.
+
+`zbatch run` is `run_batch`: create or resume `<out>/batch.sqlite`, add the manifest's cells
+(known cells keep their record; cells no longer in the manifest are reported, not dropped),
+and drive the engine until every cell is finished and every image is on disk, or the Buzz
+cap, a stop or a fatal error ends the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from runner import zimage
+from runner.api import Client
+from runner.engine import Engine, EngineConfig, RunStats
+from runner.grid import expand
+from runner.manifest import Manifest
+from runner.records import Budget, CellRow, PlanResult
+from runner.store import Store
+
+log = structlog.get_logger(__name__)
+DB_NAME = "batch.sqlite"
+
+
+@dataclass(frozen=True)
+class RunOverrides:
+    """Command-line settings that win over the manifest's."""
+
+    budget_buzz: int | None = None
+    in_flight: int | None = None
+    submit_per_s: float | None = None
+    downloads: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: what it planned, what it did, and what the ledger says now."""
+
+    plan: PlanResult
+    stats: RunStats
+    budget: Budget
+    counts: dict[str, int]
+    unsubmitted: int  # cells with a planned attempt left
+    unsubmitted_buzz: int  # their estimated cost
+
+
+def batch_tag(name: str) -> str:
+    """The API tag of every workflow of a batch."""
+    return f"zbatch:{name}"
+
+
+def cell_rows(manifest: Manifest) -> Iterator[CellRow]:
+    """The manifest's cells as store rows, each with its formula price."""
+    for cell in expand(manifest):
+        request: dict[str, Any] = dict(cell.request)
+        if request.get("loras") is not None:
+            request["loras"] = zimage.lora_dict(request["loras"])
+        yield CellRow(
+            key=cell.key,
+            replica=cell.replica,
+            model=str(request["model"]),
+            request=request,
+            vars=dict(cell.vars),
+            estimate_buzz=zimage.price_buzz(
+                model=str(request["model"]),
+                width=int(request["width"]),
+                height=int(request["height"]),
+                steps=int(request["steps"]),
+                quantity=int(request["quantity"]),
+            ),
+        )
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    return hashlib.sha256(manifest.path.read_bytes()).hexdigest()
+
+
+async def run_batch(
+    manifest: Manifest,
+    client: Client,
+    *,
+    overrides: RunOverrides = RunOverrides(),
+    runtime_scale: float = 1.0,
+    handle_signals: bool = False,
+) -> RunOutcome:
+    """Create or resume the manifest's batch and run it; see the module docstring."""
+    out = manifest.out
+    limits = manifest.limits
+    config = EngineConfig(
+        tag=batch_tag(manifest.name),
+        out_dir=out,
+        in_flight=overrides.in_flight or limits.in_flight,
+        submit_per_s=overrides.submit_per_s or limits.submit_per_s,
+        downloads=overrides.downloads or limits.downloads,
+        runtime_scale=runtime_scale,
+    )
+    async with await Store.open(out / DB_NAME) as store:
+        await store.init_batch(
+            name=manifest.name,
+            tag=config.tag,
+            cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
+            manifest_sha256=manifest_sha256(manifest),
+        )
+        planned = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
+        log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
+        engine = Engine(store, client, config)
+        stats = await engine.run(handle_signals=handle_signals)
+        unsubmitted, unsubmitted_buzz = await store.unsubmitted()
+        return RunOutcome(
+            plan=planned,
+            stats=stats,
+            budget=await store.budget(),
+            counts=await store.counts(),
+            unsubmitted=unsubmitted,
+            unsubmitted_buzz=unsubmitted_buzz,
+        )
+
+
+def db_path(out: Path) -> Path:
+    return out / DB_NAME
