@@ -9,7 +9,7 @@ cap, a stop or a fatal error ends the run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +88,12 @@ async def run_batch(
     overrides: RunOverrides = RunOverrides(),
     runtime_scale: float = 1.0,
     handle_signals: bool = False,
+    tuning: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
-    """Create or resume the manifest's batch and run it; see the module docstring."""
+    """Create or resume the manifest's batch and run it; see the module docstring.
+
+    `tuning` sets further EngineConfig fields (poll and backoff timings, for tests).
+    """
     out = manifest.out
     limits = manifest.limits
     config = EngineConfig(
@@ -99,6 +103,7 @@ async def run_batch(
         submit_per_s=overrides.submit_per_s or limits.submit_per_s,
         downloads=overrides.downloads or limits.downloads,
         runtime_scale=runtime_scale,
+        **dict(tuning or {}),
     )
     async with await Store.open(out / DB_NAME) as store:
         await store.init_batch(

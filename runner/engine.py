@@ -49,6 +49,8 @@ class EngineConfig:
     bulk_poll_min: int = 8  # poll by tag when at least this many workflows are due
     stop_deadline_s: float = 20.0  # Ctrl-C: how long in-flight work may finish
     idle_check_s: float = 0.05
+    backoff_base_s: float = 0.5  # retries wait uniform(0, min(cap, base * 2^n))
+    backoff_cap_s: float = 30.0
     seed: int = 0  # jitter
 
 
@@ -74,7 +76,9 @@ class Engine:
         self.client = client
         self.config = config
         self.stats = RunStats()
-        self.backoff = Backoff(rng=random.Random(config.seed))
+        self.backoff = Backoff(
+            base_s=config.backoff_base_s, cap_s=config.backoff_cap_s, rng=random.Random(config.seed)
+        )
         self.limiter = RateLimiter(config.submit_per_s)
         self.slots = anyio.CapacityLimiter(config.in_flight)
         self.poller = Poller(self)

@@ -1,0 +1,193 @@
+"""`run_batch` end to end against the emulator: every paid image on disk, nothing twice,
+the cap held, with and without faults, in-process and over a real socket."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runner.api import Client
+from runner.batch import RunOutcome, RunOverrides, run_batch
+from runner.emulator import (
+    EmulatorConfig,
+    EmulatorTransport,
+    FaultProfile,
+    FaultRule,
+    load_faults,
+    make_app,
+    running_server,
+)
+from runner.emulator.service import Emulator
+from runner.manifest import Manifest, parse_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+
+MANIFEST = """
+name: e2e
+out: out
+budget: {budget}
+seed_base: 7
+defaults: {{size: 64x64, quantity: 2}}
+grid:
+  model: [turbo, base]
+  prompt: ["a fox in the snow", "a red lighthouse", "a bowl of ramen"]
+  seed: {{count: {seeds}}}
+retries: {{attempts: 4}}
+limits: {{in_flight: 8, submit_per_s: 1000, downloads: 4}}
+"""
+
+
+def manifest(tmp_path: Path, *, budget: int = 1000, seeds: int = 2) -> Manifest:
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST.format(budget=budget, seeds=seeds))
+    return parse_manifest(path.read_text(), path=path)
+
+
+async def run(
+    m: Manifest, emulator_config: EmulatorConfig, **kw: Any
+) -> tuple[RunOutcome, Emulator]:
+    app = make_app(emulator_config)
+    async with Client(
+        base_url="http://emulator", token="e2e-token", transport=EmulatorTransport(app)
+    ) as client:
+        outcome = await run_batch(m, client, tuning=FAST, **kw)
+    return outcome, app.state.emulator
+
+
+def assert_record_matches_disk(m: Manifest) -> int:
+    """Every downloaded image is on disk with its recorded sha256; no temp files remain."""
+    db = sqlite3.connect(m.out / "batch.sqlite")
+    rows = db.execute("SELECT path, sha256 FROM images WHERE state = 'downloaded'").fetchall()
+    for path, sha in rows:
+        assert hashlib.sha256((m.out / path).read_bytes()).hexdigest() == sha
+    files = [p for p in (m.out / "images").rglob("*") if p.is_file()]
+    assert sorted(p.relative_to(m.out).as_posix() for p in files) == sorted(r[0] for r in rows)
+    assert not [p for p in m.out.rglob("*.tmp")]
+    db.close()
+    return len(rows)
+
+
+def cells_resolved(m: Manifest) -> int:
+    """Cells that succeeded, or whose last attempt ended and may not be retried."""
+    db = sqlite3.connect(m.out / "batch.sqlite")
+    (count,) = db.execute(
+        "SELECT COUNT(*) FROM cells c WHERE EXISTS (SELECT 1 FROM attempts a"
+        " WHERE a.cell_key = c.key AND (a.state IN ('succeeded', 'blocked', 'rejected')"
+        " OR (a.state IN ('failed', 'expired', 'canceled') AND a.attempt = c.max_attempts)))"
+    ).fetchone()
+    db.close()
+    return int(count)
+
+
+def assert_one_workflow_per_external_id(emulator: Emulator) -> None:
+    for key, entry in emulator.state()["workflows"].items():
+        assert len(entry["ids"]) == 1, f"{key} made {len(entry['ids'])} workflows"
+
+
+async def test_clean_run_delivers_every_image_and_a_rerun_does_nothing(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path)
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0))
+        assert outcome.counts == {"succeeded": 12, "image:downloaded": 24}
+        charged = emulator.state()["buzz"]["net_buzz"]
+        assert outcome.budget.charged_buzz == charged == 6 * 1 + 6 * 1  # 64x64: 1 Buzz min
+        assert assert_record_matches_disk(m) == 24
+        again, emulator2 = await run(m, EmulatorConfig(time_scale=0))
+        assert again.stats.submitted == 0
+        assert emulator2.state()["workflow_count"] == 0
+
+
+async def test_faults_slow_the_run_but_lose_nothing(tmp_path: Path) -> None:
+    """The flaky profile: 5xx after create, drops, failed/expired steps, bad blobs."""
+    with anyio.fail_after(60):
+        m = manifest(tmp_path, seeds=4)
+        faults = load_faults(ROOT / "jobs" / "faults" / "flaky.yaml")
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, seed=3, faults=faults))
+        state = emulator.state()
+        assert_one_workflow_per_external_id(emulator)
+        assert state["faults_fired"], "the profile fired no fault"
+        assert outcome.budget.charged_buzz == state["buzz"]["net_buzz"]
+        assert outcome.budget.reserved_buzz == 0
+        succeeded = outcome.counts.get("succeeded", 0)
+        assert cells_resolved(m) == 24
+        assert "planned" not in outcome.counts
+        assert "submitting" not in outcome.counts
+        assert "running" not in outcome.counts
+        assert assert_record_matches_disk(m) + outcome.counts.get("image:lost", 0) == 2 * succeeded
+
+
+async def test_created_then_502_is_resubmitted_not_duplicated(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        faults = FaultProfile(submit_5xx_after=FaultRule(p=0.5), submit_drop_after=FaultRule(p=0.3))
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults))
+        assert_one_workflow_per_external_id(emulator)
+        assert outcome.counts["succeeded"] == 6
+        assert outcome.stats.retries > 0
+
+
+async def test_cap_holds_and_reports_what_is_left(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=2)  # 12 cells at 1 Buzz each
+        outcome, emulator = await run(
+            m, EmulatorConfig(time_scale=0), overrides=RunOverrides(budget_buzz=5)
+        )
+        assert outcome.stats.cap_reached
+        assert emulator.state()["buzz"]["net_buzz"] <= 5
+        assert outcome.counts["succeeded"] == 5
+        assert (outcome.unsubmitted, outcome.unsubmitted_buzz) == (7, 7)
+
+
+async def test_failed_steps_are_retried_as_new_attempts_and_refunded(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        faults = FaultProfile(step_fail=FaultRule(p=1.0, times=3))
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults))
+        assert outcome.counts["failed"] == 3
+        assert outcome.counts["succeeded"] == 6
+        state = emulator.state()
+        assert state["buzz"]["refunded_buzz"] == 3
+        assert outcome.budget.charged_buzz == state["buzz"]["net_buzz"] == 6
+
+
+async def test_blocked_prompt_is_not_retried(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        config = EmulatorConfig(time_scale=0, blocked_words=frozenset({"lighthouse"}))
+        outcome, emulator = await run(m, config)
+        assert outcome.counts["blocked"] == 2  # both models of the lighthouse prompt
+        assert emulator.state()["submit_attempts"]  # and nothing more was sent for them
+        assert len(emulator.state()["workflows"]) == 6
+
+
+def test_run_over_a_real_socket_with_simulated_time(tmp_path: Path) -> None:
+    m = manifest(tmp_path, seeds=1)
+
+    async def go(base_url: str) -> RunOutcome:
+        async with Client(base_url=base_url, token="socket-token") as client:
+            return await run_batch(m, client, runtime_scale=0.002, tuning=FAST)
+
+    with running_server(EmulatorConfig(time_scale=0.002, seed=1)) as base_url:
+        outcome = anyio.run(go, base_url, backend="asyncio")
+    assert outcome.counts == {"succeeded": 6, "image:downloaded": 12}
+    assert assert_record_matches_disk(m) == 12
+
+
+@pytest.mark.parametrize("token", ["sk-SENTINEL-9f3a1c"])
+async def test_token_appears_in_no_file(tmp_path: Path, token: str) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        app = make_app(EmulatorConfig(time_scale=0, faults=FaultProfile(read_5xx=FaultRule(p=0.3))))
+        async with Client(
+            base_url="http://emulator", token=token, transport=EmulatorTransport(app)
+        ) as c:
+            await run_batch(m, c, tuning=FAST)
+        for path in m.out.rglob("*"):
+            if path.is_file():
+                assert token.encode() not in path.read_bytes(), f"token found in {path}"
