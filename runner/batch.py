@@ -9,11 +9,12 @@ cap, a stop or a fatal error ends the run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import structlog
 
 from runner import zimage
@@ -26,6 +27,7 @@ from runner.store import Store
 
 log = structlog.get_logger(__name__)
 DB_NAME = "batch.sqlite"
+ProgressHook = Callable[[Engine, int], Coroutine[Any, Any, None]]  # (engine, cells in the manifest)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ async def run_batch(
     runtime_scale: float = 1.0,
     handle_signals: bool = False,
     tuning: Mapping[str, Any] | None = None,
+    progress: ProgressHook | None = None,
 ) -> RunOutcome:
     """Create or resume the manifest's batch and run it; see the module docstring.
 
@@ -115,7 +118,15 @@ async def run_batch(
         planned = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
         log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
         engine = Engine(store, client, config)
-        stats = await engine.run(handle_signals=handle_signals)
+        if progress is None:
+            stats = await engine.run(handle_signals=handle_signals)
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(progress, engine, planned.added + planned.kept)
+                try:
+                    stats = await engine.run(handle_signals=handle_signals)
+                finally:
+                    tg.cancel_scope.cancel()
         unsubmitted, unsubmitted_buzz = await store.unsubmitted()
         return RunOutcome(
             plan=planned,
@@ -129,3 +140,52 @@ async def run_batch(
 
 def db_path(out: Path) -> Path:
     return out / DB_NAME
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """`zbatch run --emulator`: serve the embedded emulator on a free loopback port."""
+
+    time_scale: float = 0.05
+    seed: int = 0
+    faults_path: Path | None = None
+
+
+EMULATOR_TOKEN = "zbatch-embedded-emulator"  # the emulator accepts any bearer token
+
+
+def execute(
+    manifest: Manifest,
+    *,
+    overrides: RunOverrides = RunOverrides(),
+    api_url: str | None = None,
+    emulator: EmulatorOptions | None = None,
+    progress: ProgressHook | None = None,
+) -> RunOutcome:
+    """`zbatch run`: against the real API (token from the environment) or an embedded emulator.
+
+    Blocking: it owns the event loop (`anyio.run` on asyncio) and, with `emulator`, the
+    emulator's server thread, which it always stops.
+    """
+
+    async def go(base_url: str | None, token: str | None, runtime_scale: float) -> RunOutcome:
+        async with Client(base_url=base_url, token=token) as client:
+            return await run_batch(
+                manifest,
+                client,
+                overrides=overrides,
+                runtime_scale=runtime_scale,
+                handle_signals=True,
+                progress=progress,
+            )
+
+    if emulator is None:
+        return anyio.run(go, api_url, None, 1.0, backend="asyncio")
+    from runner.emulator import EmulatorConfig, running_server
+
+    config = EmulatorConfig.from_flags(
+        seed=emulator.seed, time_scale=emulator.time_scale, faults_path=emulator.faults_path
+    )
+    with running_server(config) as base_url:
+        log.info("emulator_started", url=base_url, time_scale=emulator.time_scale)
+        return anyio.run(go, base_url, EMULATOR_TOKEN, emulator.time_scale, backend="asyncio")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 EXIT_INTERRUPTED = 130
 EXIT_OVER_BUDGET = 3
+EXIT_CAP_REACHED = 4
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -93,6 +94,97 @@ def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a batch: submit every cell, follow it, download and verify every image.
+
+    Creates the batch under the manifest's `out` folder, or resumes it: cells already
+    finished are not submitted again, intents a crash left behind are resubmitted with the
+    same externalId (so the service never makes a second workflow), running workflows are
+    followed, and images not yet on disk are downloaded. The Buzz cap holds throughout.
+    Re-running a finished batch does nothing; an edited manifest adds its new cells.
+
+    Ctrl-C (or SIGTERM) stops new submissions and lets in-flight work finish for a few
+    seconds; a second Ctrl-C stops at once. Both are safe, as is kill -9.
+
+    Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
+    Exit codes: 0 done; 2 invalid manifest; 3 auth or funds; 4 the Buzz cap stopped the
+    batch (resumable with a larger --budget); 130 interrupted; 1 unexpected.
+
+    Example:
+        zbatch run jobs/demo.yaml --emulator
+        CIVITAI_API_TOKEN=... zbatch run jobs/dataset-interiors.yaml --concurrency 16
+    """
+    from runner.batch import EmulatorOptions, RunOverrides, execute
+    from runner.manifest import load_manifest
+    from runner.progress import render_summary, show_progress
+
+    manifest = load_manifest(args.manifest)
+    for warning in manifest.warnings:
+        print(f"zbatch: warning: {warning}", file=sys.stderr)
+    configure_logging(level="info", log_file=manifest.out / "log.jsonl")
+    emulator = (
+        EmulatorOptions(time_scale=args.time_scale, seed=args.seed, faults_path=args.faults)
+        if args.emulator
+        else None
+    )
+    overrides = RunOverrides(
+        budget_buzz=args.budget, in_flight=args.concurrency, submit_per_s=args.rate
+    )
+    outcome = execute(
+        manifest,
+        overrides=overrides,
+        api_url=args.api_url,
+        emulator=emulator,
+        progress=None if args.quiet else show_progress,
+    )
+    print(render_summary(outcome))
+    if outcome.stats.cap_reached:
+        return EXIT_CAP_REACHED
+    if outcome.stats.stop_reason is not None:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "run", cmd_run)
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the batch's YAML manifest")
+    p.add_argument(
+        "--budget", type=_positive_int, metavar="BUZZ", help="Buzz cap (default: the manifest's)"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="workflows in flight (default: the manifest's limits.in_flight)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="R",
+        help="submissions per second (default: the manifest's limits.submit_per_s)",
+    )
+    p.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="the orchestration API (default: $CIVITAI_API_BASE_URL or Civitai's)",
+    )
+    p.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run against the embedded emulator on 127.0.0.1 (no token, no network)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=_non_negative_float,
+        default=0.05,
+        metavar="X",
+        help="with --emulator: simulated job durations times X (default: %(default)s)",
+    )
+    p.add_argument("--faults", type=Path, metavar="FILE", help="with --emulator: a fault profile")
+    p.add_argument("--seed", type=int, default=0, help="with --emulator: its seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the local emulator of Civitai's orchestration API.
 
@@ -154,6 +246,23 @@ def _subparser(
     return p
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -174,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zbatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_plan(sub)
+    _add_run(sub)
     _add_emulator(sub)
     return parser
 

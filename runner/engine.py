@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,6 +340,3 @@ def charge_of(wf: Workflow, *, fallback_buzz: int, final: bool = False) -> int:
     if final and wf.status is not WorkflowStatus.SUCCEEDED:
         return fallback_buzz
     return wf.cost_total if wf.cost_total is not None else fallback_buzz
-
-
-ProgressHook = Callable[[RunStats], None]
