@@ -61,7 +61,7 @@ def test_every_job_is_described_with_its_plan_in_the_jobs_readme(path: Path) -> 
 def test_demo_stays_small_enough_for_the_emulator() -> None:
     plan = make_plan(load_manifest(ROOT / "jobs" / "demo.yaml"))
     assert plan.cells < DEMO_MAX_CELLS
-    assert {s.shape.model for s in plan.shapes} == {"turbo"}
+    assert {s.shape.model for s in plan.shapes} == {"turbo", "base"}  # issue 6: both models
     assert all(s.shape.width <= 512 and s.shape.height <= 512 for s in plan.shapes)
     assert not plan.warnings
 

@@ -23,6 +23,7 @@ from runner.emulator import (
     running_server,
 )
 from runner.emulator.service import Emulator
+from runner.errors import AuthError, FundsError
 from runner.manifest import Manifest, parse_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,3 +192,29 @@ async def test_token_appears_in_no_file(tmp_path: Path, token: str) -> None:
         for path in m.out.rglob("*"):
             if path.is_file():
                 assert token.encode() not in path.read_bytes(), f"token found in {path}"
+
+
+async def test_auth_error_stops_the_run_and_a_good_token_resumes_it(tmp_path: Path) -> None:
+    """A 401 stops the run with AuthError; nothing is lost: the next run finishes the batch."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        app = make_app(EmulatorConfig(time_scale=0, tokens=frozenset({"good"})))
+        async with Client(
+            base_url="http://emulator", token="bad", transport=EmulatorTransport(app)
+        ) as bad:
+            with pytest.raises(AuthError):
+                await run_batch(m, bad, tuning=FAST)
+        async with Client(
+            base_url="http://emulator", token="good", transport=EmulatorTransport(app)
+        ) as good:
+            outcome = await run_batch(m, good, tuning=FAST)
+        assert outcome.counts == {"succeeded": 6, "image:downloaded": 6 * 2}
+        assert_one_workflow_per_external_id(app.state.emulator)
+
+
+async def test_insufficient_funds_stop_the_run_with_a_funds_error(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        config = EmulatorConfig(time_scale=0, initial_balance={"blue": 3})
+        with pytest.raises(FundsError):
+            await run(m, config)
