@@ -86,6 +86,7 @@ class Engine:
         self.stopping = False
         self._fatal: BaseException | None = None
         self._wake = anyio.Event()
+        self._prices: dict[str, int] = {}  # whatif price per request shape
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -178,6 +179,8 @@ class Engine:
                 for attempt in batch:
                     if not await self._start_one(tg, attempt):
                         return
+        except ApiError as exc:  # auth or funds on a whatif: stop, nothing is lost
+            self.fail(exc)
         finally:
             self.submitting_done = True
             self.wake()
@@ -192,7 +195,7 @@ class Engine:
             if self.stopping:
                 self.slots.release_on_behalf_of(attempt.id)
                 return False
-            if await self.store.reserve(attempt.id, attempt.estimate_buzz):
+            if await self.store.reserve(attempt.id, await self.estimate(attempt)):
                 break
             if self.slots.borrowed_tokens <= 1:  # nothing in flight can free budget
                 self.slots.release_on_behalf_of(attempt.id)
@@ -203,6 +206,30 @@ class Engine:
         self.stats.submitted += 1
         tg.start_soon(self._submit, attempt)
         return True
+
+    async def estimate(self, attempt: Attempt) -> int:
+        """What to reserve for `attempt`: the higher of the formula and the service's price.
+
+        The service is asked once per distinct shape (`whatif=true`, never with a cell's
+        externalId), so the reservation covers what it will really charge, LoRA fees
+        included, and the cap holds even where the formula is low.
+        """
+        shape = shape_of(attempt.request)
+        if shape not in self._prices:
+            steps = [{"$type": "imageGen", "input": zimage.step_input(attempt.request)}]
+            try:
+                preview = await retrying(
+                    lambda: self.client.submit(steps, whatif=True),
+                    backoff=self.backoff,
+                    what="whatif",
+                    max_tries=5,
+                    on_retry=self.on_retry,
+                )
+                self._prices[shape] = preview.cost_total or 0
+            except (RetryableError, RejectedError) as exc:
+                log.warning("whatif_failed", error=str(exc))
+                self._prices[shape] = 0
+        return max(attempt.estimate_buzz, self._prices[shape])
 
     async def _submit(self, attempt: Attempt) -> None:
         steps = [{"$type": "imageGen", "input": zimage.step_input(attempt.request)}]
@@ -305,6 +332,15 @@ def zimage_runtime(attempt: Attempt) -> tuple[float, float]:
         steps=int(r["steps"]),
         quantity=int(r["quantity"]),
     )
+
+
+def shape_of(request: dict[str, Any]) -> str:
+    """What the price depends on: model, size, steps, quantity and LoRAs (fees)."""
+    loras = sorted(zimage.lora_dict(request.get("loras") or {}).items())
+    return repr(
+        (request["model"], request["width"], request["height"], request["steps"],
+         request["quantity"], loras)
+    )  # fmt: skip
 
 
 def outcome_of(wf: Workflow) -> AttemptState:
