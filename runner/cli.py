@@ -185,6 +185,34 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quiet", action="store_true", help="no live progress display")
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a batch's cells, images, Buzz and failures from its record, offline.
+
+    Reads OUT/batch.sqlite read-only and without the batch lock, so it works while
+    `zbatch run` is running and changes nothing. Prints the batch name, cells (by their
+    latest attempt) and attempts by state, images downloaded / pending / lost and the files
+    on disk, Buzz charged / reserved / cap, the top failure reasons with their counts, and
+    the time of the last recorded transition. --json prints the same as one document.
+
+    Exit codes: 0; 2 when OUT is missing or holds no zbatch batch.
+
+    Example:
+        zbatch status out/demo
+        zbatch status out/demo --json | jq .buzz
+    """
+    from runner.status import read_status, render_status, status_json
+
+    status = anyio.run(read_status, args.out, backend="asyncio")
+    print(json.dumps(status_json(status), indent=2) if args.json else render_status(status))
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "status", cmd_status)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the local emulator of Civitai's orchestration API.
 
@@ -284,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_plan(sub)
     _add_run(sub)
+    _add_status(sub)
     _add_emulator(sub)
     return parser
 

@@ -21,7 +21,9 @@ across crashes. Only this module speaks SQL; the SQL stays portable to PostgreSQ
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +51,25 @@ from runner.records import (
 PLAN_CHUNK = 5_000
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """The batch row, as `zbatch status` shows it."""
+
+    name: str
+    tag: str
+    cap_buzz: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """How many attempts (or lost images, kind `image:lost`) ended for one reason."""
+
+    kind: str
+    reason: str
+    count: int
+
+
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -66,9 +87,20 @@ class Store:
 
     @classmethod
     async def open(
-        cls, path: Path, *, lock: bool = True, now: Callable[[], str] = _utc_now
+        cls,
+        path: Path,
+        *,
+        lock: bool = True,
+        read_only: bool = False,
+        now: Callable[[], str] = _utc_now,
     ) -> Store:
-        """Open (creating and migrating) the database at `path`; take the batch lock if asked."""
+        """Open (creating and migrating) the database at `path`; take the batch lock if asked.
+
+        `read_only=True` (for `zbatch status`) opens an existing database as a reader only:
+        no lock, no migration, no write; it works while a run holds the batch.
+        """
+        if read_only:
+            return await cls._open_read_only(path, now)
         path.parent.mkdir(parents=True, exist_ok=True)
         batch_lock = BatchLock(path) if lock else None
         if batch_lock is not None:
@@ -90,6 +122,35 @@ class Store:
                 batch_lock.release()
             raise
         return store
+
+    @classmethod
+    async def _open_read_only(cls, path: Path, now: Callable[[], str]) -> Store:
+        apath = anyio.Path(path)
+        if not await apath.is_file():
+            raise StoreError(f"{path} does not exist")
+        uri = (await apath.resolve()).as_uri() + "?mode=ro"
+        db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA busy_timeout=5000")
+            async with db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(f"{path} is not a zbatch batch database ({exc})") from exc
+        except BaseException:
+            await db.close()
+            raise
+        version = int(row[0]) if row else 0
+        if version != SCHEMA_VERSION:
+            await db.close()
+            if version == 0:
+                raise StoreError(f"{path} is not a zbatch batch database (no zbatch schema)")
+            fix = "upgrade zbatch" if version > SCHEMA_VERSION else "run `zbatch run` to migrate"
+            raise StoreError(
+                f"{path} has schema version {version}, this zbatch reads {SCHEMA_VERSION}: {fix}"
+            )
+        return cls(db, None, now)
 
     async def close(self) -> None:
         await self._db.close()
@@ -564,6 +625,65 @@ class Store:
         ):
             row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # -- reading for `zbatch status` (offline, often through `open(read_only=True)`) -------
+
+    async def batch_info(self) -> BatchInfo:
+        """The batch row: its name, API tag, cap and when it was created."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT name, tag, cap_buzz, created_at FROM batch WHERE id = 1"
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError("the database holds no batch yet (a run stopped before planning)")
+        return BatchInfo(name=row[0], tag=row[1], cap_buzz=int(row[2]), created_at=row[3])
+
+    async def cell_counts(self) -> dict[str, int]:
+        """Cells by the state of their latest attempt: a retried cell counts once, as its retry."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT a.state, COUNT(*) FROM attempts a WHERE a.attempt ="
+                " (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
+                " GROUP BY a.state"
+            ) as cur,
+        ):
+            return {state: int(n) for state, n in await cur.fetchall()}
+
+    async def failure_reasons(self, limit: int) -> list[FailureReason]:
+        """The most frequent reasons attempts ended without success and images were lost.
+
+        Attempts count as their state (`failed`, `blocked`, ...), lost images as `image:lost`;
+        an attempt with no recorded reason counts under its state's name.
+        """
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT state AS kind, COALESCE(reason, state) AS reason, COUNT(*) AS n"
+                " FROM attempts WHERE state NOT IN ('planned', 'submitting', 'running',"
+                " 'succeeded') GROUP BY state, COALESCE(reason, state)"
+                " UNION ALL"
+                " SELECT 'image:lost' AS kind, COALESCE(reason, 'no reason recorded') AS reason,"
+                " COUNT(*) AS n FROM images WHERE state = 'lost'"
+                " GROUP BY COALESCE(reason, 'no reason recorded')"
+                " ORDER BY n DESC, kind, reason LIMIT ?",
+                (limit,),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return [FailureReason(kind=r[0], reason=r[1], count=int(r[2])) for r in rows]
+
+    async def last_event_at(self) -> str | None:
+        """When the last transition was recorded (ISO 8601, UTC), or None before any."""
+        async with (
+            self._lock,
+            self._db.execute("SELECT at FROM events ORDER BY id DESC LIMIT 1") as cur,
+        ):
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
 
     async def _scalar(self, sql: str, *params: Any) -> int:
         async with self._lock, self._db.execute(sql, params) as cur:
