@@ -1,0 +1,266 @@
+"""The live display and the run summary: plain lines, the Live panel, rates, ETA, the cap."""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from rich.console import Console
+
+from runner.api import Client
+from runner.batch import RunOutcome, RunOverrides, run_batch
+from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
+from runner.engine import Engine, EngineConfig, RunStats
+from runner.manifest import parse_manifest
+from runner.progress import RateWindow, Snapshot, render_line, render_summary, show_progress
+from runner.records import Budget, CellRow, PlanResult
+from runner.store import Store
+from tests.e2e.test_run import FAST, MANIFEST
+
+SENTINEL_TOKEN = "sentinel-token-6f1c0d2e"
+
+
+class Screen(io.StringIO):
+    """A console's file that says when something was written (no polling, no sleeps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = anyio.Event()
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        self.written.set()
+        return n
+
+    async def wait_written(self) -> None:
+        await self.written.wait()
+        self.written = anyio.Event()
+
+
+def snapshot(**changes: object) -> Snapshot:
+    base: dict[str, object] = {
+        "elapsed_s": 185.0,
+        "total_cells": 520,
+        "counts": {"planned": 100, "submitting": 4, "running": 16, "succeeded": 398,
+                   "failed": 3, "blocked": 2, "image:downloaded": 796, "image:pending": 3},
+        "budget": Budget(cap_buzz=1000, committed_buzz=430, charged_buzz=412, reserved_buzz=18),
+        "submitted": 420,
+        "retries": 5,
+        "cap_reached": False,
+        "stop_reason": None,
+        "submit_per_s": 2.04,
+        "cells_per_min": 30.0,
+    }  # fmt: skip
+    base.update(changes)
+    return Snapshot(**base)  # type: ignore[arg-type]
+
+
+# -- pure rendering ----------------------------------------------------------------------
+
+
+def test_rate_window_measures_over_the_last_window_only() -> None:
+    window = RateWindow(window_s=60)
+    assert window.per_s() is None
+    window.add(0, 0)
+    assert window.per_s() is None
+    window.add(30, 300)  # 10/s
+    assert window.per_s() == 10
+    window.add(90, 300)  # nothing for a minute: the first sample leaves the window
+    window.add(120, 360)
+    assert window.per_s() == pytest.approx(60 / 90)  # from t=30 (the window's edge) to 120
+
+
+def test_plain_line_shows_cells_attempts_images_buzz_rates_and_eta() -> None:
+    assert render_line(snapshot()) == (
+        "[3m05s] cells 400/520 done"
+        " · attempts planned 100, submitting 4, running 16, succeeded 398, failed 3, blocked 2"
+        " · images 796 on disk, 3 pending, 0 lost"
+        " · Buzz 412 charged + 18 reserved of 1000"
+        " · 2.0 submits/s · 30.0 cells/min · ETA 4m00s · 5 retries"
+    )
+
+
+def test_plain_line_says_the_cap_stopped_submitting_and_counts_only_what_is_in_flight() -> None:
+    line = render_line(snapshot(cap_reached=True))
+    assert line.endswith("· ETA 40s · 5 retries · CAP REACHED: submitting stopped")
+
+
+def test_plain_line_before_any_rate_is_known() -> None:
+    line = render_line(snapshot(elapsed_s=0.2, submit_per_s=None, cells_per_min=None))
+    assert line.startswith("[0s] cells 400/520 done")
+    assert "· - submits/s · - cells/min · ETA - ·" in line
+
+
+def test_plain_line_names_a_stop() -> None:
+    line = render_line(snapshot(stop_reason="SIGINT: finishing in-flight work", elapsed_s=7300))
+    assert line.startswith("[2h01m] ")
+    assert line.endswith("· stopping: SIGINT: finishing in-flight work")
+
+
+def outcome(
+    *, counts: dict[str, int], stats: RunStats, unsubmitted: int = 0, unsubmitted_buzz: int = 0
+) -> RunOutcome:
+    charged = 12
+    return RunOutcome(
+        plan=PlanResult(added=12, kept=0, removed=0),
+        stats=stats,
+        budget=Budget(cap_buzz=12, committed_buzz=charged, charged_buzz=charged, reserved_buzz=0),
+        counts=counts,
+        unsubmitted=unsubmitted,
+        unsubmitted_buzz=unsubmitted_buzz,
+    )
+
+
+def test_summary_of_a_finished_run_says_where_everything_is(tmp_path: Path) -> None:
+    done = outcome(
+        counts={"succeeded": 11, "blocked": 1, "image:downloaded": 22},
+        stats=RunStats(submitted=12, finished={"succeeded": 11, "blocked": 1}, retries=2),
+    )
+    assert render_summary(done, out=tmp_path) == "\n".join(
+        [
+            "Done: 11 of 12 cells succeeded.",
+            "cells       12: 11 succeeded · 1 ended without success · 0 not finished",
+            "attempts    succeeded 11, blocked 1",
+            "images      22 on disk, 0 pending, 0 lost",
+            "Buzz        12 charged of a 12 cap",
+            "this run    12 submitted · 0 resubmitted after a stop · 2 API retries",
+            "manifest    12 new cells · 0 already known · 0 no longer in the manifest"
+            " (their record is kept)",
+            f"images in   {tmp_path / 'images'}",
+            f"record      {tmp_path / 'batch.sqlite'}  (zbatch status {tmp_path})",
+        ]
+    )
+
+
+def test_summary_when_the_cap_stops_the_run_names_the_budget_that_finishes_it() -> None:
+    capped = outcome(
+        counts={"succeeded": 5, "planned": 7, "image:downloaded": 10},
+        stats=RunStats(submitted=5, finished={"succeeded": 5}, cap_reached=True),
+        unsubmitted=7,
+        unsubmitted_buzz=9,
+    )
+    lines = render_summary(capped).splitlines()
+    assert lines[0] == "Stopped at the Buzz cap: 5 of 12 cells succeeded."
+    assert lines[1] == "cells       12: 5 succeeded · 0 ended without success · 7 not finished"
+    assert lines[-1] == (
+        "cap         7 cells not submitted, about 9 Buzz: a cap of 21 would finish them"
+        " (run again with --budget 21; retries may need more)"
+    )
+
+
+def test_summary_of_a_rerun_of_a_finished_batch_says_nothing_to_do() -> None:
+    again = RunOutcome(
+        plan=PlanResult(added=0, kept=12, removed=0),
+        stats=RunStats(),
+        budget=Budget(cap_buzz=12, committed_buzz=12, charged_buzz=12, reserved_buzz=0),
+        counts={"succeeded": 12, "image:downloaded": 24},
+        unsubmitted=0,
+        unsubmitted_buzz=0,
+    )
+    summary = render_summary(again)
+    assert summary.splitlines()[0] == (
+        "Nothing to do: the batch was already finished (12 of 12 succeeded)."
+    )
+    assert "manifest" not in summary  # nothing added or removed: no manifest line
+
+
+def test_summary_of_a_stopped_run_says_how_to_continue() -> None:
+    stopped = outcome(
+        counts={"succeeded": 4, "planned": 8},
+        stats=RunStats(submitted=4, stop_reason="SIGTERM: finishing in-flight work"),
+        unsubmitted=8,
+        unsubmitted_buzz=8,
+    )
+    lines = render_summary(stopped).splitlines()
+    assert lines[0] == "Stopped (SIGTERM: finishing in-flight work): 4 of 12 cells succeeded."
+    assert lines[-1] == "left        8 cells not submitted: run again to continue"
+
+
+# -- show_progress on an engine ------------------------------------------------------------
+
+
+def cell(n: int) -> CellRow:
+    return CellRow(
+        key=f"{n:032x}",
+        replica=0,
+        model="turbo",
+        request={"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
+        vars={},
+        estimate_buzz=3,
+    )
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    store = await Store.open(tmp_path / "batch.sqlite")
+    await store.init_batch(name="t", tag="zbatch:t", cap_buzz=10)
+    await store.plan([cell(i) for i in range(4)], max_attempts=1)
+    app = make_app(EmulatorConfig(time_scale=0))
+    async with Client(base_url="http://emulator", token="t", transport=EmulatorTransport(app)) as c:
+        try:
+            yield Engine(store, c, EngineConfig(tag="zbatch:t", out_dir=tmp_path))
+        finally:
+            await store.close()
+
+
+async def test_plain_progress_prints_a_line_then_waits_until_cancelled(engine: Engine) -> None:
+    with anyio.fail_after(10):
+        screen = Screen()
+        console = Console(file=screen, force_terminal=False, width=300)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(show_progress, engine, 4, console=console))
+            await screen.wait_written()
+            tg.cancel_scope.cancel()
+        (line,) = screen.getvalue().splitlines()
+        assert line.startswith("[0s] cells 0/4 done · attempts planned 4 · images 0 on disk")
+        assert "Buzz 0 charged + 0 reserved of 10" in line
+
+
+async def test_live_panel_on_a_terminal_ends_showing_the_final_state(engine: Engine) -> None:
+    """Cancelled when the run ends, the panel redraws once more with what the run did."""
+    with anyio.fail_after(10):
+        screen = Screen()
+        console = Console(file=screen, force_terminal=True, width=120)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(show_progress, engine, total_cells=4, console=console))
+            await screen.wait_written()
+            (first, *_) = await engine.store.next_planned(1)
+            assert await engine.store.reserve(first.id, 3)
+            engine.stats.cap_reached = True
+            tg.cancel_scope.cancel()
+        text = screen.getvalue()
+        assert "0 charged + 0 reserved of 10" in text  # the first frame
+        final = text[text.rindex("zbatch run") :]
+        assert "0 charged + 3 reserved of 10" in final
+        assert "reached: nothing more is submitted" in final
+
+
+async def test_progress_and_summary_of_a_real_run_show_no_token(tmp_path: Path) -> None:
+    """A run on the emulator with the display on: lines and summary, never the token."""
+    with anyio.fail_after(30):
+        path = tmp_path / "m.yaml"
+        path.write_text(MANIFEST.format(budget=5, seeds=2))
+        m = parse_manifest(path.read_text(), path=path)
+        screen = Screen()
+        console = Console(file=screen, force_terminal=False, width=300)
+        app = make_app(EmulatorConfig(time_scale=0))
+        transport = EmulatorTransport(app)
+        async with Client(
+            base_url="http://emulator", token=SENTINEL_TOKEN, transport=transport
+        ) as client:
+            result = await run_batch(
+                m,
+                client,
+                tuning=FAST,
+                overrides=RunOverrides(budget_buzz=5),
+                progress=functools.partial(show_progress, console=console),
+            )
+        summary = render_summary(result, out=m.out)
+        assert screen.getvalue().startswith("[0s] cells 0/12 done")
+        assert summary.splitlines()[0] == "Stopped at the Buzz cap: 5 of 12 cells succeeded."
+        assert "7 cells not submitted, about 7 Buzz: a cap of 12 would finish them" in summary
+        assert SENTINEL_TOKEN not in screen.getvalue() + summary
