@@ -23,9 +23,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
-# The main job on the embedded emulator: no token, no network.
+# The main job on the embedded emulator: no token, no network. A second run does nothing.
 demo: $(STAMP)
-	$(BIN)/python -m runner.demo
+	$(BIN)/zbatch run jobs/demo.yaml --emulator
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

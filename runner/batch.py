@@ -20,6 +20,7 @@ import structlog
 from runner import zimage
 from runner.api import Client
 from runner.engine import Engine, EngineConfig, RunStats
+from runner.files import remove_stray_temps
 from runner.grid import expand
 from runner.manifest import Manifest
 from runner.records import Budget, CellRow, PlanResult
@@ -117,6 +118,9 @@ async def run_batch(
         )
         planned = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
         log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
+        swept = await anyio.to_thread.run_sync(remove_stray_temps, out / "images")
+        if swept:
+            log.info("stray_temp_files_removed", count=swept)
         engine = Engine(store, client, config)
         if progress is None:
             stats = await engine.run(handle_signals=handle_signals)

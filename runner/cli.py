@@ -121,7 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     for warning in manifest.warnings:
         print(f"zbatch: warning: {warning}", file=sys.stderr)
-    configure_logging(level="info", log_file=manifest.out / "log.jsonl")
+    configure_logging(
+        level="info",
+        log_file=manifest.out / "log.jsonl",
+        console_level=None if args.quiet else "warning",  # the live display owns stderr
+    )
     emulator = (
         EmulatorOptions(time_scale=args.time_scale, seed=args.seed, faults_path=args.faults)
         if args.emulator
@@ -137,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         emulator=emulator,
         progress=None if args.quiet else show_progress,
     )
-    print(render_summary(outcome))
+    print(render_summary(outcome, out=manifest.out))
     if outcome.stats.cap_reached:
         return EXIT_CAP_REACHED
     if outcome.stats.stop_reason is not None:

@@ -73,6 +73,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def remove_stray_temps(folder: Path) -> int:
+    """Delete the temp files a crash left in `folder` (recursively); return how many.
+
+    Only names `atomic_write_bytes` makes (`.<name>.<random>.tmp`) are touched. Run it while
+    the batch lock is held, so no writer of ours is mid-write.
+    """
+    removed = 0
+    if folder.is_dir():
+        for path in folder.rglob(".*.tmp"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename or a new entry in `folder` durable."""
     dir_fd = os.open(folder, os.O_RDONLY)

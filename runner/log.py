@@ -126,14 +126,31 @@ class _JsonlFileSink:
         self._handle.close()
 
 
+class _DropBelow:
+    """A processor that drops events under a level (after the file sink has kept them)."""
+
+    def __init__(self, level: str) -> None:
+        self.threshold = logging.getLevelNamesMapping()[level.upper()]
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        name = str(event_dict.get("level", method_name)).upper()
+        if logging.getLevelNamesMapping().get(name, logging.INFO) < self.threshold:
+            raise structlog.DropEvent
+        return event_dict
+
+
 def configure_logging(
     *,
     json: bool | None = None,
     level: str = "info",
     secrets: Sequence[str] = (),
     log_file: Path | None = None,
+    console_level: str | None = None,
 ) -> None:
     """Configure structlog for the process; call once at startup (again to reconfigure).
+
+    `console_level`, when set above `level`, keeps stderr quieter than `log_file` (a live
+    display owns the terminal; the file still gets every event at `level`).
 
     `json=None` renders JSON lines when stderr is not a TTY and the console renderer when it
     is. `level` is one of debug, info, warning, error, critical. `secrets` (and the token in
@@ -162,6 +179,10 @@ def configure_logging(
     if log_file is not None:
         _file_sink = _JsonlFileSink(log_file)
         processors.append(_file_sink)
+    if console_level is not None:
+        if console_level.lower() not in LEVELS:
+            raise ValueError(f"log level {console_level!r} is not one of {', '.join(LEVELS)}")
+        processors.append(_DropBelow(console_level))
     if json:
         processors.append(structlog.processors.JSONRenderer(default=str))
     else:

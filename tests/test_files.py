@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner.files import InvalidImage, atomic_write_bytes, verify_image
+from runner.files import (
+    InvalidImage,
+    atomic_write_bytes,
+    image_path,
+    remove_stray_temps,
+    verify_image,
+)
 
 
 def _jpeg(width: int, height: int) -> bytes:
@@ -84,3 +90,23 @@ def test_verify_rejects_wrong_size_and_oversize() -> None:
         verify_image(_jpeg(64, 64), width=128, height=64)
     with pytest.raises(InvalidImage, match="over the limit of 10"):
         verify_image(_jpeg(64, 64), width=64, height=64, max_bytes=10)
+
+
+def test_stray_temp_files_of_a_crash_are_swept(tmp_path: Path) -> None:
+    """Only the temp names atomic writes make are removed; images stay."""
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / ".x_0.jpg.k2j3.tmp").write_bytes(b"half")
+    (tmp_path / "ab" / "x_0.jpg").write_bytes(b"whole")
+    (tmp_path / "notes.tmp").write_bytes(b"not ours")
+    assert remove_stray_temps(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ab", "notes.tmp", "x_0.jpg"]
+
+
+def test_image_path_comes_from_key_and_index_only() -> None:
+    assert image_path("ab" * 16, 3, "jpeg").as_posix() == f"images/ab/{'ab' * 16}_3.jpg"
+    assert image_path("0f" * 16, 0, "webP").suffix == ".webp"
+    for bad_key in ["../etc", "AB" * 16, "ab/cd" * 4, ""]:
+        with pytest.raises(ValueError, match="is not 8-64 lowercase hex"):
+            image_path(bad_key, 0, "jpeg")
+    with pytest.raises(ValueError, match="is not one of jpeg, png, webP"):
+        image_path("ab" * 16, 0, "gif")

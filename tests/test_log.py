@@ -152,3 +152,18 @@ def test_tracebacks_are_redacted(capsys):
         structlog.get_logger().exception("crashed")
     [line] = _lines(capsys.readouterr().err)
     assert "RuntimeError: boom with [REDACTED]" in line["exception"]
+
+
+def test_console_level_quiets_stderr_but_not_the_file(tmp_path, capsys) -> None:
+    """With a live display on the terminal, info events go to log.jsonl only."""
+    log_file = tmp_path / "log.jsonl"
+    configure_logging(json=True, level="info", log_file=log_file, console_level="warning")
+    logger = structlog.get_logger("t")
+    logger.info("quiet_event")
+    logger.warning("loud_event")
+    err = capsys.readouterr().err
+    assert "loud_event" in err
+    assert "quiet_event" not in err
+    text = log_file.read_text()
+    assert "quiet_event" in text
+    assert "loud_event" in text
