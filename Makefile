@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint demo bench emulator clean
+.PHONY: all test lint demo bench torture emulator clean
 
 all: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The long crash test: TORTURE_KILLS SIGKILLs (default 300) over fresh batches, seeded by
+# TORTURE_SEED (default 1); prints the counts table, exits non-zero on any violation.
+torture: $(STAMP)
+	$(BIN)/python -m tests.crash.torture
 
 emulator: $(STAMP)
 	$(BIN)/zbatch emulator --host 127.0.0.1 --port 8765
