@@ -112,3 +112,22 @@ class Budget:
 def external_id_for(cell_key: str, attempt: int) -> str:
     """The idempotency key of an attempt: `[A-Za-z0-9_-]`, at most 128 characters."""
     return f"zb-{cell_key[:48]}-a{attempt}"
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """The batch row, as `zbatch status` shows it."""
+
+    name: str
+    tag: str
+    cap_buzz: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """How many attempts (or lost images, kind `image:lost`) ended for one reason."""
+
+    kind: str
+    reason: str
+    count: int

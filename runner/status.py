@@ -16,8 +16,8 @@ import anyio
 
 from runner.batch import DB_NAME
 from runner.errors import StoreError, ZbatchError
-from runner.records import AttemptState, Budget, ImageState
-from runner.store import FailureReason, Store
+from runner.records import AttemptState, Budget, FailureReason, ImageState
+from runner.store import Store
 
 TOP_REASONS = 10
 REASON_WIDTH = 100  # characters of a reason shown in text; --json has them whole

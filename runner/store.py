@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -37,44 +36,23 @@ from runner.files import BatchLock
 from runner.migrations import MIGRATIONS, SCHEMA_VERSION
 from runner.records import (
     RETRYABLE_OUTCOMES,
-    Attempt,
     AttemptState,
-    Budget,
     CellRow,
     ImageOutcome,
     ImageState,
-    PendingImage,
     PlanResult,
     external_id_for,
 )
+from runner.store_reads import StoreReads
 
 PLAN_CHUNK = 5_000
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """The batch row, as `zbatch status` shows it."""
-
-    name: str
-    tag: str
-    cap_buzz: int
-    created_at: str
-
-
-@dataclass(frozen=True)
-class FailureReason:
-    """How many attempts (or lost images, kind `image:lost`) ended for one reason."""
-
-    kind: str
-    reason: str
-    count: int
 
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class Store:
+class Store(StoreReads):
     """The batch database. Open with `await Store.open(path)`; use as an async context manager."""
 
     def __init__(
@@ -350,14 +328,6 @@ class Store:
 
     # -- submitter ----------------------------------------------------------------------
 
-    async def next_planned(self, limit: int) -> list[Attempt]:
-        """Up to `limit` planned attempts of cells in the current manifest, in grid order."""
-        return await self._attempts(
-            "a.state = 'planned' AND c.generation = (SELECT generation FROM batch WHERE id = 1)"
-            " ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
-            limit,
-        )
-
     async def reserve(self, attempt_id: int, estimate_buzz: int) -> bool:
         """Record the intent to submit and reserve `estimate_buzz`, if the cap allows it.
 
@@ -499,42 +469,7 @@ class Store:
             (attempt_id, image.index, image.blob_id, state.value, image.reason, self._now()),
         )
 
-    async def active(self) -> list[Attempt]:
-        """Attempts the API may know of and that are not finished: submitting and running."""
-        return await self._attempts("a.state IN ('submitting', 'running') ORDER BY a.id")
-
-    async def attempt(self, attempt_id: int) -> Attempt:
-        found = await self._attempts("a.id = ?", attempt_id)
-        if not found:
-            raise StoreError(f"attempt {attempt_id} does not exist")
-        return found[0]
-
     # -- downloader ---------------------------------------------------------------------
-
-    async def pending_images(self, limit: int) -> list[PendingImage]:
-        """Up to `limit` images delivered by the service and not yet on disk."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
-                " FROM images i JOIN attempts a ON a.id = i.attempt_id"
-                " JOIN cells c ON c.key = a.cell_key"
-                " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
-                (limit,),
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
-        return [
-            PendingImage(
-                attempt_id=r["attempt_id"],
-                index=r["idx"],
-                blob_id=r["blob_id"],
-                cell_key=r["cell_key"],
-                workflow_id=r["workflow_id"],
-                request=json.loads(r["request"]),
-            )
-            for r in rows
-        ]
 
     async def mark_downloaded(
         self,
@@ -577,143 +512,3 @@ class Store:
             await self._event(db, attempt_id, "pending", f"image:{to}", None, str(index))
 
         await self._tx(fn)
-
-    # -- reading ------------------------------------------------------------------------
-
-    async def budget(self) -> Budget:
-        """The cap, what is committed, and how much of it is charged vs only reserved."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT cap_buzz, committed_buzz,"
-                " (SELECT COALESCE(SUM(charged_buzz), 0) FROM attempts),"
-                " (SELECT COALESCE(SUM(reserved_buzz), 0) FROM attempts)"
-                " FROM batch WHERE id = 1"
-            ) as cur,
-        ):
-            row = await cur.fetchone()
-        if row is None:
-            raise StoreError("the batch is not initialised")
-        return Budget(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
-
-    async def counts(self) -> dict[str, int]:
-        """Attempts by state and images by state (`image:<state>`)."""
-        out: dict[str, int] = {}
-        async with (
-            self._lock,
-            self._db.execute("SELECT state, COUNT(*) FROM attempts GROUP BY state") as cur,
-        ):
-            for state, n in await cur.fetchall():
-                out[state] = n
-        async with (
-            self._lock,
-            self._db.execute("SELECT state, COUNT(*) FROM images GROUP BY state") as cur,
-        ):
-            for state, n in await cur.fetchall():
-                out[f"image:{state}"] = n
-        return out
-
-    async def unsubmitted(self) -> tuple[int, int]:
-        """Planned attempts of current cells and the sum of their estimates (Buzz)."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
-                " JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned'"
-                " AND c.generation = (SELECT generation FROM batch WHERE id = 1)"
-            ) as cur,
-        ):
-            row = await cur.fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
-
-    # -- reading for `zbatch status` (offline, often through `open(read_only=True)`) -------
-
-    async def batch_info(self) -> BatchInfo:
-        """The batch row: its name, API tag, cap and when it was created."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT name, tag, cap_buzz, created_at FROM batch WHERE id = 1"
-            ) as cur,
-        ):
-            row = await cur.fetchone()
-        if row is None:
-            raise StoreError("the database holds no batch yet (a run stopped before planning)")
-        return BatchInfo(name=row[0], tag=row[1], cap_buzz=int(row[2]), created_at=row[3])
-
-    async def cell_counts(self) -> dict[str, int]:
-        """Cells by the state of their latest attempt: a retried cell counts once, as its retry."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT a.state, COUNT(*) FROM attempts a WHERE a.attempt ="
-                " (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
-                " GROUP BY a.state"
-            ) as cur,
-        ):
-            return {state: int(n) for state, n in await cur.fetchall()}
-
-    async def failure_reasons(self, limit: int) -> list[FailureReason]:
-        """The most frequent reasons attempts ended without success and images were lost.
-
-        Attempts count as their state (`failed`, `blocked`, ...), lost images as `image:lost`;
-        an attempt with no recorded reason counts under its state's name.
-        """
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT state AS kind, COALESCE(reason, state) AS reason, COUNT(*) AS n"
-                " FROM attempts WHERE state NOT IN ('planned', 'submitting', 'running',"
-                " 'succeeded') GROUP BY state, COALESCE(reason, state)"
-                " UNION ALL"
-                " SELECT 'image:lost' AS kind, COALESCE(reason, 'no reason recorded') AS reason,"
-                " COUNT(*) AS n FROM images WHERE state = 'lost'"
-                " GROUP BY COALESCE(reason, 'no reason recorded')"
-                " ORDER BY n DESC, kind, reason LIMIT ?",
-                (limit,),
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
-        return [FailureReason(kind=r[0], reason=r[1], count=int(r[2])) for r in rows]
-
-    async def last_event_at(self) -> str | None:
-        """When the last transition was recorded (ISO 8601, UTC), or None before any."""
-        async with (
-            self._lock,
-            self._db.execute("SELECT at FROM events ORDER BY id DESC LIMIT 1") as cur,
-        ):
-            row = await cur.fetchone()
-        return str(row[0]) if row else None
-
-    async def _scalar(self, sql: str, *params: Any) -> int:
-        async with self._lock, self._db.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    async def _attempts(self, where: str, *params: Any) -> list[Attempt]:
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT a.id, a.cell_key, a.attempt, a.external_id, a.state, a.reserved_buzz,"
-                " a.charged_buzz, a.workflow_id, c.model, c.request, c.estimate_buzz"
-                " FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE " + where,
-                params,
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
-        return [
-            Attempt(
-                id=r["id"],
-                cell_key=r["cell_key"],
-                attempt=r["attempt"],
-                external_id=r["external_id"],
-                state=AttemptState(r["state"]),
-                reserved_buzz=r["reserved_buzz"],
-                charged_buzz=r["charged_buzz"],
-                workflow_id=r["workflow_id"],
-                model=r["model"],
-                request=json.loads(r["request"]),
-                estimate_buzz=r["estimate_buzz"],
-            )
-            for r in rows
-        ]
