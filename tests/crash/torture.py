@@ -2,7 +2,7 @@
 
 Rounds cycle through the harness's scenarios (open budget, binding cap, expiring steps),
 each a fresh emulator and batch killed `TORTURE_KILLS_PER_ROUND` times and then run to the
-end, until `TORTURE_KILLS` kill attempts have been made. Round i uses seed
+end, until `TORTURE_KILLS` runs have been SIGKILLed. Round i uses seed
 `TORTURE_SEED * 1000 + i`, so a failing round can be replayed alone:
 
     TORTURE_KILLS=300 TORTURE_SEED=1 make torture
@@ -36,18 +36,18 @@ def _say(text: str) -> None:
 
 
 def torture(*, kills: int, seed: int, per_round: int, workdir: Path) -> list[Report]:
-    """Run rounds until `kills` kill attempts were made; report as each round ends."""
+    """Run rounds until `kills` runs were SIGKILLed; report as each round ends."""
     reports: list[Report] = []
     kinds = list(SCENARIOS)
-    attempted = 0
-    while attempted < kills:
+    killed = 0
+    while killed < kills:
         i = len(reports)
         kind = kinds[i % len(kinds)]
-        n = min(per_round, kills - attempted)
+        n = min(per_round, kills - killed)
         scenario = SCENARIOS[kind](f"{kind}-{i}", seed * 1000 + i, n)
         report = run_scenario(scenario, workdir / scenario.name)
         reports.append(report)
-        attempted += n
+        killed += max(report.kills, 1)  # a run that ends before its kill is not a kill
         _say(
             f"round {i:>3} {kind:<9} seed {scenario.seed}: {report.kills} kills,"
             f" {report.early_exits} early, {report.workflows} workflows, {report.duplicates} dups,"
