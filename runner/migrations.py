@@ -68,6 +68,10 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT
     );
     """,
+    # 2: `zbatch cancel` (docs/operations.md): when the batch was canceled; NULL = submitting.
+    """
+    ALTER TABLE batch ADD COLUMN canceled_at TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
