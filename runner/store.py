@@ -43,7 +43,7 @@ from runner.records import (
     PlanResult,
     external_id_for,
 )
-from runner.store_reads import StoreReads
+from runner.store_ops import StoreOps  # operations: retry, cancel, verify, adopt
 
 PLAN_CHUNK = 5_000
 
@@ -52,7 +52,7 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class Store(StoreReads):
+class Store(StoreOps):  # StoreOps extends StoreReads
     """The batch database. Open with `await Store.open(path)`; use as an async context manager."""
 
     def __init__(
