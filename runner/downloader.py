@@ -11,6 +11,7 @@ the service no longer has the blob, or the bytes stay wrong after every try.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,10 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from runner.api import Client
 from runner.errors import ApiError, NotFoundError, RetryableError, UrlExpiredError
-from runner.files import InvalidImage, atomic_write_bytes, image_path, verify_image
-from runner.limits import retrying
+from runner.files import InvalidImage, VerifiedImage, atomic_write_bytes, image_path, verify_image
+from runner.limits import Backoff, retrying
 from runner.models import Workflow
 from runner.records import PendingImage
 
@@ -35,12 +37,108 @@ URL_MARGIN = timedelta(seconds=5)
 ImageKey = tuple[int, int]  # (attempt id, image index)
 
 
+@dataclass(frozen=True)
+class FetchedImage:
+    """An image's bytes, checked: they decode as an image of the requested size."""
+
+    content: bytes
+    info: VerifiedImage
+
+
+class ImageFetcher:
+    """Fetches one image's verified bytes through the workflow and blob routes, with retries.
+
+    Shared by the downloaders and `zbatch verify --repair`. It remembers signed URLs; when one
+    has expired (or fails), it fetches the workflow again for fresh ones, or refreshes the
+    blob by its id, and tries again with backoff.
+    """
+
+    def __init__(self, client: Client, backoff: Backoff, *, max_bytes: int) -> None:
+        self.client = client
+        self.backoff = backoff
+        self.max_bytes = max_bytes
+        self._urls: dict[ImageKey, tuple[str, datetime | None]] = {}
+
+    def remember_urls(self, attempt_id: int, wf: Workflow) -> None:
+        """Keep the signed URLs of a workflow's images, so a download needs no extra call."""
+        for image in wf.images:
+            if image.url:
+                self._urls[(attempt_id, image.index)] = (image.url, image.url_expires_at)
+
+    async def fetch(self, item: PendingImage) -> FetchedImage | str:
+        """The image's verified bytes, or the reason they could not be had.
+
+        A reason means the service no longer has the image, or its bytes stayed wrong
+        through `MAX_TRIES` tries. API errors other than retryable ones and 404 propagate.
+        """
+        key = (item.attempt_id, item.index)
+        width, height = int(item.request["width"]), int(item.request["height"])
+        problem = "no usable URL"
+        for tries in range(MAX_TRIES):
+            if tries:
+                await anyio.sleep(self.backoff.delay_s(tries - 1))
+            url = await self._url_for(item)
+            if url is None:
+                break
+            try:
+                got = await self.client.download(url, max_bytes=self.max_bytes)
+                if not got.content_type.startswith("image/"):
+                    raise InvalidImage(f"Content-Type is {got.content_type or 'missing'}")
+                info = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        verify_image,
+                        got.content,
+                        width=width,
+                        height=height,
+                        max_bytes=self.max_bytes,
+                    )
+                )
+            except (UrlExpiredError, NotFoundError, RetryableError, InvalidImage) as exc:
+                problem = str(exc)
+                self._urls.pop(key, None)  # fetch a fresh URL next time
+                log.warning("download_retry", cell=item.cell_key, index=item.index, error=problem)
+                continue
+            return FetchedImage(got.content, info)
+        return problem
+
+    async def _url_for(self, item: PendingImage) -> str | None:
+        """A signed URL that has not expired: remembered, or fetched fresh."""
+        key = (item.attempt_id, item.index)
+        known = self._urls.get(key)
+        if known is not None:
+            url, expires_at = known
+            if expires_at is None or expires_at - URL_MARGIN > datetime.now(UTC):
+                return url
+        client = self.client
+        if item.workflow_id is not None:
+            wf_id = item.workflow_id
+            try:
+                wf = await retrying(lambda: client.get(wf_id), backoff=self.backoff, what="refetch")
+                self.remember_urls(item.attempt_id, wf)
+                if key in self._urls:
+                    return self._urls[key][0]
+            except NotFoundError:
+                pass  # the workflow is gone; the blob may still be there
+        if item.blob_id is None:
+            return None
+        blob_id = item.blob_id
+        try:
+            blob = await retrying(
+                lambda: client.refresh_blob(blob_id), backoff=self.backoff, what="refresh"
+            )
+        except NotFoundError:
+            return None
+        return blob.url
+
+
 class Downloader:
     """Feeds pending images to a pool of download workers."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._urls: dict[ImageKey, tuple[str, datetime | None]] = {}
+        self.fetcher = ImageFetcher(
+            engine.client, engine.backoff, max_bytes=engine.config.max_image_bytes
+        )
         self._in_flight: set[ImageKey] = set()
 
     def idle(self) -> bool:
@@ -48,9 +146,7 @@ class Downloader:
 
     def remember_urls(self, attempt_id: int, wf: Workflow) -> None:
         """Keep the signed URLs of a workflow's images, so a download needs no extra call."""
-        for image in wf.images:
-            if image.url:
-                self._urls[(attempt_id, image.index)] = (image.url, image.url_expires_at)
+        self.fetcher.remember_urls(attempt_id, wf)
 
     async def run(self, tg: TaskGroup) -> None:
         workers = self.engine.config.downloads
@@ -83,79 +179,24 @@ class Downloader:
                     self.engine.wake()
 
     async def _download(self, item: PendingImage) -> None:
-        engine, key = self.engine, (item.attempt_id, item.index)
-        width, height = int(item.request["width"]), int(item.request["height"])
-        fmt = str(item.request.get("outputFormat") or "jpeg")
-        problem = "no usable URL"
-        for tries in range(MAX_TRIES):
-            if tries:
-                await anyio.sleep(engine.backoff.delay_s(tries - 1))
-            url = await self._url_for(item)
-            if url is None:
-                break
-            try:
-                got = await engine.client.download(url, max_bytes=engine.config.max_image_bytes)
-                if not got.content_type.startswith("image/"):
-                    raise InvalidImage(f"Content-Type is {got.content_type or 'missing'}")
-                info = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        verify_image,
-                        got.content,
-                        width=width,
-                        height=height,
-                        max_bytes=engine.config.max_image_bytes,
-                    )
-                )
-            except (UrlExpiredError, NotFoundError, RetryableError, InvalidImage) as exc:
-                problem = str(exc)
-                self._urls.pop(key, None)  # fetch a fresh URL next time
-                log.warning("download_retry", cell=item.cell_key, index=item.index, error=problem)
-                continue
-            relative = image_path(item.cell_key, item.index, fmt)
-            target = engine.config.out_dir / relative
-            await anyio.to_thread.run_sync(atomic_write_bytes, target, got.content)
-            await engine.store.mark_downloaded(
-                item.attempt_id,
-                item.index,
-                path=relative.as_posix(),
-                sha256=info.sha256,
-                size_bytes=info.size_bytes,
-                width=info.width,
-                height=info.height,
-            )
-            engine.stats.images_downloaded += 1
-            return
-        await engine.store.mark_lost(item.attempt_id, item.index, problem)
-        engine.stats.images_lost += 1
-        log.error("image_lost", cell=item.cell_key, index=item.index, reason=problem)
-
-    async def _url_for(self, item: PendingImage) -> str | None:
-        """A signed URL that has not expired: remembered, or fetched fresh."""
-        key = (item.attempt_id, item.index)
-        known = self._urls.get(key)
-        if known is not None:
-            url, expires_at = known
-            if expires_at is None or expires_at - URL_MARGIN > datetime.now(UTC):
-                return url
         engine = self.engine
-        if item.workflow_id is not None:
-            wf_id = item.workflow_id
-            try:
-                wf = await retrying(
-                    lambda: engine.client.get(wf_id), backoff=engine.backoff, what="refetch"
-                )
-                self.remember_urls(item.attempt_id, wf)
-                if key in self._urls:
-                    return self._urls[key][0]
-            except NotFoundError:
-                pass  # the workflow is gone; the blob may still be there
-        if item.blob_id is None:
-            return None
-        blob_id = item.blob_id
-        try:
-            blob = await retrying(
-                lambda: engine.client.refresh_blob(blob_id), backoff=engine.backoff, what="refresh"
-            )
-        except NotFoundError:
-            return None
-        return blob.url
+        fmt = str(item.request.get("outputFormat") or "jpeg")
+        got = await self.fetcher.fetch(item)
+        if isinstance(got, str):
+            await engine.store.mark_lost(item.attempt_id, item.index, got)
+            engine.stats.images_lost += 1
+            log.error("image_lost", cell=item.cell_key, index=item.index, reason=got)
+            return
+        relative = image_path(item.cell_key, item.index, fmt)
+        target = engine.config.out_dir / relative
+        await anyio.to_thread.run_sync(atomic_write_bytes, target, got.content)
+        await engine.store.mark_downloaded(
+            item.attempt_id,
+            item.index,
+            path=relative.as_posix(),
+            sha256=got.info.sha256,
+            size_bytes=got.info.size_bytes,
+            width=got.info.width,
+            height=got.info.height,
+        )
+        engine.stats.images_downloaded += 1

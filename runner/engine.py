@@ -274,15 +274,7 @@ class Engine:
     async def finish(self, attempt: Attempt, wf: Workflow) -> None:
         """Record a terminal workflow; hand its images to the downloaders."""
         outcome = outcome_of(wf)
-        images = [
-            ImageOutcome(
-                index=image.index,
-                blob_id=image.blob_id,
-                deliverable=image.deliverable,
-                reason=image.blocked_reason or (None if image.available else "not available"),
-            )
-            for image in wf.images
-        ]
+        images = image_outcomes(wf)
         charged = charge_of(wf, fallback_buzz=attempt.charged_buzz, final=True)
         retry = await self.store.mark_finished(
             attempt.id,
@@ -356,6 +348,19 @@ def outcome_of(wf: Workflow) -> AttemptState:
         WorkflowStatus.CANCELED: AttemptState.CANCELED,
     }
     return mapping.get(wf.status, AttemptState.FAILED)
+
+
+def image_outcomes(wf: Workflow) -> list[ImageOutcome]:
+    """A terminal workflow's images as the store records them: deliverable or why not."""
+    return [
+        ImageOutcome(
+            index=image.index,
+            blob_id=image.blob_id,
+            deliverable=image.deliverable,
+            reason=image.blocked_reason or (None if image.available else "not available"),
+        )
+        for image in wf.images
+    ]
 
 
 def reason_of(wf: Workflow, outcome: AttemptState) -> str | None:
