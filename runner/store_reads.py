@@ -8,7 +8,11 @@ transaction of another task half done.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
@@ -22,6 +26,45 @@ from runner.records import (
     FailureReason,
     PendingImage,
 )
+
+if TYPE_CHECKING:
+    from runner.store import Store
+
+FINAL_WORKFLOW_STATES = ("succeeded", "failed", "expired", "canceled", "blocked")
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """One image joined with the attempt and cell that made it: a dataset or export row."""
+
+    attempt_id: int
+    index: int
+    state: str  # the image's: downloaded, pending or lost
+    path: str | None  # relative to OUT, once downloaded
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None  # measured on the downloaded file
+    height: int | None
+    reason: str | None  # why it was lost
+    cell_key: str
+    attempt: int
+    workflow_id: str | None
+    model: str
+    request: dict[str, Any]
+    vars: dict[str, str]
+    charged_buzz: int  # the whole attempt's charge (every image of it)
+    created_at: str | None  # when the service answered with the workflow id
+    finished_at: str  # the attempt's last transition: its outcome
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the events table says about a batch's Buzz refunds and its time span."""
+
+    refunded_buzz: int  # charged when running, given back by the final charge
+    refunded_attempts: int
+    first_event_at: str | None
+    last_event_at: str | None
 
 
 class StoreReads:
@@ -212,3 +255,114 @@ class StoreReads:
             )
             for r in rows
         ]
+
+    # -- reading for the dataset, `zbatch export` and `zbatch report` ----------------------
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Store]:
+        """A read-only store of its own on the same database file, closed on exit.
+
+        Long reads (`dataset_images`) hold their connection for the whole iteration; on a
+        reader of their own they never delay a running engine's transitions, and they see
+        one consistent snapshot.
+        """
+        from runner.store import Store
+
+        async with (
+            self._lock,
+            self._db.execute("SELECT file FROM pragma_database_list WHERE name = 'main'") as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None or not row[0]:
+            raise StoreError("the batch database has no file to open a reader on")
+        store = await Store.open(Path(row[0]), read_only=True)
+        async with store:
+            yield store
+
+    async def dataset_images(
+        self, states: Sequence[str] = ("downloaded",), *, chunk: int = 2_000
+    ) -> AsyncGenerator[list[DatasetImage], None]:
+        """Images in `states` with their attempt and cell, in (attempt, index) order, in chunks.
+
+        One statement streamed `chunk` rows at a time, so a million images never sit in
+        memory. It holds this connection until the iteration ends (close it with
+        `contextlib.aclosing`): during a run, call it on `reader()`, not the engine's store.
+        """
+        marks = ",".join("?" for _ in states)
+        sql = (
+            "SELECT i.attempt_id, i.idx, i.state, i.path, i.sha256, i.size_bytes, i.width,"
+            " i.height, i.reason, a.cell_key, a.attempt, a.workflow_id, a.charged_buzz,"
+            " a.updated_at AS finished_at, c.model, c.request, c.vars, t.created_at"
+            " FROM images i JOIN attempts a ON a.id = i.attempt_id"
+            " JOIN cells c ON c.key = a.cell_key"
+            " LEFT JOIN (SELECT attempt_id, MIN(at) AS created_at FROM events"
+            "  WHERE to_state = 'running' GROUP BY attempt_id) t ON t.attempt_id = i.attempt_id"
+            f" WHERE i.state IN ({marks}) ORDER BY i.attempt_id, i.idx"
+        )
+        async with self._lock, self._db.execute(sql, tuple(states)) as cur:
+            while rows := await cur.fetchmany(chunk):
+                yield [_dataset_image(r) for r in rows]
+
+    async def var_names(self) -> list[str]:
+        """Every template variable name any cell has, sorted."""
+        names: set[str] = set()
+        async with self._lock, self._db.execute("SELECT DISTINCT vars FROM cells") as cur:
+            while rows := await cur.fetchmany(1_000):
+                for (text,) in rows:
+                    names.update(json.loads(text))
+        return sorted(names)
+
+    async def activity(self) -> Activity:
+        """Refunds and the first and last event, from the events table.
+
+        Every transition records its Buzz: `running` what the workflow charged then, the
+        outcome what it finally cost. A final charge below the running one is a refund (a
+        failed, expired or canceled workflow credited back).
+        """
+        finals = ",".join("?" for _ in FINAL_WORKFLOW_STATES)
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT COALESCE(SUM(ran - fin), 0), COUNT(*) FROM ("
+                " SELECT attempt_id, MAX(CASE WHEN to_state = 'running' THEN buzz END) AS ran,"
+                f" MAX(CASE WHEN to_state IN ({finals}) THEN buzz END) AS fin"
+                f" FROM events WHERE to_state = 'running' OR to_state IN ({finals})"
+                " GROUP BY attempt_id) per WHERE ran > fin",
+                (*FINAL_WORKFLOW_STATES, *FINAL_WORKFLOW_STATES),
+            ) as cur,
+        ):
+            refund = await cur.fetchone()
+        async with (
+            self._lock,
+            self._db.execute("SELECT MIN(at), MAX(at) FROM events") as cur,
+        ):
+            span = await cur.fetchone()
+        return Activity(
+            refunded_buzz=int(refund[0]) if refund else 0,
+            refunded_attempts=int(refund[1]) if refund else 0,
+            first_event_at=span[0] if span else None,
+            last_event_at=span[1] if span else None,
+        )
+
+
+def _dataset_image(r: aiosqlite.Row) -> DatasetImage:
+    return DatasetImage(
+        attempt_id=r["attempt_id"],
+        index=r["idx"],
+        state=r["state"],
+        path=r["path"],
+        sha256=r["sha256"],
+        size_bytes=r["size_bytes"],
+        width=r["width"],
+        height=r["height"],
+        reason=r["reason"],
+        cell_key=r["cell_key"],
+        attempt=r["attempt"],
+        workflow_id=r["workflow_id"],
+        model=r["model"],
+        request=json.loads(r["request"]),
+        vars=json.loads(r["vars"]),
+        charged_buzz=r["charged_buzz"],
+        created_at=r["created_at"],
+        finished_at=r["finished_at"],
+    )
