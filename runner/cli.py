@@ -8,6 +8,7 @@ Results go to stdout; logs and progress to stderr (`main` configures logging for
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -217,6 +218,49 @@ def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    """Write a batch's X/Y gallery: a static HTML page and a labelled PNG contact sheet.
+
+    Reads OUT/batch.sqlite read-only (safe during a run) and the images under OUT, finds the
+    axes (every input that differs between cells) and lays the images out on two of them,
+    the others as filters, like AUTOMATIC1111's X/Y plot. Each image shows its inputs on
+    hover and click; rows, columns and grid cells show their Buzz. Writes, atomically,
+    OUT/gallery/index.html (open it from disk: no server, no network) and
+    OUT/gallery/grid-X-Y.png. By default the two axes that make the fullest grid, the one
+    with more values as rows. See docs/gallery.md.
+
+    Exit codes: 0; 2 when OUT holds no batch, or an axis or state is not one the batch has.
+
+    Example:
+        zbatch gallery out/demo
+        zbatch gallery out/demo --x model --y prompt
+        zbatch gallery out/demo --state downloaded,lost
+    """
+    from runner.gallery import make_gallery, render_result
+
+    states = args.state.split(",")
+    result = anyio.run(
+        functools.partial(make_gallery, args.out, x=args.x, y=args.y, states=states),
+        backend="asyncio",
+    )
+    print(render_result(result))
+    return 0
+
+
+def _add_gallery(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "gallery", cmd_gallery)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument("--x", metavar="FIELD", help="the axis across the columns (default: chosen)")
+    p.add_argument("--y", metavar="FIELD", help="the axis down the rows (default: chosen)")
+    p.add_argument(
+        "--state",
+        default="downloaded",
+        metavar="STATES",
+        help="image states to show, comma-separated: downloaded, pending, lost "
+        "(default: %(default)s)",
+    )
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the local emulator of Civitai's orchestration API.
 
@@ -317,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_run(sub)
     _add_status(sub)
+    _add_gallery(sub)
     _add_emulator(sub)
     return parser
 

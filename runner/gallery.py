@@ -1,0 +1,195 @@
+"""`zbatch gallery`: read a batch from OUT alone and write its X/Y page and contact sheet.
+
+`OUT/gallery/index.html` (static, no server, works from ``file://``; `gallery_html.py`) and
+`OUT/gallery/grid-<X>-<Y>.png` (`gallery_sheet.py`), both written atomically, from
+`OUT/batch.sqlite` opened read-only (so it works during a run) and the image files. The axes,
+the default X and Y and the Buzz sums are `gallery_grid.py`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+
+from runner.batch import DB_NAME
+from runner.errors import StoreError
+from runner.files import atomic_write_bytes
+from runner.gallery_grid import (
+    DEFAULT_STATES,
+    GalleryCell,
+    GalleryImage,
+    Grid,
+    build_grid,
+)
+from runner.gallery_html import render_page
+from runner.gallery_sheet import render_sheet
+from runner.status import NotABatch
+from runner.store import Store
+
+GALLERY_DIR = "gallery"
+INDEX_NAME = "index.html"
+
+
+@dataclass(frozen=True)
+class GalleryResult:
+    """What `zbatch gallery` wrote and what it shows."""
+
+    index: Path
+    sheet: Path
+    x: str  # "" when the grid has a single column
+    y: str  # "" when it has a single row
+    filters: tuple[str, ...]
+    rows: int
+    columns: int
+    cells: int
+    images: int
+    total_buzz: int
+
+
+class _GalleryStore(Store):
+    """The store with the gallery's one read: every cell with its attempts and images.
+
+    The SQL sits here rather than in `store_reads.py` only to keep this change to its own
+    files; it belongs there, beside the other reads, and moves unchanged.
+    """
+
+    async def gallery_cells(self) -> list[GalleryCell]:
+        """Cells of the current manifest and any older cell with images, in grid order."""
+        cells = await self._rows(
+            "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
+            " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
+            " AS charged FROM cells c"
+            " WHERE c.generation = (SELECT generation FROM batch WHERE id = 1)"
+            " OR EXISTS (SELECT 1 FROM attempts b JOIN images i ON i.attempt_id = b.id"
+            " WHERE b.cell_key = c.key)"
+            " ORDER BY c.seq, c.replica, c.key"
+        )
+        latest: dict[str, tuple[int, str, str | None]] = {}
+        for key, attempt, state, workflow in await self._rows(
+            "SELECT cell_key, attempt, state, workflow_id FROM attempts"
+        ):
+            if key not in latest or attempt > latest[key][0]:
+                latest[key] = (attempt, state, workflow)
+        images: dict[str, list[GalleryImage]] = {}
+        for r in await self._rows(
+            "SELECT a.cell_key, a.attempt, a.workflow_id, i.idx, i.state, i.path, i.sha256,"
+            " i.size_bytes, i.width, i.height FROM images i"
+            " JOIN attempts a ON a.id = i.attempt_id ORDER BY a.cell_key, a.attempt, i.idx"
+        ):
+            images.setdefault(r[0], []).append(
+                GalleryImage(
+                    index=r[3],
+                    state=r[4],
+                    path=r[5],
+                    sha256=r[6],
+                    size_bytes=r[7],
+                    width=r[8],
+                    height=r[9],
+                    attempt=r[1],
+                    workflow_id=r[2],
+                )
+            )
+        return [
+            GalleryCell(
+                key=r[0],
+                seq=r[1],
+                replica=r[2],
+                model=r[3],
+                request=json.loads(r[4]),
+                vars=json.loads(r[5]),
+                estimate_buzz=r[6],
+                charged_buzz=r[7],
+                state=latest.get(r[0], (0, "planned", None))[1],
+                workflow_id=latest.get(r[0], (0, "planned", None))[2],
+                images=tuple(images.get(r[0], ())),
+            )
+            for r in cells
+        ]
+
+    async def _rows(self, sql: str) -> list[Any]:
+        async with self._lock, self._db.execute(sql) as cur:
+            return list(await cur.fetchall())
+
+
+async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
+    """The batch's name and cells, from `out/batch.sqlite` opened read-only."""
+    db = out / DB_NAME
+    if not await anyio.Path(out).is_dir():
+        raise NotABatch(f"{out} does not exist or is not a folder: give a batch's `out` folder")
+    if not await anyio.Path(db).is_file():
+        raise NotABatch(f"{out} holds no {DB_NAME}: it is not a zbatch batch folder")
+    try:
+        # `Store.open` builds `cls(...)`, so this is a _GalleryStore; its annotation says Store.
+        store = cast(_GalleryStore, await _GalleryStore.open(db, read_only=True))
+    except StoreError as exc:
+        raise NotABatch(str(exc)) from exc
+    async with store:
+        try:
+            info = await store.batch_info()
+        except StoreError as exc:
+            raise NotABatch(f"{db}: {exc}") from exc
+        return info.name, await store.gallery_cells()
+
+
+def sheet_name(grid: Grid) -> str:
+    """`grid-<X>-<Y>.png`, `all` standing for a missing axis, safe as a file name."""
+    parts = (re.sub(r"[^A-Za-z0-9._-]", "_", a.name) or "all" for a in (grid.x, grid.y))
+    return "grid-{}-{}.png".format(*parts)
+
+
+def write_gallery(out: Path, grid: Grid) -> GalleryResult:
+    """Write the contact sheet, then the page that links to it; each atomically."""
+    folder = out / GALLERY_DIR
+    sheet = folder / sheet_name(grid)
+    atomic_write_bytes(sheet, render_sheet(grid, out).png)
+    index = folder / INDEX_NAME
+    atomic_write_bytes(index, render_page(grid, sheet.name).encode("utf-8"))
+    return GalleryResult(
+        index=index,
+        sheet=sheet,
+        x=grid.x.name,
+        y=grid.y.name,
+        filters=tuple(a.name for a in grid.filters),
+        rows=grid.y.size,
+        columns=grid.x.size,
+        cells=len(grid.cells),
+        images=grid.image_count,
+        total_buzz=grid.total_buzz,
+    )
+
+
+async def make_gallery(
+    out: Path,
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    states: Iterable[str] = DEFAULT_STATES,
+) -> GalleryResult:
+    """Read the batch in `out`, lay it out on X/Y and write `out/gallery/`."""
+    name, cells = await read_cells(out)
+    grid = build_grid(name, cells, x=x, y=y, states=states)
+    return await anyio.to_thread.run_sync(functools.partial(write_gallery, out, grid))
+
+
+def render_result(result: GalleryResult) -> str:
+    """A few lines for `zbatch gallery`'s stdout: what was written and how it is laid out."""
+    rows = f"{result.rows} rows by {result.y}" if result.y else "1 row"
+    columns = f"{result.columns} columns by {result.x}" if result.x else "1 column"
+    filters = ", ".join(result.filters) or "none"
+    return "\n".join(
+        [
+            f"gallery     {result.index}",
+            f"            {result.index.resolve().as_uri()}",
+            f"sheet       {result.sheet}",
+            f"grid        {rows} x {columns}; filters: {filters}",
+            f"shows       {result.images} images of {result.cells} cells, "
+            f"{result.total_buzz} Buzz charged",
+        ]
+    )
