@@ -261,6 +261,100 @@ def _add_gallery(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a batch's images and metadata as JSONL, CSV, Parquet or WebDataset shards.
+
+    Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
+    row per image, with every input that made it and what it cost (docs/dataset.md), to
+    --to (default: OUT/export/dataset.<format>, or the folder OUT/export/webdataset/).
+    Memory stays flat however many rows. Every file is written under a temp name and
+    renamed into place, so a reader never sees half an export. --state picks images by
+    state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
+    Parquet needs pyarrow: pip install 'zbatch[parquet]'.
+
+    Exit codes: 0 written (images missing from disk are left out of a WebDataset with a
+    warning); 2 OUT holds no batch, or a format, state or shard size that is not allowed;
+    1 pyarrow missing for parquet, or unexpected.
+
+    Example:
+        zbatch export out/demo --format parquet
+        zbatch export out/demo --format webdataset --shard-size 500 --to /data/demo-wds
+        zbatch export out/demo --format csv --state lost --to lost.csv
+    """
+    from runner.export import describe, export
+
+    states = tuple(s.strip() for s in args.state.split(",") if s.strip())
+    job = functools.partial(
+        export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size
+    )
+    result = anyio.run(job, backend="asyncio")
+    if result.missing:
+        print(
+            f"zbatch: warning: {result.missing} downloaded images are missing from disk and "
+            "were left out (zbatch verify finds them)",
+            file=sys.stderr,
+        )
+    print(describe(result))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "export", cmd_export)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument(
+        "--format", required=True, metavar="FORMAT", help="jsonl, csv, parquet or webdataset"
+    )
+    p.add_argument(
+        "--to",
+        type=Path,
+        metavar="PATH",
+        help="the file (the shard folder for webdataset) to write (default: under OUT/export/)",
+    )
+    p.add_argument(
+        "--state",
+        default="downloaded",
+        metavar="STATES",
+        help="image states to export, comma-separated: downloaded, pending, lost "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="webdataset: samples per tar shard (default: %(default)s)",
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Summarise a batch in a few lines, for a commit message or a chat post.
+
+    Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running): cells by the
+    state of their latest attempt, images downloaded / pending / lost, the top failure
+    reasons, Buzz charged, refunded (failed or canceled workflows credited back) and
+    reserved against the cap, Buzz per usable (downloaded) image, the wall time from the
+    first recorded transition to the last (every run of the batch, pauses included) and
+    images per minute over it. --json prints the same as one document.
+
+    Exit codes: 0; 2 when OUT is missing or holds no zbatch batch.
+
+    Example:
+        zbatch report out/demo
+        zbatch report out/demo --json | jq .buzz
+    """
+    from runner.report import read_report, render_report, report_json
+
+    report = anyio.run(read_report, args.out, backend="asyncio")
+    print(json.dumps(report_json(report), indent=2) if args.json else render_report(report))
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "report", cmd_report)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the local emulator of Civitai's orchestration API.
 
@@ -362,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_status(sub)
     _add_gallery(sub)
+    _add_export(sub)
+    _add_report(sub)
     _add_emulator(sub)
     return parser
 
