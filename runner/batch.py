@@ -18,10 +18,12 @@ import anyio
 import structlog
 
 from runner import zimage
+from runner.adopt import AdoptReport, adopt_workflows
 from runner.api import Client
 from runner.engine import Engine, EngineConfig, RunStats
 from runner.files import remove_stray_temps
 from runner.grid import expand
+from runner.limits import Backoff
 from runner.manifest import Manifest
 from runner.records import Budget, CellRow, PlanResult
 from runner.store import Store
@@ -39,6 +41,7 @@ class RunOverrides:
     in_flight: int | None = None
     submit_per_s: float | None = None
     downloads: int | None = None
+    adopt: bool = False  # `--adopt`: record the batch's workflows found on the service first
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class RunOutcome:
     counts: dict[str, int]
     unsubmitted: int  # cells with a planned attempt left
     unsubmitted_buzz: int  # their estimated cost
+    adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
+    canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
 
 
 def batch_tag(name: str) -> str:
@@ -116,8 +121,17 @@ async def run_batch(
             cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
             manifest_sha256=manifest_sha256(manifest),
         )
-        planned = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
+        canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
+        if canceled_at is None:
+            planned = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
+        else:
+            planned = PlanResult(added=0, kept=await store.cell_total(), removed=0)
+            log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
         log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
+        adopted = None
+        if overrides.adopt:  # operations: the workflows the service already has for the batch
+            backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
+            adopted = await adopt_workflows(store, client, config.tag, backoff=backoff)
         swept = await anyio.to_thread.run_sync(remove_stray_temps, out / "images")
         if swept:
             log.info("stray_temp_files_removed", count=swept)
@@ -139,6 +153,8 @@ async def run_batch(
             counts=await store.counts(),
             unsubmitted=unsubmitted,
             unsubmitted_buzz=unsubmitted_buzz,
+            adopted=adopted,
+            canceled_at=canceled_at,
         )
 
 

@@ -107,6 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     Ctrl-C (or SIGTERM) stops new submissions and lets in-flight work finish for a few
     seconds; a second Ctrl-C stops at once. Both are safe, as is kill -9.
 
+    --adopt first records the workflows the service already has for this batch (found by
+    its tag, matched to cells by externalId; paid, never resubmitted): for a batch whose
+    batch.sqlite was lost, or picked up on another machine (docs/operations.md).
+
     Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
     Exit codes: 0 done; 2 invalid manifest; 3 auth or funds; 4 the Buzz cap stopped the
     batch (resumable with a larger --budget); 130 interrupted; 1 unexpected.
@@ -133,7 +137,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         else None
     )
     overrides = RunOverrides(
-        budget_buzz=args.budget, in_flight=args.concurrency, submit_per_s=args.rate
+        budget_buzz=args.budget,
+        in_flight=args.concurrency,
+        submit_per_s=args.rate,
+        adopt=args.adopt,
     )
     outcome = execute(
         manifest,
@@ -143,6 +150,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=None if args.quiet else show_progress,
     )
     print(render_summary(outcome, out=manifest.out))
+    if outcome.adopted is not None:  # operations: --adopt
+        from runner.adopt import render_adoption
+
+        print(render_adoption(outcome.adopted))
+    if outcome.canceled_at is not None:
+        print(
+            f"canceled    at {outcome.canceled_at}: nothing was submitted"
+            f" (zbatch retry {manifest.out} --state canceled resumes it)"
+        )
     if outcome.stats.cap_reached:
         return EXIT_CAP_REACHED
     if outcome.stats.stop_reason is not None:
@@ -188,6 +204,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--faults", type=Path, metavar="FILE", help="with --emulator: a fault profile")
     p.add_argument("--seed", type=int, default=0, help="with --emulator: its seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="first record the batch's workflows the service already has (found by the "
+        "batch's tag): after batch.sqlite was lost, or on another machine",
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -355,6 +377,177 @@ def _add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
 
 
+# -- operations: retry, cancel, verify (docs/operations.md) -------------------------------
+
+EXIT_DAMAGED = 5
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Give chosen cells of a batch a new attempt, then run them under the batch's cap.
+
+    Chooses the cells whose latest attempt is in --state (default failed, expired, lost:
+    failed or expired with its attempts used up, or succeeded with an image lost), or the
+    cells named with --cell. Each gets attempt n+1 with a new externalId; nothing else is
+    submitted, and a succeeded cell with every image on disk is never touched. Blocked and
+    rejected cells are retried only when --cell names them. Then the batch runs as with
+    `zbatch run` (no manifest needed: the record holds every request), within the batch's
+    cap, which --budget replaces. A retry lifts `zbatch cancel`.
+
+    Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator.
+    Exit codes: 0 done (or nothing to retry); 2 OUT holds no batch, or a --cell is unknown;
+    3 auth or funds; 4 the Buzz cap stopped it; 130 interrupted; 1 unexpected, or the
+    batch is in use by another runner.
+
+    Example:
+        zbatch retry out/demo
+        zbatch retry out/demo --state canceled --budget 500
+        zbatch retry out/demo --cell 3f2a9c0d11e4b7a85c6d2e1f0a9b8c7d
+    """
+    from runner.batch import EmulatorOptions
+    from runner.progress import render_summary, show_progress
+    from runner.retry import RetrySettings, execute_retry, render_retry
+
+    configure_logging(
+        level="info",
+        log_file=args.out / "log.jsonl",
+        console_level=None if args.quiet else "warning",
+    )
+    states = tuple(s for s in (args.state or "").split(",") if s)
+    settings = RetrySettings(
+        states=states if args.state is not None or not args.cell else (),
+        cells=tuple(args.cell or ()),
+        attempts=args.attempts,
+        budget_buzz=args.budget,
+        in_flight=args.concurrency,
+        submit_per_s=args.rate,
+    )
+    emulator = EmulatorOptions(time_scale=args.time_scale) if args.emulator else None
+    outcome = execute_retry(
+        args.out,
+        settings,
+        api_url=args.api_url,
+        emulator=emulator,
+        progress=None if args.quiet else show_progress,
+    )
+    print(render_retry(outcome.plan))
+    if outcome.run is None:
+        print("Nothing to retry: no cell matched.")
+        unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
+        return 2 if unknown else 0
+    print(render_summary(outcome.run, out=args.out))
+    if outcome.run.stats.cap_reached:
+        return EXIT_CAP_REACHED
+    if outcome.run.stats.stop_reason is not None:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _add_retry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "retry", cmd_retry)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument(
+        "--state",
+        metavar="STATES",
+        help="comma-separated: failed, expired, lost, canceled (default: failed,expired,lost; "
+        "with --cell, all)",
+    )
+    p.add_argument(
+        "--cell", action="append", metavar="KEY", help="a cell key to retry (repeatable)"
+    )
+    p.add_argument(
+        "--attempts",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="attempts per chosen cell in this retry (default: %(default)s)",
+    )
+    p.add_argument(
+        "--budget", type=_positive_int, metavar="BUZZ", help="a new Buzz cap (default: the batch's)"
+    )
+    p.add_argument("--concurrency", type=_positive_int, metavar="N", help="workflows in flight")
+    p.add_argument("--rate", type=_positive_float, metavar="R", help="submissions per second")
+    p.add_argument("--api-url", metavar="URL", help="the orchestration API")
+    p.add_argument("--emulator", action="store_true", help="the embedded emulator (demo only)")
+    p.add_argument(
+        "--time-scale",
+        type=_non_negative_float,
+        default=0.05,
+        metavar="X",
+        help="with --emulator: job durations times X (default: %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Stop a batch: cancel its workflows that have not started and submit nothing more.
+
+    Takes the batch lock (so no `zbatch run` may be running: stop it first). Cancels every
+    planned attempt, and on the service every workflow not yet processing (PUT status
+    canceled: the service refunds it); workflows already processing are paid and left to
+    finish, and `zbatch run` still downloads their images. The batch stays canceled, so
+    `zbatch run` submits nothing, until `zbatch retry OUT --state canceled` resumes it.
+
+    Needs CIVITAI_API_TOKEN. Exit codes: 0 canceled; 1 the batch is in use by a runner,
+    or unexpected; 2 OUT holds no batch; 3 auth.
+
+    Example:
+        zbatch cancel out/demo
+        zbatch retry out/demo --state canceled    # resume it later
+    """
+    from runner.cancel import cancel_out, render_cancel
+
+    configure_logging(level="info", log_file=args.out / "log.jsonl", console_level="warning")
+    report = anyio.run(
+        functools.partial(cancel_out, args.out, api_url=args.api_url), backend="asyncio"
+    )
+    print(render_cancel(report, out=str(args.out)))
+    return 0
+
+
+def _add_cancel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "cancel", cmd_cancel)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument("--api-url", metavar="URL", help="the orchestration API")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every downloaded image against its recorded sha256; --repair fetches bad ones.
+
+    Re-hashes each downloaded image's file and reports the missing and the corrupt ones.
+    Without --repair it only reads, and works during a run. With --repair (takes the batch
+    lock; needs CIVITAI_API_TOKEN) it fetches each damaged image again through the
+    workflow and blob routes and writes it back when the bytes hash as recorded; an image
+    the service no longer has is marked lost (`zbatch retry OUT --state lost` remakes it).
+
+    Exit codes: 0 intact (every image matches, after repairs); 5 damaged (found, or marked
+    lost by --repair); 2 OUT holds no batch; 3 auth; 1 unexpected.
+
+    Example:
+        zbatch verify out/demo
+        zbatch verify out/demo --repair
+    """
+    from runner.verify import render_verify, verify_out
+
+    report = anyio.run(
+        functools.partial(verify_out, args.out, repair=args.repair, api_url=args.api_url),
+        backend="asyncio",
+    )
+    print(render_verify(report, out=args.out))
+    return 0 if report.intact else EXIT_DAMAGED
+
+
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _subparser(sub, "verify", cmd_verify)
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument(
+        "--repair", action="store_true", help="fetch damaged images again, else mark them lost"
+    )
+    p.add_argument("--api-url", metavar="URL", help="the orchestration API (with --repair)")
+
+
+# -- end of operations ----------------------------------------------------------------------
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Serve the local emulator of Civitai's orchestration API.
 
@@ -458,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gallery(sub)
     _add_export(sub)
     _add_report(sub)
+    _add_retry(sub)  # operations
+    _add_cancel(sub)  # operations
+    _add_verify(sub)  # operations
     _add_emulator(sub)
     return parser
 
