@@ -9,13 +9,18 @@ value differs between cells. Its values keep the order in which the grid first m
 which is the manifest's order. Replicas and the images of one request (``quantity``) are not
 axes: they sit side by side in their grid cell.
 
+**Twins.** Axes that split the cells the same way (``steps`` and ``cfgScale`` when each model
+keeps its own) are one axis under the name first chosen or preferred; the others' values
+are shown beside its labels. Twins are never laid out against each other.
+
 **The default X and Y** are the two axes that make the fullest grid, then the largest: the
 pair whose values co-occur in the most of their combinations (1.0 for a full product such as
 ``model x prompt``), then with the most combinations, then in the preference order
 ``vars.*``, model, prompt, size, steps ... seed. So a random seed that differs in every cell
 is not picked over the axes the manifest actually crossed. Of the two, the one with more
 values runs down the rows (Y; pages scroll down, and a prompt label has room on the left),
-the other across the columns (X). ``--x``/``--y`` choose either or both.
+the other across the columns (X). ``--x``/``--y`` choose either or both. The other axes are
+filters, unless they never split a grid position (then they would only pick positions).
 
 **Cost.** A cell's Buzz is what all its attempts were charged (refunds already deducted);
 a grid position's, a row's and a column's are sums over the cells they hold.
@@ -261,18 +266,27 @@ def choose_axes(
         return x_axis, y_axis
     fixed = x_axis or y_axis
     if fixed is not None:
-        partners = [a for a in axes if a.name != fixed.name]
+        partners = [a for a in axes if a.coords != fixed.coords]  # not itself nor its twins
         if not partners:
             return (fixed, unit_axis(len(cells))) if x_axis else (unit_axis(len(cells)), fixed)
         best = max(partners, key=lambda a: _pair_key(fixed, a, rank))
         return (fixed, best) if x_axis else (best, fixed)
     if not axes:
         return unit_axis(len(cells)), unit_axis(len(cells))
-    if len(axes) == 1:
-        return unit_axis(len(cells)), axes[0]
-    pairs = [(a, b) for n, a in enumerate(axes) for b in axes[n + 1 :]]
+    pairs = [(a, b) for n, a in enumerate(axes) for b in axes[n + 1 :] if a.coords != b.coords]
+    if not pairs:  # one axis, perhaps with twins (model with its steps and cfgScale)
+        return unit_axis(len(cells)), max(axes, key=lambda a: (a.size, -rank[a.name]))
     a, b = max(pairs, key=lambda pair: _pair_key(pair[0], pair[1], rank))
     return _oriented(a, b, rank)
+
+
+def _splits_a_position(axis: GridAxis, positions: Sequence[Sequence[Sequence[int]]]) -> bool:
+    """Whether some grid position holds cells with different values of `axis`.
+
+    An axis that never does (a prompt rendered from the X and Y variables, a random seed
+    with one cell per position) would only pick out positions: it is no filter.
+    """
+    return any(len({axis.coords[n] for n in slot}) > 1 for row in positions for slot in row)
 
 
 def group_twins(
@@ -317,12 +331,16 @@ def build_grid(
     axes = detect_axes(cells)
     x_axis, y_axis = choose_axes(cells, axes, x, y)
     twins = group_twins(axes, first=(x_axis, y_axis))
-    chosen = {x_axis.name, y_axis.name}
-    filters = tuple(a for a in axes if a.name in twins and a.name not in chosen)
     slots: list[list[list[int]]] = [[[] for _ in x_axis.labels] for _ in y_axis.labels]
     for n in range(len(cells)):
         slots[y_axis.coords[n]][x_axis.coords[n]].append(n)
     positions = tuple(tuple(tuple(slot) for slot in row) for row in slots)
+    chosen = {x_axis.name, y_axis.name}
+    filters = tuple(
+        a
+        for a in axes
+        if a.name in twins and a.name not in chosen and _splits_a_position(a, positions)
+    )
     cell_buzz = tuple(
         tuple(sum(cells[n].charged_buzz for n in slot) for slot in row) for row in positions
     )

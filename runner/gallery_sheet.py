@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from runner.gallery_grid import GalleryImage, Grid, GridAxis, tiling
 
@@ -146,8 +146,8 @@ def _paste(sheet: Image.Image, out: Path, image: GalleryImage, box: Box) -> None
     draw = ImageDraw.Draw(sheet)
     try:
         with Image.open(out / (image.path or "")) as source:
-            thumb = source.convert("RGB")
-            thumb.thumbnail((box[2] - box[0], box[3] - box[1]))
+            fit = (box[2] - box[0], box[3] - box[1])  # shrunk or enlarged, aspect kept
+            thumb = ImageOps.contain(source.convert("RGB"), fit, Image.Resampling.LANCZOS)
     except (OSError, ValueError):
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=EMPTY, outline=(200, 0, 0))
         draw.text((box[0] + 3, box[1] + 3), "missing", fill=(200, 0, 0), font=_font())
