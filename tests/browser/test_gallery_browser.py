@@ -233,7 +233,8 @@ def test_the_screenshot_shows_each_image_in_its_grid_position(built: Built, tmp_
         col, row = layout["cols"][image.column], layout["rows"][image.row]
         assert col[0] <= cx <= col[2], f"{image.src} is not under column {image.column}"
         assert row[1] <= cy <= row[3], f"{image.src} is not beside row {image.row}"
-        assert bottom <= WINDOW[1], f"{image.src} is below the screenshot"
+        # headless Chromium paints a viewport some 90 px shorter than the window it shoots
+        assert bottom <= WINDOW[1] - 120, f"{image.src} is below the painted viewport"
         seen = signature(shot.crop((round(left), round(top), round(right), round(bottom))))
         own = distance(seen, files[image.sha256])
         assert own < 12, f"{image.src}: the screen differs from its file by {own:.1f}"
