@@ -131,9 +131,13 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         return cls(db, None, now)
 
     async def close(self) -> None:
-        await self._db.close()
-        if self._batch_lock is not None:
-            self._batch_lock.release()
+        """Close the connection and release the batch lock, even when the caller is cancelled."""
+        try:
+            with anyio.move_on_after(10, shield=True):
+                await self._db.close()
+        finally:
+            if self._batch_lock is not None:
+                self._batch_lock.release()
 
     async def __aenter__(self) -> Self:
         return self
