@@ -414,7 +414,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     )
     states = tuple(s for s in (args.state or "").split(",") if s)
     settings = RetrySettings(
-        states=states if args.state is not None or not args.cell else (),
+        states=states,
         cells=tuple(args.cell or ()),
         attempts=args.attempts,
         budget_buzz=args.budget,

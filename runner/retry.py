@@ -35,7 +35,7 @@ DEFAULT_STATES = ("failed", "expired", "lost")
 class RetrySettings:
     """What to retry and how: the command line of `zbatch retry`."""
 
-    states: Collection[str] = DEFAULT_STATES
+    states: Collection[str] = ()  # empty: DEFAULT_STATES, or with `cells` any state
     cells: Sequence[str] = ()
     attempts: int = 1  # attempts per chosen cell in this retry
     budget_buzz: int | None = None  # a new cap (the batch's cap otherwise)
@@ -73,7 +73,7 @@ async def retry_batch(
     async with await Store.open(batch_db(out)) as store:
         info = await store.batch_info()
         plan = await store.retry_cells(
-            states=settings.states,
+            states=settings.states or (() if settings.cells else DEFAULT_STATES),
             cells=settings.cells,
             attempts=settings.attempts,
             cap_buzz=settings.budget_buzz,

@@ -1,0 +1,216 @@
+"""zbatch retry, cancel and verify end to end against the in-process emulator."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runner.batch import run_batch
+from runner.cancel import cancel_batch
+from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
+from runner.emulator.ledger import account_id
+from runner.limits import Backoff
+from runner.retry import RetrySettings, retry_batch
+from runner.store import Store
+from runner.verify import verify_batch
+from tests.e2e.ops_harness import (
+    FAST,
+    TOKEN,
+    cell_states,
+    client_for,
+    emulator_of,
+    ids_by_external_id,
+    images_on_disk_match,
+    manifest,
+    rows,
+    running,
+    tick,
+)
+
+BACKOFF = Backoff(base_s=0.001, cap_s=0.01)
+
+
+async def test_retry_gives_only_failed_cells_a_new_attempt(tmp_path: Path) -> None:
+    """Failed cells get attempt 2; succeeded cells get no new workflow; all end succeeded."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=2)  # 6 cells, one attempt each
+        faults = FaultProfile(step_fail=FaultRule(p=1.0, times=2))
+        app = make_app(EmulatorConfig(time_scale=0, faults=faults))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+            before = cell_states(m)
+            failed = {k for k, s in before.items() if s == "failed"}
+            assert len(failed) == 2
+            assert len(before) == 6
+            seen = set(ids_by_external_id(app))
+            outcome = await retry_batch(m.out, client, RetrySettings(), tuning=FAST)
+        assert {(c.cell_key, c.attempt, c.was) for c in outcome.plan.chosen} == {
+            (k, 2, "failed") for k in failed
+        }
+        new = set(ids_by_external_id(app)) - seen
+        assert new == {f"zb-{k}-a2" for k in failed}  # nothing for the succeeded cells
+        assert set(cell_states(m).values()) == {"succeeded"}
+        assert images_on_disk_match(m) == 12
+
+
+async def test_retry_leaves_cells_the_cap_stopped_and_blocked_cells_alone(tmp_path: Path) -> None:
+    """Cap-stopped planned cells are not sent by a retry; blocked only when named."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=2, budget=3)
+        app = make_app(EmulatorConfig(time_scale=0, blocked_words=frozenset({"lighthouse"})))
+        async with client_for(app) as client:
+            first = await run_batch(m, client, tuning=FAST)
+            assert first.stats.cap_reached
+            blocked = [k for k, s in cell_states(m).items() if s == "blocked"]
+            assert blocked
+            count = emulator_of(app).state()["workflow_count"]
+            nothing = await retry_batch(m.out, client, RetrySettings(), tuning=FAST)
+            assert nothing.run is None
+            assert nothing.plan.chosen == []
+            named = await retry_batch(
+                m.out,
+                client,
+                RetrySettings(cells=(blocked[0], "f" * 32), budget_buzz=10),
+                tuning=FAST,
+            )
+        assert [(c.cell_key, c.was) for c in named.plan.chosen] == [(blocked[0], "blocked")]
+        assert named.plan.skipped == {"f" * 32: "no such cell in this batch"}
+        assert emulator_of(app).state()["workflow_count"] == count + 1  # the named cell only
+        assert named.run is not None
+        assert named.run.unsubmitted == 0
+        assert rows(m, "SELECT COUNT(*) FROM attempts WHERE state = 'planned'")[0][0] > 0
+
+
+async def test_retry_refuses_an_intact_cell_and_raises_the_cap(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+            key = next(iter(cell_states(m)))
+            out = await retry_batch(
+                m.out, client, RetrySettings(cells=(key,), budget_buzz=5000), tuning=FAST
+            )
+        assert out.run is None
+        assert "never retried" in out.plan.skipped[key]
+        assert (
+            rows(m, "SELECT cap_buzz FROM batch")[0][0] == 1000
+        )  # nothing chosen, nothing changed
+
+
+async def test_cancel_refunds_unstarted_workflows_and_stops_submitting(tmp_path: Path) -> None:
+    """Workflows not yet processing are canceled and refunded; no run submits after it."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=2, size="1024x1024", model="base")
+        clock = ManualClock()  # stands still: every workflow stays unassigned
+        app = make_app(EmulatorConfig(time_scale=1.0), clock=clock)
+        emulator = emulator_of(app)
+        async with client_for(app) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_batch, m, client)
+                while running(m) < 6:
+                    await anyio.wait_all_tasks_blocked()
+                tg.cancel_scope.cancel()  # the run is stopped with everything in flight
+            charged = emulator.state()["buzz"]["net_buzz"]
+            assert charged > 0
+            async with await Store.open(m.out / "batch.sqlite") as store:
+                report = await cancel_batch(store, client, "zbatch:ops", backoff=BACKOFF)
+            assert (report.canceled, report.refunded_buzz, report.started) == (6, charged, [])
+            assert emulator.state()["buzz"]["net_buzz"] == 0
+            assert emulator.state()["statuses"] == {"canceled": 6}
+            assert set(cell_states(m).values()) == {"canceled"}
+            assert rows(m, "SELECT committed_buzz FROM batch")[0][0] == 0
+
+            clock.advance(1000)
+            again = await run_batch(m, client, tuning=FAST)
+            assert again.canceled_at is not None
+            assert again.stats.submitted == 0
+            assert emulator.state()["workflow_count"] == 6
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tick, clock)
+                resumed = await retry_batch(
+                    m.out, client, RetrySettings(states=("canceled",)), runtime_scale=0.001,
+                    tuning=FAST,
+                )  # fmt: skip
+                tg.cancel_scope.cancel()
+        assert resumed.plan.canceled_lifted
+        assert len(resumed.plan.chosen) == 6
+        assert set(cell_states(m).values()) == {"succeeded"}
+        assert images_on_disk_match(m) == 12
+
+
+async def test_verify_finds_a_flipped_byte_and_a_deleted_file_and_repair_restores_them(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+            found = rows(m, "SELECT path, sha256 FROM images ORDER BY path")
+            flipped, deleted = m.out / found[0][0], m.out / found[1][0]
+            data = bytearray(flipped.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            flipped.write_bytes(bytes(data))
+            deleted.unlink()
+
+            report = await verify_batch(m.out)
+            assert (report.checked, report.missing, report.corrupt) == (6, 1, 1)
+            assert not report.intact
+            assert {d.path for d in report.damage} == {found[0][0], found[1][0]}
+
+            repaired = await verify_batch(m.out, client=client, backoff=BACKOFF)
+            assert (repaired.repaired, repaired.lost) == (2, 0)
+            assert repaired.intact
+        for path, sha in found[:2]:
+            assert hashlib.sha256((m.out / path).read_bytes()).hexdigest() == sha
+        assert (await verify_batch(m.out)).intact
+        events = rows(m, "SELECT COUNT(*) FROM events WHERE to_state = 'image:repaired'")
+        assert events[0][0] == 2
+
+
+async def test_repair_marks_lost_what_the_service_no_longer_has(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+            path, workflow = rows(
+                m,
+                "SELECT i.path, a.workflow_id FROM images i JOIN attempts a ON a.id = i.attempt_id"
+                " ORDER BY i.path LIMIT 1",
+            )[0]
+            (m.out / path).unlink()
+            emulator_of(app).delete(account_id(TOKEN), workflow)  # gone, blobs with it
+            report = await verify_batch(m.out, client=client, backoff=BACKOFF)
+        assert (report.missing, report.repaired, report.lost) == (1, 0, 1)
+        assert not report.intact
+        assert rows(m, "SELECT state FROM images WHERE path = ?", path) == [("lost",)]
+
+
+@pytest.mark.parametrize("state", ["lost"])
+async def test_retry_remakes_a_cell_whose_image_was_lost(tmp_path: Path, state: str) -> None:
+    """A lost image (the blob is gone) is remade by a new attempt of its cell only."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+            key, path, workflow = rows(
+                m,
+                "SELECT a.cell_key, i.path, a.workflow_id FROM images i"
+                " JOIN attempts a ON a.id = i.attempt_id ORDER BY i.path LIMIT 1",
+            )[0]
+            (m.out / path).unlink()
+            emulator_of(app).delete(account_id(TOKEN), workflow)
+            await verify_batch(m.out, client=client, backoff=BACKOFF)
+            seen = set(ids_by_external_id(app))
+            out = await retry_batch(m.out, client, RetrySettings(states=(state,)), tuning=FAST)
+        assert [(c.cell_key, c.attempt, c.was) for c in out.plan.chosen] == [(key, 2, "lost")]
+        assert set(ids_by_external_id(app)) - seen == {f"zb-{key}-a2"}
+        assert (await verify_batch(m.out)).intact
+        assert (m.out / path).is_file()
