@@ -1,0 +1,160 @@
+"""The operations' store transitions, and `zbatch retry / cancel / verify / run --adopt` as
+commands over a real socket, with their exit codes."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runner.cli import main
+from runner.emulator import EmulatorConfig, running_server
+from runner.errors import StoreError
+from runner.records import AttemptState, CellRow, ImageOutcome
+from runner.store import Store
+from tests.e2e.ops_harness import MANIFEST
+
+
+def cell(n: int) -> CellRow:
+    request = {"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n}
+    return CellRow(f"{n:032x}", 0, "turbo", request, {}, 2)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "batch.sqlite")
+    await s.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
+    await s.plan([cell(i) for i in range(4)], max_attempts=1)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def finish(
+    store: Store, n: int, outcome: AttemptState, images: Sequence[ImageOutcome] = ()
+) -> int:
+    (a,) = [x for x in await store.next_planned(10) if x.cell_key == cell(n).key]
+    assert await store.reserve(a.id, 2)
+    await store.mark_running(a.id, f"wf-{n}", 2)
+    charged = 2 if outcome is AttemptState.SUCCEEDED else 0
+    await store.mark_finished(a.id, outcome, charged_buzz=charged, images=images)
+    return a.id
+
+
+async def test_retry_cells_chooses_by_state_and_narrows_what_may_be_submitted(store: Store) -> None:
+    """Only failed and lost cells get attempt 2; only they are handed out afterwards."""
+    with anyio.fail_after(10):
+        await finish(store, 0, AttemptState.FAILED)
+        lost = [ImageOutcome(0, "b0", deliverable=False, reason="not available")]
+        await finish(store, 1, AttemptState.SUCCEEDED, images=lost)
+        await finish(store, 2, AttemptState.BLOCKED)
+        plan = await store.retry_cells(states=("failed", "lost"), cap_buzz=500)
+        assert [(c.cell_key, c.attempt, c.was) for c in plan.chosen] == [
+            (cell(0).key, 2, "failed"),
+            (cell(1).key, 2, "lost"),
+        ]
+        handed = await store.next_planned(10)
+        assert {a.cell_key for a in handed} == {cell(0).key, cell(1).key}  # not cell 3 (planned)
+        assert (await store.budget()).cap_buzz == 500
+        named = await store.retry_cells(states=(), cells=(cell(2).key, cell(3).key))
+        assert [c.was for c in named.chosen] == ["blocked"]
+        assert "still planned" in named.skipped[cell(3).key]
+
+
+async def test_retry_refuses_blocked_by_state(store: Store) -> None:
+    with anyio.fail_after(10), pytest.raises(StoreError, match="cannot retry state"):
+        await store.retry_cells(states=("blocked",))
+
+
+async def test_cancel_batch_cancels_planned_and_stops_handing_out(store: Store) -> None:
+    with anyio.fail_after(10):
+        assert await store.cancel_batch("test") == 4
+        assert await store.next_planned(10) == []
+        assert await store.canceled_at() is not None
+        assert await store.cancel_batch("test") == 0  # idempotent
+        plan = await store.retry_cells(states=("canceled",))
+        assert plan.canceled_lifted
+        assert len(plan.chosen) == 4
+        assert await store.canceled_at() is None
+        assert len(await store.next_planned(10)) == 4
+
+
+async def test_adopt_workflow_records_the_charge_and_continues_numbering(store: Store) -> None:
+    with anyio.fail_after(10):
+        key = cell(0).key
+        got = await store.adopt_workflow(key, 2, "wf-a2", 7)  # attempt 1 never reached it
+        assert got.status == "adopted"
+        assert got.attempt_id is not None
+        assert (await store.budget()).committed_buzz == 7
+        first = [a for a in await store.next_planned(10) if a.cell_key == key]
+        assert first == []  # attempt 1 was superseded: canceled, never submitted
+        assert (await store.adopt_workflow(key, 2, "wf-a2", 7)).status == "known"
+        assert (await store.adopt_workflow(key, 2, "wf-other", 7)).status == "conflict"
+        assert (await store.adopt_workflow("f" * 32, 1, "wf-x", 1)).status == "unknown"
+        assert (await store.budget()).committed_buzz == 7
+
+
+async def test_image_repaired_needs_the_same_sha_and_missing_becomes_lost(store: Store) -> None:
+    with anyio.fail_after(10):
+        images = [ImageOutcome(0, "b0", deliverable=True), ImageOutcome(1, "b1", deliverable=True)]
+        attempt = await finish(store, 0, AttemptState.SUCCEEDED, images=images)
+        for index in (0, 1):
+            await store.mark_downloaded(
+                attempt, index, path=f"p{index}", sha256="ab" * 32, size_bytes=3, width=64,
+                height=64,
+            )  # fmt: skip
+        await store.mark_image_repaired(attempt, 0, "ab" * 32)
+        with pytest.raises(StoreError, match="not downloaded"):
+            await store.mark_image_repaired(attempt, 0, "cd" * 32)
+        await store.mark_image_missing(attempt, 1, "gone")
+        assert [i.index for i in await store.downloaded_images((0, -1), 10)] == [0]
+        assert (await store.counts())["image:lost"] == 1
+
+
+# -- the commands, over a real socket --------------------------------------------------
+
+
+def write_manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST.format(budget=1000, seeds=1, attempts=1, size="64x64", model="turbo"))
+    return path
+
+
+def test_commands_and_their_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run, verify (0 / 5), verify --repair, retry (nothing), cancel, run --adopt."""
+    monkeypatch.setenv("CIVITAI_API_TOKEN", "cli-token")
+    manifest, out = write_manifest(tmp_path), tmp_path / "out"
+    with running_server(EmulatorConfig(time_scale=0)) as url:
+        assert main(["run", str(manifest), "--api-url", url, "--quiet"]) == 0
+        assert main(["verify", str(out)]) == 0
+        db = sqlite3.connect(out / "batch.sqlite")
+        (path,) = db.execute("SELECT path FROM images ORDER BY path LIMIT 1").fetchone()
+        db.close()
+        (out / path).unlink()
+        assert main(["verify", str(out)]) == 5
+        assert main(["verify", str(out), "--repair", "--api-url", url]) == 0
+        assert main(["verify", str(out)]) == 0
+        assert main(["retry", str(out), "--api-url", url, "--quiet"]) == 0  # nothing to retry
+        assert main(["retry", str(out), "--cell", "f" * 32, "--api-url", url, "--quiet"]) == 2
+        assert main(["cancel", str(out), "--api-url", url]) == 0
+        for name in ("batch.sqlite", "batch.sqlite-wal", "batch.sqlite-shm"):
+            (out / name).unlink(missing_ok=True)
+        assert main(["run", str(manifest), "--api-url", url, "--quiet", "--adopt"]) == 0
+    assert main(["verify", str(out)]) == 0
+    assert main(["retry", str(tmp_path / "nowhere"), "--quiet"]) == 2
+
+
+async def test_cancel_while_a_runner_holds_the_batch_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CIVITAI_API_TOKEN", "cli-token")
+    with anyio.fail_after(10):
+        async with await Store.open(tmp_path / "batch.sqlite") as held:
+            await held.init_batch(name="t", tag="zbatch:t", cap_buzz=10)
+            code = await anyio.to_thread.run_sync(main, ["cancel", str(tmp_path)])
+    assert code == 1
+    assert "is in use by pid" in capsys.readouterr().err
