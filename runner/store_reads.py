@@ -8,7 +8,7 @@ transaction of another task half done.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,8 +285,9 @@ class StoreReads:
         """Images in `states` with their attempt and cell, in (attempt, index) order, in chunks.
 
         One statement streamed `chunk` rows at a time, so a million images never sit in
-        memory. It holds this connection until the iteration ends (close it with
-        `contextlib.aclosing`): during a run, call it on `reader()`, not the engine's store.
+        memory; rows become records in a worker thread, off the event loop. It holds this
+        connection until the iteration ends (close it with `contextlib.aclosing`): during a
+        run, call it on `reader()`, not on the engine's store.
         """
         marks = ",".join("?" for _ in states)
         sql = (
@@ -301,7 +302,7 @@ class StoreReads:
         )
         async with self._lock, self._db.execute(sql, tuple(states)) as cur:
             while rows := await cur.fetchmany(chunk):
-                yield [_dataset_image(r) for r in rows]
+                yield await anyio.to_thread.run_sync(_dataset_images, rows)
 
     async def var_names(self) -> list[str]:
         """Every template variable name any cell has, sorted."""
@@ -315,20 +316,31 @@ class StoreReads:
     async def activity(self) -> Activity:
         """Refunds and the first and last event, from the events table.
 
-        Every transition records its Buzz: `running` what the workflow charged then, the
-        outcome what it finally cost. A final charge below the running one is a refund (a
-        failed, expired or canceled workflow credited back).
+        Every transition records its Buzz: `submitting` the price reserved, `running` what
+        the workflow had charged when the service answered, the outcome what it finally
+        cost. A workflow that did not succeed (failed, expired, canceled, blocked) is
+        refunded its price (the higher of those two) minus its final charge: the service
+        may have refunded it before the runner first saw it, so `running` can already be
+        0. A succeeded workflow is refunded only what its final charge fell below `running`.
         """
+        unsuccessful = ("failed", "expired", "canceled", "blocked")
         finals = ",".join("?" for _ in FINAL_WORKFLOW_STATES)
+        lost = ",".join("?" for _ in unsuccessful)
         async with (
             self._lock,
             self._db.execute(
-                "SELECT COALESCE(SUM(ran - fin), 0), COUNT(*) FROM ("
-                " SELECT attempt_id, MAX(CASE WHEN to_state = 'running' THEN buzz END) AS ran,"
-                f" MAX(CASE WHEN to_state IN ({finals}) THEN buzz END) AS fin"
-                f" FROM events WHERE to_state = 'running' OR to_state IN ({finals})"
-                " GROUP BY attempt_id) per WHERE ran > fin",
-                (*FINAL_WORKFLOW_STATES, *FINAL_WORKFLOW_STATES),
+                "SELECT COALESCE(SUM(refund), 0), COUNT(*) FROM ("
+                f" SELECT CASE WHEN fin_state IN ({lost}) THEN"
+                "  (CASE WHEN COALESCE(ran, 0) > COALESCE(res, 0) THEN COALESCE(ran, 0)"
+                "   ELSE COALESCE(res, 0) END) - fin"
+                "  ELSE COALESCE(ran, fin) - fin END AS refund FROM ("
+                "  SELECT MAX(CASE WHEN to_state = 'submitting' THEN buzz END) AS res,"
+                "   MAX(CASE WHEN to_state = 'running' THEN buzz END) AS ran,"
+                f"  MAX(CASE WHEN to_state IN ({finals}) THEN buzz END) AS fin,"
+                f"  MAX(CASE WHEN to_state IN ({finals}) THEN to_state END) AS fin_state"
+                "  FROM events WHERE attempt_id IS NOT NULL GROUP BY attempt_id) per"
+                "  WHERE fin IS NOT NULL) r WHERE refund > 0",
+                (*unsuccessful, *FINAL_WORKFLOW_STATES, *FINAL_WORKFLOW_STATES),
             ) as cur,
         ):
             refund = await cur.fetchone()
@@ -345,24 +357,34 @@ class StoreReads:
         )
 
 
-def _dataset_image(r: aiosqlite.Row) -> DatasetImage:
-    return DatasetImage(
-        attempt_id=r["attempt_id"],
-        index=r["idx"],
-        state=r["state"],
-        path=r["path"],
-        sha256=r["sha256"],
-        size_bytes=r["size_bytes"],
-        width=r["width"],
-        height=r["height"],
-        reason=r["reason"],
-        cell_key=r["cell_key"],
-        attempt=r["attempt"],
-        workflow_id=r["workflow_id"],
-        model=r["model"],
-        request=json.loads(r["request"]),
-        vars=json.loads(r["vars"]),
-        charged_buzz=r["charged_buzz"],
-        created_at=r["created_at"],
-        finished_at=r["finished_at"],
-    )
+def _dataset_images(rows: Iterable[aiosqlite.Row]) -> list[DatasetImage]:
+    """Rows of the `dataset_images` query as records (CPU-bound: run in a worker thread)."""
+    parsed_vars: dict[str, dict[str, str]] = {}  # few distinct values: parse each once
+    out = []
+    for r in rows:
+        variables = parsed_vars.get(r[16])
+        if variables is None:
+            variables = parsed_vars[r[16]] = json.loads(r[16])
+        out.append(
+            DatasetImage(
+                attempt_id=r[0],
+                index=r[1],
+                state=r[2],
+                path=r[3],
+                sha256=r[4],
+                size_bytes=r[5],
+                width=r[6],
+                height=r[7],
+                reason=r[8],
+                cell_key=r[9],
+                attempt=r[10],
+                workflow_id=r[11],
+                charged_buzz=r[12],
+                finished_at=r[13],
+                model=r[14],
+                request=json.loads(r[15]),
+                vars=variables,
+                created_at=r[17],
+            )
+        )
+    return out

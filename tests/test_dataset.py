@@ -62,15 +62,24 @@ def small_manifest(tmp_path: Path, *, seeds: int = 1) -> Manifest:
 
 
 async def run_small_batch(
-    tmp_path: Path, *, seeds: int = 1, faults: FaultProfile | None = None
+    tmp_path: Path,
+    *,
+    seeds: int = 1,
+    faults: FaultProfile | None = None,
+    ledger: dict[str, Any] | None = None,
 ) -> tuple[Manifest, RunOutcome]:
-    """Run `small_manifest` to the end against the in-process emulator."""
+    """Run `small_manifest` to the end against the in-process emulator.
+
+    `ledger`, when given, receives the emulator's Buzz ledger (`state()["buzz"]`).
+    """
     m = small_manifest(tmp_path, seeds=seeds)
     app = make_app(EmulatorConfig(time_scale=0, seed=5, faults=faults or FaultProfile()))
     async with Client(
         base_url="http://emulator", token="dataset-token", transport=EmulatorTransport(app)
     ) as client:
         outcome = await run_batch(m, client, tuning=FAST)
+    if ledger is not None:
+        ledger.update(app.state.emulator.state()["buzz"])
     return m, outcome
 
 
@@ -290,3 +299,64 @@ async def test_imagefolder_loads_out_with_every_column(tmp_path: Path) -> None:
                 assert hashlib.sha256(f.read()).hexdigest() == sample["sha256"]
         assert train.features["cfgScale"].dtype == "float64"
         assert train.features["seed"].dtype == "int64"
+
+
+async def fill_batch(out: Path, cells: int, *, quantity: int = 1, lost_every: int = 0) -> int:
+    """A batch of `cells` succeeded cells written straight into the schema (fast, for volume).
+
+    Each cell has `quantity` downloaded images whose paths exist only in the record (no
+    files); every `lost_every`-th image is lost instead. Returns the downloaded images.
+    """
+    async with await Store.open(out / "batch.sqlite") as store:
+        await store.init_batch(name="volume", tag="zbatch:volume", cap_buzz=10**9)
+    db = sqlite3.connect(out / "batch.sqlite")
+    downloaded = 0
+    with db:
+        for start in range(0, cells, 10_000):
+            cell_rows: list[tuple[Any, ...]] = []
+            attempt_rows: list[tuple[Any, ...]] = []
+            image_rows: list[tuple[Any, ...]] = []
+            event_rows: list[tuple[Any, ...]] = []
+            for n in range(start, min(start + 10_000, cells)):
+                key = f"{n:016x}"
+                request = {
+                    "model": "turbo", "prompt": f"a photo of thing {n}, detailed", "width": 64,
+                    "height": 64, "cfgScale": 1, "steps": 9, "sampleMethod": "euler",
+                    "schedule": "simple", "seed": n, "quantity": quantity, "loras": {},
+                    "outputFormat": "jpeg",
+                }  # fmt: skip
+                variables = json.dumps({"n": str(n % 7)})
+                cell_rows.append((key, n, 0, "turbo", json.dumps(request), variables, 1, 1, 1))
+                attempt_rows.append(
+                    (n + 1, key, 1, f"zb-{key}-a1", "succeeded", quantity, f"wf-{n}", "t1")
+                )
+                event_rows.append(("t0", n + 1, "submitting", "running", quantity, f"wf-{n}"))
+                for i in range(quantity):
+                    if lost_every and (n * quantity + i) % lost_every == 0:
+                        image_rows.append((n + 1, i, "lost", None, None, None, "gone"))
+                    else:
+                        path = f"images/{key[:2]}/{key}_{i}.jpg"
+                        image_rows.append((n + 1, i, "downloaded", path, "0" * 64, 1000, None))
+                        downloaded += 1
+            db.executemany(
+                "INSERT INTO cells (key, seq, replica, model, request, vars, estimate_buzz,"
+                " max_attempts, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                cell_rows,
+            )
+            db.executemany(
+                "INSERT INTO attempts (id, cell_key, attempt, external_id, state, charged_buzz,"
+                " workflow_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                attempt_rows,
+            )
+            db.executemany(
+                "INSERT INTO events (at, attempt_id, from_state, to_state, buzz, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                event_rows,
+            )
+            db.executemany(
+                "INSERT INTO images (attempt_id, idx, state, path, sha256, size_bytes, reason,"
+                " width, height, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 64, 64, 't1')",
+                image_rows,
+            )
+    db.close()
+    return downloaded
