@@ -133,7 +133,7 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str) -> int:
     if captions not in CAPTIONS:
         raise ValueError(f"captions {captions!r} is not one of {', '.join(CAPTIONS)}")
     target = out / METADATA_NAME
-    writer = await anyio.to_thread.run_sync(_AtomicFile.create, target)
+    writer = await anyio.to_thread.run_sync(AtomicTextFile.create, target)
     rows = 0
     try:
         async with store.reader() as snapshot:
@@ -150,7 +150,11 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str) -> int:
 
 
 def _write_chunk(
-    writer: _AtomicFile, chunk: list[DatasetImage], names: Sequence[str], out: Path, captions: str
+    writer: AtomicTextFile,
+    chunk: list[DatasetImage],
+    names: Sequence[str],
+    out: Path,
+    captions: str,
 ) -> int:
     lines = []
     for image in chunk:
@@ -187,7 +191,7 @@ def write_caption(path: Path, text: str) -> bool:
     return True
 
 
-class _AtomicFile:
+class AtomicTextFile:
     """A text file written under a temp name beside its target and renamed over it on commit."""
 
     def __init__(self, target: Path, tmp: Path, handle: IO[str]) -> None:
@@ -196,7 +200,7 @@ class _AtomicFile:
         self.handle = handle
 
     @classmethod
-    def create(cls, target: Path) -> _AtomicFile:
+    def create(cls, target: Path) -> AtomicTextFile:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         handle = _create_exclusive(tmp, "w")
