@@ -1,11 +1,12 @@
 """`zbatch report`: a batch's outcome in a few lines, for a commit message or a chat post.
 
 Read offline from the record (read-only, safe during a run): cells by their latest attempt,
-images, the top failure reasons, Buzz charged / refunded / reserved against the cap, Buzz per
-usable (downloaded) image, the wall time from the first recorded transition to the last, and
-images per minute over it. Refunds come from the events table: the Buzz recorded when a
-workflow started running minus the lower Buzz recorded with its outcome (`Store.activity`).
-The wall time spans every run of the batch, pauses between resumed runs included.
+images, the top failure reasons, Buzz charged (net of refunds, as `zbatch status` counts it),
+refunded and reserved against the cap, Buzz per usable (downloaded) image, the wall time
+from the first recorded transition to the last, and images per minute over it. Refunds come
+from the events table (`Store.activity`): a workflow that did not succeed is refunded its
+price minus its final charge. The wall time spans every run of the batch, pauses between
+resumed runs included.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def render_report(r: Report) -> str:
         "",
         f"cells     {_by_state(r.cells)}",
         f"images    {img['downloaded']} downloaded, {img['pending']} pending, {img['lost']} lost",
-        f"buzz      {b.charged_buzz} charged, {r.refunded_buzz} refunded"
+        f"buzz      {b.charged_buzz} charged after {r.refunded_buzz} refunded"
         + (f", {b.reserved_buzz} reserved" if b.reserved_buzz else "")
         + f", cap {b.cap_buzz}{_percent(b.committed_buzz, b.cap_buzz)}",
     ]
@@ -127,6 +128,7 @@ def report_json(r: Report) -> dict[str, Any]:
             "charged": b.charged_buzz,
             "refunded": r.refunded_buzz,
             "refunded_attempts": r.refunded_attempts,
+            "charged_before_refunds": b.charged_buzz + r.refunded_buzz,
             "reserved": b.reserved_buzz,
             "cap": b.cap_buzz,
             "per_usable_image": _round(r.buzz_per_image),
