@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 MAX_TRIES = 8
-URL_MARGIN = timedelta(seconds=5)
 
 ImageKey = tuple[int, int]  # (attempt id, image index)
 
@@ -74,8 +73,9 @@ class ImageFetcher:
         key = (item.attempt_id, item.index)
         width, height = int(item.request["width"]), int(item.request["height"])
         problem = "no usable URL"
+        expired = False
         for tries in range(MAX_TRIES):
-            if tries:
+            if tries and not expired:  # an expired URL is refreshed at once, not backed off
                 await anyio.sleep(self.backoff.delay_s(tries - 1))
             url = await self._url_for(item)
             if url is None:
@@ -95,6 +95,7 @@ class ImageFetcher:
                 )
             except (UrlExpiredError, NotFoundError, RetryableError, InvalidImage) as exc:
                 problem = str(exc)
+                expired = isinstance(exc, UrlExpiredError)
                 self._urls.pop(key, None)  # fetch a fresh URL next time
                 log.warning("download_retry", cell=item.cell_key, index=item.index, error=problem)
                 continue
@@ -102,13 +103,17 @@ class ImageFetcher:
         return problem
 
     async def _url_for(self, item: PendingImage) -> str | None:
-        """A signed URL that has not expired: remembered, or fetched fresh."""
+        """A signed URL: the one remembered from the workflow's answer, or fetched fresh.
+
+        A remembered URL is tried whatever its `urlExpiresAt` says: that instant is on the
+        service's clock, not ours (the emulator's starts at 2026-01-01), and judging it by
+        ours cost a GET of the workflow per image. An expired URL answers 401/403
+        (`UrlExpiredError`), and `fetch` then comes here again for a fresh one.
+        """
         key = (item.attempt_id, item.index)
         known = self._urls.get(key)
         if known is not None:
-            url, expires_at = known
-            if expires_at is None or expires_at - URL_MARGIN > datetime.now(UTC):
-                return url
+            return known[0]
         client = self.client
         if item.workflow_id is not None:
             wf_id = item.workflow_id

@@ -1,0 +1,62 @@
+"""The image fetcher: remembered URLs are used as they are; an expired one is refreshed at once."""
+
+from __future__ import annotations
+
+import anyio
+
+from runner.api import Client
+from runner.downloader import ImageFetcher
+from runner.emulator import EmulatorConfig, EmulatorTransport, ManualClock, make_app
+from runner.limits import Backoff
+from runner.records import PendingImage
+
+INPUT = {
+    "engine": "sdcpp",
+    "ecosystem": "zImage",
+    "model": "turbo",
+    "operation": "createImage",
+    "prompt": "a fox in the snow",
+    "width": 64,
+    "height": 64,
+}
+
+
+async def fetch_after(advance_s: float) -> tuple[object, dict[str, int]]:
+    """Submit one workflow, remember its URL, let `advance_s` pass, fetch its image."""
+    clock = ManualClock()
+    config = EmulatorConfig(time_scale=0, url_ttl_s=60, submit_limit=None, read_limit=None)
+    app = make_app(config, clock=clock)
+    async with Client(
+        base_url="http://emulator", token="t", transport=EmulatorTransport(app)
+    ) as client:
+        wf = await client.submit([{"$type": "imageGen", "input": INPUT}], external_id="dl-1")
+        assert wf.id is not None
+        # A backoff this long would fail the guard below: an expiry must not wait for it.
+        fetcher = ImageFetcher(client, Backoff(base_s=60, cap_s=60), max_bytes=1 << 20)
+        fetcher.remember_urls(1, wf)
+        clock.advance(advance_s)
+        item = PendingImage(
+            attempt_id=1,
+            index=0,
+            blob_id=wf.images[0].blob_id,
+            cell_key="k",
+            workflow_id=wf.id,
+            request=dict(INPUT),
+        )
+        with anyio.fail_after(10):
+            got = await fetcher.fetch(item)
+    routes: dict[str, int] = app.state.emulator.state()["requests"]["by_route"]
+    return got, routes
+
+
+async def test_a_remembered_url_is_downloaded_without_asking_for_the_workflow_again() -> None:
+    """The emulator's clock starts at 2026-01-01: a fresh URL must not look expired to us."""
+    got, routes = await fetch_after(0)
+    assert not isinstance(got, str)
+    assert "GET /v2/consumer/workflows/{workflowId}" not in routes
+
+
+async def test_an_expired_remembered_url_is_refreshed_at_once_and_downloaded() -> None:
+    got, routes = await fetch_after(600)
+    assert not isinstance(got, str)
+    assert routes["GET /v2/consumer/workflows/{workflowId}"] == 1
