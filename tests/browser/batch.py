@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from runner.api import Client
 from runner.batch import run_batch
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
@@ -45,8 +47,11 @@ async def build_batch(folder: Path, text: str = DEMO_LIKE) -> Path:
     path.write_text(text)
     manifest = parse_manifest(text, path=path)
     app = make_app(EmulatorConfig(time_scale=0))
-    async with Client(
-        base_url="http://emulator", token="gallery-token", transport=EmulatorTransport(app)
-    ) as client:
-        await run_batch(manifest, client, tuning=FAST)
+    # The run's log events are kept in memory, not written to whatever stream an earlier
+    # test left structlog pointing at (a CLI test's captured, since closed, stderr).
+    with capture_logs():
+        async with Client(
+            base_url="http://emulator", token="gallery-token", transport=EmulatorTransport(app)
+        ) as client:
+            await run_batch(manifest, client, tuning=FAST)
     return manifest.out
