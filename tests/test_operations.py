@@ -4,11 +4,12 @@ commands over a real socket, with their exit codes."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
+import structlog
 
 from runner.cli import main
 from runner.emulator import EmulatorConfig, running_server
@@ -16,6 +17,13 @@ from runner.errors import StoreError
 from runner.records import AttemptState, CellRow, ImageOutcome
 from runner.store import Store
 from tests.e2e.ops_harness import MANIFEST
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """`main` points structlog at this test's captured stderr; later tests must not use it."""
+    yield
+    structlog.reset_defaults()
 
 
 def cell(n: int) -> CellRow:
