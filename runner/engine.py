@@ -25,7 +25,7 @@ from runner.downloader import Downloader
 from runner.errors import ApiError, AuthError, FundsError, RejectedError, RetryableError
 from runner.limits import Backoff, RateLimiter, retrying
 from runner.models import Workflow, WorkflowStatus
-from runner.poller import Poller
+from runner.poller import Poller, refund_pending
 from runner.records import Attempt, AttemptState, ImageOutcome
 from runner.store import Store
 
@@ -157,8 +157,15 @@ class Engine:
 
     async def _resume(self, tg: TaskGroup) -> None:
         """Pick up what a previous run left: resubmit intents, poll running workflows."""
-        for attempt in await self.store.active():
-            await self.slots.acquire_on_behalf_of(attempt.id)
+        active = await self.store.active()
+        # Each one holds a slot until it ends, even when a lowered --concurrency leaves more
+        # of them than slots: lend the extra slots now, then shrink back, so new submissions
+        # wait until the total is under the limit again.
+        self.slots.total_tokens = max(self.config.in_flight, len(active))
+        for attempt in active:
+            self.slots.acquire_on_behalf_of_nowait(attempt.id)
+        self.slots.total_tokens = self.config.in_flight
+        for attempt in active:
             if attempt.state is AttemptState.SUBMITTING:
                 self.stats.resubmitted += 1
                 tg.start_soon(self._submit, attempt)
@@ -258,7 +265,7 @@ class Engine:
         await self.store.mark_running(attempt.id, wf.id, charged)
         log.info("cell_submitted", cell=attempt.cell_key, attempt=attempt.attempt, workflow=wf.id)
         running = await self.store.attempt(attempt.id)
-        if wf.status.is_terminal:
+        if wf.status.is_terminal and not refund_pending(wf):
             await self.finish(running, wf)
         else:
             low_s, _ = zimage_runtime(attempt)

@@ -16,15 +16,28 @@ import structlog
 
 from runner.errors import ApiError, NotFoundError
 from runner.limits import retrying
-from runner.models import Workflow, WorkflowPage
+from runner.models import Workflow, WorkflowPage, WorkflowStatus
 from runner.records import Attempt
 
 if TYPE_CHECKING:
     from runner.engine import Engine
 
+
 log = structlog.get_logger(__name__)
 BULK_PAGE = 100
 BACKOFF_FACTOR = 1.5
+SETTLE_POLLS = 3
+
+
+def refund_pending(wf: Workflow) -> bool:
+    """A failed or expired workflow that shows its debit but no credit yet.
+
+    The service refunds such workflows, and may post the credit a little after the status
+    (the emulator did, in one race): the poller looks again a few times before recording
+    the charge, so the ledger matches what the service really kept.
+    """
+    refunded_kinds = (WorkflowStatus.FAILED, WorkflowStatus.EXPIRED)
+    return wf.status in refunded_kinds and wf.debited_buzz > 0 and wf.credited_buzz == 0
 
 
 @dataclass
@@ -34,6 +47,7 @@ class Watch:
     attempt: Attempt
     due_s: float
     interval_s: float
+    settle_polls: int = 0  # looks taken at a terminal workflow whose refund is not posted yet
 
 
 class Poller:
@@ -122,7 +136,9 @@ class Poller:
         )
 
     async def _seen(self, watch: Watch, wf: Workflow) -> None:
-        if wf.status.is_terminal:
+        if wf.status.is_terminal and refund_pending(wf) and watch.settle_polls < SETTLE_POLLS:
+            watch.settle_polls += 1  # the refund may be posted a moment after the status
+        elif wf.status.is_terminal:
             await self.engine.finish(watch.attempt, wf)
             del self._watches[wf.id or ""]
             return

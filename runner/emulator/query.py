@@ -100,5 +100,5 @@ def query_workflows(
             more = True
             break
         page.append(record)
-    items = [emulator.render_for(record, base_url) for record in page]
+    items = [emulator.render_for(record, base_url, now_s) for record in page]
     return {"next": encode_cursor(page[-1].seq) if more else "", "items": items}

@@ -99,9 +99,10 @@ class Emulator:
         """Count one answered request (for the introspection route)."""
         self.requests[(route, status)] += 1
 
-    def settle(self) -> None:
-        """Post the refund of every failed or expired workflow whose end has now passed."""
-        now_s = self.clock.now()
+    def settle(self, now_s: float | None = None) -> None:
+        """Post the refund of every failed or expired workflow whose end has passed by `now_s`."""
+        if now_s is None:
+            now_s = self.clock.now()
         while self._refunds and self._refunds[0][0] <= now_s:
             _, _, wf_id = heapq.heappop(self._refunds)
             record = self.records[wf_id]
@@ -155,8 +156,9 @@ class Emulator:
     async def _answer(self, record: WorkflowRecord, base_url: str, wait_s: float) -> Reply:
         await self._wait_terminal(record, wait_s)
         await self._maybe_slow(record.external_id or record.id)
-        terminal = record.status(self.clock.now()) in TERMINAL
-        return Reply(200 if terminal else 202, self.render_for(record, base_url))
+        now_s = self.clock.now()
+        terminal = record.status(now_s) in TERMINAL
+        return Reply(200 if terminal else 202, self.render_for(record, base_url, now_s))
 
     def _prepare(self, account: str, body: dict[str, Any], key: str) -> dict[str, Any]:
         """The step's normalized input with the seed filled in (seeded by `key`)."""
@@ -291,10 +293,17 @@ class Emulator:
         expires_unix_s = int(self.now_unix_s() + self.config.url_ttl_s)
         return self.signer.blob_url(base_url, blob_id, expires_unix_s)
 
-    def render_for(self, record: WorkflowRecord, base_url: str) -> dict[str, Any]:
+    def render_for(
+        self, record: WorkflowRecord, base_url: str, now_s: float | None = None
+    ) -> dict[str, Any]:
+        """The workflow's JSON at one instant: refunds due by then are posted first, so a
+        terminal failed workflow never shows its debit without its credit."""
+        if now_s is None:
+            now_s = self.clock.now()
+        self.settle(now_s)
         return render(
             record,
-            self.clock.now(),
+            now_s,
             self.config.epoch_unix_s,
             lambda blob_id: self.sign(base_url, blob_id),
         )
