@@ -15,8 +15,6 @@ An axis keeps ``size`` as ``(width, height)`` tuples. The format is docs/manifes
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +22,7 @@ from pathlib import Path
 import yaml
 
 from runner import manifest_checks as checks
-from runner import zimage
-from runner.errors import ManifestError
+from runner import textfile, zimage
 from runner.manifest_advice import advise_manifest
 from runner.manifest_fields import (
     BAD,
@@ -35,7 +32,9 @@ from runner.manifest_fields import (
     ReadAxis,
     Seed,
 )
+from runner.manifest_settings import Limits, Retries, SettingsReader
 from runner.manifest_yaml import (
+    InvalidManifest,
     Location,
     Node,
     Problem,
@@ -46,7 +45,6 @@ from runner.manifest_yaml import (
     join,
     known,
 )
-from runner.zimage import shown
 
 __all__ = [
     "RANDOM",
@@ -58,6 +56,7 @@ __all__ = [
     "Problem",
     "Retries",
     "Seed",
+    "decode_manifest",
     "load_manifest",
     "parse_manifest",
 ]
@@ -77,35 +76,8 @@ TOP_KEYS = (
     "retries",
     "captions",
 )
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-CAPTIONS = ("none", "txt")
 IN_GRID = "a list is an axis: put it under grid"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How hard the runner may push: workflows in flight, submissions/s, downloads at once."""
-
-    in_flight: int = 8
-    submit_per_s: float = 2.0
-    downloads: int = 4
-
-
-@dataclass(frozen=True)
-class Retries:
-    """Attempts per cell for failed or expired workflows."""
-
-    attempts: int = 3
-
-
-# (minimum, maximum) of each runner setting; bool: whether it must be an integer.
-SETTING_RANGES: Mapping[str, tuple[float, float, bool]] = {
-    "in_flight": (1, 10_000, True),
-    "submit_per_s": (0.01, 1_000, False),
-    "downloads": (1, 256, True),
-    "attempts": (1, 100, True),
-    "repeat": (1, 1_000, True),
-}
+MAX_MANIFEST_BYTES = 4 * 2**20  # long prompt lists belong in prompt files
 
 
 @dataclass(frozen=True)
@@ -143,28 +115,25 @@ class Manifest:
         return tuple(a.name.removeprefix("vars.") for a in self.axes if a.name.startswith("vars."))
 
 
-class InvalidManifest(ManifestError):
-    """The manifest has problems; the message lists each, one per line."""
-
-    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        super().__init__("\n".join(str(problem) for problem in problems))
-        self.problems: tuple[Problem, ...] = tuple(problems)
-
-
 def load_manifest(path: Path | str) -> Manifest:
     """Read and check the manifest at ``path``; raises ``InvalidManifest`` listing problems."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InvalidManifest([Problem(None, "", f"{path}: no such manifest file")]) from None
-    except UnicodeDecodeError as exc:
-        message = f"{path}: not UTF-8 text (byte {exc.start + 1})"
-        raise InvalidManifest([Problem(None, "", message)]) from None
-    except OSError as exc:
-        message = f"{path}: cannot be read ({exc.strerror})"
-        raise InvalidManifest([Problem(None, "", message)]) from None
-    return parse_manifest(text, path=path)
+        data = textfile.read_bytes(
+            path, max_bytes=MAX_MANIFEST_BYTES, allowed="a YAML manifest file"
+        )
+    except textfile.TextFileError as exc:
+        raise InvalidManifest([Problem(None, "", f"{path}: {exc.message}")]) from None
+    return parse_manifest(decode_manifest(data, path), path=path)
+
+
+def decode_manifest(data: bytes, path: Path) -> str:
+    """A manifest file's bytes as text (UTF-8, a BOM skipped); raises ``InvalidManifest``."""
+    try:
+        return textfile.decode_text(data)
+    except textfile.TextFileError as exc:
+        where = Location(path, exc.line, exc.column)
+        raise InvalidManifest([Problem(where, "", exc.message)]) from None
 
 
 def parse_manifest(text: str, *, path: Path) -> Manifest:
@@ -185,7 +154,7 @@ def parse_manifest(text: str, *, path: Path) -> Manifest:
 Level = checks.Level
 
 
-class _Parser:
+class _Parser(SettingsReader):
     """One pass over a manifest's nodes; problems go to ``report``."""
 
     def __init__(self, report: Report) -> None:
@@ -243,116 +212,6 @@ class _Parser:
             captions=captions,
             warnings=tuple(self.report.warnings),
         )
-
-    # --- top-level scalars ------------------------------------------------------------------
-
-    def _scalar(
-        self, pairs: Mapping[str, tuple[Node, Node]], key: str
-    ) -> tuple[object, Node] | None:
-        if key not in pairs:
-            return None
-        node = pairs[key][1]
-        return (self.reader.scalars.value(node), node)
-
-    def _missing(self, root: Node, key: str, allowed: str) -> None:
-        self.report.error(root, key, f"missing (required: {allowed})")
-
-    def _name(self, pairs: Mapping[str, tuple[Node, Node]], root: Node) -> str | None:
-        allowed = "1-64 characters of A-Z a-z 0-9 _ -"
-        found = self._scalar(pairs, "name")
-        if found is None:
-            self._missing(root, "name", f"the batch name, {allowed}")
-            return None
-        value, node = found
-        if isinstance(value, str) and NAME_PATTERN.match(value):
-            return value
-        self.report.error(node, "name", f"{shown(value)} is not a batch name (allowed: {allowed})")
-        return None
-
-    def _out(self, pairs: Mapping[str, tuple[Node, Node]], root: Node) -> Path | None:
-        found = self._scalar(pairs, "out")
-        if found is None:
-            self._missing(root, "out", "the output folder, relative to this file")
-            return None
-        value, node = found
-        if not isinstance(value, str) or not value.strip():
-            message = f"{shown(value)} is not a folder (allowed: a path, relative to this file)"
-            self.report.error(node, "out", message)
-            return None
-        return Path(os.path.normpath(self.path.parent.absolute() / value))
-
-    def _budget(self, pairs: Mapping[str, tuple[Node, Node]], root: Node) -> int | None:
-        found = self._scalar(pairs, "budget")
-        if found is None:
-            self._missing(root, "budget", "the Buzz cap, a whole number > 0")
-            return None
-        value, node = found
-        if zimage.is_integer(value) and value > 0:  # type: ignore[operator]
-            assert isinstance(value, int)
-            return value
-        message = f"{shown(value)} is not a Buzz cap (allowed: a whole number > 0)"
-        self.report.error(node, "budget", message)
-        return None
-
-    def _seed_base(self, pairs: Mapping[str, tuple[Node, Node]]) -> int:
-        found = self._scalar(pairs, "seed_base")
-        if found is None:
-            return 0
-        value, node = found
-        problem = zimage.check_field("seed", value)
-        if problem is None:
-            assert isinstance(value, int)
-            return value
-        self.report.error(node, "seed_base", problem)
-        return 0
-
-    def _sub(
-        self, node: Node | None, path: str, allowed: tuple[str, ...]
-    ) -> dict[str, tuple[Node, Node]]:
-        if node is None:
-            return {}
-        return known(entries(node, path, self.report), allowed, path, self.report)
-
-    def _setting(
-        self, pairs: Mapping[str, tuple[Node, Node]], key: str, default: float, path: str
-    ) -> float:
-        found = self._scalar(pairs, key)
-        if found is None:
-            return default
-        value, node = found
-        low, high, whole = SETTING_RANGES[key]
-        ok = zimage.is_integer(value) if whole else zimage.is_number(value)
-        if ok and low <= value <= high:  # type: ignore[operator]
-            assert isinstance(value, int | float)
-            return value
-        what = "a whole number" if whole else "a number"
-        message = (
-            f"{shown(value)} is not allowed (allowed: {what} {zimage.number_text(low)}..{high})"
-        )
-        self.report.error(node, join(path, key), message)
-        return default
-
-    def _limits(self, node: Node | None) -> Limits:
-        pairs = self._sub(node, "limits", ("in_flight", "submit_per_s", "downloads"))
-        default = Limits()
-        return Limits(
-            in_flight=int(self._setting(pairs, "in_flight", default.in_flight, "limits")),
-            submit_per_s=float(
-                self._setting(pairs, "submit_per_s", default.submit_per_s, "limits")
-            ),
-            downloads=int(self._setting(pairs, "downloads", default.downloads, "limits")),
-        )
-
-    def _captions(self, node: Node | None) -> str:
-        if node is None:
-            return "none"
-        value = self.reader.scalars.value(node)
-        if isinstance(value, str) and value in CAPTIONS:
-            return value
-        hint = zimage.suggestion(value, CAPTIONS) if isinstance(value, str) else ""
-        message = f"{shown(value)} is not a captions mode{hint} (allowed: {', '.join(CAPTIONS)})"
-        self.report.error(node, "captions", message)
-        return "none"
 
     # --- field levels -------------------------------------------------------------------
 

@@ -277,8 +277,10 @@ class FieldReader:
                 if ok:
                     texts.append(text)
         except prompts.SourceError as exc:
-            where = Location(shown_file, exc.line, 1) if exc.line else self.report.at(name_node)
-            self.report.error_at(where, join(path, kind_name), f"{shown(name)} {exc.message}")
+            at = self.report.at(name_node)
+            if exc.line:
+                at = Location(shown_file, exc.line, exc.column)
+            self.report.error_at(at, join(path, kind_name), f"{shown(name)} {exc.message}")
             return None
         if failures > MAX_PROBLEMS_PER_SOURCE:
             more = failures - MAX_PROBLEMS_PER_SOURCE

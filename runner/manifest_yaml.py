@@ -1,11 +1,14 @@
 """YAML nodes with their positions: composing a manifest safely and reporting problems at them.
 
 ``compose`` parses YAML into PyYAML's node tree (``yaml.SafeLoader``), which keeps every
-value's line and column. It rejects, as problems rather than crashes: syntax errors, more
-than one document, nesting deeper than ``MAX_DEPTH``, aliases that refer to themselves, and
-alias "bombs" that would expand to more than ``MAX_VALUES`` values. ``Report`` collects the
-problems and warnings of one manifest; ``entries`` reads a mapping node's keys (strings,
-no duplicates, no ``<<`` merge keys) and ``known`` flags unknown keys with "did you mean".
+value's line and column. It rejects, as located problems rather than crashes: syntax errors
+(tabs in the indentation named as such), characters YAML forbids, more than one document,
+nesting deeper than ``MAX_DEPTH`` (stopped while composing, before Python's recursion limit),
+aliases that refer to themselves, alias "bombs" that would expand to more than
+``MAX_VALUES`` values, and tags other than the plain ones (``!!python/…``, ``!foo``,
+``!!binary``, ``!!set``…). ``Report`` collects the problems and warnings of one manifest;
+``entries`` reads a mapping node's keys (strings, no duplicates, no ``<<`` merge keys) and
+``known`` flags unknown keys with "did you mean". ``InvalidManifest`` carries them out.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from pathlib import Path
 
 import yaml
 
+from runner.errors import ManifestError
 from runner.zimage import shown, suggestion
 
 MAX_DEPTH = 32
 MAX_VALUES = 1_000_000
 STR_TAG = "tag:yaml.org,2002:str"
 MERGE_TAG = "tag:yaml.org,2002:merge"
+# Tags a manifest may carry (implicitly or written): plain values, lists, mappings, << keys.
+PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge")
+)
 
 Node = yaml.Node
 
@@ -78,6 +87,14 @@ class Report:
             self.warnings.append(problem)
 
 
+class InvalidManifest(ManifestError):
+    """The manifest has problems; the message lists each, one per line."""
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        super().__init__("\n".join(str(problem) for problem in problems))
+        self.problems: tuple[Problem, ...] = tuple(problems)
+
+
 def join(path: str, key: str) -> str:
     """``grid`` + ``steps`` -> ``grid.steps``."""
     return f"{path}.{key}" if path else key
@@ -91,15 +108,29 @@ def item(path: str, index: int) -> str:
 def compose(text: str, report: Report) -> Node | None:
     """The document's root node, or None (with the reason in ``report``) if it is unusable."""
     try:
-        root: Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+        root: Node | None = yaml.compose(text, Loader=_Loader)
+    except _TooDeep as exc:
+        report.error_at(_location(report, exc.mark), "", _TOO_DEEP)
+        return None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
+        message = (
+            f"the character U+{code:04X} is not allowed in YAML"
+            f' (allowed: printable text; in a double-quoted string write "\\u{code:04x}")'
+        )
+        report.error_at(Location(report.file, line, column), "", message)
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = Location(report.file, mark.line + 1, mark.column + 1) if mark else None
         what = exc.problem or exc.context or "invalid YAML"
-        report.error_at(where, "", f"YAML syntax error: {what}")
+        if "'\\t'" in what:
+            what = "a tab (allowed: spaces for indentation; YAML does not allow tabs there)"
+        report.error_at(_location(report, mark), "", f"YAML syntax error: {what}")
         return None
     except RecursionError:
-        report.error_at(None, "", f"YAML nesting is too deep (allowed {MAX_DEPTH} levels)")
+        report.error_at(None, "", _TOO_DEEP)
         return None
     except yaml.YAMLError as exc:
         report.error_at(None, "", f"YAML error: {exc}")
@@ -107,6 +138,37 @@ def compose(text: str, report: Report) -> Node | None:
     if root is not None and not _bounded(root, report):
         return None
     return root
+
+
+_TOO_DEEP = f"YAML nesting is too deep (allowed {MAX_DEPTH} levels)"
+
+
+def _location(report: Report, mark: yaml.Mark | None) -> Location | None:
+    return Location(report.file, mark.line + 1, mark.column + 1) if mark else None
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark | None) -> None:
+        super().__init__(_TOO_DEEP)
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that stops composing past ``MAX_DEPTH`` levels (PyYAML's composer recurses)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(getattr(event, "start_mark", None))
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _bounded(root: Node, report: Report) -> bool:
@@ -120,7 +182,10 @@ def _bounded(root: Node, report: Report) -> bool:
         if id(node) in active:
             raise _Unbounded(node, "a YAML alias refers to a value that contains it")
         if depth > MAX_DEPTH:
-            raise _Unbounded(node, f"YAML nesting is too deep (allowed {MAX_DEPTH} levels)")
+            raise _Unbounded(node, _TOO_DEEP)
+        if node.tag not in PLAIN_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise _Unbounded(node, f"the YAML tag {tag} is not supported ({_TAGS_ALLOWED})")
         active.add(id(node))
         children = _children(node)
         total = 1 + sum(size(child, depth + 1) for child in children)
@@ -139,6 +204,9 @@ def _bounded(root: Node, report: Report) -> bool:
     return True
 
 
+_TAGS_ALLOWED = "allowed: values, lists and mappings without tags, or !!str"
+
+
 class _Unbounded(Exception):
     def __init__(self, node: Node, message: str) -> None:
         super().__init__(message)
@@ -154,6 +222,16 @@ def _children(node: Node) -> list[Node]:
     return []
 
 
+@dataclass(frozen=True)
+class Structure:
+    """A list or mapping where a single value was read: shown in messages as its kind."""
+
+    kind: str  # "a list" or "a mapping"
+
+    def __repr__(self) -> str:
+        return self.kind
+
+
 class Scalars:
     """Builds Python values (int, float, bool, None, str, dates) from scalar nodes."""
 
@@ -161,12 +239,14 @@ class Scalars:
         self._loader = yaml.SafeLoader("")
 
     def value(self, node: Node) -> object:
-        """The scalar's value; a mapping or sequence node yields itself (callers check)."""
+        """The scalar's value; a mapping or sequence node yields a ``Structure``."""
         if not isinstance(node, yaml.ScalarNode):
-            return node
+            return Structure(kind(node))
         try:
             return self._loader.construct_object(node, deep=True)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, OverflowError):
+            # A value its tag cannot build (``!!int xx``, the date 2020-13-45): keep the text,
+            # so the field's own check names it.
             return node.value
 
 

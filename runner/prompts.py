@@ -7,8 +7,10 @@ is a template, inline or read from a file, so a literal brace is always written 
 
 **Sources.** ``read_source`` reads one ``{file: …}``, ``{csv: …, column: …}`` or
 ``{jsonl: …, field: …}`` source as ``(line number, text)`` pairs, skipping blank values and,
-in text files, lines starting with ``#``. Files are UTF-8 (a BOM is allowed). This is the only
-module of the manifest pipeline that opens files besides the manifest itself.
+in text files, lines starting with ``#``. Files are UTF-8 text of at most ``MAX_SOURCE_BYTES``
+(a BOM is allowed; control characters mean a binary file and are refused; see
+``runner.textfile``). This is the only module of the manifest pipeline that opens files
+besides the manifest itself, and only inside the manifest's folder (``source_path``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import textfile
 from runner.zimage import shown, suggestion
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 SOURCE_KINDS: Mapping[str, str | None] = {"file": None, "csv": "column", "jsonl": "field"}
-MAX_SOURCE_BYTES = 256 * 1024 * 1024
+MAX_SOURCE_BYTES = 64 * 2**20  # ~300,000 long prompts; the size is checked before reading
 
 
 class TemplateError(ValueError):
@@ -87,18 +90,24 @@ def render(template: Template, values: Mapping[str, str]) -> str:
 
 
 class SourceError(Exception):
-    """A prompt source cannot be read; ``line`` is the 1-based line in the source, or 0."""
+    """A prompt source cannot be read; ``line``/``column`` are 1-based in the source, or 0."""
 
-    def __init__(self, message: str, line: int = 0) -> None:
+    def __init__(self, message: str, line: int = 0, column: int = 1) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
+        self.column = column
 
 
 def source_path(base_dir: Path, name: str) -> Path:
     """``name`` resolved under ``base_dir``; raises ``SourceError`` if it leaves the folder."""
-    base = base_dir.resolve()
-    candidate = (base / name).resolve()
+    if "\0" in name:
+        raise SourceError(f"{shown(name)} holds a NUL character (allowed: a file name)")
+    try:
+        base = base_dir.resolve()
+        candidate = (base / name).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symbolic links
+        raise SourceError(f"{shown(name)} cannot be resolved ({exc})") from None
     if Path(name).is_absolute() or not candidate.is_relative_to(base):
         raise SourceError(
             f"{shown(name)} leaves the manifest's folder (allowed: a path inside {base})"
@@ -120,18 +129,12 @@ def read_source(path: Path, kind: str, column: str | None) -> Iterator[tuple[int
 
 
 def _read_text(path: Path) -> str:
+    allowed = "a file inside the manifest's folder"
     try:
-        if path.stat().st_size > MAX_SOURCE_BYTES:
-            raise SourceError(f"is larger than {MAX_SOURCE_BYTES // 2**20} MiB")
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise SourceError("does not exist (allowed: a file inside the manifest's folder)") from None
-    except IsADirectoryError:
-        raise SourceError("is a folder, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"is not UTF-8 text (byte {exc.start + 1})") from None
-    except OSError as exc:
-        raise SourceError(f"cannot be read ({exc.strerror})") from None
+        data = textfile.read_bytes(path, max_bytes=MAX_SOURCE_BYTES, allowed=allowed)
+        return textfile.decode_text(data)
+    except textfile.TextFileError as exc:
+        raise SourceError(exc.message, exc.line, exc.column or 1) from None
 
 
 def _text_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -143,7 +146,10 @@ def _text_lines(text: str) -> Iterator[tuple[int, str]]:
 
 def _csv_column(text: str, column: str) -> Iterator[tuple[int, str]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise SourceError(f"is not valid CSV ({exc})", reader.line_num) from None
     if column not in header:
         hint = suggestion(column, list(header))
         listed = ", ".join(header) if header else "none: the file is empty"
@@ -164,9 +170,13 @@ def _jsonl_field(text: str, field: str) -> Iterator[tuple[int, str]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SourceError(f"is not JSON ({exc.msg})", number) from None
+            raise SourceError(f"is not JSON ({exc.msg})", number, exc.colno) from None
+        except RecursionError:  # [[[[… json recurses per level
+            raise SourceError("is not usable JSON (nested too deeply)", number) from None
+        except ValueError as exc:  # a number of more than 4,300 digits
+            raise SourceError(f"is not usable JSON ({exc})", number) from None
         if not isinstance(record, dict) or field not in record:
-            keys = ", ".join(record) if isinstance(record, dict) else "not an object"
+            keys = ", ".join(list(record)[:20]) if isinstance(record, dict) else "not an object"
             raise SourceError(f"has no field {field!r} (keys: {keys})", number)
         value = record[field]
         if not isinstance(value, str):

@@ -222,7 +222,8 @@ def test_template_variables_and_literal_braces():
                 " (allowed: 1-64 characters of A-Z a-z 0-9 _ -)",
                 "jobs/x.yaml:1:1: out: missing"
                 " (required: the output folder, relative to this file)",
-                "jobs/x.yaml:2:9: budget: 0 is not a Buzz cap (allowed: a whole number > 0)",
+                "jobs/x.yaml:2:9: budget: 0 is not a Buzz cap"
+                " (allowed: a whole number 1..1000000000000)",
             ],
         ),
         (
@@ -413,7 +414,7 @@ def test_an_empty_prompt_file_is_an_empty_axis(tmp_path):
 
 def test_missing_manifest_file():
     """A path that does not exist is one problem naming it."""
-    with pytest.raises(InvalidManifest, match="nowhere.yaml: no such manifest file"):
+    with pytest.raises(InvalidManifest, match="nowhere.yaml: does not exist"):
         load_manifest("nowhere.yaml")
 
 
