@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from runner.errors import StoreError
+from runner.private_files import open_private
 
 
 def _current_umask() -> int:
@@ -148,7 +149,7 @@ class BatchLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

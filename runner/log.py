@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import structlog
 
+from runner.private_files import open_private
+
 TOKEN_ENV = "CIVITAI_API_TOKEN"
 REDACTED = "[REDACTED]"
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -113,7 +115,8 @@ class _JsonlFileSink:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handle: IO[str] = path.open("a", encoding="utf-8")
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)  # a new log is 0600
+        self._handle: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]

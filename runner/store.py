@@ -34,6 +34,7 @@ import anyio
 from runner.errors import StoreError
 from runner.files import BatchLock
 from runner.migrations import MIGRATIONS, SCHEMA_VERSION
+from runner.private_files import create_private
 from runner.records import (
     RETRYABLE_OUTCOMES,
     AttemptState,
@@ -85,6 +86,7 @@ class Store(StoreOps):  # StoreOps extends StoreReads
             batch_lock.acquire()
         db: aiosqlite.Connection | None = None
         try:
+            create_private(path)  # 0600; SQLite gives -wal and -shm the same mode
             db = await aiosqlite.connect(path, isolation_level=None)
             db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA journal_mode=WAL")
