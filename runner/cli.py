@@ -111,9 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     its tag, matched to cells by externalId; paid, never resubmitted): for a batch whose
     batch.sqlite was lost, or picked up on another machine (docs/operations.md).
 
+    Refuses an existing output folder that every user may write to (docs/reliability.md),
+    unless --allow-shared-out; batch.sqlite and log.jsonl are created readable by you only.
+
     Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
-    Exit codes: 0 done; 2 invalid manifest; 3 auth or funds; 4 the Buzz cap stopped the
-    batch (resumable with a larger --budget); 130 interrupted; 1 unexpected.
+    Exit codes: 0 done; 2 invalid manifest, flag or output folder; 3 auth or funds; 4 the
+    Buzz cap stopped the batch (resumable with a larger --budget); 130 interrupted;
+    1 unexpected.
 
     Example:
         zbatch run jobs/demo.yaml --emulator
@@ -121,11 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from runner.batch import EmulatorOptions, RunOverrides, execute
     from runner.manifest import load_manifest
+    from runner.out_folder import check_out_folder
     from runner.progress import render_summary, show_progress
 
     manifest = load_manifest(args.manifest)
     for warning in manifest.warnings:
         print(f"zbatch: warning: {warning}", file=sys.stderr)
+    check_out_folder(manifest.out, allow_shared=args.allow_shared_out)  # before any write
     configure_logging(
         level="info",
         log_file=manifest.out / "log.jsonl",
@@ -174,13 +180,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_in_flight,
         metavar="N",
         help="workflows in flight (default: the manifest's limits.in_flight)",
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=_rate,
         metavar="R",
         help="submissions per second (default: the manifest's limits.submit_per_s)",
     )
@@ -196,7 +202,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--time-scale",
-        type=_non_negative_float,
+        type=_time_scale,
         default=0.05,
         metavar="X",
         help="with --emulator: simulated job durations times X (default: %(default)s)",
@@ -204,6 +210,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--faults", type=Path, metavar="FILE", help="with --emulator: a fault profile")
     p.add_argument("--seed", type=int, default=0, help="with --emulator: its seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--allow-shared-out",
+        action="store_true",
+        help="accept an output folder every user may write to (refused by default)",
+    )
     p.add_argument(
         "--adopt",
         action="store_true",
@@ -609,6 +620,9 @@ def _subparser(
     return p
 
 
+MAX_FLAG_INT = 10**12  # the manifest's largest Buzz cap; far inside SQLite's int64
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -616,6 +630,32 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value > MAX_FLAG_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_FLAG_INT}")
+    return value
+
+
+def _in_flight(text: str) -> int:
+    """--concurrency: the manifest's range of limits.in_flight, 1..10000."""
+    value = _positive_int(text)
+    if value > 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most 10000")
+    return value
+
+
+def _time_scale(text: str) -> float:
+    """--time-scale of `zbatch run --emulator`: 0 (instant) .. 1000."""
+    value = _non_negative_float(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most 1000")
+    return value
+
+
+def _rate(text: str) -> float:
+    """--rate: the manifest's range of limits.submit_per_s, 0.01..1000."""
+    value = _non_negative_float(text)
+    if not 0.01 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0.01 and 1000")
     return value
 
 
