@@ -121,31 +121,45 @@ def caption_path(out: Path, image_path: str) -> Path:
     return (out / image_path).with_suffix(".txt")
 
 
-async def refresh_dataset(store: Store, out: Path, *, captions: str) -> int:
+async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bool = False) -> int:
     """Rewrite `out/metadata.jsonl` from the store atomically; return the rows written.
 
-    One row per downloaded image, in (attempt, index) order. With `captions == "txt"`, also
-    write `NAME.txt` beside each image holding its prompt, when it is missing or different.
+    One row per downloaded image, ordered by path. With `captions == "txt"`, also write
+    `NAME.txt` beside each image holding its prompt, when it is missing or different.
     Idempotent, and safe to call while the engine runs on `store`: rows are read from a
     read-only snapshot of their own (`Store.reader`), and every blocking write runs in a
     worker thread, one chunk of rows at a time.
+
+    Cheap to repeat: the line of an image already in the previous file with the same path
+    and sha256 is copied as it was (same columns), so only new images are rendered and
+    have their captions checked. `rebuild=True` renders every row and checks every caption
+    (once at the end of a run, say).
     """
     if captions not in CAPTIONS:
         raise ValueError(f"captions {captions!r} is not one of {', '.join(CAPTIONS)}")
     target = out / METADATA_NAME
     writer = await anyio.to_thread.run_sync(AtomicTextFile.create, target)
+    previous: PreviousLines | None = None
     rows = 0
     try:
         async with store.reader() as snapshot:
             names = await snapshot.var_names()
+            if not rebuild:
+                columns = column_names(names)
+                previous = await anyio.to_thread.run_sync(PreviousLines.open, target, columns)
             async with aclosing(snapshot.dataset_images(("downloaded",))) as chunks:
                 async for chunk in chunks:
-                    write = functools.partial(_write_chunk, writer, chunk, names, out, captions)
+                    write = functools.partial(
+                        _write_chunk, writer, chunk, names, out, captions, previous
+                    )
                     rows += await anyio.to_thread.run_sync(write)
         await anyio.to_thread.run_sync(writer.commit)
     except BaseException:
         writer.abort()  # close and unlink the temp file: quick, safe while cancelled
         raise
+    finally:
+        if previous is not None:
+            previous.close()
     return rows
 
 
@@ -155,16 +169,79 @@ def _write_chunk(
     names: Sequence[str],
     out: Path,
     captions: str,
+    previous: PreviousLines | None,
 ) -> int:
     lines = []
     for image in chunk:
+        if image.path is None:
+            continue
+        kept = previous.take(image.path, image.sha256) if previous is not None else None
+        if kept is not None:
+            lines.append(kept)
+            continue
         row = metadata_row(image, names)
-        lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")))
-        if captions == "txt" and image.path is not None:
+        lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
+        if captions == "txt":
             write_caption(caption_path(out, image.path), row["prompt"])
-    if lines:
-        writer.handle.write("\n".join(lines) + "\n")
+    writer.handle.write("".join(lines))
     return len(lines)
+
+
+class PreviousLines:
+    """The metadata.jsonl being replaced, read in step with the new rows (both by path).
+
+    Holds one line at a time, so a refresh's memory stays flat however large the file.
+    """
+
+    _PREFIX = '{"file_name":"'
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+        self._line = ""
+        self._path: str | None = None
+        self._advance()
+
+    @classmethod
+    def open(cls, path: Path, columns: Sequence[str]) -> PreviousLines | None:
+        """The previous file, or None when there is none or its columns differ."""
+        try:
+            handle = path.open(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            first = json.loads(handle.readline() or "null")
+        except ValueError:
+            first = None
+        if not isinstance(first, dict) or list(first) != list(columns):
+            handle.close()
+            return None
+        handle.seek(0)
+        return cls(handle)
+
+    def _advance(self) -> None:
+        self._line = self._handle.readline()
+        if not self._line:
+            self._path = None
+        elif self._line.startswith(self._PREFIX):
+            start = len(self._PREFIX)
+            self._path = self._line[start : self._line.find('"', start)]
+        else:
+            self._path = ""  # sorts first: skipped
+
+    def take(self, path: str, sha256: str | None) -> str | None:
+        """The previous line of the image at `path`, if it had the same sha256; else None."""
+        while self._path is not None and self._path < path:
+            self._advance()  # an image no longer downloaded
+        if self._path != path:
+            return None
+        line = self._line
+        self._advance()
+        if sha256 and f'"sha256":"{sha256}"' in line and line.endswith("\n"):
+            return line
+        return None
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def write_caption(path: Path, text: str) -> bool:

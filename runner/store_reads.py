@@ -7,6 +7,7 @@ transaction of another task half done.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -50,11 +51,21 @@ class DatasetImage:
     attempt: int
     workflow_id: str | None
     model: str
-    request: dict[str, Any]
-    vars: dict[str, str]
+    request_json: str  # the cell's request, parsed on first use (`request`)
+    vars_json: str  # its template variables (`vars`)
     charged_buzz: int  # the whole attempt's charge (every image of it)
     created_at: str | None  # when the service answered with the workflow id
     finished_at: str  # the attempt's last transition: its outcome
+
+    @functools.cached_property
+    def request(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.request_json)
+        return parsed
+
+    @functools.cached_property
+    def vars(self) -> dict[str, str]:
+        parsed: dict[str, str] = json.loads(self.vars_json)
+        return parsed
 
 
 @dataclass(frozen=True)
@@ -282,12 +293,13 @@ class StoreReads:
     async def dataset_images(
         self, states: Sequence[str] = ("downloaded",), *, chunk: int = 2_000
     ) -> AsyncGenerator[list[DatasetImage], None]:
-        """Images in `states` with their attempt and cell, in (attempt, index) order, in chunks.
+        """Images in `states` with their attempt and cell, in chunks, ordered by path.
 
-        One statement streamed `chunk` rows at a time, so a million images never sit in
-        memory; rows become records in a worker thread, off the event loop. It holds this
-        connection until the iteration ends (close it with `contextlib.aclosing`): during a
-        run, call it on `reader()`, not on the engine's store.
+        The order (images not on disk first, by attempt and index) is stable, and it is what
+        `refresh_dataset` merges its previous file by. One statement streamed `chunk` rows
+        at a time, so a million images never sit in memory. It holds this connection until
+        the iteration ends (close it with `contextlib.aclosing`): during a run, call it on
+        `reader()`, not on the engine's store.
         """
         marks = ",".join("?" for _ in states)
         sql = (
@@ -298,11 +310,11 @@ class StoreReads:
             " JOIN cells c ON c.key = a.cell_key"
             " LEFT JOIN (SELECT attempt_id, MIN(at) AS created_at FROM events"
             "  WHERE to_state = 'running' GROUP BY attempt_id) t ON t.attempt_id = i.attempt_id"
-            f" WHERE i.state IN ({marks}) ORDER BY i.attempt_id, i.idx"
+            f" WHERE i.state IN ({marks}) ORDER BY i.path, i.attempt_id, i.idx"
         )
         async with self._lock, self._db.execute(sql, tuple(states)) as cur:
             while rows := await cur.fetchmany(chunk):
-                yield await anyio.to_thread.run_sync(_dataset_images, rows)
+                yield _dataset_images(rows)
 
     async def var_names(self) -> list[str]:
         """Every template variable name any cell has, sorted."""
@@ -358,33 +370,27 @@ class StoreReads:
 
 
 def _dataset_images(rows: Iterable[aiosqlite.Row]) -> list[DatasetImage]:
-    """Rows of the `dataset_images` query as records (CPU-bound: run in a worker thread)."""
-    parsed_vars: dict[str, dict[str, str]] = {}  # few distinct values: parse each once
-    out = []
-    for r in rows:
-        variables = parsed_vars.get(r[16])
-        if variables is None:
-            variables = parsed_vars[r[16]] = json.loads(r[16])
-        out.append(
-            DatasetImage(
-                attempt_id=r[0],
-                index=r[1],
-                state=r[2],
-                path=r[3],
-                sha256=r[4],
-                size_bytes=r[5],
-                width=r[6],
-                height=r[7],
-                reason=r[8],
-                cell_key=r[9],
-                attempt=r[10],
-                workflow_id=r[11],
-                charged_buzz=r[12],
-                finished_at=r[13],
-                model=r[14],
-                request=json.loads(r[15]),
-                vars=variables,
-                created_at=r[17],
-            )
+    """Rows of the `dataset_images` query as records; JSON columns are parsed on first use."""
+    return [
+        DatasetImage(
+            attempt_id=r[0],
+            index=r[1],
+            state=r[2],
+            path=r[3],
+            sha256=r[4],
+            size_bytes=r[5],
+            width=r[6],
+            height=r[7],
+            reason=r[8],
+            cell_key=r[9],
+            attempt=r[10],
+            workflow_id=r[11],
+            charged_buzz=r[12],
+            finished_at=r[13],
+            model=r[14],
+            request_json=r[15],
+            vars_json=r[16],
+            created_at=r[17],
         )
-    return out
+        for r in rows
+    ]

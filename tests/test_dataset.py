@@ -114,21 +114,23 @@ def image(**changes: Any) -> DatasetImage:
         "attempt": 2,
         "workflow_id": "wf-1",
         "model": "turbo",
-        "request": {
-            "model": "turbo",
-            "prompt": "a fox",
-            "width": 64,
-            "height": 64,
-            "cfgScale": 1,
-            "steps": 9,
-            "sampleMethod": "euler",
-            "schedule": "simple",
-            "seed": 42,
-            "quantity": 2,
-            "loras": {LORA: 1},
-            "outputFormat": "jpeg",
-        },
-        "vars": {"animal": "fox"},
+        "request_json": json.dumps(
+            {
+                "model": "turbo",
+                "prompt": "a fox",
+                "width": 64,
+                "height": 64,
+                "cfgScale": 1,
+                "steps": 9,
+                "sampleMethod": "euler",
+                "schedule": "simple",
+                "seed": 42,
+                "quantity": 2,
+                "loras": {LORA: 1},
+                "outputFormat": "jpeg",
+            }
+        ),
+        "vars_json": json.dumps({"animal": "fox"}),
         "charged_buzz": 3,
         "created_at": "2026-01-01T00:00:01.000+00:00",
         "finished_at": "2026-01-01T00:00:05.000+00:00",
@@ -212,6 +214,36 @@ async def test_refresh_is_idempotent_and_leaves_captions_alone(tmp_path: Path) -
         await refresh(m.out)
         assert (m.out / METADATA_NAME).read_bytes() == first
         assert [p.stat().st_mtime_ns for p in captions] == stamps
+
+
+async def test_refresh_copies_unchanged_lines_and_drops_images_no_longer_downloaded(
+    tmp_path: Path,
+) -> None:
+    """A line whose image kept its path and sha256 is copied as it was; an image that left
+    `downloaded` leaves the file; a changed sha256 renders its row again; rebuild renders all."""
+    with anyio.fail_after(60):
+        m, _ = await run_small_batch(tmp_path)
+        await refresh(m.out)
+        metadata = m.out / METADATA_NAME
+        lines = metadata.read_text().splitlines(keepends=True)
+        kept, gone, changed = (json.loads(lines[n]) for n in (0, 5, 9))
+        lines[0] = lines[0].replace(kept["prompt"], "EDITED")
+        metadata.write_text("".join(lines))
+        db = sqlite3.connect(m.out / "batch.sqlite")
+        with db:
+            db.execute("UPDATE images SET state = 'lost' WHERE path = ?", (gone["file_name"],))
+            db.execute(
+                "UPDATE images SET sha256 = ? WHERE path = ?", ("f" * 64, changed["file_name"])
+            )
+        db.close()
+        assert await refresh(m.out) == 23
+        rows = {r["file_name"]: r for r in read_jsonl(metadata)}
+        assert rows[kept["file_name"]]["prompt"] == "EDITED"
+        assert gone["file_name"] not in rows
+        assert rows[changed["file_name"]]["sha256"] == "f" * 64
+        async with await Store.open(m.out / "batch.sqlite", read_only=True) as store:
+            assert await refresh_dataset(store, m.out, captions="txt", rebuild=True) == 23
+        assert read_jsonl(metadata)[0]["prompt"] == kept["prompt"]
 
 
 async def test_refresh_without_captions_writes_no_txt(tmp_path: Path) -> None:

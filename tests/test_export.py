@@ -26,6 +26,12 @@ from tests.test_dataset import LORA, fill_batch, read_jsonl, run_small_batch
 COLUMNS = column_names(["animal"])
 
 
+@pytest.fixture(autouse=True)
+def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main` would point structlog at a test's captured stderr, which is closed after it."""
+    monkeypatch.setattr("runner.cli.configure_logging", lambda **_: None)
+
+
 async def expected_rows(
     out: Path, states: tuple[str, ...] = ("downloaded",)
 ) -> list[dict[str, Any]]:

@@ -18,6 +18,12 @@ from runner.store import Store
 from tests.test_dataset import run_small_batch
 
 
+@pytest.fixture(autouse=True)
+def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main` would point structlog at a test's captured stderr, which is closed after it."""
+    monkeypatch.setattr("runner.cli.configure_logging", lambda **_: None)
+
+
 class Clock:
     """The store's clock, set by the test: every transition is stamped `now`."""
 
