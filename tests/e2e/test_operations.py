@@ -214,3 +214,34 @@ async def test_retry_remakes_a_cell_whose_image_was_lost(tmp_path: Path, state: 
         assert set(ids_by_external_id(app)) - seen == {f"zb-{key}-a2"}
         assert (await verify_batch(m.out)).intact
         assert (m.out / path).is_file()
+
+
+async def test_cancel_leaves_processing_workflows_and_a_run_still_downloads_them(
+    tmp_path: Path,
+) -> None:
+    """A workflow already processing is paid: cancel leaves it, the next run fetches it."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1, size="1024x1024", model="base")
+        clock = ManualClock()
+        app = make_app(EmulatorConfig(time_scale=1.0), clock=clock)
+        emulator = emulator_of(app)
+        async with client_for(app) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_batch, m, client)
+                while running(m) < 3:
+                    await anyio.wait_all_tasks_blocked()
+                tg.cancel_scope.cancel()
+            clock.advance(2.5)  # past every queue phase (at most 2 s), well before the end
+            assert emulator.state()["statuses"] == {"processing": 3}
+            async with await Store.open(m.out / "batch.sqlite") as store:
+                report = await cancel_batch(store, client, "zbatch:ops", backoff=BACKOFF)
+            assert (report.canceled, len(report.started)) == (0, 3)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tick, clock)
+                after = await run_batch(m, client, runtime_scale=0.001, tuning=FAST)
+                tg.cancel_scope.cancel()
+        assert after.canceled_at is not None
+        assert after.stats.submitted == 0
+        assert set(cell_states(m).values()) == {"succeeded"}
+        assert images_on_disk_match(m) == 6
+        assert emulator.state()["workflow_count"] == 3
