@@ -64,7 +64,7 @@ def read_bytes(path: Path, *, max_bytes: int, allowed: str) -> bytes:
         raise TextFileError(f"cannot be read ({exc.strerror or exc})") from None
     except ValueError:  # an embedded NUL in the name
         raise TextFileError(f"is not a file name (allowed: {allowed})") from None
-    with os.fdopen(fd, "rb") as handle:
+    try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise TextFileError(f"is a folder (allowed: {allowed})")
@@ -72,10 +72,12 @@ def read_bytes(path: Path, *, max_bytes: int, allowed: str) -> bytes:
             raise TextFileError(f"is not a regular file (allowed: {allowed})")
         if info.st_size > max_bytes:
             raise TextFileError(f"is {size_text(info.st_size)} {limit}")
-        try:
+        with os.fdopen(os.dup(fd), "rb") as handle:
             data = handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise TextFileError(f"cannot be read ({exc.strerror or exc})") from None
+    except OSError as exc:
+        raise TextFileError(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise TextFileError(f"is larger than {size_text(max_bytes)} {limit}")
     return data
