@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from runner.plan import Plan
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
 EXIT_OVER_BUDGET = 3
 EXIT_CAP_REACHED = 4
 
@@ -423,9 +424,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         log_file=args.out / "log.jsonl",
         console_level=None if args.quiet else "warning",
     )
-    states = tuple(s for s in (args.state or "").split(",") if s)
     settings = RetrySettings(
-        states=states,
+        states=args.state or (),
         cells=tuple(args.cell or ()),
         attempts=args.attempts,
         budget_buzz=args.budget,
@@ -458,6 +458,7 @@ def _add_retry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
     p.add_argument(
         "--state",
+        type=_retry_states,
         metavar="STATES",
         help="comma-separated: failed, expired, lost, canceled (default: failed,expired,lost; "
         "with --cell, all)",
@@ -487,6 +488,22 @@ def _add_retry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --emulator: job durations times X (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+
+
+def _retry_states(text: str) -> tuple[str, ...]:
+    from runner.store_ops import RETRY_STATES
+
+    states = tuple(s.strip() for s in text.split(",") if s.strip())
+    for state in states:
+        if state not in RETRY_STATES:
+            allowed = ", ".join(f"'{s}'" for s in RETRY_STATES)
+            raise argparse.ArgumentTypeError(
+                f"{state!r} is not one of {allowed} (blocked and rejected cells: name them with"
+                " --cell)"
+            )
+    if not states:
+        raise argparse.ArgumentTypeError("name at least one state")
+    return states
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -711,6 +728,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zbatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `zbatch plan --json | head`: the reader left. Not our error; silence the final
+        # flush of stdout as well (the recipe in Python's signal module docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -10,6 +10,8 @@ spent. ``{m}`` is the manifest's path, ``{d}`` its folder and ``{t}`` the folder
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -539,3 +541,21 @@ def test_a_utf8_bom_is_accepted_silently(tmp_path, capsys, bom):
     captured = capsys.readouterr()
     assert "axes     prompt 1 = 1" in captured.out
     assert "zbatch: error" not in captured.err
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback():
+    """`zbatch plan … | head`: stdout closed before the plan is printed ends in 141, quietly."""
+    jobs = Path(__file__).parent.parent / "jobs"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before zbatch writes a byte
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "plan", str(jobs / "demo.yaml")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr.decode()) == (141, "")
