@@ -154,6 +154,9 @@ def test_commands_and_their_exit_codes(tmp_path: Path, monkeypatch: pytest.Monke
         assert main(["run", str(manifest), "--api-url", url, "--quiet", "--adopt"]) == 0
     assert main(["verify", str(out)]) == 0
     assert main(["retry", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["retry", str(out), "--state", "blocked"])  # only by name, with --cell
+    assert exc.value.code == 2
 
 
 async def test_cancel_while_a_runner_holds_the_batch_is_a_clear_error(
