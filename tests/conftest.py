@@ -1,10 +1,26 @@
-"""Shared fixtures: every async test runs on anyio's asyncio backend (aiosqlite needs it)."""
+"""Shared fixtures: every async test runs on anyio's asyncio backend (aiosqlite needs it),
+and every test starts with structlog's defaults.
+
+`runner.cli.main` configures logging for the process; under pytest that points structlog at
+one test's captured stderr, which pytest closes afterwards, so a later test that logs would
+write to a closed file. Resetting around each test keeps the tests independent of order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
