@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runner import __version__
-from runner.errors import ApiError, ZbatchError
+from runner.errors import ApiError, AuthError, UsageError, ZbatchError
 from runner.log import TOKEN_ENV, configure_logging
 
 if TYPE_CHECKING:
@@ -132,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     for warning in manifest.warnings:
         print(f"zbatch: warning: {warning}", file=sys.stderr)
-    check_out_folder(manifest.out, allow_shared=args.allow_shared_out)  # before any write
+    _check_run_settings(args)  # before any write, as is the next line
+    check_out_folder(manifest.out, allow_shared=args.allow_shared_out)
     configure_logging(
         level="info",
         log_file=manifest.out / "log.jsonl",
@@ -171,6 +172,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.stats.stop_reason is not None:
         return EXIT_INTERRUPTED
     return 0
+
+
+def _check_run_settings(args: argparse.Namespace) -> None:
+    """The fault profile, API URL and token of `zbatch run`: refused before anything is written."""
+    if args.emulator:
+        if args.faults is not None:
+            import yaml
+
+            from runner.emulator.config import load_faults
+
+            try:
+                load_faults(args.faults)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+                if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+                    detail = f"line {exc.problem_mark.line + 1}: {exc.problem}"
+                raise UsageError(
+                    f"--faults {args.faults}: not a fault profile ({detail})"
+                ) from None
+        return
+    base = args.api_url or os.environ.get("CIVITAI_API_BASE_URL")
+    if base:
+        import httpx
+
+        try:
+            url = httpx.URL(base)
+        except httpx.InvalidURL:
+            url = httpx.URL("")
+        if url.scheme not in ("http", "https") or not url.host:
+            source = "--api-url" if args.api_url else "CIVITAI_API_BASE_URL"
+            raise UsageError(f"{source} {base!r} is not an http:// or https:// URL")
+    if not os.environ.get(TOKEN_ENV, "").strip():
+        raise AuthError(
+            f"no API token: set {TOKEN_ENV} to your Civitai API key (or use --emulator)"
+        )
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,8 @@
     - FundsError                  exit 3   402, or a 400/403 naming insufficient Buzz: stops
   + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
   + StoreError                    exit 1   illegal state transition, database lock held
-  + OutFolderError                exit 2   `zbatch run`'s output folder is unsafe or unwritable
+  + UsageError                    exit 2   a flag, environment variable or folder is wrong
+    - OutFolderError                       `zbatch run`'s output folder is unsafe or unwritable
 ```
 
 A message says what is wrong, where, and what is allowed. No message, str() or repr() of any
@@ -127,7 +128,13 @@ class StoreError(ZbatchError):
     """The database refused a transition (wrong state) or is locked by another runner."""
 
 
-class OutFolderError(ZbatchError):
+class UsageError(ZbatchError):
+    """A flag, an environment variable or a folder is wrong; nothing was written or spent."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class OutFolderError(UsageError):
     """The output folder cannot be used as it is: writable by others, or not by us."""
 
     exit_code: ClassVar[int] = 2

@@ -338,6 +338,28 @@ CASES: list[tuple[str, dict[str, File], list[str], list[str]]] = [
         ["run", "{m}"],
         ["{d}/p.jsonl:1:1: grid.prompt.jsonl: 'p.jsonl' is not usable JSON (nested too deeply)"],
     ),
+    # --- run's connection settings ----------------------------------------------------------
+    (
+        "faults-file-missing",
+        {"m.yaml": HEAD + GRID},
+        ["run", "{m}", "--emulator", "--faults", "{d}/nope.yaml"],
+        ["--faults {d}/nope.yaml: not a fault profile (No such file or directory)"],
+    ),
+    (
+        "faults-file-not-yaml",
+        {"m.yaml": HEAD + GRID, "f.yaml": "{{{\n"},
+        ["run", "{m}", "--emulator", "--faults", "{d}/f.yaml"],
+        [
+            "--faults {d}/f.yaml: not a fault profile"
+            " (line 2: expected the node content, but found '<stream end>')"
+        ],
+    ),
+    (
+        "api-url-not-a-url",
+        {"m.yaml": HEAD + GRID},
+        ["run", "{m}", "--api-url", "ftp://example.com"],
+        ["--api-url 'ftp://example.com' is not an http:// or https:// URL"],
+    ),
     # --- zbatch status --------------------------------------------------------------------
     (
         "status-of-a-missing-folder",
@@ -559,3 +581,27 @@ def test_a_reader_that_leaves_early_is_not_a_traceback():
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr.decode()) == (141, "")
+
+
+def test_a_bad_base_url_in_the_environment_is_named(tmp_path, capsys, monkeypatch):
+    """CIVITAI_API_BASE_URL is checked like --api-url: exit 2, nothing written."""
+    (tmp_path / "m.yaml").write_text(HEAD + GRID, encoding="utf-8")
+    monkeypatch.setenv("CIVITAI_API_BASE_URL", "localhost:8765")
+    assert main(["run", str(tmp_path / "m.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        "zbatch: error: CIVITAI_API_BASE_URL 'localhost:8765' is not an http:// or https:// URL\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_token_is_exit_3_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Without CIVITAI_API_TOKEN (and without --emulator) the run stops before creating out."""
+    (tmp_path / "m.yaml").write_text(HEAD + GRID, encoding="utf-8")
+    monkeypatch.delenv("CIVITAI_API_TOKEN", raising=False)
+    monkeypatch.delenv("CIVITAI_API_BASE_URL", raising=False)
+    assert main(["run", str(tmp_path / "m.yaml")]) == 3
+    assert capsys.readouterr().err == (
+        "zbatch: error: no API token: set CIVITAI_API_TOKEN to your Civitai API key"
+        " (or use --emulator)\n"
+    )
+    assert not (tmp_path / "out").exists()
