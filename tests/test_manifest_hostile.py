@@ -338,6 +338,18 @@ CASES: list[tuple[str, dict[str, File], list[str], list[str]]] = [
         ["run", "{m}"],
         ["{d}/p.jsonl:1:1: grid.prompt.jsonl: 'p.jsonl' is not usable JSON (nested too deeply)"],
     ),
+    (
+        "csv-header-too-long",
+        {
+            "m.yaml": HEAD + "grid: {prompt: {csv: p.csv, column: p}}\n",
+            "p.csv": "x" * 200_000 + "\n",
+        },
+        ["run", "{m}"],
+        [
+            "{m}:4:22: grid.prompt.csv: 'p.csv' is not valid CSV"
+            " (field larger than field limit (131072))"
+        ],
+    ),
     # --- run's connection settings ----------------------------------------------------------
     (
         "faults-file-missing",
