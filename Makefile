@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/zbatch run jobs/demo.yaml --emulator
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 # The long crash test: TORTURE_KILLS SIGKILLs (default 300) over fresh batches, seeded by
 # TORTURE_SEED (default 1); prints the counts table, exits non-zero on any violation.
