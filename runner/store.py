@@ -50,6 +50,14 @@ from runner.store_ops import StoreOps  # operations: retry, cancel, verify, adop
 PLAN_CHUNK = 20_000  # cells a transaction; fewer, larger commits rewrite fewer index pages
 
 
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",  # an intent is on disk before its network call
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
+
+
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -90,10 +98,12 @@ class Store(StoreOps):  # StoreOps extends StoreReads
             create_private(path)  # 0600; SQLite gives -wal and -shm the same mode
             db = await aiosqlite.connect(path, isolation_level=None)
             db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
+            for pragma in _PRAGMAS:
+                # Closed at once: `journal_mode` answers a row, and a statement left open
+                # until the garbage collector finalizes it counts as a write in progress,
+                # which makes a later COMMIT fail ("SQL statements in progress").
+                async with db.execute(pragma) as cur:
+                    await cur.fetchall()
             store = cls(db, batch_lock, now)
             await store._migrate()
         except BaseException:
@@ -113,7 +123,8 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA busy_timeout=5000")
+            async with db.execute("PRAGMA busy_timeout=5000") as cur:
+                await cur.fetchall()
             async with db.execute("PRAGMA user_version") as cur:
                 row = await cur.fetchone()
         except sqlite3.DatabaseError as exc:
