@@ -20,7 +20,9 @@ import structlog
 from runner import zimage
 from runner.adopt import AdoptReport, adopt_workflows
 from runner.api import Client
+from runner.dataset import refresh_dataset
 from runner.engine import Engine, EngineConfig, RunStats
+from runner.errors import ZbatchError
 from runner.files import remove_stray_temps
 from runner.grid import expand
 from runner.limits import Backoff
@@ -30,6 +32,7 @@ from runner.store import Store
 
 log = structlog.get_logger(__name__)
 DB_NAME = "batch.sqlite"
+DATASET_EVERY_S = 30.0
 ProgressHook = Callable[[Engine, int], Coroutine[Any, Any, None]]  # (engine, cells in the manifest)
 
 
@@ -136,15 +139,13 @@ async def run_batch(
         if swept:
             log.info("stray_temp_files_removed", count=swept)
         engine = Engine(store, client, config)
-        if progress is None:
-            stats = await engine.run(handle_signals=handle_signals)
-        else:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(progress, engine, planned.added + planned.kept)
-                try:
-                    stats = await engine.run(handle_signals=handle_signals)
-                finally:
-                    tg.cancel_scope.cancel()
+        stats = await drive(
+            engine,
+            planned.added + planned.kept,
+            handle_signals=handle_signals,
+            progress=progress,
+            captions=manifest.captions,
+        )
         unsubmitted, unsubmitted_buzz = await store.unsubmitted()
         return RunOutcome(
             plan=planned,
@@ -156,6 +157,46 @@ async def run_batch(
             adopted=adopted,
             canceled_at=canceled_at,
         )
+
+
+async def drive(
+    engine: Engine,
+    cells: int,
+    *,
+    handle_signals: bool,
+    progress: ProgressHook | None,
+    captions: str,
+) -> RunStats:
+    """Run the engine to its end, with the live display when asked, keeping the dataset
+    (`metadata.jsonl`, captions) current while it runs and whole once it ends."""
+    out = engine.config.out_dir
+    stopped: ZbatchError | None = None  # raised as itself, not inside an exception group
+    async with anyio.create_task_group() as tg:
+        if progress is not None:
+            tg.start_soon(progress, engine, cells)
+        tg.start_soon(keep_dataset_current, engine.store, out, captions)
+        try:
+            stats = await engine.run(handle_signals=handle_signals)
+        except ZbatchError as exc:
+            stopped = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if stopped is not None:
+        raise stopped
+    rows = await refresh_dataset(engine.store, out, captions=captions, rebuild=True)
+    log.info("dataset_written", rows=rows, path=str(out / "metadata.jsonl"))
+    return stats
+
+
+async def keep_dataset_current(store: Store, out: Path, captions: str) -> None:
+    """Rewrite the dataset every DATASET_EVERY_S, or 20 times its last duration when longer
+    (a refresh of a million rows takes seconds: it must never crowd out the run)."""
+    every_s = DATASET_EVERY_S
+    while True:
+        await anyio.sleep(every_s)
+        started = anyio.current_time()
+        await refresh_dataset(store, out, captions=captions)
+        every_s = max(DATASET_EVERY_S, 20 * (anyio.current_time() - started))
 
 
 def db_path(out: Path) -> Path:

@@ -19,8 +19,15 @@ import anyio
 import structlog
 
 from runner.api import Client
-from runner.batch import DB_NAME, EMULATOR_TOKEN, EmulatorOptions, ProgressHook, RunOutcome
-from runner.engine import Engine, EngineConfig, RunStats
+from runner.batch import (
+    DB_NAME,
+    EMULATOR_TOKEN,
+    EmulatorOptions,
+    ProgressHook,
+    RunOutcome,
+    drive,
+)
+from runner.engine import Engine, EngineConfig
 from runner.files import remove_stray_temps
 from runner.records import PlanResult
 from runner.status import NotABatch
@@ -92,7 +99,13 @@ async def retry_batch(
         )
         await anyio.to_thread.run_sync(remove_stray_temps, out / "images")
         engine = Engine(store, client, config)
-        stats = await drive(engine, len(plan.chosen), handle_signals, progress)
+        stats = await drive(
+            engine,
+            len(plan.chosen),
+            handle_signals=handle_signals,
+            progress=progress,
+            captions="none",  # the batch row does not keep the manifest's captions setting
+        )
         unsubmitted, unsubmitted_buzz = await store.unsubmitted()
         run = RunOutcome(
             plan=PlanResult(added=0, kept=await store.cell_total(), removed=0),
@@ -103,21 +116,6 @@ async def retry_batch(
             unsubmitted_buzz=unsubmitted_buzz,
         )
         return RetryOutcome(plan, run)
-
-
-async def drive(
-    engine: Engine, cells: int, handle_signals: bool, progress: ProgressHook | None
-) -> RunStats:
-    """Run the engine to its end, with the live display when asked."""
-    if progress is None:
-        return await engine.run(handle_signals=handle_signals)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(progress, engine, cells)
-        try:
-            stats = await engine.run(handle_signals=handle_signals)
-        finally:
-            tg.cancel_scope.cancel()
-    return stats
 
 
 def render_retry(plan: RetryPlan, *, listed: int = 20) -> str:

@@ -248,7 +248,9 @@ async def test_refresh_copies_unchanged_lines_and_drops_images_no_longer_downloa
 
 async def test_refresh_without_captions_writes_no_txt(tmp_path: Path) -> None:
     with anyio.fail_after(60):
-        m, _ = await run_small_batch(tmp_path)
+        m, _ = await run_small_batch(tmp_path)  # the run wrote captions (captions: txt)
+        for caption in m.out.rglob("*.txt"):
+            caption.unlink()
         assert await refresh(m.out, captions="none") == 24
         assert not list(m.out.rglob("*.txt"))
         with pytest.raises(ValueError, match="'srt' is not one of none, txt"):

@@ -99,6 +99,8 @@ async def test_clean_run_delivers_every_image_and_a_rerun_does_nothing(tmp_path:
         charged = emulator.state()["buzz"]["net_buzz"]
         assert outcome.budget.charged_buzz == charged == 6 * 1 + 6 * 1  # 64x64: 1 Buzz min
         assert assert_record_matches_disk(m) == 24
+        metadata = (m.out / "metadata.jsonl").read_text().splitlines()
+        assert len(metadata) == 24  # the run leaves the dataset current
         again, emulator2 = await run(m, EmulatorConfig(time_scale=0))
         assert again.stats.submitted == 0
         assert emulator2.state()["workflow_count"] == 0
