@@ -1,9 +1,11 @@
 """The poller: follows submitted workflows to a terminal status, in bulk where it pays.
 
 Each running attempt has a due time: first near its model's expected finish (the seed's
-runtime table), then backing off by half again up to `poll_max_s`. When several are due
-the poller pages through the batch's tag (newest first, so it stops as soon as it has seen
-every due workflow); for a few it GETs them one by one.
+runtime table), then backing off by half again up to `poll_max_s`. Once `bulk_poll_min`
+workflows are watched, any due one makes the poller page through the batch's tag (newest
+first, so it stops as soon as it has seen every due workflow), and the page also answers
+for the watched workflows it lists that were not due yet: the finished ones are recorded,
+the others are looked at again together. With fewer watched it GETs the due ones.
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ class Poller:
                 await self.engine.wait_wake(max(nearest - now, 0.001))
                 continue
             try:
-                if len(due) >= self.engine.config.bulk_poll_min:
+                # One page of the tag answers for every watched workflow it lists, so once
+                # a few are watched a page is never more requests than a GET each.
+                if len(self._watches) >= self.engine.config.bulk_poll_min:
                     await self._poll_bulk(due)
                 else:
                     for watch in due:
@@ -119,6 +123,8 @@ class Poller:
                 watch = wanted.pop(wf.id or "", None)
                 if watch is not None:
                     await self._seen(watch, wf)
+                elif (other := self._watches.get(wf.id or "")) is not None:
+                    await self._seen_early(other, wf)
             if page.next is None:
                 break
             cursor = page.next
@@ -134,6 +140,18 @@ class Poller:
         return await retrying(
             call, backoff=self.engine.backoff, what="poll_bulk", on_retry=self.engine.on_retry
         )
+
+    async def _seen_early(self, watch: Watch, wf: Workflow) -> None:
+        """A page listed a watched workflow before it was due: the same news, for free.
+
+        Terminal: recorded now. Still running: looked at again one interval from now, the
+        interval not grown (it was not asked for), so the dues of workflows seen together
+        fall together and the next page answers for all of them.
+        """
+        if wf.status.is_terminal:
+            await self._seen(watch, wf)
+        else:
+            watch.due_s = anyio.current_time() + watch.interval_s
 
     async def _seen(self, watch: Watch, wf: Workflow) -> None:
         if wf.status.is_terminal and refund_pending(wf) and watch.settle_polls < SETTLE_POLLS:
