@@ -78,7 +78,10 @@ class Engine:
         self.backoff = Backoff(
             base_s=config.backoff_base_s, cap_s=config.backoff_cap_s, rng=random.Random(config.seed)
         )
-        self.limiter = RateLimiter(config.submit_per_s)
+        # Paced, never bursting (burst 1: an idle moment must not let `rate` go at once),
+        # 2% under the rate: the service counts arrivals, which jitter by milliseconds,
+        # and exact pacing would let a 1 s window catch rate + 1 of them.
+        self.limiter = RateLimiter(config.submit_per_s * 0.98, burst=1.0)
         self.slots = anyio.CapacityLimiter(config.in_flight)
         self.poller = Poller(self)
         self.downloader = Downloader(self)
