@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +85,7 @@ async def serve_content(emulator: Emulator, token: str) -> Content:
             width=int(inp["width"]),
             height=int(inp["height"]),
             fmt=fmt,
+            salt=image_salt(inp),
         )
 
     data = await emulator.images.get(blob_id, draw)
@@ -100,3 +103,12 @@ def corrupt(data: bytes) -> bytes:
     middle = len(data) // 2
     start, end = max(0, middle - 32), min(len(data), middle + 32)
     return data[:start] + bytes(b ^ 0xFF for b in data[start:end]) + data[end:]
+
+
+_OWN_ARGUMENTS = frozenset({"prompt", "seed", "width", "height", "outputFormat", "quantity"})
+
+
+def image_salt(inp: Mapping[str, Any]) -> str:
+    """The inputs that change a picture besides its prompt, seed and size, canonically."""
+    rest = {k: v for k, v in inp.items() if k not in _OWN_ARGUMENTS}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)

@@ -53,9 +53,11 @@ def extension(fmt: str) -> str:
     return _format(fmt).extension
 
 
-def _entropy(prompt: str, seed: int, index: int) -> Iterator[int]:
+def _entropy(prompt: str, seed: int, index: int, salt: str = "") -> Iterator[int]:
     """An endless, deterministic stream of bytes derived from the arguments."""
     key = f"{seed}\x00{index}\x00{prompt}".encode()
+    if salt:
+        key += b"\x00" + salt.encode()
     counter = 0
     while True:
         yield from hashlib.sha256(key + counter.to_bytes(8, "big")).digest()
@@ -88,12 +90,18 @@ def _draw_shapes(picture: Image.Image, stream: Iterator[int]) -> None:
             draw.rectangle(box, fill=_colour(stream))
 
 
-def render_image(*, prompt: str, seed: int, index: int, width: int, height: int, fmt: str) -> bytes:
-    """The image for one output of a step: exactly ``width`` × ``height``, encoded as ``fmt``."""
+def render_image(
+    *, prompt: str, seed: int, index: int, width: int, height: int, fmt: str, salt: str = ""
+) -> bytes:
+    """The image for one output of a step: exactly ``width`` × ``height``, encoded as ``fmt``.
+
+    ``salt`` carries the request's other inputs (model, steps, cfgScale, sampler, LoRAs...):
+    as on the real service, the same prompt and seed on another model is another picture.
+    """
     encoding = _format(fmt)
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, not {width}x{height}")
-    stream = _entropy(prompt, seed, index)
+    stream = _entropy(prompt, seed, index, salt)
     picture = _gradient(stream, width, height)
     _draw_shapes(picture, stream)
     out = io.BytesIO()

@@ -85,3 +85,13 @@ def test_unknown_format_names_the_allowed_ones():
     """A format outside the enum is refused with the allowed list."""
     with pytest.raises(ValueError, match="allowed: jpeg, png, webP"):
         _render(fmt="gif")
+
+
+def test_other_inputs_make_another_picture():
+    """The same prompt and seed on another model (or steps, LoRAs...) is another image."""
+    one = render_image(prompt="p", seed=1, index=0, width=64, height=64, fmt="png", salt="turbo")
+    two = render_image(prompt="p", seed=1, index=0, width=64, height=64, fmt="png", salt="base")
+    assert one != two
+    assert one == render_image(
+        prompt="p", seed=1, index=0, width=64, height=64, fmt="png", salt="turbo"
+    )
