@@ -9,10 +9,10 @@ cap, a stop or a fatal error ends the run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -229,16 +229,34 @@ def execute(
     emulator's server thread, which it always stops.
     """
 
-    async def go(base_url: str | None, token: str | None, runtime_scale: float) -> RunOutcome:
+    async def work(client: Client, runtime_scale: float) -> RunOutcome:
+        return await run_batch(
+            manifest,
+            client,
+            overrides=overrides,
+            runtime_scale=runtime_scale,
+            handle_signals=True,
+            progress=progress,
+        )
+
+    return with_client(work, api_url=api_url, emulator=emulator)
+
+
+T = TypeVar("T")
+
+
+def with_client(
+    work: Callable[[Client, float], Awaitable[T]],
+    *,
+    api_url: str | None,
+    emulator: EmulatorOptions | None,
+) -> T:
+    """Run `work(client, runtime_scale)` on its own event loop, against the API (token from the
+    environment) or an embedded emulator on a free loopback port, always stopped after."""
+
+    async def go(base_url: str | None, token: str | None, runtime_scale: float) -> T:
         async with Client(base_url=base_url, token=token) as client:
-            return await run_batch(
-                manifest,
-                client,
-                overrides=overrides,
-                runtime_scale=runtime_scale,
-                handle_signals=True,
-                progress=progress,
-            )
+            return await work(client, runtime_scale)
 
     if emulator is None:
         return anyio.run(go, api_url, None, 1.0, backend="asyncio")

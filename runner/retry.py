@@ -21,11 +21,11 @@ import structlog
 from runner.api import Client
 from runner.batch import (
     DB_NAME,
-    EMULATOR_TOKEN,
     EmulatorOptions,
     ProgressHook,
     RunOutcome,
     drive,
+    with_client,
 )
 from runner.engine import Engine, EngineConfig
 from runner.files import remove_stray_temps
@@ -152,23 +152,14 @@ def execute_retry(
     workflows; it suits the demo, not a real batch.
     """
 
-    async def go(base_url: str | None, token: str | None, runtime_scale: float) -> RetryOutcome:
-        async with Client(base_url=base_url, token=token) as client:
-            return await retry_batch(
-                out,
-                client,
-                settings,
-                runtime_scale=runtime_scale,
-                handle_signals=True,
-                progress=progress,
-            )
+    async def work(client: Client, runtime_scale: float) -> RetryOutcome:
+        return await retry_batch(
+            out,
+            client,
+            settings,
+            runtime_scale=runtime_scale,
+            handle_signals=True,
+            progress=progress,
+        )
 
-    if emulator is None:
-        return anyio.run(go, api_url, None, 1.0, backend="asyncio")
-    from runner.emulator import EmulatorConfig, running_server
-
-    config = EmulatorConfig.from_flags(
-        seed=emulator.seed, time_scale=emulator.time_scale, faults_path=emulator.faults_path
-    )
-    with running_server(config) as base_url:
-        return anyio.run(go, base_url, EMULATOR_TOKEN, emulator.time_scale, backend="asyncio")
+    return with_client(work, api_url=api_url, emulator=emulator)
