@@ -49,6 +49,19 @@ class EmulatorProcess:
         data: dict[str, Any] = response.json()
         return data
 
+    def created_s(self, tag: str) -> list[float]:
+        """When the service created each workflow carrying `tag` (its `createdAt`), sorted:
+        the arrival of each submit, on the emulator's clock."""
+        response = httpx.get(
+            f"{self.url}/v2/consumer/workflows",
+            params={"tags": tag, "take": 1000},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+        )
+        response.raise_for_status()
+        items = response.json()["items"]
+        return sorted(datetime.fromisoformat(i["createdAt"]).timestamp() for i in items)
+
     def requests_by_route(self) -> dict[str, int]:
         routes: dict[str, int] = self.state()["requests"]["by_route"]
         return routes
