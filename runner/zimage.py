@@ -122,6 +122,7 @@ def _rate(model: str) -> ModelRate:
     return RATES[model]
 
 
+@functools.lru_cache(maxsize=4096)  # a grid has few shapes; Fraction math is per cell otherwise
 def exact_buzz(*, model: str, width: int, height: int, steps: int, quantity: int) -> Fraction:
     """The exact, unrounded seed-page price of one request (all ``quantity`` images)."""
     rate = _rate(model)
