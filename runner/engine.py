@@ -9,6 +9,7 @@ images are downloaded. See docs/states.md for who moves each edge.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 from dataclasses import dataclass, field
@@ -267,7 +268,13 @@ class Engine:
         charged = charge_of(wf, fallback_buzz=attempt.estimate_buzz)
         await self.store.mark_running(attempt.id, wf.id, charged)
         log.info("cell_submitted", cell=attempt.cell_key, attempt=attempt.attempt, workflow=wf.id)
-        running = await self.store.attempt(attempt.id)
+        running = dataclasses.replace(  # what mark_running wrote, without reading it back
+            attempt,
+            state=AttemptState.RUNNING,
+            workflow_id=wf.id,
+            reserved_buzz=0,
+            charged_buzz=charged,
+        )
         if wf.status.is_terminal and not refund_pending(wf):
             await self.finish(running, wf)
         else:
