@@ -442,29 +442,23 @@ class Store(StoreOps):  # StoreOps extends StoreReads
 
     async def mark_rejected(self, attempt_id: int, reason: str) -> None:
         """The API refused the input: release the reservation; the cell is never retried."""
-
-        async def fn(db: aiosqlite.Connection) -> None:
-            reserved = await self._reserved(db, attempt_id)
-            await self._move(
-                db, attempt_id, [AttemptState.SUBMITTING], AttemptState.REJECTED,
-                ", reserved_buzz = 0, reason = ?", (reason,),
-            )  # fmt: skip
-            await self._commit_delta(db, -reserved)
-            await self._event(db, attempt_id, "submitting", "rejected", -reserved, reason)
-
-        await self._tx(fn)
+        await self.drop_intent(attempt_id, AttemptState.REJECTED, reason)
 
     async def release(self, attempt_id: int) -> None:
         """Undo an intent the API never saw (no request was sent): back to planned."""
+        await self.drop_intent(attempt_id, AttemptState.PLANNED, None)
+
+    async def drop_intent(self, attempt_id: int, to: AttemptState, reason: str | None) -> None:
+        """submitting -> `to` with the reservation released: the service charged nothing."""
 
         async def fn(db: aiosqlite.Connection) -> None:
             reserved = await self._reserved(db, attempt_id)
             await self._move(
-                db, attempt_id, [AttemptState.SUBMITTING], AttemptState.PLANNED,
-                ", reserved_buzz = 0",
+                db, attempt_id, [AttemptState.SUBMITTING], to,
+                ", reserved_buzz = 0, reason = ?", (reason,),
             )  # fmt: skip
             await self._commit_delta(db, -reserved)
-            await self._event(db, attempt_id, "submitting", "planned", -reserved)
+            await self._event(db, attempt_id, "submitting", to, -reserved, reason)
 
         await self._tx(fn)
 

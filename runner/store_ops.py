@@ -120,6 +120,10 @@ class StoreOps(StoreReads):
 
         async def _commit_delta(self, db: aiosqlite.Connection, delta_buzz: int) -> None: ...
 
+        async def drop_intent(
+            self, attempt_id: int, to: AttemptState, reason: str | None
+        ) -> None: ...
+
     # -- reads --------------------------------------------------------------------------
 
     async def canceled_at(self) -> str | None:
@@ -224,17 +228,7 @@ class StoreOps(StoreReads):
         Only for `zbatch cancel`, holding the batch lock, after the batch's tag showed no
         workflow with the attempt's externalId. The reservation is released.
         """
-
-        async def fn(db: aiosqlite.Connection) -> None:
-            reserved = await self._reserved(db, attempt_id)
-            await self._move(
-                db, attempt_id, [AttemptState.SUBMITTING], AttemptState.CANCELED,
-                ", reserved_buzz = 0, reason = ?", (reason,),
-            )  # fmt: skip
-            await self._commit_delta(db, -reserved)
-            await self._event(db, attempt_id, "submitting", "canceled", -reserved, reason)
-
-        await self._tx(fn)
+        await self.drop_intent(attempt_id, AttemptState.CANCELED, reason)
 
     # -- retry --------------------------------------------------------------------------
 
