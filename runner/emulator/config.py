@@ -174,8 +174,22 @@ class EmulatorConfig:
 
     @classmethod
     def from_flags(
-        cls, *, seed: int = 0, time_scale: float = 1.0, faults_path: Path | str | None = None
+        cls,
+        *,
+        seed: int = 0,
+        time_scale: float = 1.0,
+        faults_path: Path | str | None = None,
+        url_ttl_s: float | None = None,
+        submit_per_s: float | None = None,
+        blocked_words: frozenset[str] = frozenset(),
     ) -> EmulatorConfig:
-        """The config `zbatch emulator --seed --time-scale --faults` asks for."""
+        """The config `zbatch emulator --seed --time-scale --faults --url-ttl --submit-rate
+        --blocked-words` asks for; None keeps a default."""
         faults = load_faults(faults_path) if faults_path is not None else FaultProfile()
-        return cls(seed=seed, time_scale=time_scale, faults=faults)
+        config = cls(seed=seed, time_scale=time_scale, faults=faults, blocked_words=blocked_words)
+        if url_ttl_s is not None:
+            config = dataclasses.replace(config, url_ttl_s=url_ttl_s)
+        if submit_per_s is not None:
+            limit = RateLimit(per_s=submit_per_s, burst=max(1, round(submit_per_s)))
+            config = dataclasses.replace(config, submit_limit=limit)
+        return config

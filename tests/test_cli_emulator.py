@@ -1,0 +1,40 @@
+"""`zbatch emulator`'s flags reach its config; a bad fault profile is a usage error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from runner.emulator import EmulatorConfig, RateLimit
+
+
+def test_flags_set_url_ttl_rate_and_blocked_words() -> None:
+    config = EmulatorConfig.from_flags(
+        seed=3, url_ttl_s=30, submit_per_s=2.5, blocked_words=frozenset({"gore"})
+    )
+    assert (config.seed, config.url_ttl_s, config.blocked_words) == (3, 30.0, frozenset({"gore"}))
+    assert config.submit_limit == RateLimit(per_s=2.5, burst=2)
+    assert EmulatorConfig.from_flags().submit_limit == EmulatorConfig().submit_limit
+
+
+def test_a_missing_fault_profile_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["emulator", "--faults", str(tmp_path / "nope.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "zbatch: error: --faults:" in err
+    assert "Traceback" not in err
+
+
+def test_a_wrong_fault_profile_names_what_is_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profile = tmp_path / "f.yaml"
+    profile.write_text("step_explode: 0.5\n")
+    assert main(["emulator", "--faults", str(profile)]) == 2
+    assert "unknown fault kind 'step_explode' (allowed: submit_5xx_before" in (
+        capsys.readouterr().err
+    )
