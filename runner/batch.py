@@ -23,7 +23,7 @@ from runner.api import Client
 from runner.dataset import refresh_dataset
 from runner.engine import Engine, EngineConfig, RunStats
 from runner.errors import ZbatchError
-from runner.files import remove_stray_temps
+from runner.files import sweep_batch_temps
 from runner.grid import expand
 from runner.limits import Backoff
 from runner.manifest import Manifest
@@ -135,7 +135,7 @@ async def run_batch(
         if overrides.adopt:  # operations: the workflows the service already has for the batch
             backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
             adopted = await adopt_workflows(store, client, config.tag, backoff=backoff)
-        swept = await anyio.to_thread.run_sync(remove_stray_temps, out / "images")
+        swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
         if swept:
             log.info("stray_temp_files_removed", count=swept)
         engine = Engine(store, client, config)

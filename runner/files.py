@@ -74,19 +74,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def remove_stray_temps(folder: Path) -> int:
-    """Delete the temp files a crash left in `folder` (recursively); return how many.
+def remove_stray_temps(folder: Path, *, recursive: bool = True) -> int:
+    """Delete the temp files a crash left in `folder` (and below it); return how many.
 
-    Only names `atomic_write_bytes` makes (`.<name>.<random>.tmp`) are touched. Run it while
-    the batch lock is held, so no writer of ours is mid-write.
+    Only names our atomic writers make (`.<name>.<random>.tmp`) are touched. Run it while
+    the batch lock is held, so no writer of the run is mid-write.
     """
     removed = 0
     if folder.is_dir():
-        for path in folder.rglob(".*.tmp"):
+        for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
             if path.is_file():
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def sweep_batch_temps(out: Path) -> int:
+    """The temp files a killed run can leave: under `images/`, and `metadata.jsonl`'s in OUT.
+
+    Not `gallery/` or `export/`: those are written by commands that take no batch lock.
+    """
+    return remove_stray_temps(out / "images") + remove_stray_temps(out, recursive=False)
 
 
 def fsync_dir(folder: Path) -> None:

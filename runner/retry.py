@@ -28,7 +28,7 @@ from runner.batch import (
     with_client,
 )
 from runner.engine import Engine, EngineConfig
-from runner.files import remove_stray_temps
+from runner.files import sweep_batch_temps
 from runner.records import PlanResult
 from runner.status import NotABatch
 from runner.store import Store
@@ -97,7 +97,7 @@ async def retry_batch(
             runtime_scale=runtime_scale,
             **dict(tuning or {}),
         )
-        await anyio.to_thread.run_sync(remove_stray_temps, out / "images")
+        await anyio.to_thread.run_sync(sweep_batch_temps, out)
         engine = Engine(store, client, config)
         stats = await drive(
             engine,

@@ -14,6 +14,7 @@ from runner.files import (
     atomic_write_bytes,
     image_path,
     remove_stray_temps,
+    sweep_batch_temps,
     verify_image,
 )
 
@@ -110,3 +111,13 @@ def test_image_path_comes_from_key_and_index_only() -> None:
             image_path(bad_key, 0, "jpeg")
     with pytest.raises(ValueError, match="is not one of jpeg, png, webP"):
         image_path("ab" * 16, 0, "gif")
+
+
+def test_a_killed_runs_temp_files_are_swept_but_not_an_exports(tmp_path: Path) -> None:
+    (tmp_path / "images" / "ab").mkdir(parents=True)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "images" / "ab" / ".x_0.jpg.k2.tmp").write_bytes(b"")
+    (tmp_path / ".metadata.jsonl.9f.tmp").write_bytes(b"")
+    (tmp_path / "export" / ".dataset.jsonl.77.tmp").write_bytes(b"")  # a live export's
+    assert sweep_batch_temps(tmp_path) == 2
+    assert [p.name for p in tmp_path.rglob("*.tmp")] == [".dataset.jsonl.77.tmp"]

@@ -208,6 +208,10 @@ class EmulatorProcess:
             "--time-scale", str(self.time_scale),
             "--faults", str(self.faults_path),
             "--seed", str(self.seed),
+            # URLs that expire mid-run (refreshed by the downloader) and real 429s with
+            # Retry-After once the runner outpaces the service's submit limit
+            "--url-ttl", "3",
+            "--submit-rate", "120",
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=self._log)
         self.url = f"http://127.0.0.1:{port}"
