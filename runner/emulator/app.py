@@ -240,7 +240,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 
 class RequestCounter:
-    """ASGI middleware: counts every answered request per route and status code."""
+    """ASGI middleware: counts every answered request per route and status code, and those
+    that carried an Authorization header (never its value), so tests can prove where the
+    token went."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -261,8 +263,11 @@ class RequestCounter:
         finally:
             route = scope.get("route")
             label = f"{scope['method']} {getattr(route, 'path', 'unmatched')}"
+            if b"sig=" in scope.get("query_string", b""):
+                label += " (signed)"  # a signed blob URL: a token sent here is a leak
+            authorized = any(name == b"authorization" for name, _ in scope.get("headers", []))
             emulator: Emulator = scope["app"].state.emulator
-            emulator.record_request(label, sent[0] if sent else 500)
+            emulator.record_request(label, sent[0] if sent else 500, authorized=authorized)
 
 
 ROUTES = [

@@ -48,6 +48,7 @@ def state(emulator: Emulator) -> dict[str, Any]:
             "by_route": dict(by_route),
             "by_status": dict(by_status),
             "by_route_status": {f"{r} {c}": n for (r, c), n in emulator.requests.items()},
+            "with_authorization": dict(emulator.authorized_requests),
         },
         "submit_attempts": dict(emulator.submit_attempts),
         "faults_fired": dict(emulator.faults.fired),

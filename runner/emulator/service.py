@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Emulator:
         self._seq = itertools.count(1)
         self.submit_attempts: Counter[str] = Counter()
         self.requests: Counter[tuple[str, int]] = Counter()
+        self.authorized_requests: Counter[str] = Counter()  # route -> with Authorization
         words = sorted(self.config.blocked_words)
         alternatives = "|".join(re.escape(w) for w in words if w)
         self._blocked = re.compile(rf"\b(?:{alternatives})\b", re.I) if alternatives else None
@@ -95,9 +97,11 @@ class Emulator:
             detail = f"Too many {kind} requests; retry after {retry_after_s} s."
             raise Problem(429, detail, headers={"Retry-After": str(retry_after_s)})
 
-    def record_request(self, route: str, status: int) -> None:
+    def record_request(self, route: str, status: int, *, authorized: bool = False) -> None:
         """Count one answered request (for the introspection route)."""
         self.requests[(route, status)] += 1
+        if authorized:
+            self.authorized_requests[route] += 1
 
     def settle(self, now_s: float | None = None) -> None:
         """Post the refund of every failed or expired workflow whose end has passed by `now_s`."""
@@ -289,8 +293,11 @@ class Emulator:
     # -- reading --------------------------------------------------------------------------
 
     def sign(self, base_url: str, blob_id: str) -> SignedUrl:
-        """A fresh signed URL for `blob_id`, valid for `url_ttl_s` from now."""
-        expires_unix_s = int(self.now_unix_s() + self.config.url_ttl_s)
+        """A fresh signed URL for `blob_id`, valid for at least `url_ttl_s` from now.
+
+        URLs carry whole unix seconds: the expiry is rounded up, so a short TTL is never
+        expired at birth."""
+        expires_unix_s = math.ceil(self.now_unix_s() + self.config.url_ttl_s)
         return self.signer.blob_url(base_url, blob_id, expires_unix_s)
 
     def render_for(

@@ -220,3 +220,22 @@ async def test_insufficient_funds_stop_the_run_with_a_funds_error(tmp_path: Path
         config = EmulatorConfig(time_scale=0, initial_balance={"blue": 3})
         with pytest.raises(FundsError):
             await run(m, config)
+
+
+async def test_the_token_goes_to_api_routes_only(tmp_path: Path) -> None:
+    """The service sees the Authorization header on every API call and on none of the
+    signed blob URLs or the content URLs they redirect to, retried downloads included."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        config = EmulatorConfig(time_scale=0, faults=FaultProfile(blob_5xx=FaultRule(p=0.3)))
+        outcome, emulator = await run(m, config)
+        assert outcome.counts == {"succeeded": 6, "image:downloaded": 12}
+        requests = emulator.state()["requests"]
+        seen = {route for route in requests["by_route"]}
+        authorized = requests["with_authorization"]
+        signed = {r for r in seen if "(signed)" in r or "/blobs/content/" in r}
+        assert signed, "no image was fetched through a signed URL"
+        assert not signed & set(authorized), f"the token reached {signed & set(authorized)}"
+        api_calls = {r: n for r, n in requests["by_route"].items() if r not in signed}
+        assert api_calls
+        assert authorized == api_calls  # every API call, and only those, carried it
