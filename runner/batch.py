@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from runner import zimage
+from runner import __version__, zimage
 from runner.adopt import AdoptReport, adopt_workflows
 from runner.api import Client
 from runner.dataset import refresh_dataset
 from runner.engine import Engine, EngineConfig, RunStats
 from runner.errors import ZbatchError
 from runner.files import sweep_batch_temps
-from runner.grid import expand
+from runner.grid import KEY_VERSION, expand
 from runner.limits import Backoff
 from runner.manifest import Manifest
 from runner.records import Budget, CellRow, PlanResult
@@ -88,6 +88,27 @@ def cell_rows(manifest: Manifest) -> Iterator[CellRow]:
         )
 
 
+def plan_fingerprint(manifest: Manifest) -> str:
+    """A hash of everything that decides the manifest's cells, their order, prices and
+    attempts (prompt files are already read into the axes). Equal fingerprints expand to the
+    same cells; a spurious difference only costs a re-plan."""
+    decisive = (
+        __version__,
+        KEY_VERSION,
+        manifest.name,
+        manifest.seed_base,
+        manifest.defaults,
+        manifest.models,
+        manifest.axes,
+        manifest.constants,
+        manifest.include,
+        manifest.exclude,
+        manifest.repeat,
+        manifest.retries.attempts,
+    )
+    return hashlib.sha256(repr(decisive).encode()).hexdigest()
+
+
 def manifest_sha256(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.path.read_bytes()).hexdigest()
 
@@ -126,7 +147,15 @@ async def run_batch(
         )
         canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
         if canceled_at is None:
-            planned = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
+            fingerprint = plan_fingerprint(manifest)
+            known = await store.plan_is_current(fingerprint)
+            if known is not None:  # a resume of an unchanged manifest: no cell to add
+                planned = known
+            else:
+                planned = await store.plan(
+                    cell_rows(manifest), max_attempts=manifest.retries.attempts
+                )
+                await store.set_plan_fingerprint(fingerprint)
         else:
             planned = PlanResult(added=0, kept=await store.cell_total(), removed=0)
             log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")

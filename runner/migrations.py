@@ -72,6 +72,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE batch ADD COLUMN canceled_at TEXT;
     """,
+    # 3: a fingerprint of what decides the cells of the last complete plan, so a resume of
+    # an unchanged manifest skips re-planning every cell (docs/states.md).
+    """
+    ALTER TABLE batch ADD COLUMN plan_fingerprint TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -315,6 +315,32 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         removed = await self._scalar("SELECT COUNT(*) FROM cells WHERE generation < ?", generation)
         return PlanResult(added=added, kept=kept, removed=removed)
 
+    async def plan_is_current(self, fingerprint: str) -> PlanResult | None:
+        """What the last complete plan recorded, if it planned `fingerprint` at the current
+        generation (nothing moved cells since: no retry, no cancel); else None."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT plan_fingerprint, generation,"
+                " (SELECT COUNT(*) FROM cells c WHERE c.generation = b.generation),"
+                " (SELECT COUNT(*) FROM cells c WHERE c.generation < b.generation)"
+                " FROM batch b WHERE id = 1"
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None or row[0] != f"{fingerprint}@{row[1]}":
+            return None
+        return PlanResult(added=0, kept=int(row[2]), removed=int(row[3]))
+
+    async def set_plan_fingerprint(self, fingerprint: str) -> None:
+        """Record that a plan of `fingerprint` completed, at the generation it made."""
+        await self._tx(
+            lambda db: db.execute(
+                "UPDATE batch SET plan_fingerprint = ? || '@' || generation WHERE id = 1",
+                (fingerprint,),
+            )
+        )
+
     async def _plan_chunk(
         self,
         db: aiosqlite.Connection,

@@ -143,3 +143,17 @@ async def test_state_survives_reopen_and_a_second_runner_is_refused(tmp_path: Pa
                 await reopened.init_batch(name="other", tag="x", cap_buzz=1)
         finally:
             await reopened.close()
+
+
+async def test_plan_fingerprint_holds_only_at_the_generation_it_was_taken(store: Store) -> None:
+    """A retry or a cancel moves the batch to a new generation: the next run must plan."""
+    with anyio.fail_after(10):
+        assert await store.plan_is_current("fp") is None
+        await store.plan([cell(i) for i in range(3)], max_attempts=1)
+        await store.set_plan_fingerprint("fp")
+        known = await store.plan_is_current("fp")
+        assert known is not None
+        assert (known.added, known.kept, known.removed) == (0, 3, 0)
+        assert await store.plan_is_current("other") is None
+        await store.plan([cell(0)], max_attempts=1)  # anything that opens a generation
+        assert await store.plan_is_current("fp") is None

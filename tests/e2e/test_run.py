@@ -25,6 +25,7 @@ from runner.emulator import (
 from runner.emulator.service import Emulator
 from runner.errors import AuthError, FundsError
 from runner.manifest import Manifest, parse_manifest
+from runner.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
@@ -239,3 +240,30 @@ async def test_the_token_goes_to_api_routes_only(tmp_path: Path) -> None:
         api_calls = {r: n for r, n in requests["by_route"].items() if r not in signed}
         assert api_calls
         assert authorized == api_calls  # every API call, and only those, carried it
+
+
+async def test_a_resume_of_an_unchanged_manifest_skips_planning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-planning 100k cells is most of a resume's time; an unchanged manifest needs none,
+    an edited one is planned again."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1)
+        first, _ = await run(m, EmulatorConfig(time_scale=0))
+        assert (first.plan.added, first.plan.kept) == (6, 0)
+        real_plan = Store.plan
+        calls: list[int] = []
+
+        async def counting_plan(self: Store, *args: Any, **kw: Any) -> Any:
+            calls.append(1)
+            return await real_plan(self, *args, **kw)
+
+        monkeypatch.setattr(Store, "plan", counting_plan)
+        again, _ = await run(m, EmulatorConfig(time_scale=0))
+        assert calls == []
+        assert (again.plan.added, again.plan.kept, again.plan.removed) == (0, 6, 0)
+        edited = manifest(tmp_path, seeds=2)
+        grown, _ = await run(edited, EmulatorConfig(time_scale=0))
+        assert calls == [1]
+        assert (grown.plan.added, grown.plan.kept) == (6, 6)
+        assert grown.counts["succeeded"] == 12
