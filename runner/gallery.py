@@ -9,12 +9,10 @@ the default X and Y and the Buzz sums are `gallery_grid.py`'s.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 import anyio
 
@@ -24,7 +22,6 @@ from runner.files import atomic_write_bytes
 from runner.gallery_grid import (
     DEFAULT_STATES,
     GalleryCell,
-    GalleryImage,
     Grid,
     build_grid,
 )
@@ -53,71 +50,6 @@ class GalleryResult:
     total_buzz: int
 
 
-class _GalleryStore(Store):
-    """The store with the gallery's one read: every cell with its attempts and images.
-
-    The SQL sits here rather than in `store_reads.py` only to keep this change to its own
-    files; it belongs there, beside the other reads, and moves unchanged.
-    """
-
-    async def gallery_cells(self) -> list[GalleryCell]:
-        """Cells of the current manifest and any older cell with images, in grid order."""
-        cells = await self._rows(
-            "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
-            " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
-            " AS charged FROM cells c"
-            " WHERE c.generation = (SELECT generation FROM batch WHERE id = 1)"
-            " OR EXISTS (SELECT 1 FROM attempts b JOIN images i ON i.attempt_id = b.id"
-            " WHERE b.cell_key = c.key)"
-            " ORDER BY c.seq, c.replica, c.key"
-        )
-        latest: dict[str, tuple[int, str, str | None]] = {}
-        for key, attempt, state, workflow in await self._rows(
-            "SELECT cell_key, attempt, state, workflow_id FROM attempts"
-        ):
-            if key not in latest or attempt > latest[key][0]:
-                latest[key] = (attempt, state, workflow)
-        images: dict[str, list[GalleryImage]] = {}
-        for r in await self._rows(
-            "SELECT a.cell_key, a.attempt, a.workflow_id, i.idx, i.state, i.path, i.sha256,"
-            " i.size_bytes, i.width, i.height FROM images i"
-            " JOIN attempts a ON a.id = i.attempt_id ORDER BY a.cell_key, a.attempt, i.idx"
-        ):
-            images.setdefault(r[0], []).append(
-                GalleryImage(
-                    index=r[3],
-                    state=r[4],
-                    path=r[5],
-                    sha256=r[6],
-                    size_bytes=r[7],
-                    width=r[8],
-                    height=r[9],
-                    attempt=r[1],
-                    workflow_id=r[2],
-                )
-            )
-        return [
-            GalleryCell(
-                key=r[0],
-                seq=r[1],
-                replica=r[2],
-                model=r[3],
-                request=json.loads(r[4]),
-                vars=json.loads(r[5]),
-                estimate_buzz=r[6],
-                charged_buzz=r[7],
-                state=latest.get(r[0], (0, "planned", None))[1],
-                workflow_id=latest.get(r[0], (0, "planned", None))[2],
-                images=tuple(images.get(r[0], ())),
-            )
-            for r in cells
-        ]
-
-    async def _rows(self, sql: str) -> list[Any]:
-        async with self._lock, self._db.execute(sql) as cur:
-            return list(await cur.fetchall())
-
-
 async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
     """The batch's name and cells, from `out/batch.sqlite` opened read-only."""
     db = out / DB_NAME
@@ -126,8 +58,7 @@ async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
     if not await anyio.Path(db).is_file():
         raise NotABatch(f"{out} holds no {DB_NAME}: it is not a zbatch batch folder")
     try:
-        # `Store.open` builds `cls(...)`, so this is a _GalleryStore; its annotation says Store.
-        store = cast(_GalleryStore, await _GalleryStore.open(db, read_only=True))
+        store = await Store.open(db, read_only=True)
     except StoreError as exc:
         raise NotABatch(str(exc)) from exc
     async with store:

@@ -19,6 +19,7 @@ import aiosqlite
 import anyio
 
 from runner.errors import StoreError
+from runner.gallery_grid import GalleryCell, GalleryImage
 from runner.records import (
     Attempt,
     AttemptState,
@@ -367,6 +368,66 @@ class StoreReads:
             first_event_at=span[0] if span else None,
             last_event_at=span[1] if span else None,
         )
+
+    # -- reading for `zbatch gallery` -----------------------------------------------------
+
+    async def gallery_cells(self) -> list[GalleryCell]:
+        """Cells of the current manifest and any older cell with images, in grid order, each
+        with its latest attempt's state and every image of every attempt."""
+        cells = await self._rows(
+            "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
+            " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
+            " AS charged FROM cells c"
+            " WHERE c.generation = (SELECT generation FROM batch WHERE id = 1)"
+            " OR EXISTS (SELECT 1 FROM attempts b JOIN images i ON i.attempt_id = b.id"
+            " WHERE b.cell_key = c.key)"
+            " ORDER BY c.seq, c.replica, c.key"
+        )
+        latest: dict[str, tuple[int, str, str | None]] = {}
+        for key, attempt, state, workflow in await self._rows(
+            "SELECT cell_key, attempt, state, workflow_id FROM attempts"
+        ):
+            if key not in latest or attempt > latest[key][0]:
+                latest[key] = (attempt, state, workflow)
+        images: dict[str, list[GalleryImage]] = {}
+        for r in await self._rows(
+            "SELECT a.cell_key, a.attempt, a.workflow_id, i.idx, i.state, i.path, i.sha256,"
+            " i.size_bytes, i.width, i.height FROM images i"
+            " JOIN attempts a ON a.id = i.attempt_id ORDER BY a.cell_key, a.attempt, i.idx"
+        ):
+            images.setdefault(r[0], []).append(
+                GalleryImage(
+                    index=r[3],
+                    state=r[4],
+                    path=r[5],
+                    sha256=r[6],
+                    size_bytes=r[7],
+                    width=r[8],
+                    height=r[9],
+                    attempt=r[1],
+                    workflow_id=r[2],
+                )
+            )
+        return [
+            GalleryCell(
+                key=r[0],
+                seq=r[1],
+                replica=r[2],
+                model=r[3],
+                request=json.loads(r[4]),
+                vars=json.loads(r[5]),
+                estimate_buzz=r[6],
+                charged_buzz=r[7],
+                state=latest.get(r[0], (0, "planned", None))[1],
+                workflow_id=latest.get(r[0], (0, "planned", None))[2],
+                images=tuple(images.get(r[0], ())),
+            )
+            for r in cells
+        ]
+
+    async def _rows(self, sql: str) -> list[Any]:
+        async with self._lock, self._db.execute(sql) as cur:
+            return list(await cur.fetchall())
 
 
 def _dataset_images(rows: Iterable[aiosqlite.Row]) -> list[DatasetImage]:
