@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -253,6 +255,99 @@ def test_any_single_field_change_changes_the_key(field, value):
     assert base_key != cell_key("t", 0, request | {field: value})
     assert base_key != cell_key("u", 0, request)
     assert base_key != cell_key("t", 1, request)
+
+
+# --- pinned outputs: keys, seeds, externalIds and prices never change ---------------------
+
+# Templates with literal braces, quotes, a backslash and non-ASCII text; a LoRA axis; floats;
+# random seeds (pinned per replica); an exclude and two includes; repeat 2.
+PINNED_MANIFEST = """\
+name: pins-v1
+out: out
+budget: 100000
+seed_base: 7
+defaults: {size: 768x1344, negativePrompt: "blurry, {mood}"}
+models:
+  base: {cfgScale: 4.5, steps: 28}
+grid:
+  model: [turbo, base]
+  prompt: "Ein {animal} im {place} \u2014 \\"quoted\\" \\\\ {{literal}}"
+  vars:
+    animal: [Fuchs, \u732b]
+    place: [Wald, Schnee]
+    mood: [calm]
+  size: [512x512, 1024x1024]
+  cfgScale: [1, 2.5]
+  loras:
+    - {}
+    - {"urn:air:zImage:lora:civitai:2@3": 0.8, "urn:air:zImage:lora:civitai:1@1": 1}
+  quantity: [1, 3]
+exclude:
+  - {model: base, animal: \u732b, quantity: 3}
+include:
+  - {model: base, prompt: "A heron at dawn", seed: 7, steps: 33, negativePrompt: null}
+  - {prompt: "random seed include", mood: "grim"}
+repeat: 2
+"""
+
+
+def pinned_cells() -> list[Cell]:
+    return list(expand(parse_manifest(PINNED_MANIFEST, path=Path("jobs/pins.yaml"))))
+
+
+def _price(request: object) -> int:
+    assert isinstance(request, dict)
+    return zimage.price_buzz(
+        model=request["model"],
+        width=request["width"],
+        height=request["height"],
+        steps=request["steps"],
+        quantity=request["quantity"],
+    )
+
+
+def test_keys_seeds_external_ids_and_prices_are_pinned():
+    """What the code made before any optimization, byte for byte: a key, an externalId or a
+    price that moves would orphan every batch planned by an earlier zbatch."""
+    cells = pinned_cells()
+    assert len(cells) == 228
+    first, last = cells[0], cells[-1]
+    assert [c.key for c in cells[:3]] == [
+        "64e2e08a9c7287c7d160b88ea97cded8",
+        "b4577d72405897b35b0ee0a130547f44",
+        "27982e5b7463179cb1370a36a8dfd74b",
+    ]
+    assert first.external_id(1) == "zb-64e2e08a9c7287c7d160b88ea97cded8-a1"
+    assert first.request["seed"] == 769327706
+    assert first.request["prompt"] == 'Ein Fuchs im Wald \u2014 "quoted" \\ {literal}'
+    assert (last.key, last.request["seed"], last.vars) == (
+        "99d903462c9dc456e4bc71113ffbbb64",
+        3790510894,
+        {"mood": "grim"},
+    )
+    digest = hashlib.sha256()
+    for c in cells:
+        r = dict(c.request)
+        line = (
+            f"{c.key} {c.replica} {c.external_id(1)} {_price(r)} {json.dumps(c.step_input())}"
+            f" {list(r)} {json.dumps(r)} {json.dumps(dict(c.vars))}\n"
+        )
+        digest.update(line.encode())
+    assert digest.hexdigest() == "4812d84f3fb00cf676939c3a9a17ff4fde1083e987ecfd2d52457af394ae0b71"
+
+
+def test_the_documented_examples_keys_are_pinned():
+    """cabins.yaml: three cells' keys, externalIds, seeds and prices."""
+    cells = list(expand(load_manifest(MANIFESTS / "cabins.yaml")))
+    found = [
+        (c.key, c.external_id(2), c.request["seed"], _price(dict(c.request)))
+        for c in (cells[0], cells[17], cells[-1])
+    ]
+    assert found == [
+        ("f767a868fb29a258dff936ac313ffedc", "zb-f767a868fb29a258dff936ac313ffedc-a2", 1234, 9),
+        ("81c7ab1ed9c31616c7f74477e0acaa11", "zb-81c7ab1ed9c31616c7f74477e0acaa11-a2", 1235, 9),
+        ("29124afc915c0edf3969100d74d10349", "zb-29124afc915c0edf3969100d74d10349-a2", 7, 28),
+    ]
 
 
 # --- properties --------------------------------------------------------------------------

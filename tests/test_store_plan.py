@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -9,8 +10,11 @@ import anyio
 import pytest
 
 from runner import store as store_module
+from runner.batch import cell_rows
+from runner.manifest import parse_manifest
 from runner.records import CellRow, external_id_for
 from runner.store import Store
+from tests.test_grid import PINNED_MANIFEST
 
 
 def cell(n: int) -> CellRow:
@@ -66,3 +70,44 @@ async def test_plan_across_chunks_matches_one_row_at_a_time(
             '{"n":"7"}',
         )
     ]
+
+
+async def test_a_planned_batch_is_recorded_byte_for_byte_as_before(tmp_path: Path) -> None:
+    """The rows a plan writes (requests and vars as JSON text, prices, externalIds), pinned
+    from the code before the bulk plan was optimized: a resumed batch must find its cells."""
+    manifest = parse_manifest(PINNED_MANIFEST, path=tmp_path / "pins.yaml")
+    path = tmp_path / "batch.sqlite"
+    with anyio.fail_after(10):
+        async with await Store.open(path, now=lambda: "2026-01-01T00:00:00.000+00:00") as store:
+            await store.init_batch(name=manifest.name, tag="zbatch:pins-v1", cap_buzz=10**6)
+            result = await store.plan(cell_rows(manifest), max_attempts=3)
+    assert (result.added, result.kept, result.removed) == (228, 0, 0)
+    cells = rows(
+        path,
+        "SELECT key, seq, replica, model, request, vars, estimate_buzz, max_attempts, generation"
+        " FROM cells ORDER BY seq",
+    )
+    assert cells[0][4] == (
+        '{"cfgScale":1,"height":512,"loras":{},"model":"turbo","negativePrompt":"blurry, calm",'
+        '"outputFormat":"jpeg","prompt":"Ein Fuchs im Wald \\u2014 \\"quoted\\" \\\\ {literal}",'
+        '"quantity":1,"sampleMethod":"euler","schedule":"simple","seed":769327706,"steps":9,'
+        '"width":512}'
+    )
+    assert cells[0][5] == '{"animal":"Fuchs","mood":"calm","place":"Wald"}'
+    assert _sha256(cells) == "f117f549d409caf3eb9941cd9e716dbfa9fac45e1a2f2e1a7afb373044366189"
+    attempts = rows(
+        path,
+        "SELECT a.cell_key, a.attempt, a.external_id, a.state, a.updated_at"
+        " FROM attempts a JOIN cells c ON c.key = a.cell_key ORDER BY c.seq",
+    )
+    assert _sha256(attempts) == "fa4b062416e05b889f8d96a1d2046256f82ee5b92ffa399810a4da911d8da31a"
+    events = rows(
+        path,
+        "SELECT COUNT(*), COUNT(DISTINCT attempt_id) FROM events"
+        " WHERE to_state = 'planned' AND from_state IS NULL",
+    )
+    assert events == [(228, 228)]
+
+
+def _sha256(found: list[tuple[object, ...]]) -> str:
+    return hashlib.sha256(repr(found).encode()).hexdigest()
