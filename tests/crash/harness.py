@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -63,7 +63,7 @@ EXPIRE_FAULT: Mapping[str, Any] = {"step_expire": {"p": 0.05, "times": 3}}
 PROMPTS = ("a fox in the snow", "a red lighthouse at dusk", "a bowl of ramen")
 MANIFEST = """\
 name: {name}
-out: out
+out: {out}
 budget: {budget}
 seed_base: {seed}
 defaults: {{size: 64x64}}
@@ -90,6 +90,7 @@ class Scenario:
     faults: Mapping[str, Any] = field(default_factory=lambda: dict(FAULTS))
     kill_delay_s: tuple[float, float] = (0.05, 1.5)
     final_timeout_s: float = 120.0
+    out: str = "out"  # the batch's folder, relative to the round's folder
 
     @property
     def cells(self) -> int:
@@ -186,6 +187,7 @@ class EmulatorProcess:
         self.faults_path = faults_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.port = 0
         self._log: IO[bytes] | None = None
 
     def __enter__(self) -> Self:
@@ -215,6 +217,7 @@ class EmulatorProcess:
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=self._log)
         self.url = f"http://127.0.0.1:{port}"
+        self.port = port
         deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
             try:
@@ -259,6 +262,7 @@ def write_inputs(scenario: Scenario, workdir: Path) -> tuple[Path, Path]:
     manifest.write_text(
         MANIFEST.format(
             name=f"crash-{scenario.name}",
+            out=scenario.out,
             budget=scenario.cap_buzz,
             seed=scenario.seed,
             prompts=json.dumps(list(PROMPTS)),
@@ -280,15 +284,24 @@ class Runner:
         self.stdout = workdir / "run.stdout"
         self.stderr = workdir / "run.stderr"
 
-    def run(self, kill_after_s: float | None, *, timeout_s: float) -> int:
+    def run(
+        self,
+        kill_after_s: float | None,
+        *,
+        timeout_s: float,
+        on_start: Callable[[int], None] | None = None,
+    ) -> int:
         """One run, SIGKILLed after `kill_after_s` (None: left to finish); its exit code.
 
         A run left to finish that outlives `timeout_s` is killed too: the caller sees
-        `KILLED` and reports a hang.
+        `KILLED` and reports a hang. `on_start` gets the runner's pid as soon as it exists
+        (the torture matrix's proxy kills it from there).
         """
         wait_s = timeout_s if kill_after_s is None else kill_after_s
         with self.stdout.open("ab") as out, self.stderr.open("ab") as err:
             proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err)
+            if on_start is not None:
+                on_start(proc.pid)
             try:
                 return proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
@@ -306,7 +319,7 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
     workdir.mkdir(parents=True, exist_ok=True)
     report = Report(scenario)
     manifest, faults = write_inputs(scenario, workdir)
-    out = workdir / "out"
+    out = workdir / scenario.out
     account = account_of(scenario.token)
     rng = random.Random(scenario.seed)
     with EmulatorProcess(
@@ -321,7 +334,7 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
                 report.early_exits += 1
             else:
                 report.violations.append(f"run {report.kills + report.early_exits}: exit {rc}")
-            _check_instant(report, emulator.state(), out, account, f"after kill {report.kills}")
+            check_instant(report, emulator.state(), out, account, f"after kill {report.kills}")
         rc = runner.run(None, timeout_s=scenario.final_timeout_s)
         report.final_rc = rc
         expected = EXIT_CAP if scenario.binding else EXIT_DONE
@@ -330,8 +343,8 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
         elif rc != expected:
             report.violations.append(f"the final run exited {rc}, expected {expected}")
         state = emulator.state()
-        _check_instant(report, state, out, account, "at the end")
-        _check_end(report, state, out, account)
+        check_instant(report, state, out, account, "at the end")
+        check_end(report, state, out, account)
         before = state["workflow_count"]
         rc = runner.run(None, timeout_s=scenario.final_timeout_s)
         after = emulator.state()["workflow_count"]
@@ -345,7 +358,7 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
     return report
 
 
-def _check_instant(
+def check_instant(
     report: Report, state: Mapping[str, Any], out: Path, account: str, when: str
 ) -> None:
     record = read_record(out, scratch=out.parent / "snapshot")
@@ -354,7 +367,7 @@ def _check_instant(
     report.violations += [f"{when}: {p}" for p in problems]
 
 
-def _check_end(report: Report, state: Mapping[str, Any], out: Path, account: str) -> None:
+def check_end(report: Report, state: Mapping[str, Any], out: Path, account: str) -> None:
     if account not in state["accounts"]:
         report.violations.append("at the end: the sentinel token never reached the service")
     record = read_record(out, scratch=out.parent / "snapshot")
