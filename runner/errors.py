@@ -12,10 +12,22 @@
     - AuthError                   exit 3   401/403: the run stops, nothing is lost
     - FundsError                  exit 3   402, or a 400/403 naming insufficient Buzz: stops
   + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
-  + StoreError                    exit 1   illegal state transition, database lock held
+  + StoreError                    exit 1   an illegal state transition
+    - BatchUnusable               exit 7   OUT/batch.sqlite cannot be used as it is now
+      . BatchInUse                         another zbatch holds the batch lock
+      . DatabaseLocked                     another program holds SQLite's lock past busy_timeout
+      . DatabaseDamaged                    not a database, truncated or malformed: `--adopt`
+      . NewerSchema                        written by a newer zbatch: upgrade zbatch
+  + LocalDiskError                exit 6   the disk refused a write (or a read): an I/O error
+    - DiskFull                             ENOSPC, EDQUOT, SQLITE_FULL: free space, run again
+    - ReadOnlyDisk                         EROFS, SQLITE_READONLY: remount, or another out
   + UsageError                    exit 2   a flag, environment variable or folder is wrong
     - OutFolderError                       `zbatch run`'s output folder is unsafe or unwritable
 ```
+
+The local machine's failures (exit 6 and 7) are translated from `OSError` and
+`sqlite3.Error` in one place, `runner/local_faults.py`; each leaves a record the same
+command continues from once the cause is fixed (docs/reliability.md, "The local machine").
 
 A message says what is wrong, where, and what is allowed. No message, str() or repr() of any
 of these ever holds the API token: `api.py` builds them from the method, a redacted URL, the
@@ -125,7 +137,50 @@ class CapReached(ZbatchError):
 
 
 class StoreError(ZbatchError):
-    """The database refused a transition (wrong state) or is locked by another runner."""
+    """The database refused a transition (wrong state), or cannot be used (`BatchUnusable`)."""
+
+
+class BatchUnusable(StoreError):
+    """OUT/batch.sqlite cannot be used as it is now; nothing in it was changed."""
+
+    exit_code: ClassVar[int] = 7
+
+
+class BatchInUse(BatchUnusable):
+    """Another zbatch (run, retry, cancel, verify --repair) holds the batch's lock."""
+
+
+class DatabaseLocked(BatchUnusable):
+    """Another program held SQLite's lock on the database for longer than busy_timeout."""
+
+
+class DatabaseDamaged(BatchUnusable):
+    """The file is not a SQLite database, is truncated, or its pages are malformed.
+
+    `detail` is what was found (SQLite's message, or what the header says).
+    """
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class NewerSchema(BatchUnusable):
+    """The database was written by a newer zbatch: its schema is past what this one knows."""
+
+
+class LocalDiskError(ZbatchError):
+    """The disk refused a write (or a read) of the batch's folder; the record stays whole."""
+
+    exit_code: ClassVar[int] = 6
+
+
+class DiskFull(LocalDiskError):
+    """No space left (ENOSPC, EDQUOT, SQLITE_FULL): free some, then run the command again."""
+
+
+class ReadOnlyDisk(LocalDiskError):
+    """The folder is on a read-only filesystem (EROFS, SQLITE_READONLY)."""
 
 
 class UsageError(ZbatchError):

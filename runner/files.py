@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from runner.errors import StoreError
+from runner.errors import BatchInUse
+from runner.local_faults import disk_error
 from runner.private_files import open_private
 
 
@@ -57,21 +58,45 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees the old file or the whole new one, never half.
 
     The parent folder is created if needed. After a crash at any point, `path` holds either
-    its previous content or `data`; a stray `.tmp` file may remain and is harmless.
+    its previous content or `data`; a stray `.tmp` file may remain and is harmless. When the
+    disk refuses (full, read-only, an I/O error) the temp file is removed, `path` is left as
+    it was, and a `LocalDiskError` naming the folder and its free space is raised.
     """
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        translated = disk_error(exc, path.parent, f"writing {path.name}")
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd` (unbuffered: a full disk fails here, not at close).
+
+    The write boundary of images: tests inject ENOSPC here where they cannot mount a small
+    filesystem (tests/diskfull.py).
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def remove_stray_temps(folder: Path, *, recursive: bool = True) -> int:
@@ -157,14 +182,21 @@ class BatchLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = open_private(self.path, os.O_RDWR)
+        try:
+            fd = open_private(self.path, os.O_RDWR)
+        except OSError as exc:
+            translated = disk_error(exc, self.path.parent, f"creating {self.path.name}")
+            if translated is None:
+                raise
+            raise translated from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise StoreError(
+            raise BatchInUse(
                 f"{self.path.parent} is in use by {holder}: one runner per batch at a time"
+                " (let it finish, or stop it with Ctrl-C, then run again)"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}@{socket.gethostname()}".encode(), 0)

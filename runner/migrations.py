@@ -1,10 +1,16 @@
 """The batch database's schema as numbered migrations; `store.py` applies them in order.
 
 `PRAGMA user_version` holds how many have run. Append a new string to change the schema;
-never edit one that has shipped.
+never edit one that has shipped. A database whose version is past `SCHEMA_VERSION` was
+written by a newer zbatch: it is refused (`newer_schema`) before anything in it changes,
+since this zbatch cannot know what the newer columns and states mean.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from runner.errors import NewerSchema
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -80,3 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def newer_schema(path: Path, version: int) -> NewerSchema:
+    """The refusal of a database at schema `version` > `SCHEMA_VERSION`."""
+    return NewerSchema(
+        f"{path.name} was written by a newer zbatch (schema {version}, this zbatch knows up to"
+        f" {SCHEMA_VERSION}); upgrade zbatch ({path} was left as it was)"
+    )

@@ -31,10 +31,13 @@ from typing import Any, Self
 
 import aiosqlite
 import anyio
+import structlog
 
-from runner.errors import StoreError
-from runner.files import BatchLock
-from runner.migrations import MIGRATIONS, SCHEMA_VERSION
+from runner import local_faults
+from runner.errors import DatabaseDamaged, LocalDiskError, StoreError
+from runner.files import BatchLock, fsync_dir
+from runner.local_faults import damaged, database_error, disk_error
+from runner.migrations import MIGRATIONS, SCHEMA_VERSION, newer_schema
 from runner.private_files import create_private
 from runner.records import (
     RETRYABLE_OUTCOMES,
@@ -47,6 +50,7 @@ from runner.records import (
 )
 from runner.store_ops import StoreOps  # operations: retry, cancel, verify, adopt
 
+log = structlog.get_logger(__name__)
 PLAN_CHUNK = 20_000  # cells a transaction; fewer, larger commits rewrite fewer index pages
 
 
@@ -54,24 +58,90 @@ _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",  # an intent is on disk before its network call
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
-)
+)  # and PRAGMA busy_timeout, first of all (`local_faults.BUSY_TIMEOUT_MS`)
 
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+
+
+def header_problem(path: Path) -> str | None:
+    """What is wrong with the database file at `path` by its 100-byte header, or None.
+
+    Cheap (one read), for every open: a file that is not SQLite, or that is shorter than
+    the page count its header records (truncated by a copy, a full disk, a bad sync).
+    Missing or empty is a new database. With a write-ahead log beside it the file may
+    lawfully be shorter (pages not yet checkpointed), so only its magic is checked then.
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    if not header.startswith(_SQLITE_MAGIC):
+        if _SQLITE_MAGIC.startswith(header):  # shorter than the magic, and a prefix of it
+            return f"truncated to {size} bytes"
+        return f"not an SQLite database: it starts with {header[:16]!r}"
+    if len(header) < _HEADER_BYTES:
+        return f"truncated to {size} bytes"
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the page count is trusted only then
+    if valid and pages * page_size > size:
+        return f"truncated: {size} bytes of the {pages * page_size} its header records"
+    return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged database and its -wal / -shm to `<name>.damaged-<UTC time>`; return
+    the new name. Kept, never deleted: whatever can be read from it stays readable."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("-wal", "-shm", ""):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + suffix))
+    fsync_dir(path.parent)
+    return aside
+
+
+def _disk_error(exc: OSError, path: Path, doing: str) -> LocalDiskError | OSError:
+    return disk_error(exc, path.parent, doing) or exc
+
+
+async def _run(db: aiosqlite.Connection, sql: str) -> list[Any]:
+    async with db.execute(sql) as cur:
+        return list(await cur.fetchall())
+
+
 class Store(StoreOps):  # StoreOps extends StoreReads
     """The batch database. Open with `await Store.open(path)`; use as an async context manager."""
 
     def __init__(
-        self, db: aiosqlite.Connection, lock: BatchLock | None, now: Callable[[], str]
+        self,
+        db: aiosqlite.Connection,
+        lock: BatchLock | None,
+        now: Callable[[], str],
+        path: Path | None = None,
     ) -> None:
         self._db = db
+        self._path = path
         self._batch_lock = lock
         self._lock = anyio.Lock()  # one connection: one transaction or read at a time
         self._now = now
+        self.set_aside: Path | None = None  # where a damaged database was moved (--adopt)
+        self.read_only = False  # a reader (`open(read_only=True)`): a write is a bug here
 
     @classmethod
     async def open(
@@ -80,37 +150,91 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         *,
         lock: bool = True,
         read_only: bool = False,
+        set_aside_damaged: bool = False,
         now: Callable[[], str] = _utc_now,
     ) -> Store:
         """Open (creating and migrating) the database at `path`; take the batch lock if asked.
 
         `read_only=True` (for `zbatch status`) opens an existing database as a reader only:
         no lock, no migration, no write; it works while a run holds the batch.
+
+        A database that cannot be used is refused before anything in it changes, each with
+        its own error (runner/local_faults.py): `DatabaseDamaged` (not SQLite, truncated,
+        malformed), `NewerSchema`, `DatabaseLocked` (another program held SQLite's lock past
+        busy_timeout), `BatchInUse`, `DiskFull` / `ReadOnlyDisk`. With `set_aside_damaged`
+        (`zbatch run --adopt`) the whole database is checked (`PRAGMA quick_check`) and a
+        damaged one is renamed aside, never deleted (`set_aside`), and a new one is made.
         """
         if read_only:
             return await cls._open_read_only(path, now)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _disk_error(exc, path, "creating the output folder") from exc
         batch_lock = BatchLock(path) if lock else None
         if batch_lock is not None:
             batch_lock.acquire()
+        try:
+            problem = await anyio.to_thread.run_sync(header_problem, path)
+            if problem is None:
+                try:
+                    return await cls._connect(path, batch_lock, now, check=set_aside_damaged)
+                except DatabaseDamaged as exc:
+                    if not set_aside_damaged:
+                        raise
+                    problem = exc.detail
+            elif not set_aside_damaged:
+                raise damaged(str(path), problem)
+            aside = await anyio.to_thread.run_sync(set_aside, path)
+            log.warning("damaged_database_set_aside", problem=problem, moved_to=str(aside))
+            store = await cls._connect(path, batch_lock, now, check=False)
+            store.set_aside = aside
+        except BaseException:
+            if batch_lock is not None:
+                batch_lock.release()
+            raise
+        return store
+
+    @classmethod
+    async def _connect(
+        cls, path: Path, batch_lock: BatchLock | None, now: Callable[[], str], *, check: bool
+    ) -> Store:
+        """Connect, refuse a newer schema before changing anything, set the pragmas, migrate."""
         db: aiosqlite.Connection | None = None
         try:
-            create_private(path)  # 0600; SQLite gives -wal and -shm the same mode
+            try:
+                create_private(path)  # 0600; SQLite gives -wal and -shm the same mode
+            except OSError as exc:
+                raise _disk_error(exc, path, f"creating {path.name}") from exc
             db = await aiosqlite.connect(path, isolation_level=None)
             db.row_factory = aiosqlite.Row
+            # First only reads: the schema version (a newer zbatch's file is left untouched)
+            # and, when asked, every page.
+            await _run(db, f"PRAGMA busy_timeout={local_faults.BUSY_TIMEOUT_MS}")
+            version = int((await _run(db, "PRAGMA user_version"))[0][0])
+            if version > SCHEMA_VERSION:
+                raise newer_schema(path, version)
+            if check:
+                verdict = [str(r[0]) for r in await _run(db, "PRAGMA quick_check(5)")]
+                if verdict != ["ok"]:
+                    raise damaged(str(path), "; ".join(verdict))
             for pragma in _PRAGMAS:
                 # Closed at once: `journal_mode` answers a row, and a statement left open
                 # until the garbage collector finalizes it counts as a write in progress,
                 # which makes a later COMMIT fail ("SQL statements in progress").
-                async with db.execute(pragma) as cur:
-                    await cur.fetchall()
-            store = cls(db, batch_lock, now)
+                await _run(db, pragma)
+            store = cls(db, batch_lock, now, path)
             await store._migrate()
+        except sqlite3.Error as exc:
+            if db is not None:
+                await db.close()
+            translated = database_error(exc, path)
+            if translated is None:
+                raise
+            raise translated from exc
         except BaseException:
             if db is not None:
                 await db.close()
-            if batch_lock is not None:
-                batch_lock.release()
             raise
         return store
 
@@ -123,7 +247,7 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
-            async with db.execute("PRAGMA busy_timeout=5000") as cur:
+            async with db.execute(f"PRAGMA busy_timeout={local_faults.BUSY_TIMEOUT_MS}") as cur:
                 await cur.fetchall()
             async with db.execute("PRAGMA user_version") as cur:
                 row = await cur.fetchone()
@@ -138,11 +262,15 @@ class Store(StoreOps):  # StoreOps extends StoreReads
             await db.close()
             if version == 0:
                 raise StoreError(f"{path} is not a zbatch batch database (no zbatch schema)")
-            fix = "upgrade zbatch" if version > SCHEMA_VERSION else "run `zbatch run` to migrate"
+            if version > SCHEMA_VERSION:
+                raise newer_schema(path, version)
             raise StoreError(
-                f"{path} has schema version {version}, this zbatch reads {SCHEMA_VERSION}: {fix}"
+                f"{path} has schema version {version}, this zbatch reads {SCHEMA_VERSION}:"
+                " run `zbatch run` to migrate"
             )
-        return cls(db, None, now)
+        reader = cls(db, None, now, path)
+        reader.read_only = True
+        return reader
 
     async def close(self) -> None:
         """Close the connection and release the batch lock, even when the caller is cancelled."""
@@ -168,11 +296,8 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         async with self._lock, self._db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the batch database has schema version {version}; this zbatch knows up to "
-                f"{SCHEMA_VERSION}: upgrade zbatch"
-            )
+        if version > SCHEMA_VERSION:  # another zbatch upgraded it since _connect looked
+            raise newer_schema(self._path or Path("batch.sqlite"), version)
         for number in range(version, SCHEMA_VERSION):
             # executescript commits whatever is open first, so the script is its own
             # transaction: the schema change and the version bump land together or not at all.
@@ -191,18 +316,38 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         """Run `fn(db)` inside one BEGIN IMMEDIATE transaction; roll back on any error.
 
         Shielded from cancellation: a transition that has begun commits or rolls back whole,
-        even when Ctrl-C cancels the task that asked for it.
+        even when Ctrl-C cancels the task that asked for it. A failure of the machine (the
+        disk full at COMMIT, another program's lock past busy_timeout, a damaged page)
+        leaves nothing of the transaction and is raised as its zbatch error
+        (runner/local_faults.py): a caller that records an intent before a network call
+        never makes that call unless the intent is on disk.
         """
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                await self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    result = await fn(self._db)
-                except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    raise
-                await self._db.execute("COMMIT")
+                    await self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = await fn(self._db)
+                        await self._commit()
+                    except BaseException:
+                        if self._db.in_transaction:  # SQLite may have rolled back already
+                            await self._db.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as exc:
+                    translated = None if self.read_only else database_error(exc, self.path)
+                    if translated is None:
+                        raise
+                    raise translated from exc
                 return result
+
+    async def _commit(self) -> None:
+        """COMMIT: the write boundary of the database (tests inject SQLITE_FULL here)."""
+        await self._db.execute("COMMIT")
+
+    @property
+    def path(self) -> Path | None:
+        """The database file (None for an in-memory one)."""
+        return self._path
 
     async def _event(
         self,

@@ -167,5 +167,5 @@ async def test_cancel_while_a_runner_holds_the_batch_is_a_clear_error(
         async with await Store.open(tmp_path / "batch.sqlite") as held:
             await held.init_batch(name="t", tag="zbatch:t", cap_buzz=10)
             code = await anyio.to_thread.run_sync(main, ["cancel", str(tmp_path)])
-    assert code == 1
+    assert code == 7  # BatchInUse: docs/reliability.md, "The local machine"
     assert "is in use by pid" in capsys.readouterr().err
