@@ -14,24 +14,15 @@ from pathlib import Path
 from tests.crash.harness import (
     EXIT_CAP,
     EXIT_DONE,
-    Scenario,
     capped_scenario,
     open_scenario,
     run_scenario,
 )
 
 
-def steady(scenario: Scenario) -> Scenario:
-    """The scenario without `slow`, which holds an answer while a step fails: the emulator
-    then answers `failed` before it posts the refund and the ledger keeps the price
-    (docs/states.md, "The crash test"). `make torture` keeps it; the suite waits for the fix.
-    """
-    return replace(scenario, faults={k: v for k, v in scenario.faults.items() if k != "slow"})
-
-
 def test_sigkill_loses_no_image_and_submits_no_attempt_twice(tmp_path: Path) -> None:
     """Eight kills under faults, then a run to the end: every cell resolved, images verified."""
-    report = run_scenario(steady(open_scenario("open", seed=11, kills=8)), tmp_path)
+    report = run_scenario(open_scenario("open", seed=11, kills=8), tmp_path)
     assert report.violations == []
     assert report.kills >= 6, "most runs should be killed mid-work, not finish first"
     assert report.duplicates == 0
@@ -45,7 +36,7 @@ def test_sigkill_loses_no_image_and_submits_no_attempt_twice(tmp_path: Path) -> 
 
 def test_sigkill_with_a_binding_cap_never_spends_past_it(tmp_path: Path) -> None:
     """The cap binds mid-batch while kills land: spending stops at the cap, exit 4, resumable."""
-    report = run_scenario(steady(capped_scenario("capped", seed=12, kills=8)), tmp_path)
+    report = run_scenario(capped_scenario("capped", seed=12, kills=8), tmp_path)
     cap = report.scenario.cap_buzz
     assert report.violations == []
     assert report.kills >= 6
@@ -59,7 +50,7 @@ def test_sigkill_with_a_binding_cap_never_spends_past_it(tmp_path: Path) -> None
 
 def test_token_appears_in_no_file_and_no_output(tmp_path: Path) -> None:
     """A sentinel token reaches the service yet shows up in no file under OUT, log or output."""
-    scenario = replace(steady(open_scenario("token", seed=13, kills=2)), seeds_per_prompt=1)
+    scenario = replace(open_scenario("token", seed=13, kills=2), seeds_per_prompt=1)
     report = run_scenario(scenario, tmp_path)
     assert report.violations == []  # includes "the token reached the service" and the search
     assert report.cells == 12
