@@ -59,6 +59,7 @@ class RunOutcome:
     unsubmitted_buzz: int  # their estimated cost
     adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
     canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
+    set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
 
 
 def batch_tag(name: str) -> str:
@@ -138,7 +139,9 @@ async def run_batch(
         runtime_scale=runtime_scale,
         **dict(tuning or {}),
     )
-    async with await Store.open(out / DB_NAME) as store:
+    # --adopt rebuilds the record from the service, so a damaged database is moved aside
+    # (kept) rather than refused (docs/reliability.md, "The local machine").
+    async with await Store.open(out / DB_NAME, set_aside_damaged=overrides.adopt) as store:
         await store.init_batch(
             name=manifest.name,
             tag=config.tag,
@@ -185,6 +188,7 @@ async def run_batch(
             unsubmitted_buzz=unsubmitted_buzz,
             adopted=adopted,
             canceled_at=canceled_at,
+            set_aside=store.set_aside,
         )
 
 
@@ -203,7 +207,7 @@ async def drive(
     async with anyio.create_task_group() as tg:
         if progress is not None:
             tg.start_soon(progress, engine, cells)
-        tg.start_soon(keep_dataset_current, engine.store, out, captions)
+        tg.start_soon(keep_dataset_current, engine, captions)
         try:
             stats = await engine.run(handle_signals=handle_signals)
         except ZbatchError as exc:
@@ -217,14 +221,23 @@ async def drive(
     return stats
 
 
-async def keep_dataset_current(store: Store, out: Path, captions: str) -> None:
+async def keep_dataset_current(engine: Engine, captions: str) -> None:
     """Rewrite the dataset every DATASET_EVERY_S, or 20 times its last duration when longer
-    (a refresh of a million rows takes seconds: it must never crowd out the run)."""
+    (a refresh of a million rows takes seconds: it must never crowd out the run).
+
+    A disk that refuses the refresh (full, read-only) stops the run as a refused image
+    would: images written now could not be listed, and the next would fail the same way.
+    """
+    store, out = engine.store, engine.config.out_dir
     every_s = DATASET_EVERY_S
     while True:
         await anyio.sleep(every_s)
         started = anyio.current_time()
-        await refresh_dataset(store, out, captions=captions)
+        try:
+            await refresh_dataset(store, out, captions=captions)
+        except ZbatchError as exc:
+            engine.fail(exc)
+            return
         every_s = max(DATASET_EVERY_S, 20 * (anyio.current_time() - started))
 
 

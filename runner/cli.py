@@ -1,7 +1,9 @@
 """Command-line entry point `zbatch`: argument parsing, subcommands and exit codes; no logic.
 
 Exit codes: 0 done, 1 unexpected error, 2 usage or manifest error, 3 auth or funds,
-4 Buzz cap reached, 130 interrupted; `zbatch plan` exits 3 when the plan is over budget.
+4 Buzz cap reached, 5 `zbatch verify` found damage, 6 the disk is full or read-only (or
+failed), 7 the batch database cannot be used (in use, locked by another program, damaged,
+or from a newer zbatch), 130 interrupted; `zbatch plan` exits 3 when the plan is over budget.
 Results go to stdout; logs and progress to stderr (`main` configures logging for that).
 """
 
@@ -115,9 +117,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     Refuses an existing output folder that every user may write to (docs/reliability.md),
     unless --allow-shared-out; batch.sqlite and log.jsonl are created readable by you only.
 
+    A full or read-only disk stops the run before it submits more (exit 6); a batch.sqlite
+    locked by another program, damaged, or written by a newer zbatch is refused untouched
+    (exit 7). Fix the cause and run again: nothing is lost. With --adopt, a damaged
+    batch.sqlite is moved aside (kept) and rebuilt from the service (docs/reliability.md).
+
     Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
     Exit codes: 0 done; 2 invalid manifest, flag or output folder; 3 auth or funds; 4 the
-    Buzz cap stopped the batch (resumable with a larger --budget); 130 interrupted;
+    Buzz cap stopped the batch (resumable with a larger --budget); 6 the disk is full,
+    read-only or failed; 7 batch.sqlite in use, locked, damaged or newer; 130 interrupted;
     1 unexpected.
 
     Example:
@@ -157,6 +165,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         emulator=emulator,
         progress=None if args.quiet else show_progress,
     )
+    if outcome.set_aside is not None:
+        print(
+            f"set aside   the damaged {manifest.out / 'batch.sqlite'} is now"
+            f" {outcome.set_aside} (kept); the record was rebuilt from the service"
+        )
     print(render_summary(outcome, out=manifest.out))
     if outcome.adopted is not None:  # operations: --adopt
         from runner.adopt import render_adoption
@@ -795,6 +808,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # flush of stdout as well (the recipe in Python's signal module docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception as exc:  # the machine's failures (a disk, the database), unwrapped
+        from runner.local_faults import translate
+
+        found = translate(exc)
+        if found is None:
+            raise
+        print(f"zbatch: error: {found}", file=sys.stderr)
+        return type(found).exit_code
     return code
 
 

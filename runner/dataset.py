@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import structlog
 
 from runner.errors import StoreError
 from runner.files import fsync_dir
+from runner.local_faults import disk_error
 from runner.store import Store
 from runner.store_reads import DatasetImage
 
+log = structlog.get_logger(__name__)
 METADATA_NAME = "metadata.jsonl"
 CAPTIONS = ("none", "txt")
 
@@ -134,13 +137,29 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
     and sha256 is copied as it was (same columns), so only new images are rendered and
     have their captions checked. `rebuild=True` renders every row and checks every caption
     (once at the end of a run, say).
+
+    A row is rendered only for an image whose file is there: one deleted under the run is
+    left out (a loader would fail on it) with a warning that names `zbatch verify OUT
+    --repair`. A disk that refuses the file raises `DiskFull` / `ReadOnlyDisk`, and the
+    previous file stays as it was.
     """
     if captions not in CAPTIONS:
         raise ValueError(f"captions {captions!r} is not one of {', '.join(CAPTIONS)}")
+    try:
+        return await _refresh(store, out, captions=captions, rebuild=rebuild)
+    except OSError as exc:  # the disk refused metadata.jsonl or a caption
+        translated = disk_error(exc, out, f"writing {METADATA_NAME}")
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> int:
     target = out / METADATA_NAME
     writer = await anyio.to_thread.run_sync(AtomicTextFile.create, target)
     previous: PreviousLines | None = None
     rows = 0
+    missing = [0]  # rendered rows whose image file is gone: left out
     try:
         async with store.reader() as snapshot:
             names = await snapshot.var_names()
@@ -150,7 +169,7 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
             async with aclosing(snapshot.dataset_images(("downloaded",))) as chunks:
                 async for chunk in chunks:
                     write = functools.partial(
-                        _write_chunk, writer, chunk, names, out, captions, previous
+                        _write_chunk, writer, chunk, names, out, captions, previous, missing
                     )
                     rows += await anyio.to_thread.run_sync(write)
         await anyio.to_thread.run_sync(writer.commit)
@@ -160,6 +179,13 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
     finally:
         if previous is not None:
             previous.close()
+    if missing[0]:
+        log.warning(
+            "dataset_images_missing",
+            count=missing[0],
+            left_out_of=METADATA_NAME,
+            repair=f"zbatch verify {out} --repair",
+        )
     return rows
 
 
@@ -170,6 +196,7 @@ def _write_chunk(
     out: Path,
     captions: str,
     previous: PreviousLines | None,
+    missing: list[int],
 ) -> int:
     lines = []
     for image in chunk:
@@ -178,6 +205,9 @@ def _write_chunk(
         kept = previous.take(image.path, image.sha256) if previous is not None else None
         if kept is not None:
             lines.append(kept)
+            continue
+        if not (out / image.path).is_file():  # deleted under the run: `verify --repair`
+            missing[0] += 1
             continue
         row = metadata_row(image, names)
         lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -292,8 +322,12 @@ class AtomicTextFile:
         fsync_dir(self.target.parent)
 
     def abort(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.handle.close()  # flushes: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _create_exclusive(path: Path, mode: str) -> IO[Any]:

@@ -23,8 +23,16 @@ from anyio.abc import TaskGroup
 from runner import zimage
 from runner.api import Client
 from runner.downloader import Downloader
-from runner.errors import ApiError, AuthError, FundsError, RejectedError, RetryableError
+from runner.errors import (
+    ApiError,
+    AuthError,
+    FundsError,
+    RejectedError,
+    RetryableError,
+    ZbatchError,
+)
 from runner.limits import Backoff, RateLimiter, retrying
+from runner.local_faults import translate
 from runner.models import Workflow, WorkflowStatus
 from runner.poller import Poller, refund_pending
 from runner.records import Attempt, AttemptState, ImageOutcome
@@ -95,16 +103,27 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = False) -> RunStats:
-        """Run until every cell is finished and every image is on disk, or a stop."""
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(self._watch_signals, tg)
-            await self._resume(tg)
-            tg.start_soon(self._submitter, tg)
-            tg.start_soon(self.poller.run)
-            tg.start_soon(self.downloader.run, tg)
-            await self._wait_done()
-            tg.cancel_scope.cancel()
+        """Run until every cell is finished and every image is on disk, or a stop.
+
+        A failure of the machine (the disk full or read-only, the database locked or
+        damaged) stops the run like an auth error: nothing more is submitted, and it is
+        raised as its zbatch error (`runner.local_faults`), never as an exception group.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(self._watch_signals, tg)
+                await self._resume(tg)
+                tg.start_soon(self._submitter, tg)
+                tg.start_soon(self.poller.run)
+                tg.start_soon(self.downloader.run, tg)
+                await self._wait_done()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # a task ended with an error (a download's disk)
+            found = translate(group, db=self.store.path)
+            if found is None:
+                raise
+            self.fail(found)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
@@ -190,8 +209,8 @@ class Engine:
                 for attempt in batch:
                     if not await self._start_one(tg, attempt):
                         return
-        except ApiError as exc:  # auth or funds on a whatif: stop, nothing is lost
-            self.fail(exc)
+        except ZbatchError as exc:  # auth or funds on a whatif, or the database refused an
+            self.fail(exc)  # intent: stop, nothing is lost (an intent not on disk is not sent)
         finally:
             self.submitting_done = True
             self.wake()
@@ -243,6 +262,12 @@ class Engine:
         return max(attempt.estimate_buzz, self._prices[shape])
 
     async def _submit(self, attempt: Attempt) -> None:
+        try:
+            await self._submit_and_record(attempt)
+        except ZbatchError as exc:  # the disk or the database refused the record: the
+            self.fail(exc)  # attempt stays submitting; the next run resubmits its externalId
+
+    async def _submit_and_record(self, attempt: Attempt) -> None:
         steps = [{"$type": "imageGen", "input": zimage.step_input(attempt.request)}]
         metadata = {"zbatch": {"cell": attempt.cell_key, "attempt": attempt.attempt}}
 

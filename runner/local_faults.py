@@ -148,19 +148,19 @@ def _nearly_full(folder: Path) -> bool:
     return got is not None and got[0] < NEARLY_FULL_BYTES
 
 
-def translate(exc: BaseException) -> ZbatchError | None:
+def translate(exc: BaseException, *, db: Path | None = None) -> ZbatchError | None:
     """What the CLI should report for `exc`: itself when a ZbatchError, the translation of a
-    disk or database error, the first such inside an exception group whose every error is
-    one; else None (an unexpected error: let it be a traceback)."""
+    disk or database error (`db`: the batch database, when known), the first such inside an
+    exception group whose every error is one; else None (unexpected: let it be a traceback)."""
     if isinstance(exc, ZbatchError):
         return exc
     if isinstance(exc, sqlite3.Error):
-        return database_error(exc, None)
+        return database_error(exc, db)
     if isinstance(exc, OSError):
         folder = Path(exc.filename) if isinstance(exc.filename, str) else Path(".")
         return disk_error(exc, folder.parent if exc.filename else folder, "writing")
     if isinstance(exc, BaseExceptionGroup):
-        found = [translate(e) for e in exc.exceptions]
+        found = [translate(e, db=db) for e in exc.exceptions]
         if found and all(f is not None for f in found):
             return found[0]
     return None

@@ -7,7 +7,9 @@ record of what was paid for. ``--allow-shared-out`` accepts such a folder on pur
 group-writable folder is allowed: team folders are group-writable by design, and the group
 is a choice its owner made. A folder that does not exist yet is fine: the run creates it
 with the user's umask. A folder the user cannot write to is refused here too, by name,
-rather than as a traceback from the first write.
+rather than as a traceback from the first write. So is a folder (or, for one to be made,
+its nearest existing parent) on a read-only filesystem: `ReadOnlyDisk`, exit 6, before
+anything is written or spent (root may write anywhere, but not there).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import stat
 from pathlib import Path
 
-from runner.errors import OutFolderError
+from runner.errors import OutFolderError, ReadOnlyDisk
 
 
 def check_out_folder(out: Path, *, allow_shared: bool = False) -> None:
@@ -24,6 +26,7 @@ def check_out_folder(out: Path, *, allow_shared: bool = False) -> None:
     try:
         info = out.stat()
     except FileNotFoundError:
+        _check_parent(out)
         return
     except OSError as exc:
         message = f"{out} cannot be used as the output folder ({exc.strerror})"
@@ -37,8 +40,37 @@ def check_out_folder(out: Path, *, allow_shared: bool = False) -> None:
             f" its images or its batch record. Fix: chmod o-w {out}, or pass --allow-shared-out"
             " if the folder is shared on purpose"
         )
+    _refuse_read_only(out, out)
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutFolderError(
             f"{out} is not writable by you (mode {mode:04o}): fix its permissions"
             " or choose another out folder in the manifest"
+        )
+
+
+def _check_parent(out: Path) -> None:
+    """`out` is to be made: its nearest existing parent must take a new folder."""
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return  # a file on the way: the first mkdir names it
+    _refuse_read_only(out, parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutFolderError(
+            f"{out} cannot be created: {parent} is not writable by you; fix its permissions"
+            " or choose another out folder in the manifest"
+        )
+
+
+def _refuse_read_only(out: Path, folder: Path) -> None:
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return
+    if read_only:
+        where = "is" if folder == out else f"would be made in {folder}, which is"
+        raise ReadOnlyDisk(
+            f"{out} {where} on a read-only filesystem: remount it read-write or choose"
+            " another out folder in the manifest (nothing was written or spent)"
         )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from runner.errors import ApiError, NotFoundError
+from runner.errors import NotFoundError, ZbatchError
 from runner.limits import retrying
 from runner.models import Workflow, WorkflowPage, WorkflowStatus
 from runner.records import Attempt
@@ -92,7 +92,7 @@ class Poller:
                 else:
                     for watch in due:
                         await self._poll_one(watch)
-            except ApiError as exc:
+            except ZbatchError as exc:  # auth, funds; or the disk or database refused a record
                 self.engine.fail(exc)
                 return
 

@@ -70,16 +70,19 @@ class VerifyReport:
         return self.damaged == self.repaired
 
 
-def hash_file(path: Path) -> tuple[str, int] | None:
-    """The sha256 and size of `path`, streamed; None when there is no such file. Blocking."""
+def hash_file(path: Path) -> tuple[str, int] | str | None:
+    """The sha256 and size of `path`, streamed; None when there is no such file, or why it
+    cannot be read (permissions, an I/O error). Blocking."""
     digest, size = hashlib.sha256(), 0
     try:
         with path.open("rb") as handle:
             while chunk := handle.read(CHUNK_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
     return digest.hexdigest(), size
 
 
@@ -131,6 +134,8 @@ async def _check(
 
     if got is None:
         results[n] = damage("missing", "no such file")
+    elif isinstance(got, str):
+        results[n] = damage("corrupt", f"cannot be read: {got}")
     elif got[1] != image.size_bytes:
         results[n] = damage("corrupt", f"{got[1]} bytes, recorded {image.size_bytes}")
     elif got[0] != image.sha256:

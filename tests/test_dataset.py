@@ -26,6 +26,7 @@ from runner.dataset import (
     write_caption,
 )
 from runner.emulator import EmulatorConfig, EmulatorTransport, FaultProfile, make_app
+from runner.errors import DiskFull
 from runner.manifest import Manifest, parse_manifest
 from runner.store import Store
 from runner.store_reads import DatasetImage
@@ -274,7 +275,7 @@ async def test_a_failed_refresh_leaves_the_old_file_intact(
             return flat_row(row)
 
         monkeypatch.setattr("runner.dataset.flat_row", failing)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(DiskFull, match="is full .* while writing metadata.jsonl"):
             await refresh(m.out, captions="none")
         assert (m.out / METADATA_NAME).read_text() == '{"file_name": "old"}\n'
         assert not list(m.out.glob(".*.tmp"))
