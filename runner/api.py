@@ -12,19 +12,25 @@ async with Client() as api:            # token from $CIVITAI_API_TOKEN
 The token goes to the API origin only (`_BearerAuth` checks every request), never to blob or
 download URLs; API calls do not follow redirects, so it cannot cross to another origin either.
 No message, `str`, `repr` or log line holds it: messages are built from the method, a
-redacted URL, the status and the service's text, scrubbed of the token.
+redacted URL, the status and the service's text, scrubbed of the token. TLS certificates are
+always verified (httpx's default; nothing here turns it off, `tests/test_api.py` greps).
 
-Every failure becomes an `ApiError` in one place, `runner/http_errors.py`.
+Every failure becomes an `ApiError` in one place, `runner/http_errors.py`. Hostile answers
+are refused, not trusted: every call has an overall deadline (body included, so a drip that
+never ends is cut), bodies have a size limit, an answer that is not JSON or not the expected
+shape is retried and, `max_unusable_answers` times in a row for one request, stops the run;
+downloads follow at most `MAX_REDIRECTS` redirects, never from https to plain http.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Collection, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -33,9 +39,25 @@ import structlog
 
 from runner import __version__
 from runner.errors import ApiError, AuthError
-from runner.http_errors import TOKEN_ENV, body_error, parse_body, read_limited, translate
+from runner.http_errors import (
+    TOKEN_ENV,
+    UnusableAnswerError,
+    body_error,
+    parse_body,
+    read_limited,
+    scrub,
+    translate,
+)
 from runner.log import redact_url
-from runner.models import Blob, Workflow, WorkflowPage, parse_blob, parse_page, parse_workflow
+from runner.models import (
+    Blob,
+    Workflow,
+    WorkflowPage,
+    WorkflowStatus,
+    parse_blob,
+    parse_page,
+    parse_workflow,
+)
 
 __all__ = [
     "BASE_URL_ENV",
@@ -52,6 +74,11 @@ DEFAULT_BASE_URL: Final = "https://orchestration.civitai.com"
 BASE_URL_ENV: Final = "CIVITAI_API_BASE_URL"
 MAX_WAIT_S: Final = 90  # the service times requests out at 100 s (civitai-api.md §1)
 DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
+DEFAULT_MAX_UNUSABLE_ANSWERS: Final = 5
+DEFAULT_MAX_UNKNOWN_STATUS: Final = 10
+MAX_REDIRECTS: Final = 5
+
+T = TypeVar("T")
 
 _EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
@@ -88,7 +115,12 @@ class Client:
     `base_url` defaults to `$CIVITAI_API_BASE_URL`, then `DEFAULT_BASE_URL`; `token` to
     `$CIVITAI_API_TOKEN` (missing: `AuthError`). `timeout_s` bounds each connect/read/write;
     a whole call (connect, server wait, body) gets `wait_s + 2 * timeout_s` (downloads
-    `4 * timeout_s`). API bodies larger than `max_response_bytes` are refused.
+    `4 * timeout_s`). API bodies larger than `max_response_bytes` are refused. An answer that
+    cannot be used (`UnusableAnswerError`: not JSON, the wrong shape, too big, a redirect) is
+    retryable until `max_unusable_answers` of them come in a row for the same request; that
+    one raises a plain `ApiError`, which stops a run. A workflow whose status is none the
+    client knows is not terminal (`WorkflowStatus.UNKNOWN`: looked at again); the
+    `max_unknown_status`-th such answer in a row for one workflow raises an `ApiError` too.
     """
 
     def __init__(
@@ -99,6 +131,8 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 30.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_unusable_answers: int = DEFAULT_MAX_UNUSABLE_ANSWERS,
+        max_unknown_status: int = DEFAULT_MAX_UNKNOWN_STATUS,
     ) -> None:
         base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         url = httpx.URL(base)
@@ -115,6 +149,10 @@ class Client:
         self.base_url = base
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
+        self.max_unusable_answers = max(1, max_unusable_answers)
+        self._unusable: dict[str, int] = {}  # request -> unusable answers in a row
+        self.max_unknown_status = max(1, max_unknown_status)
+        self._unknown: dict[str, int] = {}  # workflow id -> unknown statuses in a row
         self._secrets = (secret,)
         self._auth = _BearerAuth(secret, _origin(url))
         self._http = httpx.AsyncClient(
@@ -183,19 +221,23 @@ class Client:
         if currencies is not None:
             body["currencies"] = list(currencies)
         params = httpx.QueryParams(wait=wait_s, whatif="true" if whatif else "false")
-        response, data = await self._call(
-            "POST", "/v2/consumer/workflows", params=params, json_body=body, wait_s=wait_s
+        return await self._parsed(
+            parse_workflow,
+            "POST",
+            "/v2/consumer/workflows",
+            params=params,
+            json_body=body,
+            wait_s=wait_s,
         )
-        return parse_body(response, data, parse_workflow, self._secrets)
 
     async def get(self, workflow_id: str, *, wait_s: int = 0) -> Workflow:
         """Fetch a workflow; with `wait_s` > 0 the service holds the call until it is terminal."""
         _check_wait(wait_s)
         params = httpx.QueryParams(wait=wait_s) if wait_s else None
-        response, data = await self._call(
-            "GET", f"/v2/consumer/workflows/{_segment(workflow_id)}", params=params, wait_s=wait_s
-        )
-        return parse_body(response, data, parse_workflow, self._secrets)
+        path = f"/v2/consumer/workflows/{_segment(workflow_id)}"
+        wf = await self._parsed(parse_workflow, "GET", path, params=params, wait_s=wait_s)
+        self._check_statuses((wf,))
+        return wf
 
     async def query(
         self,
@@ -224,10 +266,10 @@ class Client:
         ]
         if cursor:
             params.append(("cursor", cursor))
-        response, data = await self._call(
-            "GET", "/v2/consumer/workflows", params=httpx.QueryParams(params)
+        items, next_cursor = await self._parsed(
+            parse_page, "GET", "/v2/consumer/workflows", params=httpx.QueryParams(params)
         )
-        items, next_cursor = parse_body(response, data, parse_page, self._secrets)
+        self._check_statuses(items)
         if len(items) < take:
             next_cursor = None
         return WorkflowPage(items=items, next=next_cursor)
@@ -272,20 +314,24 @@ class Client:
 
     async def refresh_blob(self, blob_id: str) -> Blob:
         """A fresh signed URL for a blob (`POST …/blobs/{id}/refresh`); resets its 30-day TTL."""
-        response, data = await self._call("POST", f"/v2/consumer/blobs/{_segment(blob_id)}/refresh")
-        return parse_body(response, data, parse_blob, self._secrets)
+        return await self._parsed(
+            parse_blob, "POST", f"/v2/consumer/blobs/{_segment(blob_id)}/refresh"
+        )
 
     async def download(self, url: str, *, max_bytes: int) -> Download:
         """GET a blob URL without Authorization, following redirects, at most `max_bytes`.
 
         401/403 raise `UrlExpiredError` (refresh the blob), 404 `NotFoundError` (not rendered
-        yet, or gone); a body shorter than its Content-Length raises `RetryableError`.
+        yet, or gone); a body shorter or longer than its Content-Length `RetryableError`; a
+        body over `max_bytes`, more than `MAX_REDIRECTS` redirects, or a redirect from https
+        to plain http (or to anything but http/https) `UnusableAnswerError`. Redirects to
+        another host are followed (Civitai's blob URLs point at a CDN), never with the token.
         """
         if httpx.URL(url).scheme not in ("http", "https"):
             raise ValueError(f"download URL {redact_url(url)!r} is not http:// or https://")
         request = self._http.build_request("GET", url, headers={"Accept": "*/*"})
         response, content = await self._send(
-            request, auth=None, follow_redirects=True, max_bytes=max_bytes,
+            request, auth=None, max_redirects=MAX_REDIRECTS, max_bytes=max_bytes,
             deadline_s=4 * self.timeout_s,
         )  # fmt: skip
         if response.status_code != 200:
@@ -293,6 +339,63 @@ class Client:
         return Download(content=content, content_type=response.headers.get("Content-Type", ""))
 
     # -- plumbing ------------------------------------------------------------------------
+
+    async def _parsed(
+        self,
+        parser: Callable[[object], T],
+        method: str,
+        path: str,
+        *,
+        params: httpx.QueryParams | None = None,
+        json_body: object = None,
+        wait_s: int = 0,
+    ) -> T:
+        """One API call whose 2xx body `parser` reads; unusable answers are counted per
+        request, and the `max_unusable_answers`-th in a row becomes an `ApiError`."""
+        digest = hashlib.sha256(repr((method, path, str(params), json_body)).encode()).hexdigest()
+        try:
+            response, body = await self._call(
+                method, path, params=params, json_body=json_body, wait_s=wait_s
+            )
+            result = parse_body(response, body, parser, self._secrets)
+        except UnusableAnswerError as exc:
+            streak = self._unusable.pop(digest, 0) + 1
+            if streak < self.max_unusable_answers:
+                self._unusable[digest] = streak
+                raise
+            raise ApiError(
+                f"{exc}; {streak} unusable answers in a row to this request: zbatch stops "
+                "rather than guess (nothing is lost: `zbatch run` resumes the batch)",
+                status=exc.status,
+                method=exc.method,
+                url=exc.url,
+                detail=exc.detail,
+            ) from exc
+        self._unusable.pop(digest, None)
+        return result
+
+    def _check_statuses(self, workflows: Sequence[Workflow]) -> None:
+        """Count, per workflow, the answers in a row whose status is unknown; at
+        `max_unknown_status` raise an `ApiError` (stop the run) rather than wait forever."""
+        for wf in workflows:
+            if wf.id is None:
+                continue
+            if wf.status is not WorkflowStatus.UNKNOWN:
+                self._unknown.pop(wf.id, None)
+                continue
+            seen = self._unknown.get(wf.id, 0) + 1
+            raw = scrub(repr(wf.raw.get("status")), self._secrets)[:80]
+            log.warning("unknown_status", workflow=wf.id, status=raw, times=seen)
+            if seen < self.max_unknown_status:
+                self._unknown[wf.id] = seen
+                continue
+            self._unknown.pop(wf.id, None)
+            raise ApiError(
+                f"workflow {wf.id} reported the status {raw}, which zbatch does not know, "
+                f"{seen} times in a row: zbatch stops rather than guess whether it is "
+                "finished (nothing is lost: `zbatch run` resumes the batch and asks again)",
+                detail=f"unknown status {raw}",
+            )
 
     async def _call(
         self,
@@ -313,7 +416,7 @@ class Client:
             timeout=httpx.Timeout(self.timeout_s, read=self.timeout_s + wait_s),
         )
         response, body = await self._send(
-            request, auth=self._auth, follow_redirects=False, max_bytes=self.max_response_bytes,
+            request, auth=self._auth, max_redirects=0, max_bytes=self.max_response_bytes,
             deadline_s=wait_s + 2 * self.timeout_s,
         )  # fmt: skip
         if response.status_code not in ok:
@@ -325,21 +428,28 @@ class Client:
         request: httpx.Request,
         *,
         auth: httpx.Auth | None,
-        follow_redirects: bool,
+        max_redirects: int,
         max_bytes: int,
         deadline_s: float,
     ) -> tuple[httpx.Response, bytes]:
-        """Send, read at most `max_bytes` of the body, all within `deadline_s`."""
+        """Send, follow up to `max_redirects` redirects (`_next_hop` checks each), read at
+        most `max_bytes` of the body, all within `deadline_s`: one deadline for the whole
+        call, so a body that drips forever is cut, not only a read that stalls."""
         started_s = anyio.current_time()
         try:
             with anyio.fail_after(deadline_s):
-                response = await self._http.send(
-                    request, auth=auth, follow_redirects=follow_redirects, stream=True
-                )
-                try:
-                    body = await read_limited(response, max_bytes)
-                finally:
-                    await response.aclose()
+                for hop in range(max_redirects + 1):
+                    response = await self._http.send(
+                        request, auth=auth, follow_redirects=False, stream=True
+                    )
+                    try:
+                        if max_redirects and response.status_code in _REDIRECT_STATUSES:
+                            request = self._next_hop(response, hop, max_redirects)
+                            continue
+                        body = await read_limited(response, max_bytes)
+                    finally:
+                        await response.aclose()
+                    break
         except (httpx.HTTPError, TimeoutError) as exc:
             raise translate(
                 exc,
@@ -356,6 +466,31 @@ class Client:
             elapsed_ms=round((anyio.current_time() - started_s) * 1000),
         )
         return response, body
+
+    def _next_hop(self, response: httpx.Response, hop: int, max_redirects: int) -> httpx.Request:
+        """The request a download redirect asks for, if it may be followed.
+
+        Never more than `max_redirects`, never from https to plain http, never to a scheme
+        other than http(s). It carries no token (downloads never do) and no cookies.
+        """
+        location = response.headers.get("Location")
+        if not location:
+            raise body_error(response, "a redirect without a Location header", unusable=True)
+        target = response.request.url.join(location)
+        if hop >= max_redirects:
+            raise body_error(response, f"more than {max_redirects} redirects", unusable=True)
+        if target.scheme not in ("http", "https"):
+            raise body_error(
+                response, f"a redirect to {target.scheme}: refused (http or https only)",
+                unusable=True,
+            )  # fmt: skip
+        if response.request.url.scheme == "https" and target.scheme == "http":
+            shown = redact_url(target)
+            raise body_error(
+                response, f"a redirect from https to plain http ({shown}): refused",
+                unusable=True,
+            )  # fmt: skip
+        return self._http.build_request("GET", target, headers={"Accept": "*/*"})
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:

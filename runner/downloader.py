@@ -2,15 +2,18 @@
 
 A feeder hands `pending` images from the store to `downloads` workers. A worker fetches the
 signed URL without the token, refreshing it through the workflow (or the blob route) when it
-has expired; checks the bytes decode as an image of the requested size within the byte
-limit; writes them to a path made only from the cell key and image index (temp, fsync,
-rename, directory fsync); then records path, sha256 and size. `lost` is recorded only when
-the service no longer has the blob, or the bytes stay wrong after every try.
+has expired; checks the bytes (`check_image`: the requested format and exact size read from
+the header before a pixel is decoded, so a decompression bomb is refused unopened; then a
+full decode within the byte limit); writes them to a path made only from the cell key and
+image index (temp, fsync, rename, directory fsync); then records path, sha256 and size.
+`lost` is recorded only when the service no longer has the blob, or the bytes stay wrong
+after every try.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -19,6 +22,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
+from PIL import Image
 
 from runner.api import Client
 from runner.errors import ApiError, NotFoundError, RetryableError, UrlExpiredError
@@ -34,6 +38,37 @@ log = structlog.get_logger(__name__)
 MAX_TRIES = 8
 
 ImageKey = tuple[int, int]  # (attempt id, image index)
+# The formats an image may come in: Pillow parses nothing else (its other plugins are
+# attack surface we have no use for), and it must be the one the request asked for.
+PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webP": "WEBP"}
+
+
+def check_image(
+    data: bytes, *, width: int, height: int, output_format: str, max_bytes: int
+) -> VerifiedImage:
+    """Refuse bytes that are not the requested image, cheapest checks first.
+
+    The header must name `output_format` and exactly `width` x `height`: a decompression
+    bomb (a small file declaring millions of pixels, past Pillow's `MAX_IMAGE_PIXELS` or
+    merely past the size asked for) and an image of the wrong size are refused here, before
+    any pixel is decoded. Then `verify_image` decodes every byte. Raises `InvalidImage`.
+    Blocking: run it through `anyio.to_thread.run_sync`.
+    """
+    if len(data) > max_bytes:
+        raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
+    expected = PILLOW_FORMATS.get(output_format, output_format)
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
+            got_format, (got_w, got_h) = img.format, img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"a decompression bomb, refused undecoded: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"bytes are not a JPEG, PNG or WebP image: {exc}") from exc
+    if got_format != expected:
+        raise InvalidImage(f"image is {got_format}, expected {expected}")
+    if (got_w, got_h) != (width, height):
+        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
+    return verify_image(data, width=width, height=height, max_bytes=max_bytes)
 
 
 @dataclass(frozen=True)
@@ -72,6 +107,7 @@ class ImageFetcher:
         """
         key = (item.attempt_id, item.index)
         width, height = int(item.request["width"]), int(item.request["height"])
+        fmt = str(item.request.get("outputFormat") or "jpeg")
         problem = "no usable URL"
         expired = False
         for tries in range(MAX_TRIES):
@@ -86,10 +122,11 @@ class ImageFetcher:
                     raise InvalidImage(f"Content-Type is {got.content_type or 'missing'}")
                 info = await anyio.to_thread.run_sync(
                     functools.partial(
-                        verify_image,
+                        check_image,
                         got.content,
                         width=width,
                         height=height,
+                        output_format=fmt,
                         max_bytes=self.max_bytes,
                     )
                 )

@@ -10,10 +10,13 @@
   names insufficient Buzz/funds -> `FundsError`; other 400 -> `RejectedError(errors)`;
   401/403 -> `AuthError` (`UrlExpiredError` from a signed blob URL); 404 -> `NotFoundError`;
   any other status the call does not expect (3xx, 409, …) -> `ApiError`.
-- Body: a 2xx that is not JSON, or shorter than its Content-Length -> `RetryableError` (a
-  proxy page or a cut connection; every call is safe to repeat: a GET, or a submit with its
-  externalId). JSON of the wrong shape, or a body over the byte limit -> `ApiError` (the
-  same request gets the same answer).
+- Body: a 2xx shorter or longer than its Content-Length -> `RetryableError` (a cut
+  connection, a lying header). A 2xx that is not JSON, JSON of the wrong shape, a body over
+  the byte limit, a redirect where none is expected -> `UnusableAnswerError`, a
+  `RetryableError` (a proxy's page, a half-deployed service; every call is safe to repeat:
+  a GET, or a submit with its externalId); `Client` turns the Nth in a row for one request
+  into an `ApiError` that stops the run (the service has changed, or is broken: guessing
+  would be worse than stopping).
 """
 
 from __future__ import annotations
@@ -46,18 +49,26 @@ _NEVER_HEALS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.TooMa
 _DETAIL_MAX_CHARS: Final = 500
 
 
+class UnusableAnswerError(RetryableError):
+    """An answer that cannot be used: a 2xx that is not JSON, the wrong shape, over the size
+    limit, or a redirect where none is expected. Retried like a 5xx; `Client` stops after
+    `max_unusable_answers` in a row for the same request (docs/reliability.md)."""
+
+
 async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     """The body, checked against `max_bytes` and Content-Length (error bodies: truncated)."""
     declared = _content_length(response)
     if response.is_success and declared is not None and declared > max_bytes:
-        raise body_error(response, f"the body ({declared} bytes) exceeds {max_bytes} bytes")
+        raise body_error(
+            response, f"the body ({declared} bytes) exceeds {max_bytes} bytes", unusable=True
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
             if response.is_success:
-                raise body_error(response, f"the body exceeds {max_bytes} bytes")
+                raise body_error(response, f"the body exceeds {max_bytes} bytes", unusable=True)
             break  # an error body: its first max_bytes say enough
         chunks.append(chunk)
     else:
@@ -75,9 +86,13 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def body_error(response: httpx.Response, text: str, *, retryable: bool = False) -> ApiError:
+def body_error(
+    response: httpx.Response, text: str, *, retryable: bool = False, unusable: bool = False
+) -> ApiError:
+    """An error about `response`'s body: `unusable` (an `UnusableAnswerError`), `retryable`
+    (a `RetryableError`), or else a plain `ApiError`."""
     method, shown = response.request.method, redact_url(response.request.url)
-    kind = RetryableError if retryable else ApiError
+    kind = UnusableAnswerError if unusable else RetryableError if retryable else ApiError
     return kind(
         f"{method} {shown} -> {response.status_code}: {text}",
         status=response.status_code,
@@ -108,7 +123,7 @@ def translate(
         if isinstance(source, TimeoutError):
             text = f"no complete answer within the deadline of {deadline_s or 0:g} s"
             return RetryableError(f"{method} {shown}: {text}", **where)
-        text = _scrub(f"{type(source).__name__}: {source}".rstrip(": "), secrets)
+        text = scrub(f"{type(source).__name__}: {source}".rstrip(": "), secrets)
         if isinstance(source, _NEVER_HEALS) or not isinstance(source, httpx.HTTPError):
             return ApiError(f"{method} {shown}: {text}", detail=text, **where)
         return RetryableError(f"{method} {shown}: {text}", detail=text, **where)
@@ -116,10 +131,8 @@ def translate(
     status = source.status_code
     method, shown = source.request.method, redact_url(source.request.url)
     problem = parse_problem(body)
-    detail = _scrub(problem.text, secrets)
-    errors = {
-        _scrub(k, secrets): [_scrub(m, secrets) for m in v] for k, v in problem.errors.items()
-    }
+    detail = scrub(problem.text, secrets)
+    errors = {scrub(k, secrets): [scrub(m, secrets) for m in v] for k, v in problem.errors.items()}
     message = f"{method} {shown} -> {status} {source.reason_phrase}".rstrip()
     if detail:
         message += f": {detail}"
@@ -142,6 +155,10 @@ def translate(
         return AuthError(f"{message} (check {TOKEN_ENV} and what the key may do)", **kw)
     if status == 404:
         return NotFoundError(message, **kw)
+    if 300 <= status < 400:
+        location = source.headers.get("Location", "")
+        shown_to = redact_url(source.request.url.join(location)) if location else "nowhere"
+        return UnusableAnswerError(f"{message} (an unexpected redirect to {shown_to})", **kw)
     return ApiError(message, **kw)
 
 
@@ -151,14 +168,14 @@ def parse_body(
     parser: Callable[[object], T],
     secrets: Sequence[str],
 ) -> T:
-    """Decode a success body with `parser`; not JSON is retryable, a wrong shape is not."""
+    """Decode a success body with `parser`; not JSON or the wrong shape: `UnusableAnswerError`."""
     method, shown = response.request.method, redact_url(response.request.url)
     where: dict[str, Any] = {"status": response.status_code, "method": method, "url": shown}
     try:
         data = json.loads(body)
     except ValueError as exc:
         kind = response.headers.get("Content-Type", "no Content-Type")
-        raise RetryableError(
+        raise UnusableAnswerError(
             f"{method} {shown} -> {response.status_code}: the body is not JSON "
             f"({kind}, {len(body)} bytes)",
             **where,
@@ -166,15 +183,15 @@ def parse_body(
     try:
         return parser(data)
     except ShapeError as exc:
-        text = _scrub(str(exc), secrets)
-        raise ApiError(
+        text = scrub(str(exc), secrets)
+        raise UnusableAnswerError(
             f"{method} {shown} -> {response.status_code}: unexpected answer: {text}",
             detail=text,
             **where,
         ) from exc
 
 
-def _scrub(text: str, secrets: Sequence[str]) -> str:
+def scrub(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     text = redact(text)

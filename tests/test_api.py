@@ -24,6 +24,7 @@ from runner.errors import (
     RetryableError,
     UrlExpiredError,
 )
+from runner.http_errors import UnusableAnswerError
 from runner.log import redact_url
 from runner.models import WorkflowStatus, parse_retry_after
 
@@ -171,7 +172,8 @@ CASES = [
     (404, problem(404, "Not Found", "Workflow wf-1 not found"), {}, NotFoundError, None, None,
      "wf-1 not found"),
     (409, problem(409, "Conflict"), {}, ApiError, None, None, "409 Conflict"),
-    (307, "", {"Location": "https://elsewhere.test/"}, ApiError, None, None, "307"),
+    (307, "", {"Location": "https://elsewhere.test/"}, UnusableAnswerError, None, None,
+     "unexpected redirect to https://elsewhere.test/"),
 ]  # fmt: skip
 
 
@@ -248,19 +250,55 @@ async def test_overall_deadline_is_retryable():
 
 
 @pytest.mark.parametrize(
-    ("response", "kind"),
+    ("response", "text"),
     [
-        (httpx.Response(200, text="<html>gateway</html>"), RetryableError),
-        (httpx.Response(200, json=["not", "a", "workflow"]), ApiError),
-        (httpx.Response(200, json={"id": "x"}), ApiError),
-        (httpx.Response(200, json={"status": "succeeded", "steps": "nope"}), ApiError),
+        (httpx.Response(200, text="<html>gateway</html>"), "the body is not JSON"),
+        (httpx.Response(200, json=["not", "a", "workflow"]), "workflow is not a JSON object"),
+        (httpx.Response(200, json={"id": "x"}), "workflow has no string 'status'"),
+        (httpx.Response(200, json={"status": "succeeded", "steps": "nope"}),
+         "workflow.steps is not a JSON array"),
     ],
-)
-async def test_bad_success_body(response, kind):
-    """Not JSON on a 2xx is retryable (a proxy page); JSON of the wrong shape is not."""
+)  # fmt: skip
+async def test_bad_success_body(response, text):
+    """Not JSON on a 2xx (a proxy page) and JSON of the wrong shape are unusable answers:
+    retryable, saying what was wrong."""
     error = await call_get(answer(response))
-    assert type(error) is kind
+    assert type(error) is UnusableAnswerError
+    assert error.retryable
     assert "200" in str(error)
+    assert text in str(error)
+
+
+async def test_unusable_answers_in_a_row_stop_at_the_limit():
+    """The Nth unusable answer in a row to the same request is a plain ApiError (stop the
+    run); a good answer between resets the count, and other requests count apart."""
+    bad = {"wf-1": 0}
+    good = httpx.Response(200, json=SUCCEEDED)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/wf-1") and bad["wf-1"] > 0:
+            bad["wf-1"] -= 1
+            return httpx.Response(200, json={"data": []})
+        return good
+
+    with anyio.fail_after(5):
+        async with client_for(handler, max_unusable_answers=3) as api:
+            bad["wf-1"] = 2
+            for _ in range(2):
+                with pytest.raises(UnusableAnswerError):
+                    await api.get("wf-1")
+            await api.get("wf-1")  # good: the streak resets
+            bad["wf-1"] = 10
+            for _ in range(2):
+                with pytest.raises(UnusableAnswerError):
+                    await api.get("wf-1")
+                await api.get("wf-2")  # another request does not reset wf-1's streak
+            with pytest.raises(ApiError) as info:
+                await api.get("wf-1")
+    assert type(info.value) is ApiError
+    assert not info.value.retryable
+    assert "3 unusable answers in a row" in str(info.value)
+    assert "zbatch run` resumes" in str(info.value)
 
 
 async def test_short_body_against_content_length_is_retryable():
@@ -272,11 +310,11 @@ async def test_short_body_against_content_length_is_retryable():
 
 
 async def test_api_body_over_limit_is_refused():
-    """An API answer larger than max_response_bytes is an ApiError, not a memory blow-up."""
+    """An API answer larger than max_response_bytes is unusable, not a memory blow-up."""
     with anyio.fail_after(5):
         async with client_for(answer(httpx.Response(200, json=SUCCEEDED)),
                               max_response_bytes=100) as api:  # fmt: skip
-            with pytest.raises(ApiError, match="exceeds 100 bytes"):
+            with pytest.raises(UnusableAnswerError, match="exceeds 100 bytes"):
                 await api.get("wf-1")
 
 
@@ -361,7 +399,7 @@ async def test_api_redirect_to_another_host_is_not_followed():
         return httpx.Response(307, headers={"Location": "https://evil.test/steal"})
 
     error = await call_get(handler)
-    assert type(error) is ApiError
+    assert type(error) is UnusableAnswerError  # retried like a 5xx, never followed
     assert hosts == ["orchestration.test"]
 
 
@@ -763,7 +801,7 @@ async def test_download_follows_redirects():
 
 @pytest.mark.parametrize("declared", [True, False])
 async def test_download_byte_limit(declared):
-    """More bytes than max_bytes is an ApiError, whether declared up front or streamed."""
+    """More bytes than max_bytes is unusable, whether declared up front or streamed."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(2):
@@ -772,9 +810,43 @@ async def test_download_byte_limit(declared):
     response = httpx.Response(200, content=b"x" * 2000 if declared else chunks())
     with pytest.raises(ApiError, match="exceeds 1000 bytes") as info:
         await download(answer(response))
-    assert type(info.value) is ApiError
+    assert type(info.value) is UnusableAnswerError
     assert "[REDACTED]" in str(info.value)
     assert "sig=abc" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("location", "text"),
+    [
+        ("http://cdn.test/content/x", "from https to plain http"),
+        ("ftp://cdn.test/content/x", "a redirect to ftp: refused"),
+        ("file:///etc/passwd", "a redirect to file: refused"),
+    ],
+)
+async def test_download_refuses_a_downgrade_or_another_scheme(location, text):
+    """A redirect from an https blob URL to plain http, or to any scheme but http(s), is
+    refused before it is sent: an unusable answer (the fetcher asks for a fresh URL)."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(308, headers={"Location": location})
+
+    with pytest.raises(UnusableAnswerError, match=text):
+        await download(handler)
+    assert len(seen) == 1  # the refused hop was never requested
+
+
+async def test_download_follows_at_most_five_redirects():
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"Location": f"/hop/{len(seen)}"})
+
+    with pytest.raises(UnusableAnswerError, match="more than 5 redirects"):
+        await download(handler)
+    assert len(seen) == 6
 
 
 async def test_download_short_body_is_retryable():

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner.emulator import content
+from runner.emulator import content, hostile
 from runner.emulator.clock import Clock, ManualClock
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.problems import Problem, validation_problem
@@ -93,10 +93,31 @@ async def _json_body(request: Request) -> object:
         raise validation_problem({"$": [f"The request body is not valid JSON: {exc}."]}) from None
 
 
-def _reply(reply: Reply) -> Response:
+def _reply(request: Request, reply: Reply) -> Response:
     if reply.drop:
         return DroppedResponse(json.dumps(reply.body).encode("utf-8"), status_code=reply.status)
+    if reply.fault is not None:
+        return _hostile(request, reply.fault, reply.status, reply.body)
     return JSONResponse(reply.body, status_code=reply.status)
+
+
+def _hostile(request: Request, kind: str, status: int, body: object) -> Response:
+    service = _service(request)
+    path_qs = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return hostile.hostile_reply(
+        kind,
+        status,
+        body,
+        profile=service.config.faults,
+        clock=service.clock,
+        path_qs=path_qs,
+        cdn_base_url=service.config.cdn_base_url,
+    )
+
+
+def _content_base(request: Request) -> str:
+    """Where content URLs point: the CDN origin when one is configured, else this one."""
+    return _service(request).config.cdn_base_url or _base_url(request)
 
 
 async def submit_workflow(request: Request) -> Response:
@@ -109,7 +130,7 @@ async def submit_workflow(request: Request) -> Response:
         wait_s=float(_int(request, "wait", 0) or 0),
         whatif=_bool(request, "whatif", False),
     )
-    return _reply(reply)
+    return _reply(request, reply)
 
 
 async def get_workflow(request: Request) -> Response:
@@ -117,7 +138,7 @@ async def get_workflow(request: Request) -> Response:
     wait_s = float(_int(request, "wait", 0) or 0)
     wf_id = request.path_params["workflowId"]
     reply = await _service(request).get(account, wf_id, base_url=_base_url(request), wait_s=wait_s)
-    return _reply(reply)
+    return _reply(request, reply)
 
 
 async def query_workflows_route(request: Request) -> Response:
@@ -137,6 +158,10 @@ async def query_workflows_route(request: Request) -> Response:
     )
     _bool(request, "hideMatureContent", True)  # validated; every emulated image is "pg"
     page = query_workflows(service, account, params, base_url=_base_url(request))
+    page["items"] = [hostile.unknown_status(service.faults, item) for item in page["items"]]
+    fault = hostile.draw_read_fault(service.faults, f"query:{account}")
+    if fault is not None:
+        return _hostile(request, fault, 200, page)
     return JSONResponse(page)
 
 
@@ -184,7 +209,9 @@ async def get_blob(request: Request) -> Response:
     sig = request.query_params.get("sig")
     if sig is not None:
         exp = request.query_params.get("exp", "")
-        location = content.redirect_signed(service, blob_id, exp, sig, _base_url(request))
+        location = content.redirect_signed(service, blob_id, exp, sig, _content_base(request))
+        if service.faults.fires("blob_redirect_plain_http", blob_id):
+            location = "http://" + location.partition("://")[2]  # a downgrade from https
         return RedirectResponse(location, status_code=308)
     account = _account(request, "read")
     if request.method == "HEAD":
@@ -192,7 +219,7 @@ async def get_blob(request: Request) -> Response:
         if record.account != account:
             raise Problem(404, f"Blob {blob_id!r} was not found.")
         return Response(status_code=204)
-    location = content.redirect_owned(service, account, blob_id, _base_url(request))
+    location = content.redirect_owned(service, account, blob_id, _content_base(request))
     return RedirectResponse(location, status_code=308)
 
 
@@ -204,6 +231,8 @@ async def refresh_blob(request: Request) -> Response:
 
 async def blob_content(request: Request) -> Response:
     found = await content.serve_content(_service(request), request.path_params["encryptedToken"])
+    if found.declared_length is not None:
+        return hostile.LyingLengthResponse(found.data, found.media_type, found.declared_length)
     return Response(found.data, media_type=found.media_type)
 
 
@@ -240,9 +269,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 
 class RequestCounter:
-    """ASGI middleware: counts every answered request per route and status code, and those
-    that carried an Authorization header (never its value), so tests can prove where the
-    token went."""
+    """ASGI middleware: counts every answered request per route and status code, and per
+    host (the Host header: the API's origin, or the CDN's), with how many of each carried an
+    Authorization header (never its value), so tests can prove where the token went."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -265,9 +294,13 @@ class RequestCounter:
             label = f"{scope['method']} {getattr(route, 'path', 'unmatched')}"
             if b"sig=" in scope.get("query_string", b""):
                 label += " (signed)"  # a signed blob URL: a token sent here is a leak
-            authorized = any(name == b"authorization" for name, _ in scope.get("headers", []))
+            headers = dict(scope.get("headers", []))
+            authorized = b"authorization" in headers
+            host = headers.get(b"host", b"").decode("latin-1") or "(no Host header)"
             emulator: Emulator = scope["app"].state.emulator
-            emulator.record_request(label, sent[0] if sent else 500, authorized=authorized)
+            emulator.record_request(
+                label, sent[0] if sent else 500, authorized=authorized, host=host
+            )
 
 
 ROUTES = [

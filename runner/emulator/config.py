@@ -18,6 +18,8 @@ from runner.emulator.clock import DEFAULT_EPOCH_UNIX_S
 
 CURRENCIES = ("blue", "green", "yellow", "fakeRed")
 DEFAULT_BALANCE: Mapping[str, int] = {"blue": 100, "green": 0, "yellow": 1_000_000}
+# Where "another host" is when no `cdn_base_url` is set: `.invalid` never resolves (RFC 2606).
+OTHER_HOST_URL = "http://other-host.invalid"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class FaultRule:
 
     `statuses` are the HTTP codes a 5xx fault picks from (seeded; None = the kind's default:
     502 for `submit_5xx_after`, else 500/502/503); `delay_s` is how long a `slow` answer is
-    held; `fraction` is how much of the body `blob_truncate` keeps.
+    held, and the pause between two bytes of a `read_drip`; `fraction` is how much of the
+    body `blob_truncate` keeps; `size_bytes` is how big a `read_huge_body` is.
     """
 
     p: float = 0.0
@@ -42,9 +45,10 @@ class FaultRule:
     statuses: tuple[int, ...] | None = None
     delay_s: float = 2.0
     fraction: float = 0.5
+    size_bytes: int = 64 * 1024 * 1024
 
 
-FAULT_KINDS = (
+SERVICE_FAULT_KINDS = (
     "submit_5xx_before",
     "submit_5xx_after",
     "submit_drop_after",
@@ -56,6 +60,22 @@ FAULT_KINDS = (
     "blob_truncate",
     "blob_corrupt",
 )
+# Hostile answers (issue 9): a broken proxy, a changed API, a bad CDN. The runner must refuse
+# them, not trust them (docs/reliability.md, "Hostile responses").
+HOSTILE_FAULT_KINDS = (
+    "read_malformed_json",
+    "read_wrong_shape",
+    "read_unknown_status",
+    "read_huge_body",
+    "read_drip",
+    "read_redirect_other_host",
+    "blob_redirect_plain_http",
+    "blob_not_image",
+    "blob_bomb",
+    "blob_wrong_size",
+    "blob_lying_length",
+)
+FAULT_KINDS = SERVICE_FAULT_KINDS + HOSTILE_FAULT_KINDS
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,17 @@ class FaultProfile:
     blob_5xx: FaultRule = FaultRule()
     blob_truncate: FaultRule = FaultRule()
     blob_corrupt: FaultRule = FaultRule()
+    read_malformed_json: FaultRule = FaultRule()
+    read_wrong_shape: FaultRule = FaultRule()
+    read_unknown_status: FaultRule = FaultRule()
+    read_huge_body: FaultRule = FaultRule()
+    read_drip: FaultRule = FaultRule()
+    read_redirect_other_host: FaultRule = FaultRule()
+    blob_redirect_plain_http: FaultRule = FaultRule()
+    blob_not_image: FaultRule = FaultRule()
+    blob_bomb: FaultRule = FaultRule()
+    blob_wrong_size: FaultRule = FaultRule()
+    blob_lying_length: FaultRule = FaultRule()
 
     def rule(self, kind: str) -> FaultRule:
         """The rule for `kind` (one of FAULT_KINDS)."""
@@ -82,7 +113,8 @@ class FaultProfile:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "<faults>") -> FaultProfile:
-        """Build a profile from `{kind: p}` or `{kind: {p, times, statuses, delay_s, fraction}}`."""
+        """Build a profile from `{kind: p}` or
+        `{kind: {p, times, statuses, delay_s, fraction, size_bytes}}`."""
         rules: dict[str, FaultRule] = {}
         for kind, value in data.items():
             if kind not in FAULT_KINDS:
@@ -114,6 +146,10 @@ def _parse_rule(value: object, default: FaultRule, where: str) -> FaultRule:
         raise ValueError(f"{where}: times={rule.times} is negative (allowed: >= 0 or null)")
     if not 0.0 <= rule.fraction < 1.0:
         raise ValueError(f"{where}: fraction={rule.fraction} is out of range (allowed 0..<1)")
+    if rule.delay_s < 0:
+        raise ValueError(f"{where}: delay_s={rule.delay_s} is negative (allowed: >= 0)")
+    if rule.size_bytes < 1:
+        raise ValueError(f"{where}: size_bytes={rule.size_bytes} is out of range (allowed: >= 1)")
     return rule
 
 
@@ -140,6 +176,9 @@ class EmulatorConfig:
     - `blocked_words`: a prompt containing one (whole word, any case) is blocked.
     - `max_take`: the cap on a query's page size; `max_wait_s`: the cap on `wait`.
     - `insufficient_buzz_status`: the HTTP status of a submit the account cannot pay for.
+    - `cdn_base_url`: another origin (a CDN, as Civitai's blob URLs redirect to one) that
+      content URLs and the `read_redirect_other_host` fault point at; None = the API's own
+      origin for content, `OTHER_HOST_URL` for the fault. The app answers on any host.
     """
 
     seed: int = 0
@@ -158,6 +197,7 @@ class EmulatorConfig:
     insufficient_buzz_status: int = 400
     epoch_unix_s: float = DEFAULT_EPOCH_UNIX_S
     image_cache_entries: int = 64
+    cdn_base_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.time_scale < 0:

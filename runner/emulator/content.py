@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
+
+from runner.emulator import hostile
 from runner.emulator.clock import iso_utc
 from runner.emulator.images import content_type, render_image
 from runner.emulator.problems import Problem
@@ -19,10 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Content:
-    """Image bytes to send and their media type."""
+    """Image bytes to send and their media type; `declared_length` is a lying Content-Length
+    to send instead of the true one (the `blob_lying_length` fault), None for the truth."""
 
     data: bytes
     media_type: str
+    declared_length: int | None = None
 
 
 def _available(emulator: Emulator, record: WorkflowRecord, index: int, blob_id: str) -> None:
@@ -67,7 +73,8 @@ def refresh(emulator: Emulator, account: str, blob_id: str, base_url: str) -> di
 
 
 async def serve_content(emulator: Emulator, token: str) -> Content:
-    """The bytes behind a content token, after the blob faults (5xx, truncate, corrupt)."""
+    """The bytes behind a content token, after the blob faults (5xx, truncate, corrupt, and
+    the hostile ones: not an image, a bomb, the wrong size, a lying length)."""
     emulator.settle()
     blob_id = emulator.signer.check_content_token(token, emulator.now_unix_s())
     record, index = emulator.blob(blob_id)
@@ -88,12 +95,23 @@ async def serve_content(emulator: Emulator, token: str) -> Content:
             salt=image_salt(inp),
         )
 
+    faults, media_type = emulator.faults, content_type(fmt)
+    if faults.fires("blob_not_image", blob_id):
+        return Content(hostile.NOT_AN_IMAGE, media_type)  # an error page sold as an image
+    if faults.fires("blob_bomb", blob_id):
+        return Content(await anyio.to_thread.run_sync(hostile.bomb_png), "image/png")
+    if faults.fires("blob_wrong_size", blob_id):
+        wrong = functools.partial(hostile.wrong_size_image, inp, index, fmt, image_salt(inp))
+        return Content(await anyio.to_thread.run_sync(wrong), media_type)
     data = await emulator.images.get(blob_id, draw)
-    if emulator.faults.fires("blob_truncate", blob_id):
+    if faults.fires("blob_truncate", blob_id):
         data = data[: int(len(data) * emulator.config.faults.blob_truncate.fraction)]
-    elif emulator.faults.fires("blob_corrupt", blob_id):
+    elif faults.fires("blob_corrupt", blob_id):
         data = corrupt(data)
-    return Content(data, content_type(fmt))
+    elif faults.fires("blob_lying_length", blob_id):
+        declared = hostile.lying_length(emulator.config.seed, blob_id, len(data))
+        return Content(data, media_type, declared_length=declared)
+    return Content(data, media_type)
 
 
 def corrupt(data: bytes) -> bytes:

@@ -49,6 +49,8 @@ def state(emulator: Emulator) -> dict[str, Any]:
             "by_status": dict(by_status),
             "by_route_status": {f"{r} {c}": n for (r, c), n in emulator.requests.items()},
             "with_authorization": dict(emulator.authorized_requests),
+            "by_host": dict(emulator.host_requests),
+            "with_authorization_by_host": dict(emulator.authorized_hosts),
         },
         "submit_attempts": dict(emulator.submit_attempts),
         "faults_fired": dict(emulator.faults.fired),

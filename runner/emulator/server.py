@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import uvicorn
+from starlette.applications import Starlette
 
 from runner.emulator.app import make_app
 from runner.emulator.clock import Clock
@@ -23,11 +26,43 @@ def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> 
     uvicorn.run(make_app(config), host=host, port=port, log_level="info", access_log=False)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The base URLs of a running emulator: its API origin and its CDN origin (content)."""
+
+    api: str
+    cdn: str
+
+
+@contextmanager
+def running_hosts(
+    config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    *,
+    clock: Clock | None = None,
+) -> Iterator[Hosts]:
+    """The emulator on two loopback listeners of one server: the API's and a CDN's.
+
+    Content URLs (where signed blob URLs redirect) point at the CDN listener, another origin
+    (its own port), as Civitai's point at a CDN; `requests.by_host` in `/_emulator/state`
+    tells what each origin saw. Always stopped when the block ends.
+    """
+    sockets = [_listening_socket(host, 0), _listening_socket(host, 0)]
+    api, cdn = (f"http://{host}:{sock.getsockname()[1]}" for sock in sockets)
+    config = dataclasses.replace(config or EmulatorConfig(), cdn_base_url=cdn)
+    with _serving(make_app(config, clock=clock), sockets):
+        yield Hosts(api=api, cdn=cdn)
 
 
 @contextmanager
@@ -43,20 +78,29 @@ def running_server(
     With a `ManualClock`, move time over HTTP (`POST /_emulator/advance?seconds=N`), not by
     calling `advance()` from the test's thread: the clock belongs to the server's event loop.
     """
-    app = make_app(config or EmulatorConfig(), clock=clock)
-    chosen = port or _free_port(host)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=chosen, log_level="warning", access_log=False)
+    sock = _listening_socket(host, port)
+    with _serving(make_app(config or EmulatorConfig(), clock=clock), [sock]):
+        yield f"http://{host}:{sock.getsockname()[1]}"
+
+
+@contextmanager
+def _serving(app: Starlette, sockets: list[socket.socket]) -> Iterator[None]:
+    """Run one uvicorn server over the bound `sockets` in a thread; always stop it."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    name = "emulator-" + "-".join(str(sock.getsockname()[1]) for sock in sockets)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": sockets}, name=name, daemon=True
     )
-    thread = threading.Thread(target=server.run, name=f"emulator-{chosen}", daemon=True)
-    thread.start()
     try:
+        thread.start()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the emulator did not start on {host}:{chosen}")
+                raise RuntimeError(f"the emulator did not start ({name})")
             time.sleep(0.01)
-        yield f"http://{host}:{chosen}"
+        yield
     finally:
         server.should_exit = True
         thread.join(SHUTDOWN_TIMEOUT_S)
+        for sock in sockets:
+            sock.close()

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from runner.emulator import pricing
+from runner.emulator import hostile, pricing
 from runner.emulator.blobs import BlobSigner, ImageCache, SignedUrl, new_blob_id
 from runner.emulator.clock import Clock, MonotonicClock, iso_utc
 from runner.emulator.config import EmulatorConfig
@@ -42,11 +42,13 @@ MAX_SEED = 2**32
 
 @dataclass(frozen=True)
 class Reply:
-    """A JSON answer: status code and body; `drop` asks the app to cut the connection."""
+    """A JSON answer: status code and body; `drop` asks the app to cut the connection;
+    `fault` names a hostile read fault the app sends instead (`hostile.READ_KINDS`)."""
 
     status: int
     body: Any
     drop: bool = False
+    fault: str | None = None
 
 
 class Emulator:
@@ -70,6 +72,8 @@ class Emulator:
         self.submit_attempts: Counter[str] = Counter()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.authorized_requests: Counter[str] = Counter()  # route -> with Authorization
+        self.host_requests: Counter[str] = Counter()  # Host header -> requests
+        self.authorized_hosts: Counter[str] = Counter()  # Host header -> with Authorization
         words = sorted(self.config.blocked_words)
         alternatives = "|".join(re.escape(w) for w in words if w)
         self._blocked = re.compile(rf"\b(?:{alternatives})\b", re.I) if alternatives else None
@@ -97,11 +101,15 @@ class Emulator:
             detail = f"Too many {kind} requests; retry after {retry_after_s} s."
             raise Problem(429, detail, headers={"Retry-After": str(retry_after_s)})
 
-    def record_request(self, route: str, status: int, *, authorized: bool = False) -> None:
-        """Count one answered request (for the introspection route)."""
+    def record_request(
+        self, route: str, status: int, *, authorized: bool = False, host: str = ""
+    ) -> None:
+        """Count one answered request, per route and per host (for the introspection route)."""
         self.requests[(route, status)] += 1
+        self.host_requests[host] += 1
         if authorized:
             self.authorized_requests[route] += 1
+            self.authorized_hosts[host] += 1
 
     def settle(self, now_s: float | None = None) -> None:
         """Post the refund of every failed or expired workflow whose end has passed by `now_s`."""
@@ -328,7 +336,9 @@ class Emulator:
         record = self.visible(account, wf_id)
         if self.faults.fires("read_5xx", wf_id):
             raise Problem(self.faults.status_for("read_5xx", wf_id), "Read failed (fault).")
-        return await self._answer(record, base_url, wait_s)
+        reply = await self._answer(record, base_url, wait_s)
+        body = hostile.unknown_status(self.faults, reply.body)
+        return Reply(reply.status, body, fault=hostile.draw_read_fault(self.faults, wf_id))
 
     async def _wait_terminal(self, record: WorkflowRecord, wait_s: float) -> None:
         deadline_s = self.clock.now() + max(0.0, min(wait_s, self.config.max_wait_s))
