@@ -117,16 +117,25 @@ class _JsonlFileSink:
         self.path = path
         fd = open_private(path, os.O_WRONLY | os.O_APPEND)  # a new log is 0600
         self._handle: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
+        self._failed: str | None = None  # why the file stopped taking events
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        self._handle.write(jsonlib.dumps(dict(event_dict), default=str) + "\n")
-        self._handle.flush()
+        if self._failed is None:
+            try:
+                self._handle.write(jsonlib.dumps(dict(event_dict), default=str) + "\n")
+                self._handle.flush()
+            except OSError as exc:  # a full disk must not turn every log call into a crash:
+                self._failed = exc.strerror or str(exc)  # the file stops, stderr goes on
+                event_dict["log_file_failed"] = f"{self.path}: {self._failed}"
         return event_dict
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError:
+            pass  # the flush failed again; nothing more can be kept
 
 
 class _DropBelow:
