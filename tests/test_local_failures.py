@@ -90,7 +90,8 @@ def test_a_full_disk_refuses_an_image_names_the_folder_and_leaves_no_temp_file(
         atomic_write_bytes(target, b"n" * 64 * 1024)
     message = str(caught.value)
     assert f"the disk holding {target.parent} is full (" in message, disk.kind
-    assert " free of " in message and "run the same command again" in message
+    assert " free of " in message
+    assert "run the same command again" in message
     assert target.read_bytes() == b"old"  # the old file, whole
     assert not list(target.parent.glob(".*.tmp"))  # the temp file is gone
     disk.free()
@@ -198,7 +199,8 @@ def test_a_database_locked_by_another_program_is_refused_after_busy_timeout(
         text=True,
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
         with pytest.raises(DatabaseLocked, match=r"is locked by another program \(waited"):
             anyio.run(open_and_write, backend="asyncio")
         capsys.readouterr()
@@ -225,12 +227,12 @@ def test_a_second_run_on_the_same_out_gets_the_batch_lock_message(
         held.release()
     assert "is in use by pid" in capsys.readouterr().err
     assert not (tmp_path / "out" / "batch.sqlite").exists()
-    with pytest.raises(BatchInUse):
-        held.acquire()
-        try:
+    held.acquire()
+    try:
+        with pytest.raises(BatchInUse):
             BatchLock(tmp_path / "out" / "batch.sqlite").acquire()
-        finally:
-            held.release()
+    finally:
+        held.release()
 
 
 # -- damaged, newer --------------------------------------------------------------------------
@@ -279,7 +281,8 @@ def test_a_damaged_database_is_refused_untouched_with_the_way_out(
     assert run_cli(str(manifest)) == 7
     err = capsys.readouterr().err
     assert f"zbatch: error: {db} is damaged (" in err
-    assert "zbatch run MANIFEST --adopt" in err and "Traceback" not in err
+    assert "zbatch run MANIFEST --adopt" in err
+    assert "Traceback" not in err
     assert sha(db) == before  # refused untouched
     assert not list(db.parent.glob("batch.sqlite.damaged-*"))
 
@@ -319,7 +322,8 @@ def test_a_newer_schema_is_refused_and_left_as_it_was(
 def test_translate_unwraps_groups_and_leaves_bugs_alone() -> None:
     full = OSError(28, "No space left on device", "/x/out/images/ab/.a.tmp")
     found = local_faults.translate(ExceptionGroup("tg", [full]))
-    assert isinstance(found, DiskFull) and "/x/out/images/ab" in str(found)
+    assert isinstance(found, DiskFull)
+    assert "/x/out/images/ab" in str(found)
     locked = sqlite3.OperationalError("database is locked")
     assert isinstance(local_faults.translate(locked), DatabaseLocked)
     bad = sqlite3.OperationalError("file is not a database")
