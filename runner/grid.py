@@ -19,8 +19,13 @@ seeds, replicas of a random-seed cell get different seeds (and images), and the 
 does not matter (renaming a batch keeps its images).
 
 **Duplicates.** Two cells with the same request (seed pinned, replica 0) are one: the later
-is dropped and counted. Seen requests are kept as 16-byte BLAKE2b digests in an
-open-addressing table of two ``array('Q')``s, about 32 bytes per distinct request.
+is dropped and counted. Seen requests are kept as their replica-0 key's 16-byte BLAKE2b
+digest in an open-addressing table of two ``array('Q')``s, about 32 bytes per distinct request.
+
+**Speed.** A grid cell differs from its model's merged base only in the fields the axes set,
+its prompts and its seed, so the canonical JSON of the other fields is written once per
+model and each cell fills in only its own (the result is byte for byte ``canonical_json``);
+the fields and variables of all axes but the last are merged once per combination of theirs.
 
 **Keys.** ``key`` is the hex BLAKE2b-128 of the canonical JSON (sorted keys, no spaces, UTF-8)
 of ``{"batch": name, "replica": r, "request": request, "v": 1}``: independent of YAML key
@@ -83,9 +88,24 @@ class ExpansionStats:
     complete: bool = False
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_encode_text = json.encoder.encode_basestring  # what the encoder writes for a str (C)
+
+
 def canonical_json(value: object) -> str:
     """Sorted keys, no spaces, non-ASCII kept: the one spelling hashed for keys and seeds."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
+
+
+def _value_json(value: object) -> str:
+    """``canonical_json(value)``, quicker for the two commonest types (str and int)."""
+    if type(value) is str:
+        return _encode_text(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _CANONICAL.encode(value)
 
 
 def cell_key(batch: str, replica: int, request: Mapping[str, object]) -> str:
@@ -94,10 +114,14 @@ def cell_key(batch: str, replica: int, request: Mapping[str, object]) -> str:
 
 
 def _key(batch_json: str, replica: int, request_json: str) -> str:
+    return _key_digest(batch_json, replica, request_json).hex()
+
+
+def _key_digest(batch_json: str, replica: int, request_json: str) -> bytes:
     text = (
         f'{{"batch":{batch_json},"replica":{replica},"request":{request_json},"v":{KEY_VERSION}}}'
     )
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def pin_seed(seed_base: int, request: Mapping[str, object], replica: int) -> int:
@@ -121,24 +145,33 @@ class _DigestSet:
         self._count = 0
 
     def add(self, digest: bytes) -> bool:
-        """Add ``digest``; True if it was new."""
+        """Add ``digest`` (16 bytes); True if it was new."""
         high = int.from_bytes(digest[:8], "little") | 1  # 0 marks an empty slot
         low = int.from_bytes(digest[8:16], "little")
-        if self._insert(high, low):
-            self._count += 1
-            if 2 * self._count > self._slots:
-                self._grow()
-            return True
-        return False
-
-    def _insert(self, high: int, low: int) -> bool:
+        highs, lows = self._high, self._low
         mask = self._slots - 1
-        index = high & mask
-        while self._high[index]:
-            if self._high[index] == high and self._low[index] == low:
+        index = low & mask
+        while found := highs[index]:
+            if found == high and lows[index] == low:
                 return False
             index = (index + 1) & mask
-        self._high[index], self._low[index] = high, low
+        highs[index] = high
+        lows[index] = low
+        self._count += 1
+        if 2 * self._count > self._slots:
+            self._grow()
+        return True
+
+    def _insert(self, high: int, low: int) -> bool:
+        highs, lows = self._high, self._low
+        mask = self._slots - 1
+        index = low & mask
+        while found := highs[index]:
+            if found == high and lows[index] == low:
+                return False
+            index = (index + 1) & mask
+        highs[index] = high
+        lows[index] = low
         return True
 
     def _grow(self) -> None:
@@ -151,6 +184,52 @@ class _DigestSet:
                 self._insert(high, old_low[index])
 
 
+class _RequestJson:
+    """``canonical_json`` of the requests made from one base that differ from it only in the
+    ``varying`` fields: the other fields' text is written once, here, not once per cell."""
+
+    def __init__(
+        self, base: Mapping[str, object], varying: frozenset[str], drop: str | None = None
+    ) -> None:
+        names = [name for name in sorted(zimage.FIELDS) if name != drop]
+        self.holes = tuple(name for name in names if name in varying)
+        pieces: list[str] = []
+        text = ""
+        for index, name in enumerate(names):
+            text += ("," if index else "{") + _encode_text(name) + ":"
+            if name in varying:
+                pieces.append(text.replace("%", "%%"))
+                text = ""
+            else:
+                text += _value_json(base[name])
+        pieces.append((text + "}").replace("%", "%%"))
+        self.format = "%s".join(pieces)
+
+    def render(self, request: Mapping[str, object]) -> str:
+        """``canonical_json(request without drop)``; its other fields must be the base's."""
+        return self.format % tuple([_value_json(request[name]) for name in self.holes])
+
+
+class _Prompt:
+    """A compiled prompt template as a %-format and the variables that fill it, in order."""
+
+    def __init__(self, template: prompts.Template) -> None:
+        self.names = tuple(part.name for part in template if isinstance(part, prompts.Var))
+        self.format = "".join(
+            "%s" if isinstance(part, prompts.Var) else part.replace("%", "%%") for part in template
+        )
+        self.text = "" if self.names else self.format % ()
+
+    def render(self, variables: Mapping[str, str]) -> str:
+        if not self.names:
+            return self.text
+        return self.format % tuple([variables[name] for name in self.names])
+
+
+# One axis value, prepared: the request fields it sets, and the variable it sets (or None).
+_Patch = tuple[tuple[tuple[str, object], ...], tuple[str, str] | None]
+
+
 class _Plan:
     """What every cell of one manifest shares, computed once: bases, templates, excludes."""
 
@@ -161,6 +240,16 @@ class _Plan:
         self.default_model = str(manifest.constants.get("model") or default_model)
         self.bases = {model: self._base(model) for model in zimage.MODELS}
         self.templates: dict[str, prompts.Template] = {}
+        self.prompts: dict[str, _Prompt] = {}
+        varying = {"prompt", "negativePrompt", "seed"}
+        for axis in manifest.axes:
+            if axis.name == "size":
+                varying |= {"width", "height"}
+            elif not axis.name.startswith("vars."):
+                varying.add(axis.name)
+        fixed = frozenset(varying)
+        self.json = {m: _RequestJson(base, fixed) for m, base in self.bases.items()}
+        self.pin_json = {m: _RequestJson(base, fixed, "seed") for m, base in self.bases.items()}
 
     def _base(self, model: str) -> dict[str, object]:
         m = self.manifest
@@ -169,6 +258,7 @@ class _Plan:
             merged.update(level)
         merged.update(m.constants)
         merged["model"] = model
+        merged["loras"] = zimage.lora_dict(merged["loras"])
         return merged
 
     def request(
@@ -184,7 +274,7 @@ class _Plan:
             text = request[name]
             if isinstance(text, str):
                 written[name] = text
-                request[name] = prompts.render(self._template(text), variables)
+                request[name] = self.prompt(text).render(variables)
         return request, written
 
     def _template(self, text: str) -> prompts.Template:
@@ -192,6 +282,30 @@ class _Plan:
         if compiled is None:
             compiled = self.templates[text] = prompts.compile_template(text)
         return compiled
+
+    def prompt(self, text: str) -> _Prompt:
+        """The compiled renderer of prompt template ``text`` (cached)."""
+        found = self.prompts.get(text)
+        if found is None:
+            found = self.prompts[text] = _Prompt(self._template(text))
+        return found
+
+    def patches(self, name: str, values: tuple[object, ...]) -> tuple[_Patch, ...]:
+        """Each value of axis ``name`` as the fields and the variable it sets."""
+        if name.startswith("vars."):
+            var = name.removeprefix("vars.")
+            return tuple(((), (var, str(value))) for value in values)
+        found: list[_Patch] = []
+        for value in values:
+            if name == "size":
+                assert isinstance(value, tuple)
+                width, height = value
+                found.append(((("width", width), ("height", height)), None))
+            elif name == "loras":
+                found.append(((("loras", zimage.lora_dict(value)),), None))
+            else:
+                found.append((((name, value),), None))
+        return tuple(found)
 
     def excluded(
         self,
@@ -221,20 +335,22 @@ def _matches(
     return bool(request.get(name) == value)
 
 
-def _axis_fields(
-    names: tuple[str, ...], combination: tuple[object, ...]
-) -> tuple[dict[str, object], dict[str, str]]:
-    fields: dict[str, object] = {}
-    variables: dict[str, str] = {}
-    for name, value in zip(names, combination, strict=True):
-        if name.startswith("vars."):
-            variables[name.removeprefix("vars.")] = str(value)
-        elif name == "size":
-            assert isinstance(value, tuple)
-            fields["width"], fields["height"] = value
-        else:
-            fields[name] = value
-    return fields, variables
+class _Request:
+    """One distinct request before its replicas: merged, seed pinned, with its JSON."""
+
+    __slots__ = ("random_json", "request", "request_json", "variables")
+
+    def __init__(
+        self,
+        request: dict[str, object],
+        variables: dict[str, str],
+        request_json: str,
+        random_json: str | None,
+    ) -> None:
+        self.request = request  # in zimage.FIELDS order, LoRAs a dict, seed pinned
+        self.variables = variables
+        self.request_json = request_json  # canonical_json(request)
+        self.random_json = random_json  # canonical_json without the seed, if it was random
 
 
 class Expansion:
@@ -262,74 +378,116 @@ class Expansion:
     def _cells(self) -> Iterator[Cell]:
         plan = _Plan(self.manifest)
         seen = _DigestSet()
-        counts = {"excluded": 0, "included": 0, "duplicates": 0, "cells": 0, "images": 0}
-        for request, variables, from_grid in self._requests(plan):
-            if from_grid is None:
-                counts["excluded"] += 1
+        repeat = self.manifest.repeat
+        batch_json = plan.batch_json
+        seed_base = self.manifest.seed_base
+        excluded = included = duplicates = cells = images = 0
+        for found in self._requests(plan):
+            if found is None:
+                excluded += 1
                 continue
+            from_grid, one = found
             if not from_grid:
-                counts["included"] += 1
-            cells = self._replicas(plan, request, variables, seen)
-            if cells is None:
-                counts["duplicates"] += 1
+                included += 1
+            request = one.request
+            digest = _key_digest(batch_json, 0, one.request_json)
+            if not seen.add(digest):  # the replica-0 key of an identical, earlier request
+                duplicates += 1
                 continue
-            for cell in cells:
-                counts["cells"] += 1
-                counts["images"] += int(cell.request["quantity"])  # type: ignore[call-overload]
-                yield cell
+            cells += repeat
+            images += int(request["quantity"]) * repeat  # type: ignore[call-overload]
+            yield Cell(digest.hex(), 0, request, one.variables)
+            for replica in range(1, repeat):
+                request_json = one.request_json
+                if one.random_json is not None:
+                    request = {**one.request, "seed": _pin(seed_base, one.random_json, replica)}
+                    request_json = _request_json(plan, request, from_grid)
+                key = _key(batch_json, replica, request_json)
+                yield Cell(key, replica, request, one.variables)
         self._stats = replace(
             self._stats,
-            excluded=counts["excluded"],
-            included=counts["included"],
-            duplicates=counts["duplicates"],
-            cells=counts["cells"],
-            images=counts["images"],
+            excluded=excluded,
+            included=included,
+            duplicates=duplicates,
+            cells=cells,
+            images=images,
             complete=True,
         )
 
-    def _requests(
-        self, plan: _Plan
-    ) -> Iterator[tuple[dict[str, object], dict[str, str], bool | None]]:
-        """(request, variables, True for grid / False for include / None if excluded)."""
-        m = self.manifest
-        names = tuple(axis.name for axis in m.axes)
+    def _requests(self, plan: _Plan) -> Iterator[tuple[bool, _Request] | None]:
+        """(True for grid / False for include, the request), or None if excluded."""
         if self._stats.product:
-            for combination in itertools.product(*(axis.values for axis in m.axes)):
-                fields, variables = _axis_fields(names, combination)
-                request, written = plan.request(fields, variables)
-                _pin_first(plan, request)
-                excluded = m.exclude and plan.excluded(request, variables, written)
-                yield request, variables, None if excluded else True
-        for entry in m.include:
+            yield from self._grid(plan)
+        for entry in self.manifest.include:
             fields = {k: v for k, v in entry.items() if not k.startswith("vars.")}
             variables = {
                 k.removeprefix("vars."): str(v) for k, v in entry.items() if k not in fields
             }
             request, _ = plan.request(fields, variables)
-            _pin_first(plan, request)
-            yield request, variables, False
+            final = _final(request)
+            random_json = None
+            if final["seed"] is None or final["seed"] is RANDOM:
+                random_json = canonical_json({k: v for k, v in final.items() if k != "seed"})
+                final["seed"] = _pin(plan.manifest.seed_base, random_json, 0)
+            yield False, _Request(final, variables, canonical_json(final), random_json)
 
-    def _replicas(
-        self,
-        plan: _Plan,
-        request: dict[str, object],
-        variables: dict[str, str],
-        seen: _DigestSet,
-    ) -> list[Cell] | None:
-        """The cell's replicas, or None if an identical request came before."""
-        random_seed = request.pop("_random", False)
-        final = _final(request)
-        request_json = canonical_json(final)
-        if not seen.add(hashlib.blake2b(request_json.encode(), digest_size=16).digest()):
-            return None
-        cells = [Cell(_key(plan.batch_json, 0, request_json), 0, final, variables)]
-        for replica in range(1, self.manifest.repeat):
-            if random_seed:
-                final = _final(request | {"seed": _pin_request(plan, request, replica)})
-                request_json = canonical_json(final)
-            key = _key(plan.batch_json, replica, request_json)
-            cells.append(Cell(key, replica, final, variables))
-        return cells
+    def _grid(self, plan: _Plan) -> Iterator[tuple[bool, _Request] | None]:
+        """The grid's requests: the product of the axes, the last fastest. The fields and
+        variables of all axes but the last are merged once per combination of theirs."""
+        m = self.manifest
+        axes = [plan.patches(axis.name, axis.values) for axis in m.axes]
+        last: tuple[_Patch, ...] = axes.pop() if axes else (((), None),)
+        last_sets_var = any(var is not None for _, var in last)
+        seed_base = m.seed_base
+        exclude = bool(m.exclude)
+        for outer in itertools.product(*axes):
+            outer_fields: dict[str, object] = {}
+            outer_vars: dict[str, str] = {}
+            for items, var in outer:
+                outer_fields.update(items)
+                if var is not None:
+                    outer_vars[var[0]] = var[1]
+            rendered: dict[tuple[str, str], str] = {}  # prompts of this outer combination
+            for items, var in last:
+                if var is None:
+                    fields, variables = outer_fields, outer_vars
+                    if items:
+                        fields = {**outer_fields, **dict(items)}
+                else:
+                    fields, variables = outer_fields, {**outer_vars, var[0]: var[1]}
+                model = str(fields.get("model") or plan.default_model)
+                request = dict(plan.bases[model])
+                request.update(fields)
+                request["model"] = model
+                request["loras"] = dict(request["loras"])  # type: ignore[call-overload]
+                written: dict[str, str] = {}
+                for name in ("prompt", "negativePrompt"):
+                    text = request[name]
+                    if type(text) is str:
+                        written[name] = text
+                        if last_sets_var:
+                            request[name] = plan.prompt(text).render(variables)
+                        else:
+                            done = rendered.get((name, text))
+                            if done is None:
+                                done = rendered[name, text] = plan.prompt(text).render(variables)
+                            request[name] = done
+                random_json = None
+                seed = request["seed"]
+                if seed is None or seed is RANDOM:
+                    random_json = plan.pin_json[model].render(request)
+                    request["seed"] = _pin(seed_base, random_json, 0)
+                if exclude and plan.excluded(request, variables, written):
+                    yield None
+                    continue
+                request_json = plan.json[model].render(request)
+                yield True, _Request(request, variables, request_json, random_json)
+
+
+def _request_json(plan: _Plan, request: Mapping[str, object], from_grid: bool) -> str:
+    if from_grid:
+        return plan.json[str(request["model"])].render(request)
+    return canonical_json(request)
 
 
 def _final(request: Mapping[str, object]) -> dict[str, object]:
@@ -337,18 +495,6 @@ def _final(request: Mapping[str, object]) -> dict[str, object]:
     final = {name: request[name] for name in zimage.FIELDS}
     final["loras"] = zimage.lora_dict(final["loras"])
     return final
-
-
-def _pin_request(plan: _Plan, request: Mapping[str, object], replica: int) -> int:
-    return pin_seed(plan.manifest.seed_base, _final(request), replica)
-
-
-def _pin_first(plan: _Plan, request: dict[str, object]) -> None:
-    """Pin a random seed (replica 0) in place, marking the request ``_random``."""
-    if request.get("seed") is None or request["seed"] is RANDOM:
-        request["seed"] = None
-        request["seed"] = _pin_request(plan, request, 0)
-        request["_random"] = True
 
 
 def expand(manifest: Manifest) -> Expansion:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from runner import zimage
 from runner.emulator import pricing
 from runner.emulator.validation import validate_template
-from runner.grid import Cell, cell_key, count_cells, expand, pin_seed
+from runner.grid import Cell, canonical_json, cell_key, count_cells, expand, pin_seed
 from runner.manifest import load_manifest, parse_manifest
 
 PROPERTIES = settings(derandomize=True, max_examples=60, deadline=None)
@@ -450,3 +450,56 @@ def test_keys_are_stable_under_reordering_and_reformatting(case):
     second = [c.key for c in expand(parse_manifest(text, path=Path("b/c.yaml")))]
     assert first == second
     assert len(set(first)) == len(first)
+
+
+@st.composite
+def varied_manifests(draw):
+    """Grids of every kind of axis, `%` and non-ASCII in templates, random or fixed seeds."""
+    optional = {
+        "model": st.lists(st.sampled_from(["turbo", "base"]), min_size=1, max_size=2, unique=True),
+        "steps": st.lists(st.integers(8, 30), min_size=1, max_size=2, unique=True),
+        "cfgScale": st.lists(st.sampled_from([1, 1.5, 4.25]), min_size=1, max_size=2, unique=True),
+        "size": st.lists(
+            st.sampled_from(["64x64", "512x768"]), min_size=1, max_size=2, unique=True
+        ),
+        "loras": st.just([{}, {AIR: 0.5}]),
+        "seed": st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=2, unique=True),
+        "negativePrompt": st.sampled_from(["no {v}", "100% {v}"]),
+        "quantity": st.lists(st.integers(1, 3), min_size=1, max_size=2, unique=True),
+    }
+    names = draw(st.lists(st.sampled_from(sorted(optional)), unique=True, max_size=4))
+    grid = {name: draw(optional[name]) for name in names}
+    words = st.text(st.sampled_from("a%sé猫{}"), min_size=1, max_size=4)
+    vars_ = draw(st.lists(words, min_size=1, max_size=3, unique=True))
+    grid["prompt"] = draw(st.sampled_from(["A {v}", "%s %% {v} {{x}}", "\u00e9 {v} %d"]))
+    grid["vars"] = {"v": [v.replace("{", "(").replace("}", ")") for v in vars_]}
+    data = {
+        "name": "prop",
+        "out": "o",
+        "budget": 9,
+        "seed_base": draw(st.integers(0, 5)),
+        "repeat": draw(st.integers(1, 3)),
+        "defaults": {"negativePrompt": "x"} if draw(st.booleans()) else {},
+        "grid": grid,
+        "include": [{"prompt": "inc % {v}", "v": "i"}] if draw(st.booleans()) else [],
+    }
+    return data
+
+
+@PROPERTIES
+@given(varied_manifests())
+def test_every_cell_is_keyed_and_seeded_by_the_reference_functions(data):
+    """Whatever shortcut the expansion takes, each cell's key is `cell_key` of its request,
+    a random seed is `pin_seed`'s, and the request is in FIELDS order with plain LoRAs."""
+    manifest = parse_manifest(_manifest(data), path=Path("x.yaml"))
+    random_seed = "seed" not in data["grid"]
+    for c in expand(manifest):
+        request = dict(c.request)
+        assert list(request) == list(zimage.FIELDS)
+        assert type(request["loras"]) is dict
+        assert c.key == cell_key("prop", c.replica, request)
+        if random_seed:
+            assert request["seed"] == pin_seed(data["seed_base"], request, c.replica)
+        assert canonical_json(request) == json.dumps(
+            request, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
