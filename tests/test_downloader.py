@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+from typing import Any
+
 import anyio
+import pytest
+from PIL import Image
 
 from runner.api import Client
-from runner.downloader import ImageFetcher
+from runner.downloader import ImageFetcher, check_image
 from runner.emulator import EmulatorConfig, EmulatorTransport, ManualClock, make_app
+from runner.emulator.hostile import bomb_png
+from runner.files import InvalidImage
 from runner.limits import Backoff
 from runner.records import PendingImage
 
@@ -60,3 +68,33 @@ async def test_an_expired_remembered_url_is_refreshed_at_once_and_downloaded() -
     got, routes = await fetch_after(600)
     assert not isinstance(got, str)
     assert routes["GET /v2/consumer/workflows/{workflowId}"] == 1
+
+
+def test_check_image_refuses_another_format_and_a_bomb_without_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Format and size come from the header; a bomb is refused before a pixel is decoded,
+    also where Pillow only warns (the suite makes warnings errors; a run does not)."""
+    decoded: list[tuple[int, int]] = []
+    real_load = Image.Image.load
+
+    def counting_load(self: Image.Image) -> Any:
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", counting_load)
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(png, "PNG")
+    decoded.clear()  # saving loads the new image
+    with pytest.raises(InvalidImage, match="image is PNG, expected JPEG"):
+        check_image(png.getvalue(), width=64, height=64, output_format="jpeg", max_bytes=1 << 20)
+    with pytest.raises(InvalidImage, match="a decompression bomb, refused undecoded"):
+        check_image(bomb_png(), width=64, height=64, output_format="png", max_bytes=1 << 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # as in a real run
+        with pytest.raises(InvalidImage, match=r"image is 10000x10000, expected 64x64 \(not"):
+            check_image(bomb_png(), width=64, height=64, output_format="png", max_bytes=1 << 20)
+    assert decoded == []
+    info = check_image(png.getvalue(), width=64, height=64, output_format="png", max_bytes=1 << 20)
+    assert (info.format, info.width, info.height) == ("png", 64, 64)
+    assert decoded == [(64, 64)]
