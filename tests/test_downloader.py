@@ -97,4 +97,5 @@ def test_check_image_refuses_another_format_and_a_bomb_without_decoding(
     assert decoded == []
     info = check_image(png.getvalue(), width=64, height=64, output_format="png", max_bytes=1 << 20)
     assert (info.format, info.width, info.height) == ("png", 64, 64)
-    assert decoded == [(64, 64)]
+    assert decoded  # a good image is decoded in full
+    assert set(decoded) == {(64, 64)}
