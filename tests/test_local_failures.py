@@ -28,6 +28,7 @@ from runner.errors import (
     ReadOnlyDisk,
 )
 from runner.files import BatchLock, atomic_write_bytes
+from runner.log import configure_logging
 from runner.migrations import SCHEMA_VERSION
 from runner.out_folder import check_out_folder
 from runner.records import AttemptState, CellRow
@@ -135,6 +136,44 @@ async def test_a_database_on_a_full_disk_is_refused_at_open_with_its_free_space(
             assert (await store.budget()).cap_buzz == 100
             await store.init_batch(name="t", tag="zbatch:t", cap_buzz=200)
             assert (await store.budget()).cap_buzz == 200
+
+
+def test_a_full_disk_stops_the_log_file_not_the_run(
+    disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import structlog
+
+    from runner import log as runner_log
+
+    log_file = disk.path / "log.jsonl"
+    configure_logging(json=True, log_file=log_file)
+    try:
+        structlog.get_logger().info("before")
+        disk.fill()
+        sink = runner_log._file_sink
+        assert sink is not None
+        if not disk.real:  # INJECTED: the sink's file refuses like a full disk
+
+            class Full:
+                def write(self, text: str) -> int:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+                def flush(self) -> None:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+                close = flush
+
+            opened = sink._handle
+            monkeypatch.setattr(sink, "_handle", Full())
+            opened.close()
+        for n in range(2000):  # more than the buffer and the space left: never raises
+            structlog.get_logger().info("during", n=n, pad="x" * 100)
+    finally:
+        configure_logging(json=True)  # closes the file: a failed flush is swallowed
+    assert log_file.read_text().startswith('{"event": "before"')
+    disk.free()
 
 
 # -- read-only -------------------------------------------------------------------------------
