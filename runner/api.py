@@ -77,6 +77,7 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_MAX_UNUSABLE_ANSWERS: Final = 5
 DEFAULT_MAX_UNKNOWN_STATUS: Final = 10
 MAX_REDIRECTS: Final = 5
+REDIRECT_BODY_MAX_BYTES: Final = 64 * 1024  # a redirect body read to keep its connection
 
 T = TypeVar("T")
 
@@ -445,6 +446,7 @@ class Client:
                     try:
                         if max_redirects and response.status_code in _REDIRECT_STATUSES:
                             request = self._next_hop(response, hop, max_redirects)
+                            await _drain(response)
                             continue
                         body = await read_limited(response, max_bytes)
                     finally:
@@ -491,6 +493,18 @@ class Client:
                 unusable=True,
             )  # fmt: skip
         return self._http.build_request("GET", target, headers={"Accept": "*/*"})
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a redirect's (small) body, so that its connection goes back to the pool: a
+    response closed unread closes its connection, and every download paid a new one."""
+    if response.is_stream_consumed:  # already read (a test's preloaded answer)
+        return
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > REDIRECT_BODY_MAX_BYTES:
+            return  # not worth reading: the connection is closed with the response
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -41,6 +42,10 @@ ImageKey = tuple[int, int]  # (attempt id, image index)
 # The formats an image may come in: Pillow parses nothing else (its other plugins are
 # attack surface we have no use for), and it must be the one the request asked for.
 PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webP": "WEBP"}
+
+# Pillow *warns* of a bomb between MAX_IMAGE_PIXELS and twice that; as an error, `check_image`
+# refuses it like a bigger one, and nothing is printed on the user's terminal.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def check_image(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from runner.api import Client
@@ -23,6 +24,7 @@ from runner.emulator import (
     ManualClock,
     RateLimit,
     make_app,
+    running_server,
 )
 from runner.emulator.service import Emulator
 from runner.errors import (
@@ -210,3 +212,36 @@ async def test_cancel_before_start_refunds(make_setup: Factory) -> None:
         assert after.charged_buzz == 0
         with pytest.raises(NotFoundError):
             await s.client.get("no-such-workflow")
+
+
+class _PortsSeen(httpx.AsyncBaseTransport):
+    """A real socket transport that notes the local port each answer arrived on."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.ports: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        stream = response.extensions["network_stream"]
+        self.ports.append(stream.get_extra_info("client_addr")[1])
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_downloads_through_redirects_reuse_one_connection() -> None:
+    """A redirect's body is read before the hop, so its connection goes back to the pool: five
+    downloads (redirect, then content) and their submit share one socket, not one each."""
+    transport = _PortsSeen()
+    with running_server(EmulatorConfig(time_scale=0)) as url:
+        async with Client(base_url=url, token=TOKEN, transport=transport) as client:
+            with anyio.fail_after(10):
+                wf = await client.submit(steps(quantity=4), external_id="reuse-1")
+                for image in wf.images:
+                    assert image.url is not None
+                    got = await client.download(image.url, max_bytes=1 << 20)
+                    assert verify_image(got.content, width=128, height=96).width == 128
+    assert len(transport.ports) == 1 + 2 * 4  # the submit, then a redirect + content each
+    assert len(set(transport.ports)) == 1

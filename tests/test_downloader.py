@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -91,7 +93,7 @@ def test_check_image_refuses_another_format_and_a_bomb_without_decoding(
     with pytest.raises(InvalidImage, match="a decompression bomb, refused undecoded"):
         check_image(bomb_png(), width=64, height=64, output_format="png", max_bytes=1 << 20)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # as in a real run
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a silenced warning
         with pytest.raises(InvalidImage, match=r"image is 10000x10000, expected 64x64 \(not"):
             check_image(bomb_png(), width=64, height=64, output_format="png", max_bytes=1 << 20)
     assert decoded == []
@@ -99,3 +101,26 @@ def test_check_image_refuses_another_format_and_a_bomb_without_decoding(
     assert (info.format, info.width, info.height) == ("png", 64, 64)
     assert decoded  # a good image is decoded in full
     assert set(decoded) == {(64, 64)}
+
+
+def test_a_bomb_in_a_real_process_is_refused_without_a_word_on_stderr() -> None:
+    """Outside pytest's warning filters: the runner turns Pillow's bomb warning into the
+    refusal itself, so a bomb never prints a DecompressionBombWarning on the user's terminal."""
+    code = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "from runner.downloader import check_image\n"
+        "from runner.files import InvalidImage\n"
+        "png = io.BytesIO()\n"
+        "Image.new('1', (9000, 12000)).save(png, 'PNG')\n"  # 108 Mpx: a warning, not an error
+        "try:\n"
+        "    check_image(png.getvalue(), width=64, height=64, output_format='png',"
+        " max_bytes=1 << 20)\n"
+        "except InvalidImage as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == ""
+    assert done.stdout.startswith("a decompression bomb, refused undecoded")
