@@ -277,8 +277,17 @@ def write_inputs(scenario: Scenario, workdir: Path) -> tuple[Path, Path]:
 class Runner:
     """Starts `zbatch run` against the emulator, with the sentinel token, logging to files."""
 
-    def __init__(self, scenario: Scenario, workdir: Path, manifest: Path, api_url: str) -> None:
-        self.cmd = [*zbatch(), "run", str(manifest), "--api-url", api_url, "--quiet"]
+    def __init__(
+        self,
+        scenario: Scenario,
+        workdir: Path,
+        manifest: Path,
+        api_url: str,
+        *,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """`prefix` replaces `python -m runner.cli` (the matrix's injected-disk wrapper)."""
+        self.cmd = [*(prefix or zbatch()), "run", str(manifest), "--api-url", api_url, "--quiet"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIVITAI_")}
         self.env = {**env, "CIVITAI_API_TOKEN": scenario.token}
         self.stdout = workdir / "run.stdout"

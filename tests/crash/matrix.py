@@ -10,13 +10,16 @@ runner output, and only the exit codes a user is promised.
 
 Kinds:
 - service: the emulator's own faults, concentrated on the phase's routes (5xx before and
-  after a submit creates, dropped answers, read 5xx, slow answers, blob 5xx, truncated and
-  corrupt images, failed steps);
+  after a submit creates, dropped answers, read 5xx, slow answers, broken or wrong-shaped
+  JSON, unknown statuses, redirects to another host, blob 5xx, truncated, corrupt, lying,
+  wrong-size and non-images, decompression bombs, failed steps);
 - network: the proxy drops the connection before or after the service acted, cuts an answer
   mid-body, stalls it, or resets the connection just after an answer;
-- disk: the batch's folder is a small tmpfs; the proxy fills it at the phase's moment, so the
-  next write (an intent, a status, an image, a commit) meets a real ENOSPC; the disk is freed
-  before the next run, as a user would after the message;
+- disk: the batch's folder is a small tmpfs (tests/diskfull.py); the proxy fills it at the
+  phase's moment, so the next write (an intent, a status, an image, a commit) meets a real
+  ENOSPC; the disk is freed before the next run, as a user would after the message. Where
+  the machine cannot mount, the runner runs under tests/crash/injected_disk.py, whose image
+  writes and commits fail on cue instead, and the cell says INJECTED;
 - signal: SIGTERM or SIGINT at the phase's moment; the runner drains, and a SIGKILL may land
   in the drain.
 
@@ -25,14 +28,15 @@ Half the cells (a checkerboard) run under a binding Buzz cap.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,9 @@ from tests.crash.harness import (
     check_instant,
     write_inputs,
 )
+from tests.crash.injected_disk import FlagDisk
 from tests.crash.proxy import PHASES, Act, PhaseProxy, Trigger
+from tests.diskfull import SmallDisk, small_disk
 
 KINDS = ("service", "network", "disk", "signal")
 EXIT_INTERRUPTED = 130
@@ -66,11 +72,22 @@ SERVICE_FAULTS: Mapping[str, Mapping[str, Any]] = {
         "submit_5xx_after": 0.12,
         "submit_drop_after": 0.1,
     },
-    "poll": {"read_5xx": {"p": 0.15, "statuses": [429, 502, 503]}, "slow": {"p": 0.05}},
+    "poll": {
+        "read_5xx": {"p": 0.1, "statuses": [429, 502, 503]},
+        "slow": {"p": 0.05},
+        "read_malformed_json": 0.05,
+        "read_wrong_shape": 0.05,
+        "read_unknown_status": 0.05,
+        "read_redirect_other_host": 0.03,
+    },  # read_drip is left to tests/e2e: the runner's 30 s timeouts would make rounds minutes
     "download": {
-        "blob_5xx": 0.1,
-        "blob_truncate": {"p": 0.1, "fraction": 0.4},
-        "blob_corrupt": 0.1,
+        "blob_5xx": 0.06,
+        "blob_truncate": {"p": 0.06, "fraction": 0.4},
+        "blob_corrupt": 0.06,
+        "blob_not_image": 0.04,
+        "blob_bomb": 0.04,
+        "blob_wrong_size": 0.04,
+        "blob_lying_length": 0.04,
     },
     "commit": {"step_fail": 0.15, "submit_5xx_after": 0.05},
 }
@@ -94,7 +111,7 @@ class CellReport:
     report: Report
     faults: int = 0  # proxy faults fired + the emulator's faults fired
     exits: dict[int, int] = field(default_factory=dict)
-    disk: str = ""  # "tmpfs" (a real full disk), or why the disk cell could not run
+    disk: str = ""  # disk cells: "REAL (tmpfs)", or "INJECTED" where mounting is not allowed
 
 
 def kill_trigger(phase: str, rng: random.Random, nth: int) -> Trigger:
@@ -133,50 +150,6 @@ def fault_triggers(
     return []
 
 
-class Disk:
-    """A small tmpfs for the batch's folder; `fill()` uses up its space, `free()` gives it back."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = path
-        self.size = size
-        self.filler = path / "filler.bin"
-        self.mounted = False
-
-    def mount(self) -> str:
-        """Mount it; "" when mounted, else why not (not root, no permission)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        cmd = ["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-        except OSError as exc:
-            return f"mount could not run ({exc.strerror})"
-        if done.returncode:
-            return f"mount refused: {done.stderr.strip() or done.returncode}"
-        self.mounted = True
-        return ""
-
-    def fill(self) -> None:
-        block = b"\0" * 65536
-        with self.filler.open("ab") as f:
-            for size in (65536, 4096, 512, 1):
-                chunk = block[:size]
-                try:
-                    while True:
-                        f.write(chunk)
-                        f.flush()
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-
-    def free(self) -> None:
-        self.filler.unlink(missing_ok=True)
-
-    def unmount(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
-            self.mounted = False
-
-
 def cell_scenario(cell: MatrixCell, seed: int, kills: int) -> Scenario:
     i = KINDS.index(cell.kind) + PHASES.index(cell.phase)
     base = Scenario(name=cell.name, seed=seed, kills=kills, time_scale=0.2, faults={})
@@ -194,25 +167,28 @@ def run_cell(cell: MatrixCell, seed: int, kills: int, workdir: Path) -> CellRepo
     started = time.monotonic()
     scenario = cell_scenario(cell, seed, kills)
     workdir.mkdir(parents=True, exist_ok=True)
-    report = Report(scenario)
-    result = CellReport(cell, report)
-    disk = Disk(workdir / "vol", TMPFS_BYTES)
-    if cell.kind == "disk":
-        why = disk.mount()
-        if why:
-            report.violations.append(f"the disk cell needs a tmpfs: {why}")
-            result.disk = why
-            return result
-        result.disk = "tmpfs"
-    try:
-        _run_cell(result, scenario, workdir, disk)
-    finally:
-        disk.unmount()
-    report.wall_s = time.monotonic() - started
+    result = CellReport(cell, Report(scenario))
+    with ExitStack() as stack:
+        disk: SmallDisk | None = None
+        prefix: list[str] = []
+        if cell.kind == "disk":
+            disk = stack.enter_context(small_disk(workdir / "vol", TMPFS_BYTES))
+            if not disk.real:  # no tmpfs here: the runner's own writes fail on cue
+                disk = FlagDisk(disk.path, TMPFS_BYTES)
+                prefix = [sys.executable, "-m", "tests.crash.injected_disk", str(disk.path)]
+            result.disk = disk.kind
+        _run_cell(result, scenario, workdir, disk, prefix)
+    result.report.wall_s = time.monotonic() - started
     return result
 
 
-def _run_cell(result: CellReport, scenario: Scenario, workdir: Path, disk: Disk) -> None:
+def _run_cell(
+    result: CellReport,
+    scenario: Scenario,
+    workdir: Path,
+    disk: SmallDisk | None,
+    prefix: list[str],
+) -> None:
     cell, report = result.cell, result.report
     manifest, faults = write_inputs(scenario, workdir)
     out = workdir / scenario.out
@@ -224,11 +200,12 @@ def _run_cell(result: CellReport, scenario: Scenario, workdir: Path, disk: Disk)
         ) as emulator,
         PhaseProxy(emulator.port) as proxy,
     ):
-        runner = Runner(scenario, workdir, manifest, proxy.url)
+        runner = Runner(scenario, workdir, manifest, proxy.url, prefix=prefix)
+        fill = disk.fill if disk is not None else _nothing
         for _ in range(scenario.kills):
             nth = rng.randint(1, 12 if cell.phase == "commit" else 6)
             triggers = [
-                *fault_triggers(cell, rng, nth, disk.fill),
+                *fault_triggers(cell, rng, nth, fill),
                 kill_trigger(cell.phase, rng, nth),
             ]
             if cell.kind == "signal":  # SIGTERM/SIGINT instead; a SIGKILL may land in the drain
@@ -250,7 +227,8 @@ def _run_cell(result: CellReport, scenario: Scenario, workdir: Path, disk: Disk)
                 report.early_exits += 1
             elif rc not in EXITS_ALLOWED:
                 report.violations.append(f"run {sum(result.exits.values())}: exit {rc}")
-            disk.free()
+            if disk is not None:
+                disk.free()
             check_instant(report, emulator.state(), out, account, f"after run {len(result.exits)}")
         rc = runner.run(None, timeout_s=scenario.final_timeout_s)
         report.final_rc = rc
@@ -264,6 +242,10 @@ def _run_cell(result: CellReport, scenario: Scenario, workdir: Path, disk: Disk)
     logs = [runner.stdout, runner.stderr]
     report.violations += check_token(scenario.token, out, [*logs, workdir / "emulator.log"])
     report.violations += check_no_traceback(logs)
+
+
+def _nothing() -> None:
+    pass
 
 
 def check_no_traceback(logs: Sequence[Path]) -> list[str]:
