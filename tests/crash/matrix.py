@@ -145,7 +145,7 @@ def fault_triggers(
         return [Trigger(cell.phase, n, Act.HOOK, hook=fill_disk) for n in spots[:1]]
     if cell.kind == "signal":
         signum = rng.choice((signal.SIGTERM, signal.SIGINT))
-        then_kill_s = rng.choice((None, rng.uniform(0.02, 1.0)))
+        then_kill_s = rng.choice((None, rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.3)))
         return [Trigger(cell.phase, before, Act.SIGNAL, signum=signum, then_kill_s=then_kill_s)]
     return []
 
@@ -157,6 +157,8 @@ def cell_scenario(cell: MatrixCell, seed: int, kills: int) -> Scenario:
         base = replace(base, faults=dict(SERVICE_FAULTS[cell.phase]))
     if cell.kind == "disk":
         base = replace(base, out="vol/out")
+    if cell.kind == "signal":  # a drained run finishes what it started: more work to go round
+        base = replace(base, seeds_per_prompt=8)
     if i % 2:
         base = replace(base, budget_buzz=base.cells * 5 // 8)
     return base
