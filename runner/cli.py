@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(
         level="info",
         log_file=manifest.out / "log.jsonl",
-        console_level=None if args.quiet else "warning",  # the live display owns stderr
+        console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
     )
     emulator = (
         EmulatorOptions(time_scale=args.time_scale, seed=args.seed, faults_path=args.faults)
@@ -259,7 +259,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--faults", type=Path, metavar="FILE", help="with --emulator: a fault profile")
     p.add_argument("--seed", type=int, default=0, help="with --emulator: its seed (default: 0)")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live progress display (stderr: warnings and errors; OUT/log.jsonl: every event)",
+    )
     p.add_argument(
         "--allow-shared-out",
         action="store_true",
@@ -471,7 +475,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     configure_logging(
         level="info",
         log_file=args.out / "log.jsonl",
-        console_level=None if args.quiet else "warning",
+        console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
     )
     settings = RetrySettings(
         states=args.state or (),
@@ -536,7 +540,11 @@ def _add_retry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="X",
         help="with --emulator: job durations times X (default: %(default)s)",
     )
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live progress display (stderr: warnings and errors; OUT/log.jsonl: every event)",
+    )
 
 
 def _retry_states(text: str) -> tuple[str, ...]:

@@ -38,3 +38,24 @@ def test_a_wrong_fault_profile_names_what_is_allowed(
     assert "unknown fault kind 'step_explode' (allowed: submit_5xx_before" in (
         capsys.readouterr().err
     )
+
+
+def test_run_quiet_keeps_stderr_to_warnings_and_the_log_file_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--quiet` is quiet: no info event on stderr (a night's run would print one per cell),
+    while OUT/log.jsonl still holds every event."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "name: q\nout: out\nbudget: 20\ndefaults: {size: 64x64}\n"
+        "grid: {prompt: p, seed: {count: 3}}\n",
+        encoding="utf-8",
+    )
+    code = main(["run", str(manifest), "--emulator", "--time-scale", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "cell_submitted" not in err
+    assert "cell_finished" not in err
+    log = (tmp_path / "out" / "log.jsonl").read_text(encoding="utf-8")
+    assert log.count('"event": "cell_submitted"') == 3
+    assert log.count('"event": "cell_finished"') == 3
