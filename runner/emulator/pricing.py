@@ -61,7 +61,7 @@ def _shape(input: Mapping[str, Any]) -> dict[str, Any]:
     model = str(input["model"])
     if model not in RATES:
         raise KeyError(f"no price for model {model!r}; priced: {', '.join(RATES)}")
-    defaults = schema.defaults_for(model)
+    defaults = schema.read_defaults(model)
     fields = ("width", "height", "steps", "quantity")
     return {"model": model} | {name: _field(input, defaults, name) for name in fields}
 

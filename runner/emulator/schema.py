@@ -40,6 +40,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 SUBSET_RESOURCE = "openapi-subset.json"
@@ -243,6 +244,19 @@ def properties(name: str) -> Schema:
     if "properties" not in node:
         raise SchemaError(f"{name} is not an object schema")
     return copy.deepcopy(node["properties"])
+
+
+@functools.cache
+def read_properties(name: str) -> Mapping[str, Any]:
+    """``properties(name)`` without the copy, for the request path: one shared mapping per
+    schema, built once. Read it, never change it (the nodes inside are plain dicts)."""
+    return MappingProxyType(properties(name))
+
+
+@functools.cache
+def read_defaults(model: str) -> Mapping[str, object]:
+    """``defaults_for(model)`` without the copy, shared and built once; read, never change."""
+    return MappingProxyType(defaults_for(model))
 
 
 def required(name: str) -> tuple[str, ...]:

@@ -277,7 +277,7 @@ def validate_template(body: object) -> Errors:
         )
         _add(errors, ROOT, message)
         return errors
-    props = schema.properties("WorkflowTemplate")
+    props = schema.read_properties("WorkflowTemplate")
     _check_unknown(props, body, ROOT, errors)
     for name in schema.required("WorkflowTemplate"):
         if name not in body and name not in OPTIONAL_DESPITE_SCHEMA:
@@ -326,7 +326,7 @@ def _check_step(step: object, at: At, errors: Errors) -> None:
         )
         _add(errors, at.prop("$type"), message)
         return
-    props = schema.properties("ImageGenStepTemplate")
+    props = schema.read_properties("ImageGenStepTemplate")
     _check_unknown(props, step, at, errors)
     for name, prop_node in props.items():
         if name in step and name not in ("$type", "input"):
@@ -378,7 +378,7 @@ def _check_input(value: object, at: At, errors: Errors) -> None:
 
 def _check_input_fields(value: Mapping[str, Any], model: str, at: At, errors: Errors) -> None:
     name = schema.input_schema_name(model)
-    props = schema.properties(name)
+    props = schema.read_properties(name)
     _check_unknown(props, value, at, errors)
     for field in schema.required(name):
         if field not in value and field not in DISCRIMINATORS:
@@ -410,8 +410,8 @@ def normalized_input(input: Mapping[str, Any]) -> dict[str, Any]:
     """
     model = str(input["model"])
     given = {key: value for key, value in input.items() if value is not None}
-    merged = {**schema.defaults_for(model), **given}
-    order = [*ECHO_ORDER, *schema.input_properties(model), *merged]
+    merged = {**schema.read_defaults(model), **given}
+    order = [*ECHO_ORDER, *schema.read_properties(schema.input_schema_name(model)), *merged]
     return {key: copy.deepcopy(merged[key]) for key in dict.fromkeys(order) if key in merged}
 
 
