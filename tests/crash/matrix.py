@@ -157,7 +157,9 @@ def cell_scenario(cell: MatrixCell, seed: int, kills: int) -> Scenario:
         base = replace(base, faults=dict(SERVICE_FAULTS[cell.phase]))
     if cell.kind == "disk":
         base = replace(base, out="vol/out")
-    if cell.kind == "signal":  # a drained run finishes what it started: more work to go round
+    if cell.kind == "signal" or cell.phase == "submit":
+        # a drained run finishes what it started, and 8 submits in flight go out before the
+        # n-th is stopped: more cells, so the later runs still have work in the phase
         base = replace(base, seeds_per_prompt=8)
     if i % 2:
         base = replace(base, budget_buzz=base.cells * 5 // 8)
