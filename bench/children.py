@@ -22,7 +22,8 @@ from typing import Any
 
 import anyio
 
-from runner.batch import DB_NAME, batch_tag, cell_rows, manifest_sha256
+from runner.batch import DB_NAME, batch_tag, manifest_sha256
+from runner.grid import store_rows
 from runner.manifest import load_manifest, parse_manifest
 from runner.store import Store
 
@@ -104,7 +105,7 @@ async def plan(cells: int, folder: Path) -> dict[str, Any]:
     cpu_started = time.process_time()
     async with await Store.open(db) as store:
         await store.init_batch(name=manifest.name, tag=batch_tag(manifest.name), cap_buzz=10**9)
-        result = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
+        result = await store.plan_rows(store_rows(manifest), max_attempts=manifest.retries.attempts)
     elapsed_s = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started  # this thread's and the SQLite worker's
     return {
@@ -129,7 +130,7 @@ async def fixture(manifest_path: Path, done: float) -> dict[str, Any]:
             cap_buzz=manifest.budget_buzz,
             manifest_sha256=manifest_sha256(manifest),
         )
-        result = await store.plan(cell_rows(manifest), max_attempts=manifest.retries.attempts)
+        result = await store.plan_rows(store_rows(manifest), max_attempts=manifest.retries.attempts)
     total = result.added + result.kept
     finished = int(total * done)
     con = sqlite3.connect(db, isolation_level=None)

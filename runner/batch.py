@@ -24,7 +24,7 @@ from runner.dataset import refresh_dataset
 from runner.engine import Engine, EngineConfig, RunStats
 from runner.errors import ZbatchError
 from runner.files import sweep_batch_temps
-from runner.grid import KEY_VERSION, expand
+from runner.grid import KEY_VERSION, expand, store_rows
 from runner.limits import Backoff
 from runner.manifest import Manifest
 from runner.records import Budget, CellRow, PlanResult
@@ -155,8 +155,8 @@ async def run_batch(
             if known is not None:  # a resume of an unchanged manifest: no cell to add
                 planned = known
             else:
-                planned = await store.plan(
-                    cell_rows(manifest), max_attempts=manifest.retries.attempts
+                planned = await store.plan_rows(
+                    store_rows(manifest), max_attempts=manifest.retries.attempts
                 )
                 await store.set_plan_fingerprint(fingerprint)
         else:

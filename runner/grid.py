@@ -97,6 +97,11 @@ def canonical_json(value: object) -> str:
     return _CANONICAL.encode(value)
 
 
+# How the store records a request and its variables: sorted keys, no spaces, ASCII (the
+# canonical JSON, when it is ASCII).
+_STORED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _value_json(value: object) -> str:
     """``canonical_json(value)``, quicker for the two commonest types (str and int)."""
     if type(value) is str:
@@ -375,7 +380,48 @@ class Expansion:
         self._started = True
         return self._cells()
 
+    def store_rows(self) -> Iterator[tuple[str, int, str, str, str, int]]:
+        """The cells as the store records them (``store.PlanRow``): key, replica, model, the
+        request and the variables as JSON (sorted keys, ASCII), the formula price."""
+        if self._started:
+            raise RuntimeError("an Expansion is iterated once; call expand(manifest) again")
+        self._started = True
+        return self._store_rows()
+
     def _cells(self) -> Iterator[Cell]:
+        for key, replica, request, _, variables in self._expanded():
+            yield Cell(key, replica, request, variables)
+
+    def _store_rows(self) -> Iterator[tuple[str, int, str, str, str, int]]:
+        prices: dict[tuple[object, ...], int] = {}
+        last_vars: object = None
+        vars_json = ""
+        for key, replica, request, request_json, variables in self._expanded():
+            if not request_json.isascii():
+                request_json = _STORED.encode(request)
+            if variables is not last_vars:  # one object for a run of cells: encoded once
+                last_vars, vars_json = variables, _STORED.encode(variables)
+            model = str(request["model"])
+            shape = (
+                model,
+                request["width"],
+                request["height"],
+                request["steps"],
+                request["quantity"],
+            )
+            price = prices.get(shape)
+            if price is None:
+                price = prices[shape] = zimage.price_buzz(
+                    model=model,
+                    width=int(request["width"]),  # type: ignore[call-overload]
+                    height=int(request["height"]),  # type: ignore[call-overload]
+                    steps=int(request["steps"]),  # type: ignore[call-overload]
+                    quantity=int(request["quantity"]),  # type: ignore[call-overload]
+                )
+            yield key, replica, model, request_json, vars_json, price
+
+    def _expanded(self) -> Iterator[tuple[str, int, dict[str, object], str, dict[str, str]]]:
+        """(key, replica, request, its canonical JSON, variables) of every cell, in order."""
         plan = _Plan(self.manifest)
         seen = _DigestSet()
         repeat = self.manifest.repeat
@@ -390,20 +436,20 @@ class Expansion:
             if not from_grid:
                 included += 1
             request = one.request
-            digest = _key_digest(batch_json, 0, one.request_json)
+            request_json = one.request_json
+            digest = _key_digest(batch_json, 0, request_json)
             if not seen.add(digest):  # the replica-0 key of an identical, earlier request
                 duplicates += 1
                 continue
             cells += repeat
             images += int(request["quantity"]) * repeat  # type: ignore[call-overload]
-            yield Cell(digest.hex(), 0, request, one.variables)
+            yield digest.hex(), 0, request, request_json, one.variables
             for replica in range(1, repeat):
-                request_json = one.request_json
                 if one.random_json is not None:
                     request = {**one.request, "seed": _pin(seed_base, one.random_json, replica)}
                     request_json = _request_json(plan, request, from_grid)
                 key = _key(batch_json, replica, request_json)
-                yield Cell(key, replica, request, one.variables)
+                yield key, replica, request, request_json, one.variables
         self._stats = replace(
             self._stats,
             excluded=excluded,
@@ -500,6 +546,11 @@ def _final(request: Mapping[str, object]) -> dict[str, object]:
 def expand(manifest: Manifest) -> Expansion:
     """The manifest's cells, as a stream to iterate once (see the module docstring)."""
     return Expansion(manifest)
+
+
+def store_rows(manifest: Manifest) -> Iterator[tuple[str, int, str, str, str, int]]:
+    """The manifest's cells as ``Store.plan_rows`` records them, each with its formula price."""
+    return expand(manifest).store_rows()
 
 
 def count_cells(manifest: Manifest) -> ExpansionStats:

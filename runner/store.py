@@ -20,7 +20,7 @@ across crashes. Only this module speaks SQL; the SQL stays portable to PostgreSQ
 
 from __future__ import annotations
 
-import functools
+import itertools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -51,7 +51,16 @@ from runner.records import (
 from runner.store_ops import StoreOps  # operations: retry, cancel, verify, adopt
 
 log = structlog.get_logger(__name__)
-PLAN_CHUNK = 20_000  # cells a transaction; fewer, larger commits rewrite fewer index pages
+# records.external_id_for(key, 1) in SQL, for the attempts a plan inserts in bulk
+_EXTERNAL_ID_SQL = "'zb-' || substr(key, 1, 48) || '-a1'"
+PLAN_CHUNK = 100_000  # rows merged into the record at a time, in key order
+PLAN_HANDOFF = 10_000  # rows handed from the expansion to SQLite's thread at a time
+PLAN_AHEAD = 5  # hand-offs the expansion may run ahead while a chunk is merged
+
+# One cell as `Store.plan_rows` records it: key, replica, model, the request and the vars as
+# JSON text (sorted keys, ASCII: `plan_row`), the estimated price in Buzz.
+PlanRow = tuple[str, int, str, str, str, int]
+_ROW_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 _PRAGMAS = (
@@ -63,6 +72,18 @@ _PRAGMAS = (
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def plan_row(cell: CellRow) -> PlanRow:
+    """`cell` as `Store.plan_rows` takes it."""
+    return (
+        cell.key,
+        cell.replica,
+        cell.model,
+        _ROW_JSON.encode(cell.request),
+        _ROW_JSON.encode(cell.vars),
+        cell.estimate_buzz,
+    )
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -416,49 +437,105 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         await self._tx(fn)
 
     async def plan(self, cells: Iterable[CellRow], *, max_attempts: int) -> PlanResult:
+        """Record the manifest's cells (idempotent): `plan_rows` of each `plan_row(cell)`."""
+        return await self.plan_rows(map(plan_row, cells), max_attempts=max_attempts)
+
+    async def plan_rows(self, rows: Iterable[PlanRow], *, max_attempts: int) -> PlanResult:
         """Record the manifest's cells (idempotent); new cells get a planned first attempt.
 
         Cells already known keep their record; cells no longer in the manifest keep theirs
         too, and their planned attempts are no longer handed out (`generation` moves on).
-        Written in chunks of `PLAN_CHUNK` cells, one transaction and a few statements each,
-        so a million cells never sit in memory.
+        A key met twice keeps its later place. `seq` is each row's place in `rows`.
+
+        One transaction, in bounded memory: the rows go into a scratch table (an attached
+        in-memory database) `PLAN_HANDOFF` at a time while the caller's iterator makes the
+        next ones, and every `PLAN_CHUNK` rows are merged into the record in key order
+        (`_merge_stage`). The keys are hashes: in grid order every insert would land on a
+        random page of each key index; sorted, a merge walks each index once, and into a
+        new batch it appends. One transaction writes each page to the write-ahead log once
+        (a page a later merge changes again is rewritten in place), and a kill leaves
+        nothing of the plan (the caller records it complete, `set_plan_fingerprint`, only
+        after this returns). It commits with `synchronous=NORMAL` (never corrupts; a power
+        cut may lose it whole), and FULL is back before anything else is written.
         """
         generation = await self._scalar("SELECT generation FROM batch WHERE id = 1") + 1
-        added = kept = 0
-        # The next chunk is expanded while the worker thread writes this one.
-        send, receive = anyio.create_memory_object_stream[list[tuple[int, CellRow]]](1)
+        async with self._lock:
+            try:
+                added, total = await self._plan_locked(rows, generation, max_attempts)
+            except sqlite3.Error as exc:
+                raise database_error(exc, self.path) or exc from exc
+        removed = await self._scalar("SELECT COUNT(*) FROM cells WHERE generation < ?", generation)
+        return PlanResult(added=added, kept=total - added, removed=removed)
+
+    async def _plan_locked(
+        self, rows: Iterable[PlanRow], generation: int, max_attempts: int
+    ) -> tuple[int, int]:
+        """`plan_rows` with the connection's lock held: (new cells, rows)."""
+        db = self._db
+        added = staged = merged = 0
+        send, receive = anyio.create_memory_object_stream[list[PlanRow]](PLAN_AHEAD)
+
+        async def merge() -> None:
+            nonlocal added, staged, merged
+            added += await self._merge_stage(
+                db, first_seq=merged, rows=staged, generation=generation,
+                max_attempts=max_attempts,
+            )  # fmt: skip
+            merged += staged
+            staged = 0
+
+        failures: list[Exception] = []  # raised as they are, not in an exception group
 
         async def write() -> None:
-            nonlocal added, kept
-            async with receive:
-                async for numbered in receive:
-                    new: int = await self._tx(
-                        functools.partial(
-                            self._plan_chunk,
-                            rows=numbered,
-                            generation=generation,
-                            max_attempts=max_attempts,
-                        )
-                    )
-                    added += new
-                    kept += len(numbered) - new
+            try:
+                await write_all()
+            except Exception as exc:
+                failures.append(exc)
+                tg.cancel_scope.cancel()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            async with send:
-                chunk: list[tuple[int, CellRow]] = []
-                for numbered_cell in enumerate(cells):
-                    chunk.append(numbered_cell)
-                    if len(chunk) >= PLAN_CHUNK:
-                        await send.send(chunk)
-                        chunk = []
-                if chunk:
-                    await send.send(chunk)
-        await self._tx(
-            lambda db: db.execute("UPDATE batch SET generation = ? WHERE id = 1", (generation,))
-        )
-        removed = await self._scalar("SELECT COUNT(*) FROM cells WHERE generation < ?", generation)
-        return PlanResult(added=added, kept=kept, removed=removed)
+        async def write_all() -> None:
+            nonlocal staged
+            async with receive:
+                async for part in receive:
+                    await db.executemany(
+                        "INSERT INTO plan_stage.plan_rows"
+                        " (key, replica, model, request, vars, estimate_buzz)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        part,
+                    )
+                    staged += len(part)
+                    if staged >= PLAN_CHUNK:
+                        await merge()
+            if staged:
+                await merge()
+
+        await self._open_stage()
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write)
+                try:
+                    async with send:
+                        handoff = max(1, min(PLAN_HANDOFF, PLAN_CHUNK))
+                        iterator = iter(rows)
+                        while part := list(itertools.islice(iterator, handoff)):
+                            await send.send(part)
+                except Exception as exc:  # the caller's rows failed to come
+                    failures.append(exc)
+                    tg.cancel_scope.cancel()
+            if failures:
+                raise failures[0]
+            await db.execute("UPDATE batch SET generation = ? WHERE id = 1", (generation,))
+            with anyio.CancelScope(shield=True):
+                await self._commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if db.in_transaction:  # SQLite may have rolled back already
+                    await db.execute("ROLLBACK")
+            raise
+        finally:
+            await self._close_stage()
+        return added, merged
 
     async def plan_is_current(self, fingerprint: str) -> PlanResult | None:
         """What the last complete plan recorded, if it planned `fingerprint` at the current
@@ -486,76 +563,73 @@ class Store(StoreOps):  # StoreOps extends StoreReads
             )
         )
 
-    async def _plan_chunk(
-        self,
-        db: aiosqlite.Connection,
-        *,
-        rows: list[tuple[int, CellRow]],
-        generation: int,
-        max_attempts: int,
-    ) -> int:
-        """Insert the chunk's new cells (with attempt 1 and its event), move the known ones to
-        `generation` at their new place; return how many were new.
+    async def _open_stage(self) -> None:
+        """The plan's scratch table, in an in-memory database of its own (at most
+        `PLAN_CHUNK` rows); the record syncs NORMAL meanwhile."""
+        await self._db.execute("ATTACH DATABASE ':memory:' AS plan_stage")
+        await _run(self._db, "PRAGMA synchronous=NORMAL")
+        await self._db.execute(
+            "CREATE TABLE plan_stage.plan_rows (key TEXT NOT NULL, replica INTEGER NOT NULL,"
+            " model TEXT NOT NULL, request TEXT NOT NULL, vars TEXT NOT NULL,"
+            " estimate_buzz INTEGER NOT NULL)"
+        )
 
-        The same as one UPDATE-else-INSERT per row, in bulk: a key met twice keeps its later
-        place, as the second UPDATE would have left it. New rows go in in key order (their
-        `seq` keeps the grid's): the keys are hashes, so in grid order every insert would
-        land on a random page of each key index, and that halves the rate.
+    async def _close_stage(self) -> None:
+        """Drop the scratch database, sync FULL again, and give the write-ahead log back its
+        space (the plan grew it by every page it wrote)."""
+        with anyio.CancelScope(shield=True):
+            await _run(self._db, "PRAGMA synchronous=FULL")
+            await self._db.execute("DETACH DATABASE plan_stage")
+            await _run(self._db, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def _merge_stage(
+        self, db: aiosqlite.Connection, *, first_seq: int, rows: int, generation: int,
+        max_attempts: int,
+    ) -> int:  # fmt: skip
+        """Merge the `rows` staged rows (grid places `first_seq`...) into the record and empty
+        the stage; return how many cells were new.
+
+        New keys go in in key order (the latest place of a key met twice), each with attempt
+        1 and its `planned` event. When some key was known already (or met twice), every
+        staged key is then moved to `generation` at its latest place: the same as one
+        UPDATE-else-INSERT per row, in bulk.
         """
-        known: set[str] = set()
-        keys = [row.key for _, row in rows]
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" for _ in part)
-            async with db.execute(f"SELECT key FROM cells WHERE key IN ({marks})", part) as cur:
-                known.update(str(r[0]) for r in await cur.fetchall())
-        fresh: dict[str, tuple[int, CellRow]] = {}
-        moved: list[tuple[int, int, int, str]] = []
-        for seq, row in rows:
-            if row.key in known or row.key in fresh:
-                moved.append((generation, seq, max_attempts, row.key))
-            else:
-                fresh[row.key] = (seq, row)
-        fresh = dict(sorted(fresh.items()))
-        now = self._now()
-        last_id = await self._last_attempt_id(db)
-        await db.executemany(
+        last_cell = await self._scalar_in(db, "SELECT COALESCE(MAX(rowid), 0) FROM cells")
+        last_attempt = await self._scalar_in(db, "SELECT COALESCE(MAX(id), 0) FROM attempts")
+        cur = await db.execute(
             "INSERT INTO cells (key, seq, replica, model, request, vars, estimate_buzz,"
-            " max_attempts, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    row.key,
-                    seq,
-                    row.replica,
-                    row.model,
-                    json.dumps(row.request, sort_keys=True, separators=(",", ":")),
-                    json.dumps(row.vars, sort_keys=True, separators=(",", ":")),
-                    row.estimate_buzz,
-                    max_attempts,
-                    generation,
-                )
-                for seq, row in fresh.values()
-            ],
+            " max_attempts, generation) SELECT key, ? + rowid - 1, replica, model, request,"
+            " vars, estimate_buzz, ?, ? FROM plan_stage.plan_rows WHERE true"
+            " ORDER BY key, rowid DESC ON CONFLICT (key) DO NOTHING",
+            (first_seq, max_attempts, generation),
         )
-        await db.executemany(
+        new = cur.rowcount
+        if new < rows:
+            await db.execute(
+                "UPDATE cells SET generation = ?, max_attempts = ?, seq = staged.seq FROM"
+                " (SELECT key, ? + MAX(rowid) - 1 AS seq FROM plan_stage.plan_rows"
+                " GROUP BY key) AS staged WHERE cells.key = staged.key",
+                (generation, max_attempts, first_seq),
+            )
+        # Every cell past the last rowid, and every attempt past the last id, before this
+        # merge is one it just inserted: the transaction holds the write lock.
+        now = self._now()
+        await db.execute(
             "INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
-            " VALUES (?, 1, ?, 'planned', ?)",
-            [(key, external_id_for(key, 1), now) for key in fresh],
+            f" SELECT key, 1, {_EXTERNAL_ID_SQL}, 'planned', ? FROM cells WHERE rowid > ?"
+            " ORDER BY rowid",
+            (now, last_cell),
         )
-        # Every attempt past the last id before this chunk is one it just inserted: the
-        # transaction holds the write lock.
         await db.execute(
             "INSERT INTO events (at, attempt_id, from_state, to_state)"
             " SELECT ?, id, NULL, 'planned' FROM attempts WHERE id > ? ORDER BY id",
-            (now, last_id),
+            (now, last_attempt),
         )
-        await db.executemany(
-            "UPDATE cells SET generation = ?, seq = ?, max_attempts = ? WHERE key = ?", moved
-        )
-        return len(fresh)
+        await db.execute("DELETE FROM plan_stage.plan_rows")
+        return new
 
-    async def _last_attempt_id(self, db: aiosqlite.Connection) -> int:
-        async with db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts") as cur:
+    async def _scalar_in(self, db: aiosqlite.Connection, sql: str) -> int:
+        async with db.execute(sql) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -111,3 +115,103 @@ async def test_a_planned_batch_is_recorded_byte_for_byte_as_before(tmp_path: Pat
 
 def _sha256(found: list[tuple[object, ...]]) -> str:
     return hashlib.sha256(repr(found).encode()).hexdigest()
+
+
+async def test_a_plan_that_fails_half_way_leaves_nothing_and_the_next_one_plans_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan is one transaction: an error (or Ctrl-C) after some merges rolls all of it
+    back, puts FULL sync back and drops the scratch table; planning again records every
+    cell once."""
+    monkeypatch.setattr(store_module, "PLAN_CHUNK", 4)
+    monkeypatch.setattr(store_module, "PLAN_HANDOFF", 2)
+
+    def failing() -> Iterator[CellRow]:
+        for n in range(10):
+            yield cell(n)
+        raise RuntimeError("the manifest's prompt file went away")
+
+    path = tmp_path / "batch.sqlite"
+    with anyio.fail_after(10):
+        async with await Store.open(path) as store:
+            await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
+            with pytest.raises(RuntimeError, match="went away"):
+                await store.plan(failing(), max_attempts=2)
+            assert rows(path, "SELECT COUNT(*) FROM cells") == [(0,)]
+            with anyio.move_on_after(0) as scope:  # cancelled at its first await
+                await store.plan([cell(n) for n in range(10)], max_attempts=2)
+            assert scope.cancelled_caught
+            again = await store.plan([cell(n) for n in range(10)], max_attempts=2)
+            pragmas = [
+                (await _one(store, "PRAGMA synchronous")),
+                (await _one(store, "SELECT COUNT(*) FROM pragma_database_list")),
+            ]
+    assert (again.added, again.kept, again.removed) == (10, 0, 0)
+    assert pragmas == [2, 1]  # FULL, and only `main`: the scratch database is gone
+    assert rows(path, "SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM attempts") == [(10, 10)]
+    assert rows(path, "SELECT COUNT(*) FROM events") == [(10,)]
+    assert rows(path, "SELECT generation FROM batch") == [(1,)]
+
+
+async def _one(store: Store, sql: str) -> object:
+    async with store._db.execute(sql) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+KILLED_PLAN = """
+import sys, anyio
+from pathlib import Path
+from runner import store as store_module
+from runner.store import Store
+from tests.test_store_plan import cell
+
+store_module.PLAN_CHUNK = 50
+store_module.PLAN_HANDOFF = 10
+
+def cells(flag):
+    for n in range(300):
+        if n == 200:
+            flag.write_text("inside the plan")
+            while True:
+                pass  # SIGKILLed here, inside the plan's transaction
+        yield cell(n)
+
+async def main():
+    path = Path(sys.argv[1])
+    async with await Store.open(path) as store:
+        await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
+        await store.plan(cells(path.with_name("flag")), max_attempts=2)
+
+anyio.run(main)
+"""
+
+
+async def test_a_plan_killed_half_way_is_planned_whole_by_the_next_run(tmp_path: Path) -> None:
+    """kill -9 inside the plan, its transaction open: the next open finds no cell (and a
+    database it accepts), and the next plan records each cell once."""
+    path = tmp_path / "batch.sqlite"
+    await anyio.to_thread.run_sync(_plan_and_kill, path)
+    with anyio.fail_after(10):
+        async with await Store.open(path) as store:
+            assert await _one(store, "SELECT COUNT(*) FROM cells") == 0
+            result = await store.plan([cell(n) for n in range(300)], max_attempts=2)
+    assert (result.added, result.kept, result.removed) == (300, 0, 0)
+    assert rows(path, "SELECT COUNT(*), COUNT(DISTINCT external_id) FROM attempts") == [(300, 300)]
+
+
+def _plan_and_kill(path: Path) -> None:
+    """Start the planning child, SIGKILL it once it is inside the plan; always reap it."""
+    flag = path.with_name("flag")
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PLAN, str(path)], cwd=Path(__file__).parent.parent
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not flag.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert flag.exists(), f"the planning child did not get there ({child.poll()})"
+    finally:
+        child.kill()
+        child.wait()
