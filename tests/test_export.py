@@ -274,3 +274,26 @@ def test_cli_export_of_a_folder_without_a_batch_exits_2(
 ) -> None:
     assert main(["export", str(tmp_path), "--format", "jsonl"]) == 2
     assert "holds no batch.sqlite" in capsys.readouterr().err
+
+
+PARQUET_IN_A_FRESH_PROCESS = """
+import sys, anyio
+from pathlib import Path
+from runner.export import export
+result = anyio.run(export, Path(sys.argv[1]), "parquet")
+print(result.rows, "pandas" in sys.modules)
+"""
+
+
+async def test_a_parquet_export_leaves_pandas_unimported(tmp_path: Path) -> None:
+    """pyarrow imports pandas (50 MB) on its first conversion of Python objects when pandas
+    is installed: the export parses its rows with Arrow's JSON reader instead."""
+    pytest.importorskip("pandas", reason="only meaningful where pandas is installed")
+    pytest.importorskip("pyarrow.parquet", reason="parquet needs pyarrow (dev extra)")
+    with anyio.fail_after(60):
+        m, _ = await run_small_batch(tmp_path)
+        done = await anyio.run_process(
+            [sys.executable, "-c", PARQUET_IN_A_FRESH_PROCESS, str(m.out)],
+            cwd=Path(__file__).parent.parent,
+        )
+    assert done.stdout.decode().split() == ["24", "False"]
