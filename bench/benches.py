@@ -50,7 +50,7 @@ class Sizes:
     """How big each benchmark runs. `FULL` fits `make bench` in 5 minutes on 2 cores."""
 
     expand_cells: int = 1_000_000
-    plan_cells: int = 200_000
+    plan_cells: int = 1_000_000
     e2e_cells: int = 2_000
     sequential_cells: int = 300
     gather_cells: int = 1_000
@@ -137,6 +137,9 @@ def bench_plan(sizes: Sizes, folder: Path) -> list[Figure]:
     return [
         Figure(name, "rows/s", rate, "rows/s", ">= 100,000", rate >= 100_000, command),
         Figure(name, "rows per CPU second", f["cells"] / f["cpu_s"], "rows/s", "", None, command),
+        Figure(
+            name, "file size (batch.sqlite, -wal, -shm)", f["bytes"] / 1e6, "MB", "", None, command
+        ),
         Figure(name, "file size per 1,000 rows", f["bytes"] / f["cells"], "KB", "", None, command),
         Figure(name, "peak RSS of the process", f["peak_kib"] / 1024, "MiB", "", None, command),
     ]
