@@ -203,11 +203,7 @@ class Downloader:
                 tg.start_soon(self._worker, receive.clone())
             receive.close()
             while True:
-                fresh = [
-                    item
-                    for item in await self.engine.store.pending_images(workers * 4)
-                    if (item.attempt_id, item.index) not in self._in_flight
-                ]
+                fresh = await self.engine.store.pending_images(workers * 4, skip=self._in_flight)
                 for item in fresh:
                     self._in_flight.add((item.attempt_id, item.index))
                     await send.send(item)

@@ -708,13 +708,13 @@ class Store(StoreOps):  # StoreOps extends StoreReads
         await self._tx(fn)
 
     async def _reserved(self, db: aiosqlite.Connection, attempt_id: int) -> int:
-        async with db.execute(
+        # execute_fetchall: one trip to SQLite's thread, where execute + fetch + close is three
+        rows = await db.execute_fetchall(
             "SELECT reserved_buzz FROM attempts WHERE id = ?", (attempt_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
+        )
+        if not rows:
             raise StoreError(f"attempt {attempt_id} does not exist")
-        return int(row[0])
+        return int(list(rows)[0][0])
 
     async def _commit_delta(self, db: aiosqlite.Connection, delta_buzz: int) -> None:
         if delta_buzz:
@@ -744,16 +744,18 @@ class Store(StoreOps):  # StoreOps extends StoreReads
             raise StoreError(f"attempt {attempt_id}: {outcome} is not a workflow outcome")
 
         async def fn(db: aiosqlite.Connection) -> int | None:
-            reserved = await self._reserved(db, attempt_id)
-            async with db.execute(
-                "SELECT a.state, a.charged_buzz, a.attempt, a.cell_key, c.max_attempts"
-                " FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE a.id = ?",
-                (attempt_id,),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT a.state, a.charged_buzz, a.reserved_buzz, a.attempt, a.cell_key,"
+                    " c.max_attempts FROM attempts a JOIN cells c ON c.key = a.cell_key"
+                    " WHERE a.id = ?",
+                    (attempt_id,),
+                )
+            )
+            if not rows:
                 raise StoreError(f"attempt {attempt_id} does not exist")
-            before = int(row["charged_buzz"]) + reserved
+            row = rows[0]
+            before = int(row["charged_buzz"]) + int(row["reserved_buzz"])
             await self._move(
                 db, attempt_id, [AttemptState.SUBMITTING, AttemptState.RUNNING], outcome,
                 ", reserved_buzz = 0, charged_buzz = ?, reason = ?", (charged_buzz, reason),

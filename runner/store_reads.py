@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Container, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,19 +103,20 @@ class StoreReads:
             raise StoreError(f"attempt {attempt_id} does not exist")
         return found[0]
 
-    async def pending_images(self, limit: int) -> list[PendingImage]:
-        """Up to `limit` images delivered by the service and not yet on disk."""
-        async with (
-            self._lock,
-            self._db.execute(
+    async def pending_images(
+        self, limit: int, *, skip: Container[tuple[int, int]] = ()
+    ) -> list[PendingImage]:
+        """Up to `limit` images delivered by the service and not yet on disk, but those whose
+        (attempt id, index) is in `skip` (the downloader's in-flight ones: their requests are
+        not parsed again each time the downloader looks for more)."""
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
                 "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
                 " FROM images i JOIN attempts a ON a.id = i.attempt_id"
                 " JOIN cells c ON c.key = a.cell_key"
                 " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
                 (limit,),
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
+            )
         return [
             PendingImage(
                 attempt_id=r["attempt_id"],
@@ -126,6 +127,7 @@ class StoreReads:
                 request=json.loads(r["request"]),
             )
             for r in rows
+            if (r["attempt_id"], r["idx"]) not in skip
         ]
 
     # -- reading ------------------------------------------------------------------------
