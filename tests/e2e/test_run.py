@@ -251,14 +251,14 @@ async def test_a_resume_of_an_unchanged_manifest_skips_planning(
         m = manifest(tmp_path, seeds=1)
         first, _ = await run(m, EmulatorConfig(time_scale=0))
         assert (first.plan.added, first.plan.kept) == (6, 0)
-        real_plan = Store.plan
+        real_plan = Store.plan_rows
         calls: list[int] = []
 
         async def counting_plan(self: Store, *args: Any, **kw: Any) -> Any:
             calls.append(1)
             return await real_plan(self, *args, **kw)
 
-        monkeypatch.setattr(Store, "plan", counting_plan)
+        monkeypatch.setattr(Store, "plan_rows", counting_plan)
         again, _ = await run(m, EmulatorConfig(time_scale=0))
         assert calls == []
         assert (again.plan.added, again.plan.kept, again.plan.removed) == (0, 6, 0)
