@@ -267,3 +267,44 @@ async def test_a_resume_of_an_unchanged_manifest_skips_planning(
         assert calls == [1]
         assert (grown.plan.added, grown.plan.kept) == (6, 6)
         assert grown.counts["succeeded"] == 12
+
+
+def test_the_token_reaches_no_output_of_any_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sentinel token through `zbatch run` over a real socket, then every command that
+    reads the batch (status, report, gallery, export in each format, verify): the token is
+    in no file under OUT (log.jsonl, batch.sqlite, metadata.jsonl, the gallery, the exports)
+    and in nothing printed."""
+    from runner.cli import main
+
+    token = "sk-SENTINEL-outputs-7c1e"
+    monkeypatch.setenv("CIVITAI_API_TOKEN", token)
+    m = tmp_path / "m.yaml"
+    m.write_text(
+        "name: tok\nout: out\nbudget: 50\ndefaults: {size: 64x64}\n"
+        "grid: {model: [turbo, base], prompt: [a fox, a hare], seed: {count: 2}}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    with running_server(EmulatorConfig(time_scale=0, seed=3)) as url:
+        assert main(["run", str(m), "--api-url", url, "--quiet"]) == 0
+    commands = [
+        ["status", str(out)],
+        ["report", str(out)],
+        ["gallery", str(out)],
+        ["verify", str(out)],
+        *(
+            ["export", str(out), "--format", f, "--to", str(tmp_path / f"x.{f}")]
+            for f in ("jsonl", "csv", "parquet")
+        ),
+    ]
+    for command in commands:
+        assert main(command) == 0, command
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p != m]
+    assert {p.name for p in files} >= {"log.jsonl", "batch.sqlite", "metadata.jsonl"}
+    assert any(p.suffix == ".html" for p in files)
+    for path in files:
+        assert token.encode() not in path.read_bytes(), f"the token is in {path}"
