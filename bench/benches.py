@@ -157,7 +157,7 @@ def request_kinds(state: dict[str, Any]) -> dict[str, int]:
             continue
         if route.startswith("POST /v2/consumer/workflows"):
             kinds["submit"] += count
-        elif route == "GET /v2/consumer/blobs/{blobId}":
+        elif route.startswith("GET /v2/consumer/blobs/{blobId}"):  # "… (signed)" too
             kinds["redirect"] += count
         elif "/blobs" in route:
             kinds["download"] += count

@@ -8,10 +8,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import httpx
 import pytest
 
-from bench.benches import BENCHES, TINY
+from bench.benches import BENCHES, TINY, request_kinds
 from bench.run import render
+from runner.api import Client
+from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 
 
 @pytest.mark.parametrize("name", list(BENCHES))
@@ -29,3 +32,27 @@ def test_benchmark_runs_at_a_tiny_size_and_reports_its_figures(
             assert figure.met is not None, figure
     with capsys.disabled():  # the issue asks that the tiny run show its figures
         print(f"\n{render(figures)}")  # noqa: T201
+
+
+async def test_request_kinds_sorts_the_emulators_own_route_labels() -> None:
+    """A submit, a poll and one download (the signed URL's redirect, then the content) as the
+    emulator labels them: each lands in its kind, so "API calls per cell" counts a download
+    once (a label that stops matching would count the redirect as a second download)."""
+    app = make_app(EmulatorConfig(time_scale=0))
+    step = {
+        "$type": "imageGen",
+        "input": {
+            "engine": "sdcpp", "ecosystem": "zImage", "model": "turbo",
+            "operation": "createImage", "prompt": "p", "width": 64, "height": 64,
+        },
+    }  # fmt: skip
+    transport = EmulatorTransport(app)
+    async with Client(base_url="http://emulator", token="bench", transport=transport) as client:
+        wf = await client.submit([step], external_id="kinds-1", tags=["kinds"])
+        await client.query(tags=["kinds"])
+        url = wf.images[0].url
+        assert url is not None
+        await client.download(url, max_bytes=1 << 20)
+    async with httpx.AsyncClient(transport=EmulatorTransport(app)) as plain:
+        state = (await plain.get("http://emulator/_emulator/state")).json()
+    assert request_kinds(state) == {"submit": 1, "poll": 1, "download": 1, "redirect": 1}
