@@ -54,6 +54,7 @@ class Sizes:
     e2e_cells: int = 2_000
     sequential_cells: int = 300
     gather_cells: int = 1_000
+    floor_requests: int = 3_000
     concurrency: int = 64
     slot_cells: int = 1_000
     slot_time_scale: float = 1.5
@@ -74,6 +75,7 @@ TINY = Sizes(
     e2e_cells=24,
     sequential_cells=4,
     gather_cells=12,
+    floor_requests=50,
     concurrency=8,
     slot_cells=24,
     slot_time_scale=0.05,
@@ -230,6 +232,7 @@ def bench_end_to_end(sizes: Sizes, folder: Path) -> list[Figure]:
     seq = run_baseline(folder, "sequential", cells=sizes.sequential_cells, time_scale=0,
                        concurrency=1)  # fmt: skip
     gat = run_baseline(folder, "gather", cells=sizes.gather_cells, time_scale=0, concurrency=c)
+    floor_ms = httpx_floor_ms(folder, requests=sizes.floor_requests, concurrency=c)
     name = scaled("end to end, time_scale 0, 64x64, over a socket", z.cells, 20_000)
     cmd = f"zbatch run (in_flight {c}) against python -m bench.serve --time-scale 0"
     base = "python -m bench.baselines"
@@ -240,6 +243,11 @@ def bench_end_to_end(sizes: Sizes, folder: Path) -> list[Figure]:
         Figure(name, "zbatch requests per cell", z.requests_per_cell, "requests", "", None, cmd),
         Figure(name, "the emulator's CPU per 1,000 cells", z.emulator_cpu_s / z.cells * 1000,
                "CPU s", "", None, "/proc/<emulator pid>/stat"),
+        Figure("httpx alone: a bare AsyncClient GET", "CPU per request", floor_ms, "ms", "",
+               None, "python -m bench.children httpx-floor"),
+        Figure("httpx alone", "CPU per 1,000 cells at zbatch's requests per cell",
+               floor_ms * z.requests_per_cell, "CPU s", "", None,
+               "the line above x zbatch's requests per cell: a floor under the 2 CPU s target"),
         Figure(f"baseline (a) sequential, submit with wait [{seq.cells:,} cells]", "cells/s",
                seq.per_s, "cells/s", "", None, f"{base} sequential"),
         Figure(f"baseline (b) gather, semaphore {c} [{gat.cells:,} cells]", "cells/s",
@@ -251,6 +259,15 @@ def bench_end_to_end(sizes: Sizes, folder: Path) -> list[Figure]:
         Figure("zbatch vs (b) gather", "throughput ratio", z.per_s / gat.per_s, "x", "", None,
                cmd),
     ]  # fmt: skip
+
+
+def httpx_floor_ms(folder: Path, *, requests: int, concurrency: int) -> float:
+    """CPU ms per request of a bare httpx client against the same emulator, in a child."""
+    with h.emulator(time_scale=0) as emu:
+        args = ["bench.children", "httpx-floor", "--url", emu.url]
+        args += ["--requests", str(requests), "--concurrency", str(concurrency)]
+        data, _ = child_json(args, folder)
+    return float(data["cpu_s"]) / int(data["requests"]) * 1000
 
 
 # -- slot use and requests per cell, simulated durations --------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import tempfile
 import time
@@ -174,6 +175,33 @@ async def export(out: Path, fmt: str) -> dict[str, Any]:
     }
 
 
+async def httpx_floor(url: str, requests: int, concurrency: int) -> dict[str, Any]:
+    """The CPU a bare `httpx.AsyncClient` spends per GET against the emulator, nothing else:
+    no store, no checks, no logging. The runner can spend no less per request it makes."""
+    import resource
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {os.environ['CIVITAI_API_TOKEN']}"}
+    limiter = anyio.CapacityLimiter(concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=headers) as client:
+
+        async def one() -> None:
+            async with limiter:
+                response = await client.get("/v2/consumer/workflows", params={"take": 1})
+                response.raise_for_status()
+
+        await one()  # the connection, the imports
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(requests):
+                tg.start_soon(one)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"requests": requests, "cpu_s": cpu_s, "elapsed_s": time.perf_counter() - started}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="one bench measurement in a fresh process")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -188,6 +216,10 @@ def main() -> None:
     p = sub.add_parser("export")
     p.add_argument("out", type=Path)
     p.add_argument("--format", required=True)
+    p = sub.add_parser("httpx-floor")
+    p.add_argument("--url", required=True)
+    p.add_argument("--requests", type=int, required=True)
+    p.add_argument("--concurrency", type=int, required=True)
     args = parser.parse_args()
     if args.what == "expand":
         figures = expand(args.cells)
@@ -196,6 +228,9 @@ def main() -> None:
         figures["bytes"] = sum(p.stat().st_size for p in args.folder.glob(f"{DB_NAME}*"))
     elif args.what == "fixture":
         figures = anyio.run(fixture, args.manifest, args.done, backend="asyncio")
+    elif args.what == "httpx-floor":
+        floor = (args.url, args.requests, args.concurrency)
+        figures = anyio.run(httpx_floor, *floor, backend="asyncio")
     else:
         figures = anyio.run(export, args.out, args.format, backend="asyncio")
     print(json.dumps(figures))
