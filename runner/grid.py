@@ -153,15 +153,8 @@ class _DigestSet:
         """Add ``digest`` (16 bytes); True if it was new."""
         high = int.from_bytes(digest[:8], "little") | 1  # 0 marks an empty slot
         low = int.from_bytes(digest[8:16], "little")
-        highs, lows = self._high, self._low
-        mask = self._slots - 1
-        index = low & mask
-        while found := highs[index]:
-            if found == high and lows[index] == low:
-                return False
-            index = (index + 1) & mask
-        highs[index] = high
-        lows[index] = low
+        if not self._insert(high, low):
+            return False
         self._count += 1
         if 2 * self._count > self._slots:
             self._grow()

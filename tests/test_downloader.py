@@ -18,17 +18,9 @@ from runner.emulator import EmulatorConfig, EmulatorTransport, ManualClock, make
 from runner.emulator.hostile import bomb_png
 from runner.files import InvalidImage
 from runner.limits import Backoff
-from runner.records import PendingImage
+from tests.cells import FOX_INPUT, first_image
 
-INPUT = {
-    "engine": "sdcpp",
-    "ecosystem": "zImage",
-    "model": "turbo",
-    "operation": "createImage",
-    "prompt": "a fox in the snow",
-    "width": 64,
-    "height": 64,
-}
+INPUT = dict(FOX_INPUT)
 
 
 async def fetch_after(advance_s: float) -> tuple[object, dict[str, int]]:
@@ -45,14 +37,7 @@ async def fetch_after(advance_s: float) -> tuple[object, dict[str, int]]:
         fetcher = ImageFetcher(client, Backoff(base_s=60, cap_s=60), max_bytes=1 << 20)
         fetcher.remember_urls(1, wf)
         clock.advance(advance_s)
-        item = PendingImage(
-            attempt_id=1,
-            index=0,
-            blob_id=wf.images[0].blob_id,
-            cell_key="k",
-            workflow_id=wf.id,
-            request=dict(INPUT),
-        )
+        item = first_image(wf, INPUT, cell_key="k")
         with anyio.fail_after(10):
             got = await fetcher.fetch(item)
     routes: dict[str, int] = app.state.emulator.state()["requests"]["by_route"]

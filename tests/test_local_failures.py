@@ -33,6 +33,7 @@ from runner.migrations import SCHEMA_VERSION
 from runner.out_folder import check_out_folder
 from runner.records import AttemptState, CellRow
 from runner.store import Store, header_problem
+from tests.cells import turbo_cell
 from tests.diskfull import SmallDisk, mount_permitted, small_disk
 
 MANIFEST = """
@@ -46,14 +47,7 @@ grid:
 
 
 def cell(n: int) -> CellRow:
-    return CellRow(
-        key=f"{n:032x}",
-        replica=0,
-        model="turbo",
-        request={"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
-        vars={},
-        estimate_buzz=1,
-    )
+    return turbo_cell(n, estimate_buzz=1)
 
 
 def sha(path: Path) -> str:

@@ -16,6 +16,7 @@ from runner.emulator import EmulatorConfig, running_server
 from runner.errors import StoreError
 from runner.records import AttemptState, CellRow, ImageOutcome
 from runner.store import Store
+from tests.cells import turbo_cell
 from tests.e2e.ops_harness import MANIFEST
 
 
@@ -27,8 +28,7 @@ def _reset_logging() -> Iterator[None]:
 
 
 def cell(n: int) -> CellRow:
-    request = {"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n}
-    return CellRow(f"{n:032x}", 0, "turbo", request, {}, 2)
+    return turbo_cell(n, estimate_buzz=2)
 
 
 @pytest.fixture

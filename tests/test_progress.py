@@ -19,6 +19,7 @@ from runner.manifest import parse_manifest
 from runner.progress import RateWindow, Snapshot, render_line, render_summary, show_progress
 from runner.records import Budget, CellRow, PlanResult
 from runner.store import Store
+from tests.cells import turbo_cell
 from tests.e2e.test_run import FAST, MANIFEST
 
 SENTINEL_TOKEN = "sentinel-token-6f1c0d2e"
@@ -184,14 +185,7 @@ def test_summary_of_a_stopped_run_says_how_to_continue() -> None:
 
 
 def cell(n: int) -> CellRow:
-    return CellRow(
-        key=f"{n:032x}",
-        replica=0,
-        model="turbo",
-        request={"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
-        vars={},
-        estimate_buzz=3,
-    )
+    return turbo_cell(n, estimate_buzz=3)
 
 
 @pytest.fixture

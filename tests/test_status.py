@@ -15,19 +15,13 @@ from runner.files import atomic_write_bytes, image_path
 from runner.records import AttemptState, CellRow, ImageOutcome
 from runner.status import NotABatch, read_status, render_status, status_json
 from runner.store import Store
+from tests.cells import turbo_cell
 
 NOW = "2026-01-02T03:04:05.000+00:00"
 
 
 def cell(n: int) -> CellRow:
-    return CellRow(
-        key=f"{n:032x}",
-        replica=0,
-        model="turbo",
-        request={"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
-        vars={},
-        estimate_buzz=5,
-    )
+    return turbo_cell(n, estimate_buzz=5)
 
 
 async def build(out: Path) -> Store:

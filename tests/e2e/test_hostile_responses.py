@@ -40,21 +40,13 @@ from runner.http_errors import UnusableAnswerError
 from runner.limits import Backoff, retrying
 from runner.manifest import parse_manifest
 from runner.models import WorkflowStatus
-from runner.records import PendingImage
+from tests.cells import FOX_INPUT, first_image
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "sentinel-token-7f3a9c1e5b"
 GET_ROUTE = "GET /v2/consumer/workflows/{workflowId}"
 FAST = Backoff(base_s=0.001, cap_s=0.001)
-INPUT = {
-    "engine": "sdcpp",
-    "ecosystem": "zImage",
-    "model": "turbo",
-    "operation": "createImage",
-    "prompt": "a fox in the snow",
-    "width": 64,
-    "height": 64,
-}
+INPUT = dict(FOX_INPUT)
 STEP = [{"$type": "imageGen", "input": INPUT}]
 
 
@@ -192,14 +184,7 @@ async def fetch_one(kind: str, rule: FaultRule) -> tuple[FetchedImage | str, Emu
         assert wf.id is not None
         fetcher = ImageFetcher(client, FAST, max_bytes=1 << 20)
         fetcher.remember_urls(1, wf)
-        item = PendingImage(
-            attempt_id=1,
-            index=0,
-            blob_id=wf.images[0].blob_id,
-            cell_key="ab12cd34",
-            workflow_id=wf.id,
-            request=dict(INPUT),
-        )
+        item = first_image(wf, INPUT, cell_key="ab12cd34")
         with anyio.fail_after(20):
             return await fetcher.fetch(item), service(app)
 
