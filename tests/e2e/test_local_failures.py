@@ -237,3 +237,40 @@ async def test_an_image_deleted_or_changed_under_the_run_is_found_and_repaired(
         assert rows_written == CELLS * 2
         assert images_on_disk_match(m) == CELLS * 2
         assert gone.with_suffix(".txt").read_text() != ""
+
+
+async def test_a_dataset_refresh_refused_mid_run_stops_the_run_and_the_next_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses metadata.jsonl while the run goes on (INJECTED: ENOSPC at the
+    refresh, which runs at once here): the run stops with DiskFull naming the file, as a
+    refused image would; the record stays whole, and the next run ends with the dataset
+    listing every image, without a second workflow for any externalId."""
+    import errno
+
+    import runner.batch
+    import runner.dataset
+
+    m = manifest(tmp_path)
+    app = make_app(EmulatorConfig(time_scale=0))
+    real_refresh = runner.dataset._refresh
+
+    async def refused(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner.batch, "DATASET_EVERY_S", 0)
+    monkeypatch.setattr(runner.dataset, "_refresh", refused)
+    with anyio.fail_after(60):
+        async with client_for(app) as client:
+            with pytest.raises(DiskFull, match=METADATA_NAME):
+                await run_batch(m, client, overrides=RunOverrides(submit_per_s=5), tuning=FAST)
+        assert not (m.out / METADATA_NAME).exists()
+        states = list(cell_states(m).values())
+        assert states.count("planned") > CELLS // 2, "it stopped mid-run, not at its end"
+        monkeypatch.setattr(runner.dataset, "_refresh", real_refresh)
+        async with client_for(app) as client:
+            outcome = await run_batch(m, client, tuning=FAST)
+    assert outcome.counts["succeeded"] == CELLS
+    lines = (m.out / METADATA_NAME).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 * CELLS
+    assert_one_workflow_per_external_id(app)
