@@ -114,6 +114,34 @@ async def test_sqlite_full_at_the_intent_leaves_the_attempt_planned(disk: SmallD
             assert [a.state for a in await store.active()] == [AttemptState.SUBMITTING]
 
 
+async def test_a_database_made_read_only_during_a_run_stops_at_the_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INJECTED (a filesystem with the database open for writing cannot be remounted
+    read-only): SQLITE_READONLY at a transition's COMMIT is ReadOnlyDisk (exit 6) naming the
+    file, the transition is rolled back whole, and it goes through once writable again."""
+    with anyio.fail_after(20):
+        async with await Store.open(tmp_path / "batch.sqlite") as store:
+            await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
+            await store.plan([cell(i) for i in range(2)], max_attempts=1)
+            attempt = (await store.next_planned(1))[0]
+            real_commit = Store._commit
+
+            async def read_only_commit(self: Store) -> None:
+                exc = sqlite3.OperationalError("attempt to write a readonly database")
+                exc.sqlite_errorname = "SQLITE_READONLY"
+                raise exc
+
+            monkeypatch.setattr(Store, "_commit", read_only_commit)
+            with pytest.raises(ReadOnlyDisk, match="batch.sqlite") as caught:
+                await store.reserve(attempt.id, 8)
+            assert type(caught.value).exit_code == 6
+            monkeypatch.setattr(Store, "_commit", real_commit)
+            assert (await store.budget()).committed_buzz == 0
+            assert await store.active() == []
+            assert await store.reserve(attempt.id, 8)
+
+
 async def test_a_database_on_a_full_disk_is_refused_at_open_with_its_free_space(
     disk: SmallDisk,
 ) -> None:
