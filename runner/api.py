@@ -353,13 +353,18 @@ class Client:
     ) -> T:
         """One API call whose 2xx body `parser` reads; unusable answers are counted per
         request, and the `max_unusable_answers`-th in a row becomes an `ApiError`."""
-        digest = hashlib.sha256(repr((method, path, str(params), json_body)).encode()).hexdigest()
+
+        def request_key() -> str:  # only when a streak is counted: not on every call
+            text = repr((method, path, str(params), json_body))
+            return hashlib.sha256(text.encode()).hexdigest()
+
         try:
             response, body = await self._call(
                 method, path, params=params, json_body=json_body, wait_s=wait_s
             )
             result = parse_body(response, body, parser, self._secrets)
         except UnusableAnswerError as exc:
+            digest = request_key()
             streak = self._unusable.pop(digest, 0) + 1
             if streak < self.max_unusable_answers:
                 self._unusable[digest] = streak
@@ -372,7 +377,8 @@ class Client:
                 url=exc.url,
                 detail=exc.detail,
             ) from exc
-        self._unusable.pop(digest, None)
+        if self._unusable:
+            self._unusable.pop(request_key(), None)
         return result
 
     def _check_statuses(self, workflows: Sequence[Workflow]) -> None:
