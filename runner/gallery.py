@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 
 from runner.batch import DB_NAME
+from runner.dataset import open_record
 from runner.errors import StoreError
 from runner.files import atomic_write_bytes
 from runner.gallery_grid import (
@@ -28,7 +29,6 @@ from runner.gallery_grid import (
 from runner.gallery_html import render_page
 from runner.gallery_sheet import render_sheet
 from runner.status import NotABatch
-from runner.store import Store
 
 GALLERY_DIR = "gallery"
 INDEX_NAME = "index.html"
@@ -53,15 +53,7 @@ class GalleryResult:
 async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
     """The batch's name and cells, from `out/batch.sqlite` opened read-only."""
     db = out / DB_NAME
-    if not await anyio.Path(out).is_dir():
-        raise NotABatch(f"{out} does not exist or is not a folder: give a batch's `out` folder")
-    if not await anyio.Path(db).is_file():
-        raise NotABatch(f"{out} holds no {DB_NAME}: it is not a zbatch batch folder")
-    try:
-        store = await Store.open(db, read_only=True)
-    except StoreError as exc:
-        raise NotABatch(str(exc)) from exc
-    async with store:
+    async with await open_record(out) as store:
         try:
             info = await store.batch_info()
         except StoreError as exc:

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import anyio
 
 from runner.batch import DB_NAME
+from runner.dataset import open_record
 from runner.errors import StoreError, ZbatchError
 from runner.records import AttemptState, Budget, FailureReason, ImageState
-from runner.store import Store
 
 TOP_REASONS = 10
 REASON_WIDTH = 100  # characters of a reason shown in text; --json has them whole
@@ -49,15 +49,7 @@ class BatchStatus:
 async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
     """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
     db = out / DB_NAME
-    if not await anyio.Path(out).is_dir():
-        raise NotABatch(f"{out} does not exist or is not a folder: give a batch's `out` folder")
-    if not await anyio.Path(db).is_file():
-        raise NotABatch(f"{out} holds no {DB_NAME}: it is not a zbatch batch folder")
-    try:
-        store = await Store.open(db, read_only=True)
-    except StoreError as exc:
-        raise NotABatch(str(exc)) from exc
-    async with store:
+    async with await open_record(out) as store:
         try:
             info = await store.batch_info()
         except StoreError as exc:
