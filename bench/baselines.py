@@ -1,6 +1,6 @@
 """The two ways people run a batch without zbatch, written honestly, for `make bench` to beat.
 
-Both use zbatch's own HTTP client (`runner.api.Client`: the same httpx stack, the same
+Both use zbatch's own HTTP client (`runner.api._client.Client`: the same httpx stack, the same
 token handling), so the comparison is the scheduling, not the HTTP library. Both write each
 image to disk, as a script would, but keep no record: no database, no fsync, no retries.
 
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.api import Client
-from runner.models import Workflow
+from runner.api._client import Client
+from runner.api._models import Workflow
 
 PROMPT = "A bench cabin at dusk"  # the prompt of bench.harness.write_manifest
 MAX_BYTES = 64 * 1024 * 1024

@@ -467,7 +467,7 @@ def bench_export(sizes: Sizes, folder: Path) -> list[Figure]:
     for fmt in ("jsonl", "parquet"):
         args = ["bench.children", "export", str(out), "--format", fmt]
         f, _ = child_json(args, folder)
-        cmd = f"zbatch export OUT --format {fmt} (runner.export.export in python -m bench.children)"
+        cmd = f"zbatch export OUT --format {fmt} (runner.dataset in bench.children)"
         rate, peak_mib = f["rows"] / f["elapsed_s"], f["peak_kib"] / 1024
         figures += [
             Figure(f"{name} --format {fmt}", "rows/s", rate, "rows/s", "", None, cmd),

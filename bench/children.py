@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 
-from runner.batch import DB_NAME, batch_tag, manifest_sha256
 from runner.grid import store_rows
-from runner.manifest import load_manifest, parse_manifest
-from runner.store import Store
+from runner.manifest._load import load_manifest, parse_manifest
+from runner.ops._run import DB_NAME, batch_tag, manifest_sha256
+from runner.store._store import Store
 
 EXPAND_MANIFEST = """\
 name: bench-expand
@@ -162,7 +162,7 @@ async def fixture(manifest_path: Path, done: float) -> dict[str, Any]:
 
 async def export(out: Path, fmt: str) -> dict[str, Any]:
     """`zbatch export OUT --format FMT`: the function the command calls, timed, its peak."""
-    from runner.export import export as run_export
+    from runner.dataset._export import export as run_export
 
     before_kib = reset_peak()
     started = time.perf_counter()

@@ -44,9 +44,10 @@ from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from runner import prompts, zimage
-from runner.manifest import RANDOM, Manifest
-from runner.manifest_checks import has_grid_cells
+from runner.contract import _zimage as zimage
+from runner.manifest import _prompts as prompts
+from runner.manifest._checks import has_grid_cells
+from runner.manifest._load import RANDOM, Manifest
 
 KEY_VERSION = 1
 SEED_SPACE = 2**32

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import anyio
 
-from runner import zimage
+from runner.contract import _zimage as zimage
+from runner.engine._pacing import Backoff, retrying
 from runner.grid import expand
-from runner.limits import Backoff, retrying
-from runner.manifest import Manifest, Problem
+from runner.manifest._load import Manifest, Problem
 
 if TYPE_CHECKING:
-    from runner.api import Client
+    from runner.api._client import Client
 
 JSON_VERSION = 1
 FORMULA = "formula"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.models import Workflow
-from runner.records import CellRow, PendingImage
+from runner.api._models import Workflow
+from runner.store._rows import CellRow, PendingImage
 
 
 def turbo_cell(n: int, *, estimate_buzz: int) -> CellRow:

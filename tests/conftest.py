@@ -1,7 +1,7 @@
 """Shared fixtures: every async test runs on anyio's asyncio backend (aiosqlite needs it),
 and every test starts with structlog's defaults.
 
-`runner.cli.main` configures logging for the process; under pytest that points structlog at
+`runner.cli._main.main` configures logging for the process; under pytest that points structlog at
 one test's captured stderr, which pytest closes afterwards, so a later test that logs would
 write to a closed file. Resetting around each test keeps the tests independent of order.
 """

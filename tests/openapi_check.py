@@ -1,7 +1,7 @@
 """Test helper: check a JSON value against a flattened Civitai OpenAPI component schema.
 
 ``assert_schema("Workflow", body)`` validates with ``jsonschema`` (Draft 2020-12) against
-``runner.emulator.schema.flatten(name)``, so allOf chains and discriminators behave as the
+``runner.contract._schema.flatten(name)``, so allOf chains and discriminators behave as the
 API means them. ``format`` is an annotation only (not asserted): the API's own formats such
 as ``date-span`` and ``int32`` have no standard checker. On failure the message lists every
 violation with its JSON path, e.g. ``steps[0].output.images[0]: 'blobId' …``.
@@ -14,7 +14,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from runner.emulator import schema
+from runner.contract import _schema as schema
 
 
 @functools.cache

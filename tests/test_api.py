@@ -14,7 +14,9 @@ import httpx
 import pytest
 import structlog
 
-from runner.api import Client
+from runner.api._client import Client
+from runner.api._errors import UnusableAnswerError
+from runner.api._models import WorkflowStatus, parse_retry_after
 from runner.errors import (
     ApiError,
     AuthError,
@@ -24,9 +26,7 @@ from runner.errors import (
     RetryableError,
     UrlExpiredError,
 )
-from runner.http_errors import UnusableAnswerError
 from runner.log import redact_url
-from runner.models import WorkflowStatus, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 

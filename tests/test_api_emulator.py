@@ -15,7 +15,9 @@ import anyio
 import httpx
 import pytest
 
-from runner.api import Client
+from runner.api._client import Client
+from runner.api._models import WorkflowStatus
+from runner.disk._files import verify_image
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -35,8 +37,6 @@ from runner.errors import (
     RetryableError,
     UrlExpiredError,
 )
-from runner.files import verify_image
-from runner.models import WorkflowStatus
 
 TOKEN = "integration-token"
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench.benches import BENCHES, TINY, request_kinds
 from bench.run import render
-from runner.api import Client
+from runner.api._client import Client
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import build_parser, main
+from runner.cli._main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 

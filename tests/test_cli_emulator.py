@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.cli._main import main
 from runner.emulator import EmulatorConfig, RateLimit
 
 

@@ -13,9 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from runner.api import Client
-from runner.batch import RunOutcome, run_batch
-from runner.dataset import (
+from runner.api._client import Client
+from runner.dataset._metadata import (
     COLUMNS,
     METADATA_NAME,
     caption_path,
@@ -27,9 +26,10 @@ from runner.dataset import (
 )
 from runner.emulator import EmulatorConfig, EmulatorTransport, FaultProfile, make_app
 from runner.errors import DiskFull
-from runner.manifest import Manifest, parse_manifest
-from runner.store import Store
-from runner.store_reads import DatasetImage
+from runner.manifest._load import Manifest, parse_manifest
+from runner.ops._run import RunOutcome, run_batch
+from runner.store._reads import DatasetImage
+from runner.store._store import Store
 
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
 LORA = "urn:air:zImage:lora:civitai:123456@789012"
@@ -274,7 +274,7 @@ async def test_a_failed_refresh_leaves_the_old_file_intact(
                 raise OSError(28, "No space left on device")
             return flat_row(row)
 
-        monkeypatch.setattr("runner.dataset.flat_row", failing)
+        monkeypatch.setattr("runner.dataset._metadata.flat_row", failing)
         with pytest.raises(DiskFull, match="is full .* while writing metadata.jsonl"):
             await refresh(m.out, captions="none")
         assert (m.out / METADATA_NAME).read_text() == '{"file_name": "old"}\n'

@@ -8,10 +8,10 @@ from pathlib import Path
 import anyio
 import httpx
 
-from runner.api import Client
-from runner.engine import Engine, EngineConfig, charge_of, outcome_of, shape_of
-from runner.models import Workflow, parse_workflow
-from runner.records import Attempt, AttemptState
+from runner.api._client import Client
+from runner.api._models import Workflow, parse_workflow
+from runner.engine._engine import Engine, EngineConfig, charge_of, outcome_of, shape_of
+from runner.store._rows import Attempt, AttemptState
 
 
 def attempt(**request: object) -> Attempt:

@@ -16,11 +16,11 @@ from typing import Any
 import anyio
 import pytest
 
-from runner.cli import main
-from runner.dataset import column_names, metadata_row
-from runner.export import ExportError, MissingExtra, default_target, export, shard_urls
-from runner.store import Store
-from runner.store_reads import DatasetImage
+from runner.cli._main import main
+from runner.dataset._export import ExportError, MissingExtra, default_target, export, shard_urls
+from runner.dataset._metadata import column_names, metadata_row
+from runner.store._reads import DatasetImage
+from runner.store._store import Store
 from tests.test_dataset import LORA, fill_batch, read_jsonl, run_small_batch
 
 COLUMNS = column_names(["animal"])
@@ -29,7 +29,7 @@ COLUMNS = column_names(["animal"])
 @pytest.fixture(autouse=True)
 def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """`main` would point structlog at a test's captured stderr, which is closed after it."""
-    monkeypatch.setattr("runner.cli.configure_logging", lambda **_: None)
+    monkeypatch.setattr("runner.cli._main.configure_logging", lambda **_: None)
 
 
 async def expected_rows(
@@ -194,7 +194,7 @@ async def test_a_failed_export_leaves_the_previous_one_intact(
                 raise OSError(28, "No space left on device")
             return metadata_row(image, names)
 
-        monkeypatch.setattr("runner.export.metadata_row", failing)
+        monkeypatch.setattr("runner.dataset._export.metadata_row", failing)
         with pytest.raises(OSError, match="No space left"):
             await export(m.out, fmt, shard_size=100, chunk=4)
         after = sorted(p for p in before.path.parent.rglob("*") if p.is_file())
@@ -279,7 +279,7 @@ def test_cli_export_of_a_folder_without_a_batch_exits_2(
 PARQUET_IN_A_FRESH_PROCESS = """
 import sys, anyio
 from pathlib import Path
-from runner.export import export
+from runner.dataset._export import export
 result = anyio.run(export, Path(sys.argv[1]), "parquet")
 print(result.rows, "pandas" in sys.modules)
 """

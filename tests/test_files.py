@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner.files import (
+from runner.disk._files import (
     InvalidImage,
     atomic_write_bytes,
     image_path,

@@ -15,10 +15,10 @@ import anyio
 import pytest
 from PIL import Image, ImageStat
 
-from runner import zimage
-from runner.cli import main
-from runner.gallery import make_gallery, read_cells, sheet_name
-from runner.gallery_grid import (
+from runner.cli._main import main
+from runner.contract import _zimage as zimage
+from runner.dataset._gallery import make_gallery, read_cells, sheet_name
+from runner.dataset._gallery_grid import (
     GalleryCell,
     GalleryError,
     GalleryImage,
@@ -27,8 +27,8 @@ from runner.gallery_grid import (
     parse_states,
     tiling,
 )
-from runner.gallery_html import render_page
-from runner.gallery_sheet import render_sheet
+from runner.dataset._gallery_html import render_page
+from runner.dataset._gallery_sheet import render_sheet
 from tests.browser.batch import PROMPTS, build_batch
 
 COLOURS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40), (150, 40, 170)]
@@ -407,7 +407,7 @@ def test_a_huge_grid_makes_a_bounded_sheet_that_says_what_it_left_out(tmp_path: 
 @pytest.fixture
 def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """`main` would point structlog at this test's captured stderr, closed after it."""
-    monkeypatch.setattr("runner.cli.configure_logging", lambda **_: None)
+    monkeypatch.setattr("runner.cli._main.configure_logging", lambda **_: None)
 
 
 @pytest.fixture
@@ -484,7 +484,7 @@ def test_the_sheet_is_named_for_its_axes() -> None:
 
 def test_make_gallery_reads_during_a_run_without_the_lock(out: Path) -> None:
     """The record opens read-only: a held batch lock (a run going on) does not stop it."""
-    from runner.store import Store
+    from runner.store._store import Store
 
     async def with_lock_held() -> int:
         async with await Store.open(out / "batch.sqlite"):

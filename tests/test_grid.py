@@ -13,11 +13,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner import zimage
+from runner.contract import _zimage as zimage
 from runner.emulator import pricing
 from runner.emulator.validation import validate_template
 from runner.grid import Cell, canonical_json, cell_key, count_cells, expand, pin_seed
-from runner.manifest import load_manifest, parse_manifest
+from runner.manifest._load import load_manifest, parse_manifest
 
 PROPERTIES = settings(derandomize=True, max_examples=60, deadline=None)
 MANIFESTS = Path(__file__).parent / "manifests"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from runner.cli import main
-from runner.manifest import load_manifest, parse_manifest
+from runner.cli._main import main
+from runner.manifest._load import load_manifest, parse_manifest
 from runner.plan import make_plan, render_text
 
 ROOT = Path(__file__).resolve().parent.parent

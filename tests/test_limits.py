@@ -7,8 +7,8 @@ import random
 import anyio
 import pytest
 
+from runner.engine._pacing import Backoff, RateLimiter, retrying
 from runner.errors import RejectedError, RetryableError
-from runner.limits import Backoff, RateLimiter, retrying
 
 
 class FakeTime:

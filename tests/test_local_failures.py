@@ -17,8 +17,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner import local_faults
-from runner.cli import main
+from runner.cli._main import main
+from runner.disk import _faults as local_faults
+from runner.disk._files import BatchLock, atomic_write_bytes
+from runner.disk._out_folder import check_out_folder
 from runner.errors import (
     BatchInUse,
     DatabaseDamaged,
@@ -27,12 +29,10 @@ from runner.errors import (
     NewerSchema,
     ReadOnlyDisk,
 )
-from runner.files import BatchLock, atomic_write_bytes
 from runner.log import configure_logging
-from runner.migrations import SCHEMA_VERSION
-from runner.out_folder import check_out_folder
-from runner.records import AttemptState, CellRow
-from runner.store import Store, header_problem
+from runner.store._migrations import SCHEMA_VERSION
+from runner.store._rows import AttemptState, CellRow
+from runner.store._store import Store, header_problem
 from tests.cells import turbo_cell
 from tests.diskfull import SmallDisk, mount_permitted, small_disk
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ManifestError
-from runner.manifest import (
+from runner.manifest._load import (
     RANDOM,
     Axis,
     InvalidManifest,

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner.errors import ManifestError
-from runner.manifest import Manifest, decode_manifest, parse_manifest
+from runner.manifest._load import Manifest, decode_manifest, parse_manifest
 
 JOBS = Path(__file__).parent.parent / "jobs"
 MANIFESTS = sorted(JOBS.glob("*.yaml"))

@@ -1,6 +1,6 @@
 """Hostile input: every bad manifest, prompt file and flag ends in one message and exit 2.
 
-Each row runs ``zbatch`` through ``runner.cli.main`` and checks the exit code (2), the exact
+Each row runs ``zbatch`` through ``runner.cli._main.main`` and checks the exit code (2), the exact
 ``zbatch: error:`` message (file:line:column, the field, the value, what is allowed), that
 no traceback was printed and that nothing was written: no file under the folder appears,
 changes or disappears, so no ``out`` folder, database or log was created, and nothing was
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.cli._main import main
 
 HEAD = "name: t\nout: out\nbudget: 100\n"
 GRID = "grid: {prompt: p}\n"
@@ -558,7 +558,7 @@ def test_an_unreadable_manifest_is_named(tmp_path, capsys, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("runner.textfile.os.open", refuse)
+    monkeypatch.setattr("runner.manifest._textfile.os.open", refuse)
     assert main(["run", str(manifest)]) == 2
     assert capsys.readouterr().err == (
         f"zbatch: error: {manifest}: cannot be read (Permission denied)\n"

@@ -11,11 +11,11 @@ import anyio
 import pytest
 import structlog
 
-from runner.cli import main
+from runner.cli._main import main
 from runner.emulator import EmulatorConfig, running_server
 from runner.errors import StoreError
-from runner.records import AttemptState, CellRow, ImageOutcome
-from runner.store import Store
+from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.store._store import Store
 from tests.cells import turbo_cell
 from tests.e2e.ops_harness import MANIFEST
 

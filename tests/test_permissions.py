@@ -11,12 +11,12 @@ import anyio
 import pytest
 import structlog
 
-from runner.cli import main
+from runner.cli._main import main
+from runner.disk._files import atomic_write_bytes
+from runner.disk._out_folder import check_out_folder
 from runner.errors import OutFolderError
-from runner.files import atomic_write_bytes
 from runner.log import configure_logging
-from runner.out_folder import check_out_folder
-from runner.store import Store
+from runner.store._store import Store
 
 
 def mode(path: Path) -> int:
@@ -138,6 +138,6 @@ def test_an_out_folder_we_cannot_write_is_refused(
                 return False
             return real_access(path, mode, **kw)  # type: ignore[arg-type]
 
-        monkeypatch.setattr("runner.out_folder.os.access", as_a_user)
+        monkeypatch.setattr("runner.disk._out_folder.os.access", as_a_user)
     with pytest.raises(OutFolderError, match="is not writable by you"):
         check_out_folder(out)

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import structlog
 
-from runner.api import Client
-from runner.cli import main
+from runner.api._client import Client
+from runner.cli._main import main
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -24,7 +24,7 @@ from runner.emulator import (
     running_server,
 )
 from runner.grid import expand
-from runner.manifest import Manifest, parse_manifest
+from runner.manifest._load import Manifest, parse_manifest
 from runner.plan import (
     Shape,
     Tally,

@@ -11,14 +11,14 @@ import anyio
 import pytest
 from rich.console import Console
 
-from runner.api import Client
-from runner.batch import RunOutcome, RunOverrides, run_batch
+from runner.api._client import Client
+from runner.cli._progress import RateWindow, Snapshot, render_line, render_summary, show_progress
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
-from runner.engine import Engine, EngineConfig, RunStats
-from runner.manifest import parse_manifest
-from runner.progress import RateWindow, Snapshot, render_line, render_summary, show_progress
-from runner.records import Budget, CellRow, PlanResult
-from runner.store import Store
+from runner.engine._engine import Engine, EngineConfig, RunStats
+from runner.manifest._load import parse_manifest
+from runner.ops._run import RunOutcome, RunOverrides, run_batch
+from runner.store._rows import Budget, CellRow, PlanResult
+from runner.store._store import Store
 from tests.cells import turbo_cell
 from tests.e2e.test_run import FAST, MANIFEST
 

@@ -10,18 +10,18 @@ from typing import Any
 import anyio
 import pytest
 
-from runner.cli import main
+from runner.cli._main import main
+from runner.dataset._report import read_report, render_report, report_json
 from runner.emulator import FaultProfile, FaultRule
-from runner.records import AttemptState, CellRow, ImageOutcome
-from runner.report import read_report, render_report, report_json
-from runner.store import Store
+from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.store._store import Store
 from tests.test_dataset import run_small_batch
 
 
 @pytest.fixture(autouse=True)
 def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """`main` would point structlog at a test's captured stderr, which is closed after it."""
-    monkeypatch.setattr("runner.cli.configure_logging", lambda **_: None)
+    monkeypatch.setattr("runner.cli._main.configure_logging", lambda **_: None)
 
 
 class Clock:

@@ -9,12 +9,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner.cli import main
+from runner.cli._main import main
+from runner.dataset._status import NotABatch, read_status, render_status, status_json
+from runner.disk._files import atomic_write_bytes, image_path
 from runner.errors import StoreError
-from runner.files import atomic_write_bytes, image_path
-from runner.records import AttemptState, CellRow, ImageOutcome
-from runner.status import NotABatch, read_status, render_status, status_json
-from runner.store import Store
+from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.store._store import Store
 from tests.cells import turbo_cell
 
 NOW = "2026-01-02T03:04:05.000+00:00"

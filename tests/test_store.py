@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from runner.errors import StoreError
-from runner.records import AttemptState, CellRow, ImageOutcome, external_id_for
-from runner.store import Store
+from runner.store._rows import AttemptState, CellRow, ImageOutcome, external_id_for
+from runner.store._store import Store
 
 
 def cell(n: int, *, estimate: int = 8, model: str = "turbo") -> CellRow:

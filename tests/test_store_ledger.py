@@ -19,8 +19,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from runner.records import AttemptState, CellRow
-from runner.store import Store
+from runner.store._rows import AttemptState, CellRow
+from runner.store._store import Store
 
 T = TypeVar("T")
 CAP = 100

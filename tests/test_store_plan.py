@@ -13,11 +13,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner import store as store_module
-from runner.batch import cell_rows
-from runner.manifest import parse_manifest
-from runner.records import CellRow, external_id_for
-from runner.store import Store
+from runner.manifest._load import parse_manifest
+from runner.ops._run import cell_rows
+from runner.store import _store as store_module
+from runner.store._rows import CellRow, external_id_for
+from runner.store._store import Store
 from tests.test_grid import PINNED_MANIFEST
 
 
@@ -163,8 +163,8 @@ async def _one(store: Store, sql: str) -> object:
 KILLED_PLAN = """
 import sys, anyio
 from pathlib import Path
-from runner import store as store_module
-from runner.store import Store
+from runner.store import _store as store_module
+from runner.store._store import Store
 from tests.test_store_plan import cell
 
 store_module.PLAN_CHUNK = 50

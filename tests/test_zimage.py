@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner import zimage
-from runner.emulator import pricing, schema
+from runner.contract import _schema as schema
+from runner.contract import _zimage as zimage
+from runner.emulator import pricing
 from runner.emulator.validation import normalized_input, validate_template
 
 PROPERTIES = settings(derandomize=True, max_examples=200, deadline=None)

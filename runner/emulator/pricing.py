@@ -5,7 +5,7 @@ The seed page (recipes/zimage.md) gives the shape of the price:
     total = base × (width × height / 1024²) × (steps / referenceSteps) × quantity
 
 with turbo ``base`` 8, ``referenceSteps`` 9 and base ``base`` 20, ``referenceSteps`` 20.
-It is computed exactly with ``fractions.Fraction`` by ``runner.zimage`` (``exact_buzz``,
+It is computed exactly with ``fractions.Fraction`` by ``runner.contract._zimage`` (``exact_buzz``,
 ``price_buzz``): the runner estimates and the emulator charges with the same code, so the
 two can never disagree. This module only reads a normalized input's fields for it.
 
@@ -33,9 +33,9 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from runner import zimage
-from runner.emulator import schema
-from runner.zimage import MINIMUM_BUZZ, RATES, REFERENCE_PIXELS, ModelRate
+from runner.contract import _schema as schema
+from runner.contract import _zimage as zimage
+from runner.contract._zimage import MINIMUM_BUZZ, RATES, REFERENCE_PIXELS, ModelRate
 
 __all__ = [
     "MINIMUM_BUZZ",

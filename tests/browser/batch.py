@@ -11,10 +11,10 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from runner.api import Client
-from runner.batch import run_batch
+from runner.api._client import Client
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
-from runner.manifest import parse_manifest
+from runner.manifest._load import parse_manifest
+from runner.ops._run import run_batch
 
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
 

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from PIL import Image, ImageStat
 
-from runner.gallery import GalleryResult, make_gallery
+from runner.dataset._gallery import GalleryResult, make_gallery
 from tests.browser.batch import PROMPTS, build_batch
 from tests.browser.chromium import WINDOW, chromium_path, dump_dom, screenshot
 

@@ -286,7 +286,7 @@ class Runner:
         *,
         prefix: Sequence[str] = (),
     ) -> None:
-        """`prefix` replaces `python -m runner.cli` (the matrix's injected-disk wrapper)."""
+        """`prefix` replaces `python -m runner.cli._main` (the matrix's injected-disk wrapper)."""
         self.cmd = [*(prefix or zbatch()), "run", str(manifest), "--api-url", api_url, "--quiet"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIVITAI_")}
         self.env = {**env, "CIVITAI_API_TOKEN": scenario.token}

@@ -38,7 +38,7 @@ class FlagDisk(SmallDisk):
 
 
 def main(argv: list[str]) -> int:
-    from runner.cli import main as zbatch
+    from runner.cli._main import main as zbatch
 
     disk = FlagDisk(Path(argv[0]), 0)
     disk.inject(pytest.MonkeyPatch())

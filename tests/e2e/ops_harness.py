@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 
-from runner.api import Client
+from runner.api._client import Client
 from runner.emulator import EmulatorTransport, ManualClock
 from runner.emulator.service import Emulator
-from runner.manifest import Manifest, parse_manifest
+from runner.manifest._load import Manifest, parse_manifest
 
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
 TOKEN = "ops-token"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import anyio
 
-from runner.batch import RunOverrides, run_batch
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
+from runner.ops._run import RunOverrides, run_batch
 from tests.e2e.ops_harness import (
     FAST,
     assert_one_workflow_per_external_id,

@@ -19,9 +19,9 @@ import anyio
 import httpx
 import pytest
 
-from runner.api import Client
-from runner.batch import run_batch
-from runner.downloader import FetchedImage, ImageFetcher
+from runner.api._client import Client
+from runner.api._errors import UnusableAnswerError
+from runner.api._models import WorkflowStatus
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -35,11 +35,11 @@ from runner.emulator import (
 )
 from runner.emulator.config import HOSTILE_FAULT_KINDS
 from runner.emulator.service import Emulator
+from runner.engine._downloader import FetchedImage, ImageFetcher
+from runner.engine._pacing import Backoff, retrying
 from runner.errors import ApiError, RetryableError
-from runner.http_errors import UnusableAnswerError
-from runner.limits import Backoff, retrying
-from runner.manifest import parse_manifest
-from runner.models import WorkflowStatus
+from runner.manifest._load import parse_manifest
+from runner.ops._run import run_batch
 from tests.cells import FOX_INPUT, first_image
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,13 +13,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner.batch import RunOverrides, run_batch
-from runner.dataset import METADATA_NAME, refresh_dataset
+from runner.dataset._metadata import METADATA_NAME, refresh_dataset
 from runner.emulator import EmulatorConfig, ManualClock, make_app
 from runner.errors import DatabaseDamaged, DiskFull
-from runner.manifest import Manifest, parse_manifest
-from runner.store import Store
-from runner.verify import verify_batch
+from runner.manifest._load import Manifest, parse_manifest
+from runner.ops._run import RunOverrides, run_batch
+from runner.ops._verify import verify_batch
+from runner.store._store import Store
 from tests.diskfull import mount_permitted, small_disk
 from tests.e2e.ops_harness import (
     FAST,
@@ -248,18 +248,18 @@ async def test_a_dataset_refresh_refused_mid_run_stops_the_run_and_the_next_fini
     listing every image, without a second workflow for any externalId."""
     import errno
 
-    import runner.batch
-    import runner.dataset
+    import runner.dataset._metadata
+    import runner.ops._run
 
     m = manifest(tmp_path)
     app = make_app(EmulatorConfig(time_scale=0))
-    real_refresh = runner.dataset._refresh
+    real_refresh = runner.dataset._metadata._refresh
 
     async def refused(*args: object, **kwargs: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runner.batch, "DATASET_EVERY_S", 0)
-    monkeypatch.setattr(runner.dataset, "_refresh", refused)
+    monkeypatch.setattr(runner.ops._run, "DATASET_EVERY_S", 0)
+    monkeypatch.setattr(runner.dataset._metadata, "_refresh", refused)
     with anyio.fail_after(60):
         async with client_for(app) as client:
             with pytest.raises(DiskFull, match=METADATA_NAME):
@@ -267,7 +267,7 @@ async def test_a_dataset_refresh_refused_mid_run_stops_the_run_and_the_next_fini
         assert not (m.out / METADATA_NAME).exists()
         states = list(cell_states(m).values())
         assert states.count("planned") > CELLS // 2, "it stopped mid-run, not at its end"
-        monkeypatch.setattr(runner.dataset, "_refresh", real_refresh)
+        monkeypatch.setattr(runner.dataset._metadata, "_refresh", real_refresh)
         async with client_for(app) as client:
             outcome = await run_batch(m, client, tuning=FAST)
     assert outcome.counts["succeeded"] == CELLS

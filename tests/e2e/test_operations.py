@@ -8,14 +8,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner.batch import run_batch
-from runner.cancel import cancel_batch
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
 from runner.emulator.ledger import account_id
-from runner.limits import Backoff
-from runner.retry import RetrySettings, retry_batch
-from runner.store import Store
-from runner.verify import verify_batch
+from runner.engine._pacing import Backoff
+from runner.ops._cancel import cancel_batch
+from runner.ops._retry import RetrySettings, retry_batch
+from runner.ops._run import run_batch
+from runner.ops._verify import verify_batch
+from runner.store._store import Store
 from tests.e2e.ops_harness import (
     FAST,
     TOKEN,

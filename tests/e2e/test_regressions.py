@@ -9,9 +9,8 @@ import anyio
 import httpx
 from anyio import wait_all_tasks_blocked
 
-from runner import zimage
-from runner.api import Client
-from runner.batch import DB_NAME, RunOverrides, batch_tag, cell_rows, run_batch
+from runner.api._client import Client
+from runner.contract import _zimage as zimage
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -20,9 +19,10 @@ from runner.emulator import (
     ManualClock,
     make_app,
 )
-from runner.engine import Engine, EngineConfig
-from runner.records import CellRow
-from runner.store import Store
+from runner.engine._engine import Engine, EngineConfig
+from runner.ops._run import DB_NAME, RunOverrides, batch_tag, cell_rows, run_batch
+from runner.store._rows import CellRow
+from runner.store._store import Store
 from tests.e2e.test_run import FAST, manifest
 from tests.emulator.conftest import template
 

@@ -11,8 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from runner.api import Client
-from runner.batch import RunOutcome, RunOverrides, run_batch
+from runner.api._client import Client
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -24,8 +23,9 @@ from runner.emulator import (
 )
 from runner.emulator.service import Emulator
 from runner.errors import AuthError, FundsError
-from runner.manifest import Manifest, parse_manifest
-from runner.store import Store
+from runner.manifest._load import Manifest, parse_manifest
+from runner.ops._run import RunOutcome, RunOverrides, run_batch
+from runner.store._store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
@@ -276,7 +276,7 @@ def test_the_token_reaches_no_output_of_any_command(
     reads the batch (status, report, gallery, export in each format, verify): the token is
     in no file under OUT (log.jsonl, batch.sqlite, metadata.jsonl, the gallery, the exports)
     and in nothing printed."""
-    from runner.cli import main
+    from runner.cli._main import main
 
     token = "sk-SENTINEL-outputs-7c1e"
     monkeypatch.setenv("CIVITAI_API_TOKEN", token)

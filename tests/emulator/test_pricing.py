@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.emulator import schema
+from runner.contract import _schema as schema
 from runner.emulator.pricing import RATES, exact_buzz, price_buzz, workflow_cost
 from runner.emulator.validation import normalized_input
 from tests.openapi_check import assert_schema

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runner.emulator import schema
+from runner.contract import _schema as schema
 from runner.emulator.validation import normalized_input
 from tests.openapi_check import assert_schema, schema_errors
 
@@ -34,7 +34,7 @@ def _trim_script() -> ModuleType:
 
 
 def _committed_text() -> str:
-    return resources.files("runner.emulator").joinpath("openapi-subset.json").read_text("utf-8")
+    return resources.files("runner.contract").joinpath("openapi-subset.json").read_text("utf-8")
 
 
 def test_committed_subset_is_what_the_trim_script_produces():

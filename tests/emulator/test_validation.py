@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.emulator import schema
+from runner.contract import _schema as schema
 from runner.emulator.validation import (
     normalized_input,
     output_format,

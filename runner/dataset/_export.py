@@ -1,0 +1,397 @@
+"""`zbatch export`: a batch's images and their metadata as JSONL, CSV, Parquet or WebDataset.
+
+Rows are `metadata_row`s (`_metadata.py`) read from the record (`OUT/batch.sqlite`, read-only,
+safe during a run) in one statement streamed a chunk at a time, and written a chunk at a
+time in a worker thread: memory stays flat however many rows there are (measured in
+docs/dataset.md). Every file is written under a temp name beside its target, fsynced and
+renamed into place, so a reader sees the previous export or the new one, never half.
+
+* `jsonl`: one JSON object per image (`loras` as an object).
+* `csv`: a header, then one line per image (`loras` as JSON text; absent values empty).
+* `parquet`: a typed schema, one row group per chunk of 5,000 rows (needs pyarrow:
+  `zbatch[parquet]`).
+* `webdataset`: tar shards `shard-000000.tar`... of `shard_size` samples, each sample
+  `KEY.jpg` (or `.png`/`.webp`), `KEY.json` (its row) and `KEY.txt` (its prompt), where KEY
+  is `<cell key>_<index>`. Only downloaded images: a sample needs its file.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import re
+import secrets
+import sys
+import tarfile
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import anyio
+
+from runner.dataset._metadata import (
+    COLUMNS,
+    AtomicTextFile,
+    column_names,
+    flat_row,
+    metadata_row,
+    open_record,
+)
+from runner.disk._files import fsync_dir
+from runner.errors import ZbatchError
+from runner.store._reads import DatasetImage
+from runner.store._rows import ImageState
+
+FORMATS = ("jsonl", "csv", "parquet", "webdataset")
+IMAGE_STATES = tuple(s.value for s in ImageState)
+DEFAULT_SHARD_SIZE = 1_000  # samples per WebDataset shard
+DEFAULT_CHUNK = 10_000  # rows read, converted and written at a time
+PARQUET_CHUNK = 5_000  # the same for Parquet, and a row group: 10,000 made the peak 210 MB
+SHARD_NAME = "shard-{:06d}.tar"
+_SHARD_RE = re.compile(r"shard-(\d{6,})\.tar")
+
+
+class ExportError(ZbatchError):
+    """The export cannot be made as asked (a format, state or size that is not allowed)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class MissingExtra(ZbatchError):
+    """An optional dependency the chosen format needs is not installed."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote."""
+
+    format: str
+    path: Path  # the file, or the WebDataset shard folder
+    rows: int  # rows (samples) written
+    files: int  # files written: 1, or the number of shards
+    missing: int  # downloaded images not found on disk, left out of a WebDataset
+
+
+def default_target(out: Path, fmt: str) -> Path:
+    """`OUT/export/dataset.<ext>`, or the folder `OUT/export/webdataset/` for shards."""
+    return out / "export" / ("webdataset" if fmt == "webdataset" else f"dataset.{fmt}")
+
+
+async def export(
+    out: Path,
+    fmt: str,
+    *,
+    to: Path | None = None,
+    states: Sequence[str] = ("downloaded",),
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    chunk: int | None = None,
+) -> ExportResult:
+    """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default).
+
+    Raises ExportError for a format, state or size that is not allowed, MissingExtra when
+    Parquet is asked for without pyarrow, NotABatch when `out` holds no batch.
+    """
+    check_request(fmt, states, shard_size)
+    if chunk is None:
+        chunk = PARQUET_CHUNK if fmt == "parquet" else DEFAULT_CHUNK
+    if fmt == "parquet":
+        require_pyarrow()
+    target = to if to is not None else default_target(out, fmt)
+    async with await open_record(out) as store:
+        names = await store.var_names()
+        writer = await anyio.to_thread.run_sync(
+            functools.partial(_open_writer, fmt, target, names, out, shard_size)
+        )
+        try:
+            async with aclosing(store.dataset_images(states, chunk=chunk)) as chunks:
+                async for images in chunks:
+                    await anyio.to_thread.run_sync(writer.write, images)
+            return await anyio.to_thread.run_sync(writer.commit)
+        except BaseException:
+            writer.abort()  # closes and unlinks temp files: quick, safe while cancelled
+            raise
+
+
+def check_request(fmt: str, states: Sequence[str], shard_size: int) -> None:
+    """Raise ExportError naming what is allowed when the request cannot be honoured."""
+    if fmt not in FORMATS:
+        raise ExportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if not states:
+        raise ExportError(f"no image state chosen (allowed: {', '.join(IMAGE_STATES)})")
+    for state in states:
+        if state not in IMAGE_STATES:
+            raise ExportError(f"state {state!r} is not one of {', '.join(IMAGE_STATES)}")
+    if fmt == "webdataset" and set(states) != {"downloaded"}:
+        raise ExportError("webdataset holds image files: only --state downloaded can be exported")
+    if shard_size < 1:
+        raise ExportError(f"shard size must be at least 1, not {shard_size}")
+
+
+def require_pyarrow() -> None:
+    """Raise MissingExtra, naming the extra to install, when pyarrow cannot be imported."""
+    try:
+        arrow()
+    except ImportError as exc:
+        raise MissingExtra(
+            f"--format parquet needs pyarrow ({exc}): pip install 'zbatch[parquet]'"
+        ) from exc
+
+
+def arrow() -> tuple[Any, Any]:
+    """`pyarrow` and `pyarrow.parquet`, imported on first use (an optional extra, untyped).
+
+    Unless the user chose otherwise, Arrow allocates with the C library's allocator, which
+    gives freed memory back: its default pool (mimalloc or jemalloc) keeps what each chunk
+    used, 40 MB more at the peak of a million-row export. Read once, at the first import.
+    """
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    import pyarrow  # type: ignore[import-untyped]
+    import pyarrow.parquet  # type: ignore[import-untyped]
+
+    return pyarrow, pyarrow.parquet
+
+
+class _Writer(Protocol):
+    def write(self, images: list[DatasetImage]) -> None: ...
+    def commit(self) -> ExportResult: ...
+    def abort(self) -> None: ...
+
+
+def _open_writer(
+    fmt: str, target: Path, names: Sequence[str], out: Path, shard_size: int
+) -> _Writer:
+    if fmt == "jsonl":
+        return _JsonlWriter(target, names)
+    if fmt == "csv":
+        return _CsvWriter(target, names)
+    if fmt == "parquet":
+        return _ParquetWriter(target, names)
+    return _WebDatasetWriter(target, names, out, shard_size)
+
+
+class _JsonlWriter:
+    def __init__(self, target: Path, names: Sequence[str]) -> None:
+        self.names = names
+        self.file = AtomicTextFile.create(target)
+        self.rows = 0
+
+    def write(self, images: list[DatasetImage]) -> None:
+        lines = [_json(metadata_row(image, self.names)) for image in images]
+        if lines:
+            self.file.handle.write("\n".join(lines) + "\n")
+        self.rows += len(lines)
+
+    def commit(self) -> ExportResult:
+        self.file.commit()
+        return ExportResult("jsonl", self.file.target, self.rows, 1, 0)
+
+    def abort(self) -> None:
+        self.file.abort()
+
+
+class _CsvWriter:
+    def __init__(self, target: Path, names: Sequence[str]) -> None:
+        self.names = names
+        self.file = AtomicTextFile.create(target)
+        self.csv = csv.DictWriter(
+            self.file.handle, fieldnames=column_names(names), lineterminator="\n"
+        )
+        self.csv.writeheader()
+        self.rows = 0
+
+    def write(self, images: list[DatasetImage]) -> None:
+        self.csv.writerows(flat_row(metadata_row(image, self.names)) for image in images)
+        self.rows += len(images)
+
+    def commit(self) -> ExportResult:
+        self.file.commit()
+        return ExportResult("csv", self.file.target, self.rows, 1, 0)
+
+    def abort(self) -> None:
+        self.file.abort()
+
+
+def parquet_schema(names: Sequence[str]) -> Any:
+    """The Parquet schema (a `pyarrow.Schema`): the fixed columns typed, `vars.*` as strings."""
+    pa, _ = arrow()
+    types: dict[str, Any] = {
+        "index": pa.int32(),
+        "attempt": pa.int32(),
+        "seed": pa.int64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "cfgScale": pa.float64(),
+        "steps": pa.int32(),
+        "quantity": pa.int32(),
+        "buzz_charged": pa.float64(),
+        "bytes": pa.int64(),
+    }
+    fields = [pa.field(name, types.get(name, pa.string())) for name in COLUMNS]
+    fields += [pa.field(name, pa.string()) for name in column_names(names)[len(COLUMNS) :]]
+    return pa.schema(fields)
+
+
+class _ParquetWriter:
+    def __init__(self, target: Path, names: Sequence[str]) -> None:
+        _, pq = arrow()
+        self.names = names
+        self.target = target
+        self.schema = parquet_schema(names)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = _temp_beside(target)
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, images: list[DatasetImage]) -> None:
+        if not images:
+            return
+        self.writer.write_table(self._table(images))
+        self.rows += len(images)
+
+    def _table(self, images: list[DatasetImage]) -> Any:
+        """The chunk as an Arrow table, parsed from its rows' JSON lines by Arrow's own JSON
+        reader. Not from Python objects (`Table.from_pylist`, `pyarrow.array`): on its first
+        such conversion pyarrow imports pandas when pandas is installed, 50 MB for nothing."""
+        from pyarrow import json as arrow_json
+
+        data = "\n".join(
+            _json(flat_row(metadata_row(image, self.names))) for image in images
+        ).encode()
+        return arrow_json.read_json(
+            io.BytesIO(data),
+            read_options=arrow_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
+            parse_options=arrow_json.ParseOptions(
+                explicit_schema=self.schema, unexpected_field_behavior="error"
+            ),
+        )
+
+    def commit(self) -> ExportResult:
+        self._close()
+        _fsync_file(self.tmp)
+        os.replace(self.tmp, self.target)
+        fsync_dir(self.target.parent)
+        return ExportResult("parquet", self.target, self.rows, 1, 0)
+
+    def abort(self) -> None:
+        self._close()
+        self.tmp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        self.writer.close()
+
+
+class _WebDatasetWriter:
+    """Tar shards of `shard_size` samples; each shard written under a temp name, then renamed."""
+
+    def __init__(self, folder: Path, names: Sequence[str], out: Path, shard_size: int) -> None:
+        self.folder = folder
+        self.names = names
+        self.out = out
+        self.shard_size = shard_size
+        folder.mkdir(parents=True, exist_ok=True)
+        self.shards = 0  # shards committed
+        self.in_shard = 0  # samples in the open shard
+        self.tmp: Path | None = None
+        self.tar: tarfile.TarFile | None = None
+        self.rows = 0
+        self.missing = 0
+
+    def write(self, images: list[DatasetImage]) -> None:
+        for image in images:
+            if image.path is None:
+                continue
+            try:
+                data = (self.out / image.path).read_bytes()
+            except FileNotFoundError:
+                self.missing += 1
+                continue
+            row = metadata_row(image, self.names)
+            key = f"{image.cell_key}_{image.index}"
+            ext = Path(image.path).suffix
+            tar = self._shard()
+            _add(tar, key + ext, data)
+            _add(tar, key + ".json", _json(row).encode())
+            _add(tar, key + ".txt", str(row["prompt"]).encode())
+            self.in_shard += 1
+            self.rows += 1
+            if self.in_shard >= self.shard_size:
+                self._close_shard()
+
+    def _shard(self) -> tarfile.TarFile:
+        if self.tar is None:
+            self.tmp = _temp_beside(self.folder / SHARD_NAME.format(self.shards))
+            self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        return self.tar
+
+    def _close_shard(self) -> None:
+        assert self.tar is not None
+        assert self.tmp is not None
+        self.tar.close()
+        _fsync_file(self.tmp)
+        os.replace(self.tmp, self.folder / SHARD_NAME.format(self.shards))
+        self.tar, self.tmp = None, None
+        self.shards += 1
+        self.in_shard = 0
+
+    def commit(self) -> ExportResult:
+        if self.tar is not None:
+            self._close_shard()
+        for path in self.folder.iterdir():  # shards of an earlier, larger export
+            match = _SHARD_RE.fullmatch(path.name)
+            if match and int(match.group(1)) >= self.shards:
+                path.unlink()
+        fsync_dir(self.folder)
+        return ExportResult("webdataset", self.folder, self.rows, self.shards, self.missing)
+
+    def abort(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def shard_urls(folder: Path, shards: int) -> str:
+    """The brace pattern `webdataset.WebDataset` takes for `shards` shards in `folder`."""
+    last = SHARD_NAME.format(max(shards - 1, 0))[len("shard-") : -len(".tar")]
+    return str(folder / f"shard-{{000000..{last}}}.tar")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # the same export makes the same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _json(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
+def _temp_beside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def describe(result: ExportResult) -> str:
+    """One line saying what was written, and for shards how to load them."""
+    if result.format != "webdataset":
+        return f"wrote {result.rows} rows to {result.path} ({result.format})"
+    shards = "shard" if result.files == 1 else "shards"
+    line = f"wrote {result.rows} samples in {result.files} {shards} to {result.path}"
+    if result.files:
+        line += f"\nload with webdataset.WebDataset({shard_urls(result.path, result.files)!r})"
+    return line

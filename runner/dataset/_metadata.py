@@ -1,0 +1,364 @@
+"""The dataset on disk: one metadata row per image, `OUT/metadata.jsonl` and caption sidecars.
+
+`OUT` follows the Hugging Face `imagefolder` convention: images under `OUT/images/`, and
+`OUT/metadata.jsonl` with one JSON object per downloaded image whose `file_name` is the
+image's path relative to `OUT`, then its inputs and results (`COLUMNS`, then one `vars.<name>`
+column per template variable). `refresh_dataset` rewrites it from the store atomically: rows
+stream from a read-only snapshot of the database into a temp file beside it, which is fsynced
+and renamed over the old one, so a reader sees the previous file or the new one, never half.
+
+Column types never change from row to row: `imagefolder` fixes each column's type from the
+first ~10 MB of the file, so a column that starts null and later holds text fails to load.
+Text is `""` when absent, `loras` is its JSON text, and `nsfwLevel` is always null (the
+store does not keep the service's level yet). See docs/dataset.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from contextlib import aclosing
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import structlog
+
+from runner.disk._faults import disk_error
+from runner.disk._files import fsync_dir
+from runner.errors import StoreError
+from runner.store._reads import DatasetImage
+from runner.store._store import Store
+
+log = structlog.get_logger(__name__)
+METADATA_NAME = "metadata.jsonl"
+CAPTIONS = ("none", "txt")
+
+# The fixed columns, in file order; `vars.<name>` columns follow, sorted by name.
+COLUMNS: tuple[str, ...] = (
+    "file_name",  # relative to OUT: images/<ab>/<cell key>_<index>.<ext>
+    "key",  # the cell key
+    "index",  # the image's index in its workflow's output
+    "attempt",
+    "workflow_id",
+    "model",
+    "prompt",
+    "negativePrompt",
+    "seed",
+    "width",
+    "height",
+    "cfgScale",
+    "steps",
+    "sampleMethod",
+    "schedule",
+    "quantity",
+    "loras",  # {AIR URN: strength}; JSON text in metadata.jsonl, CSV and Parquet
+    "buzz_charged",  # the attempt's charge / quantity: this image's share
+    "sha256",
+    "bytes",
+    "nsfwLevel",  # always null: the store does not keep it yet
+    "created_at",  # when the service answered with the workflow id (UTC, ISO 8601)
+    "finished_at",  # when the attempt's outcome was recorded
+    "state",  # the image's: downloaded, pending or lost
+    "reason",  # why it was lost; "" otherwise
+)
+VAR_PREFIX = "vars."
+
+
+def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any]:
+    """The dataset row of one image: `COLUMNS`, then `vars.<name>` for each of `var_names`.
+
+    Pure. `loras` is a dict here; `flat_row` turns it into JSON text for flat formats.
+    Text fields are `""` when absent, never None, so a column keeps one type.
+    """
+    request = image.request
+    quantity = int(request.get("quantity") or 1)
+    loras = request.get("loras") or {}
+    row: dict[str, Any] = {
+        "file_name": image.path,
+        "key": image.cell_key,
+        "index": image.index,
+        "attempt": image.attempt,
+        "workflow_id": image.workflow_id or "",
+        "model": image.model,
+        "prompt": _text(request.get("prompt")),
+        "negativePrompt": _text(request.get("negativePrompt")),
+        "seed": _int(request.get("seed")),
+        "width": image.width if image.width is not None else _int(request.get("width")),
+        "height": image.height if image.height is not None else _int(request.get("height")),
+        "cfgScale": _float(request.get("cfgScale")),
+        "steps": _int(request.get("steps")),
+        "sampleMethod": _text(request.get("sampleMethod")),
+        "schedule": _text(request.get("schedule")),
+        "quantity": quantity,
+        "loras": {str(air): float(weight) for air, weight in sorted(dict(loras).items())},
+        "buzz_charged": round(image.charged_buzz / quantity, 4),
+        "sha256": image.sha256,
+        "bytes": image.size_bytes,
+        "nsfwLevel": None,
+        "created_at": image.created_at,
+        "finished_at": image.finished_at,
+        "state": image.state,
+        "reason": image.reason or "",
+    }
+    for name in var_names:
+        row[VAR_PREFIX + name] = _text(image.vars.get(name))
+    return row
+
+
+def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with `loras` as canonical JSON text: for metadata.jsonl, CSV and Parquet."""
+    return {**row, "loras": json.dumps(row["loras"], sort_keys=True, separators=(",", ":"))}
+
+
+def column_names(var_names: Sequence[str]) -> list[str]:
+    """Every column of a row, in order."""
+    return [*COLUMNS, *(VAR_PREFIX + name for name in var_names)]
+
+
+def caption_path(out: Path, image_path: str) -> Path:
+    """Where an image's caption lives: beside it, `NAME.txt` (kohya-ss, OneTrainer)."""
+    return (out / image_path).with_suffix(".txt")
+
+
+async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bool = False) -> int:
+    """Rewrite `out/metadata.jsonl` from the store atomically; return the rows written.
+
+    One row per downloaded image, ordered by path. With `captions == "txt"`, also write
+    `NAME.txt` beside each image holding its prompt, when it is missing or different.
+    Idempotent, and safe to call while the engine runs on `store`: rows are read from a
+    read-only snapshot of their own (`Store.reader`), and every blocking write runs in a
+    worker thread, one chunk of rows at a time.
+
+    Cheap to repeat: the line of an image already in the previous file with the same path
+    and sha256 is copied as it was (same columns), so only new images are rendered and
+    have their captions checked. `rebuild=True` renders every row and checks every caption
+    (once at the end of a run, say).
+
+    A row is rendered only for an image whose file is there: one deleted under the run is
+    left out (a loader would fail on it) with a warning that names `zbatch verify OUT
+    --repair`. A disk that refuses the file raises `DiskFull` / `ReadOnlyDisk`, and the
+    previous file stays as it was.
+    """
+    if captions not in CAPTIONS:
+        raise ValueError(f"captions {captions!r} is not one of {', '.join(CAPTIONS)}")
+    try:
+        return await _refresh(store, out, captions=captions, rebuild=rebuild)
+    except OSError as exc:  # the disk refused metadata.jsonl or a caption
+        translated = disk_error(exc, out, f"writing {METADATA_NAME}")
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> int:
+    target = out / METADATA_NAME
+    writer = await anyio.to_thread.run_sync(AtomicTextFile.create, target)
+    previous: PreviousLines | None = None
+    rows = 0
+    missing = [0]  # rendered rows whose image file is gone: left out
+    try:
+        async with store.reader() as snapshot:
+            names = await snapshot.var_names()
+            if not rebuild:
+                columns = column_names(names)
+                previous = await anyio.to_thread.run_sync(PreviousLines.open, target, columns)
+            async with aclosing(snapshot.dataset_images(("downloaded",))) as chunks:
+                async for chunk in chunks:
+                    write = functools.partial(
+                        _write_chunk, writer, chunk, names, out, captions, previous, missing
+                    )
+                    rows += await anyio.to_thread.run_sync(write)
+        await anyio.to_thread.run_sync(writer.commit)
+    except BaseException:
+        writer.abort()  # close and unlink the temp file: quick, safe while cancelled
+        raise
+    finally:
+        if previous is not None:
+            previous.close()
+    if missing[0]:
+        log.warning(
+            "dataset_images_missing",
+            count=missing[0],
+            left_out_of=METADATA_NAME,
+            repair=f"zbatch verify {out} --repair",
+        )
+    return rows
+
+
+def _write_chunk(
+    writer: AtomicTextFile,
+    chunk: list[DatasetImage],
+    names: Sequence[str],
+    out: Path,
+    captions: str,
+    previous: PreviousLines | None,
+    missing: list[int],
+) -> int:
+    lines = []
+    for image in chunk:
+        if image.path is None:
+            continue
+        kept = previous.take(image.path, image.sha256) if previous is not None else None
+        if kept is not None:
+            lines.append(kept)
+            continue
+        if not (out / image.path).is_file():  # deleted under the run: `verify --repair`
+            missing[0] += 1
+            continue
+        row = metadata_row(image, names)
+        lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
+        if captions == "txt":
+            write_caption(caption_path(out, image.path), row["prompt"])
+    writer.handle.write("".join(lines))
+    return len(lines)
+
+
+class PreviousLines:
+    """The metadata.jsonl being replaced, read in step with the new rows (both by path).
+
+    Holds one line at a time, so a refresh's memory stays flat however large the file.
+    """
+
+    _PREFIX = '{"file_name":"'
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+        self._line = ""
+        self._path: str | None = None
+        self._advance()
+
+    @classmethod
+    def open(cls, path: Path, columns: Sequence[str]) -> PreviousLines | None:
+        """The previous file, or None when there is none or its columns differ."""
+        try:
+            handle = path.open(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            first = json.loads(handle.readline() or "null")
+        except ValueError:
+            first = None
+        if not isinstance(first, dict) or list(first) != list(columns):
+            handle.close()
+            return None
+        handle.seek(0)
+        return cls(handle)
+
+    def _advance(self) -> None:
+        self._line = self._handle.readline()
+        if not self._line:
+            self._path = None
+        elif self._line.startswith(self._PREFIX):
+            start = len(self._PREFIX)
+            self._path = self._line[start : self._line.find('"', start)]
+        else:
+            self._path = ""  # sorts first: skipped
+
+    def take(self, path: str, sha256: str | None) -> str | None:
+        """The previous line of the image at `path`, if it had the same sha256; else None."""
+        while self._path is not None and self._path < path:
+            self._advance()  # an image no longer downloaded
+        if self._path != path:
+            return None
+        line = self._line
+        self._advance()
+        if sha256 and f'"sha256":"{sha256}"' in line and line.endswith("\n"):
+            return line
+        return None
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def write_caption(path: Path, text: str) -> bool:
+    """Write `text` to `path` unless it already holds exactly that; True when written.
+
+    Temp file and rename, so a trainer never reads half a caption. No fsync: a caption is
+    derived from the record, and one a power cut damaged differs from its prompt, so the
+    next refresh writes it again.
+    """
+    data = text.encode()
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with _create_exclusive(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+class AtomicTextFile:
+    """A text file written under a temp name beside its target and renamed over it on commit."""
+
+    def __init__(self, target: Path, tmp: Path, handle: IO[str]) -> None:
+        self.target = target
+        self.tmp = tmp
+        self.handle = handle
+
+    @classmethod
+    def create(cls, target: Path) -> AtomicTextFile:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        handle = _create_exclusive(tmp, "w")
+        return cls(target, tmp, handle)
+
+    def commit(self) -> None:
+        """Flush, fsync, rename over the target, fsync the folder: the new file is durable."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.target)
+        fsync_dir(self.target.parent)
+
+    def abort(self) -> None:
+        try:
+            self.handle.close()  # flushes: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, mode: str) -> IO[Any]:
+    """Open a new file (it must not exist) with the usual 0o666 & ~umask permissions."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+
+
+async def open_record(out: Path) -> Store:
+    """Open `out/batch.sqlite` read-only (safe during a run); NotABatch when there is none."""
+    from runner.dataset._status import NotABatch
+    from runner.ops._run import DB_NAME  # here: the engine imports this module
+
+    db = out / DB_NAME
+    if not await anyio.Path(out).is_dir():
+        raise NotABatch(f"{out} does not exist or is not a folder: give a batch's `out` folder")
+    if not await anyio.Path(db).is_file():
+        raise NotABatch(f"{out} holds no {DB_NAME}: it is not a zbatch batch folder")
+    try:
+        return await Store.open(db, read_only=True)
+    except StoreError as exc:
+        raise NotABatch(str(exc)) from exc
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]

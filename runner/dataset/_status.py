@@ -1,0 +1,160 @@
+"""`zbatch status`: a batch's record read offline, as text for people or JSON for scripts.
+
+The database is opened read-only and without the batch lock, so status works while a run
+is going (it sees the last committed transition) and never changes anything. Images on
+disk are counted from the folder itself, so a difference from the record shows.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+
+from runner.dataset._metadata import open_record
+from runner.errors import StoreError, ZbatchError
+from runner.ops._run import DB_NAME
+from runner.store._rows import AttemptState, Budget, FailureReason, ImageState
+
+TOP_REASONS = 10
+REASON_WIDTH = 100  # characters of a reason shown in text; --json has them whole
+
+
+class NotABatch(ZbatchError):
+    """The folder given to `zbatch status` holds no zbatch batch."""
+
+    exit_code: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """What the record of one batch says, read at one instant."""
+
+    out: Path
+    name: str
+    tag: str
+    created_at: str
+    cells: dict[str, int]  # by the state of each cell's latest attempt
+    attempts: dict[str, int]  # every attempt by state
+    images: dict[str, int]  # pending / downloaded / lost
+    files_on_disk: int  # image files under OUT/images (temp files not counted)
+    budget: Budget
+    failures: list[FailureReason]
+    last_event_at: str | None
+
+
+async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
+    """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
+    db = out / DB_NAME
+    async with await open_record(out) as store:
+        try:
+            info = await store.batch_info()
+        except StoreError as exc:
+            raise NotABatch(f"{db}: {exc}") from exc
+        counts = await store.counts()
+        cells = await store.cell_counts()
+        budget = await store.budget()
+        failures = await store.failure_reasons(top_reasons)
+        last = await store.last_event_at()
+    files = await anyio.to_thread.run_sync(functools.partial(count_image_files, out / "images"))
+    return BatchStatus(
+        out=out,
+        name=info.name,
+        tag=info.tag,
+        created_at=info.created_at,
+        cells=_ordered(cells),
+        attempts=_ordered({k: v for k, v in counts.items() if not k.startswith("image:")}),
+        images={s.value: counts.get(f"image:{s.value}", 0) for s in ImageState},
+        files_on_disk=files,
+        budget=budget,
+        failures=failures,
+        last_event_at=last,
+    )
+
+
+def count_image_files(folder: Path) -> int:
+    """Image files under `folder`, not counting an interrupted write's `.name.*.tmp`."""
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def _ordered(by_state: dict[str, int]) -> dict[str, int]:
+    """States in the order of the state machine; unknown ones (none today) last."""
+    order = [s.value for s in AttemptState]
+    known = {s: by_state[s] for s in order if by_state.get(s)}
+    return known | {s: n for s, n in sorted(by_state.items()) if s not in known and n}
+
+
+def render_status(status: BatchStatus) -> str:
+    """The status as a few aligned lines for a person."""
+    b, img = status.budget, status.images
+    lines = [
+        f"batch       {status.name}  (tag {status.tag}, created {status.created_at})",
+        f"record      {status.out / DB_NAME}",
+        f"cells       {_by_state(status.cells)}",
+        f"attempts    {_by_state(status.attempts)}",
+        f"images      {img['downloaded']} downloaded · {img['pending']} pending · "
+        f"{img['lost']} lost · {status.files_on_disk} files on disk under "
+        f"{status.out / 'images'}",
+        f"buzz        {b.charged_buzz} charged + {b.reserved_buzz} reserved = "
+        f"{b.committed_buzz} of {b.cap_buzz} cap{_percent(b.committed_buzz, b.cap_buzz)}",
+    ]
+    missing = img["downloaded"] - status.files_on_disk
+    if missing > 0:
+        lines.append(f"            {missing} recorded images are missing from disk")
+    if status.failures:
+        width = max(len(str(f.count)) for f in status.failures)
+        kind_width = max(len(f.kind) for f in status.failures)
+        for n, failure in enumerate(status.failures):
+            head = "failures   " if n == 0 else "           "
+            reason = _shorten(failure.reason)
+            lines.append(f"{head} {failure.count:>{width}} {failure.kind:<{kind_width}}  {reason}")
+    else:
+        lines.append("failures    none")
+    lines.append(f"last event  {status.last_event_at or 'none yet'}")
+    return "\n".join(lines)
+
+
+def status_json(status: BatchStatus) -> dict[str, Any]:
+    """The status as a JSON-ready document (`zbatch status OUT --json`)."""
+    b = status.budget
+    return {
+        "batch": status.name,
+        "tag": status.tag,
+        "created_at": status.created_at,
+        "out": str(status.out),
+        "record": str(status.out / DB_NAME),
+        "cells": {"total": sum(status.cells.values()), "by_state": status.cells},
+        "attempts": {"total": sum(status.attempts.values()), "by_state": status.attempts},
+        "images": {**status.images, "on_disk": status.files_on_disk},
+        "buzz": {
+            "cap": b.cap_buzz,
+            "charged": b.charged_buzz,
+            "reserved": b.reserved_buzz,
+            "committed": b.committed_buzz,
+        },
+        "failures": [
+            {"kind": f.kind, "reason": f.reason, "count": f.count} for f in status.failures
+        ],
+        "last_event_at": status.last_event_at,
+    }
+
+
+def _by_state(by_state: dict[str, int]) -> str:
+    total = sum(by_state.values())
+    if not total:
+        return "0"
+    return f"{total}: " + " · ".join(f"{state} {n}" for state, n in by_state.items())
+
+
+def _percent(part: int, whole: int) -> str:
+    return f" ({100 * part / whole:.0f}%)" if whole > 0 else ""
+
+
+def _shorten(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= REASON_WIDTH else flat[: REASON_WIDTH - 1] + "…"

@@ -1,0 +1,251 @@
+"""The downloaders: fetch each delivered image, verify it, write it atomically, record it.
+
+A feeder hands `pending` images from the store to `downloads` workers. A worker fetches the
+signed URL without the token, refreshing it through the workflow (or the blob route) when it
+has expired; checks the bytes (`check_image`: the requested format and exact size read from
+the header before a pixel is decoded, so a decompression bomb is refused unopened; then a
+full decode within the byte limit); writes them to a path made only from the cell key and
+image index (temp, fsync, rename, directory fsync); then records path, sha256 and size.
+`lost` is recorded only when the service no longer has the blob, or the bytes stay wrong
+after every try.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
+from PIL import Image
+
+from runner.api._client import Client
+from runner.api._models import Workflow
+from runner.disk._files import (
+    InvalidImage,
+    VerifiedImage,
+    atomic_write_bytes,
+    image_path,
+    verify_image,
+)
+from runner.engine._pacing import Backoff, retrying
+from runner.errors import ApiError, NotFoundError, RetryableError, UrlExpiredError
+from runner.store._rows import PendingImage
+
+if TYPE_CHECKING:
+    from runner.engine._engine import Engine
+
+log = structlog.get_logger(__name__)
+MAX_TRIES = 8
+
+ImageKey = tuple[int, int]  # (attempt id, image index)
+# The formats an image may come in: Pillow parses nothing else (its other plugins are
+# attack surface we have no use for), and it must be the one the request asked for.
+PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webP": "WEBP"}
+
+# Pillow *warns* of a bomb between MAX_IMAGE_PIXELS and twice that; as an error, `check_image`
+# refuses it like a bigger one, and nothing is printed on the user's terminal.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def check_image(
+    data: bytes, *, width: int, height: int, output_format: str, max_bytes: int
+) -> VerifiedImage:
+    """Refuse bytes that are not the requested image, cheapest checks first.
+
+    The header must name `output_format` and exactly `width` x `height`: a decompression
+    bomb (a small file declaring millions of pixels, past Pillow's `MAX_IMAGE_PIXELS` or
+    merely past the size asked for) and an image of the wrong size are refused here, before
+    any pixel is decoded. Then `verify_image` decodes every byte. Raises `InvalidImage`.
+    Blocking: run it through `anyio.to_thread.run_sync`.
+    """
+    if len(data) > max_bytes:
+        raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
+    expected = PILLOW_FORMATS.get(output_format, output_format)
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
+            got_format, (got_w, got_h) = img.format, img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"a decompression bomb, refused undecoded: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"bytes are not a JPEG, PNG or WebP image: {exc}") from exc
+    if got_format != expected:
+        raise InvalidImage(f"image is {got_format}, expected {expected}")
+    if (got_w, got_h) != (width, height):
+        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
+    return verify_image(data, width=width, height=height, max_bytes=max_bytes)
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """An image's bytes, checked: they decode as an image of the requested size."""
+
+    content: bytes
+    info: VerifiedImage
+
+
+class ImageFetcher:
+    """Fetches one image's verified bytes through the workflow and blob routes, with retries.
+
+    Shared by the downloaders and `zbatch verify --repair`. It remembers signed URLs; when one
+    has expired (or fails), it fetches the workflow again for fresh ones, or refreshes the
+    blob by its id, and tries again with backoff.
+    """
+
+    def __init__(self, client: Client, backoff: Backoff, *, max_bytes: int) -> None:
+        self.client = client
+        self.backoff = backoff
+        self.max_bytes = max_bytes
+        self._urls: dict[ImageKey, tuple[str, datetime | None]] = {}
+
+    def remember_urls(self, attempt_id: int, wf: Workflow) -> None:
+        """Keep the signed URLs of a workflow's images, so a download needs no extra call."""
+        for image in wf.images:
+            if image.url:
+                self._urls[(attempt_id, image.index)] = (image.url, image.url_expires_at)
+
+    async def fetch(self, item: PendingImage) -> FetchedImage | str:
+        """The image's verified bytes, or the reason they could not be had.
+
+        A reason means the service no longer has the image, or its bytes stayed wrong
+        through `MAX_TRIES` tries. API errors other than retryable ones and 404 propagate.
+        """
+        key = (item.attempt_id, item.index)
+        width, height = int(item.request["width"]), int(item.request["height"])
+        fmt = str(item.request.get("outputFormat") or "jpeg")
+        problem = "no usable URL"
+        expired = False
+        for tries in range(MAX_TRIES):
+            if tries and not expired:  # an expired URL is refreshed at once, not backed off
+                await anyio.sleep(self.backoff.delay_s(tries - 1))
+            url = await self._url_for(item)
+            if url is None:
+                break
+            try:
+                got = await self.client.download(url, max_bytes=self.max_bytes)
+                if not got.content_type.startswith("image/"):
+                    raise InvalidImage(f"Content-Type is {got.content_type or 'missing'}")
+                info = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        check_image,
+                        got.content,
+                        width=width,
+                        height=height,
+                        output_format=fmt,
+                        max_bytes=self.max_bytes,
+                    )
+                )
+            except (UrlExpiredError, NotFoundError, RetryableError, InvalidImage) as exc:
+                problem = str(exc)
+                expired = isinstance(exc, UrlExpiredError)
+                self._urls.pop(key, None)  # fetch a fresh URL next time
+                log.warning("download_retry", cell=item.cell_key, index=item.index, error=problem)
+                continue
+            return FetchedImage(got.content, info)
+        return problem
+
+    async def _url_for(self, item: PendingImage) -> str | None:
+        """A signed URL: the one remembered from the workflow's answer, or fetched fresh.
+
+        A remembered URL is tried whatever its `urlExpiresAt` says: that instant is on the
+        service's clock, not ours (the emulator's starts at 2026-01-01), and judging it by
+        ours cost a GET of the workflow per image. An expired URL answers 401/403
+        (`UrlExpiredError`), and `fetch` then comes here again for a fresh one.
+        """
+        key = (item.attempt_id, item.index)
+        known = self._urls.get(key)
+        if known is not None:
+            return known[0]
+        client = self.client
+        if item.workflow_id is not None:
+            wf_id = item.workflow_id
+            try:
+                wf = await retrying(lambda: client.get(wf_id), backoff=self.backoff, what="refetch")
+                self.remember_urls(item.attempt_id, wf)
+                if key in self._urls:
+                    return self._urls[key][0]
+            except NotFoundError:
+                pass  # the workflow is gone; the blob may still be there
+        if item.blob_id is None:
+            return None
+        blob_id = item.blob_id
+        try:
+            blob = await retrying(
+                lambda: client.refresh_blob(blob_id), backoff=self.backoff, what="refresh"
+            )
+        except NotFoundError:
+            return None
+        return blob.url
+
+
+class Downloader:
+    """Feeds pending images to a pool of download workers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.fetcher = ImageFetcher(
+            engine.client, engine.backoff, max_bytes=engine.config.max_image_bytes
+        )
+        self._in_flight: set[ImageKey] = set()
+
+    def idle(self) -> bool:
+        return not self._in_flight
+
+    def remember_urls(self, attempt_id: int, wf: Workflow) -> None:
+        """Keep the signed URLs of a workflow's images, so a download needs no extra call."""
+        self.fetcher.remember_urls(attempt_id, wf)
+
+    async def run(self, tg: TaskGroup) -> None:
+        workers = self.engine.config.downloads
+        send, receive = anyio.create_memory_object_stream[PendingImage](workers)
+        async with send:
+            for _ in range(workers):
+                tg.start_soon(self._worker, receive.clone())
+            receive.close()
+            while True:
+                fresh = await self.engine.store.pending_images(workers * 4, skip=self._in_flight)
+                for item in fresh:
+                    self._in_flight.add((item.attempt_id, item.index))
+                    await send.send(item)
+                if not fresh:
+                    await self.engine.wait_wake(0.5)
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[PendingImage]) -> None:
+        async with receive:
+            async for item in receive:
+                try:
+                    await self._download(item)
+                except ApiError as exc:
+                    self.engine.fail(exc)
+                finally:
+                    self._in_flight.discard((item.attempt_id, item.index))
+                    self.engine.wake()
+
+    async def _download(self, item: PendingImage) -> None:
+        engine = self.engine
+        fmt = str(item.request.get("outputFormat") or "jpeg")
+        got = await self.fetcher.fetch(item)
+        if isinstance(got, str):
+            await engine.store.mark_lost(item.attempt_id, item.index, got)
+            engine.stats.images_lost += 1
+            log.error("image_lost", cell=item.cell_key, index=item.index, reason=got)
+            return
+        relative = image_path(item.cell_key, item.index, fmt)
+        target = engine.config.out_dir / relative
+        await anyio.to_thread.run_sync(atomic_write_bytes, target, got.content)
+        await engine.store.mark_downloaded(
+            item.attempt_id,
+            item.index,
+            path=relative.as_posix(),
+            sha256=got.info.sha256,
+            size_bytes=got.info.size_bytes,
+            width=got.info.width,
+            height=got.info.height,
+        )
+        engine.stats.images_downloaded += 1

@@ -1,0 +1,313 @@
+"""A batch from a manifest: plan its cells into the store, then run the engine to the end.
+
+`zbatch run` is `run_batch`: create or resume `<out>/batch.sqlite`, add the manifest's cells
+(known cells keep their record; cells no longer in the manifest are reported, not dropped),
+and drive the engine until every cell is finished and every image is on disk, or the Buzz
+cap, a stop or a fatal error ends the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+
+from runner import __version__
+from runner.api._client import Client
+from runner.contract import _zimage as zimage
+from runner.dataset._metadata import refresh_dataset
+from runner.disk._files import sweep_batch_temps
+from runner.engine._engine import Engine, EngineConfig, RunStats
+from runner.engine._pacing import Backoff
+from runner.errors import ZbatchError
+from runner.grid import KEY_VERSION, expand, store_rows
+from runner.manifest._load import Manifest
+from runner.ops._adopt import AdoptReport, adopt_workflows
+from runner.store._rows import Budget, CellRow, PlanResult
+from runner.store._store import Store
+
+log = structlog.get_logger(__name__)
+DB_NAME = "batch.sqlite"
+DATASET_EVERY_S = 30.0
+ProgressHook = Callable[[Engine, int], Coroutine[Any, Any, None]]  # (engine, cells in the manifest)
+
+
+@dataclass(frozen=True)
+class RunOverrides:
+    """Command-line settings that win over the manifest's."""
+
+    budget_buzz: int | None = None
+    in_flight: int | None = None
+    submit_per_s: float | None = None
+    downloads: int | None = None
+    adopt: bool = False  # `--adopt`: record the batch's workflows found on the service first
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: what it planned, what it did, and what the ledger says now."""
+
+    plan: PlanResult
+    stats: RunStats
+    budget: Budget
+    counts: dict[str, int]
+    unsubmitted: int  # cells with a planned attempt left
+    unsubmitted_buzz: int  # their estimated cost
+    adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
+    canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
+    set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
+
+
+def batch_tag(name: str) -> str:
+    """The API tag of every workflow of a batch."""
+    return f"zbatch:{name}"
+
+
+def cell_rows(manifest: Manifest) -> Iterator[CellRow]:
+    """The manifest's cells as store rows, each with its formula price."""
+    for cell in expand(manifest):
+        request: dict[str, Any] = dict(cell.request)
+        if request.get("loras") is not None:
+            request["loras"] = zimage.lora_dict(request["loras"])
+        yield CellRow(
+            key=cell.key,
+            replica=cell.replica,
+            model=str(request["model"]),
+            request=request,
+            vars=dict(cell.vars),
+            estimate_buzz=zimage.price_buzz(
+                model=str(request["model"]),
+                width=int(request["width"]),
+                height=int(request["height"]),
+                steps=int(request["steps"]),
+                quantity=int(request["quantity"]),
+            ),
+        )
+
+
+def plan_fingerprint(manifest: Manifest) -> str:
+    """A hash of everything that decides the manifest's cells, their order, prices and
+    attempts (prompt files are already read into the axes). Equal fingerprints expand to the
+    same cells; a spurious difference only costs a re-plan."""
+    decisive = (
+        __version__,
+        KEY_VERSION,
+        manifest.name,
+        manifest.seed_base,
+        manifest.defaults,
+        manifest.models,
+        manifest.axes,
+        manifest.constants,
+        manifest.include,
+        manifest.exclude,
+        manifest.repeat,
+        manifest.retries.attempts,
+    )
+    return hashlib.sha256(repr(decisive).encode()).hexdigest()
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    return hashlib.sha256(manifest.path.read_bytes()).hexdigest()
+
+
+async def run_batch(
+    manifest: Manifest,
+    client: Client,
+    *,
+    overrides: RunOverrides = RunOverrides(),
+    runtime_scale: float = 1.0,
+    handle_signals: bool = False,
+    tuning: Mapping[str, Any] | None = None,
+    progress: ProgressHook | None = None,
+) -> RunOutcome:
+    """Create or resume the manifest's batch and run it; see the module docstring.
+
+    `tuning` sets further EngineConfig fields (poll and backoff timings, for tests).
+    """
+    out = manifest.out
+    limits = manifest.limits
+    config = EngineConfig(
+        tag=batch_tag(manifest.name),
+        out_dir=out,
+        in_flight=overrides.in_flight or limits.in_flight,
+        submit_per_s=overrides.submit_per_s or limits.submit_per_s,
+        downloads=overrides.downloads or limits.downloads,
+        runtime_scale=runtime_scale,
+        **dict(tuning or {}),
+    )
+    # --adopt rebuilds the record from the service, so a damaged database is moved aside
+    # (kept) rather than refused (docs/reliability.md, "The local machine").
+    async with await Store.open(out / DB_NAME, set_aside_damaged=overrides.adopt) as store:
+        await store.init_batch(
+            name=manifest.name,
+            tag=config.tag,
+            cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
+            manifest_sha256=manifest_sha256(manifest),
+        )
+        canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
+        if canceled_at is None:
+            fingerprint = plan_fingerprint(manifest)
+            known = await store.plan_is_current(fingerprint)
+            if known is not None:  # a resume of an unchanged manifest: no cell to add
+                planned = known
+            else:
+                planned = await store.plan_rows(
+                    store_rows(manifest), max_attempts=manifest.retries.attempts
+                )
+                await store.set_plan_fingerprint(fingerprint)
+        else:
+            planned = PlanResult(added=0, kept=await store.cell_total(), removed=0)
+            log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
+        log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
+        adopted = None
+        if overrides.adopt:  # operations: the workflows the service already has for the batch
+            backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
+            adopted = await adopt_workflows(store, client, config.tag, backoff=backoff)
+        swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
+        if swept:
+            log.info("stray_temp_files_removed", count=swept)
+        engine = Engine(store, client, config)
+        stats = await drive(
+            engine,
+            planned.added + planned.kept,
+            handle_signals=handle_signals,
+            progress=progress,
+            captions=manifest.captions,
+        )
+        unsubmitted, unsubmitted_buzz = await store.unsubmitted()
+        return RunOutcome(
+            plan=planned,
+            stats=stats,
+            budget=await store.budget(),
+            counts=await store.counts(),
+            unsubmitted=unsubmitted,
+            unsubmitted_buzz=unsubmitted_buzz,
+            adopted=adopted,
+            canceled_at=canceled_at,
+            set_aside=store.set_aside,
+        )
+
+
+async def drive(
+    engine: Engine,
+    cells: int,
+    *,
+    handle_signals: bool,
+    progress: ProgressHook | None,
+    captions: str,
+) -> RunStats:
+    """Run the engine to its end, with the live display when asked, keeping the dataset
+    (`metadata.jsonl`, captions) current while it runs and whole once it ends."""
+    out = engine.config.out_dir
+    stopped: ZbatchError | None = None  # raised as itself, not inside an exception group
+    async with anyio.create_task_group() as tg:
+        if progress is not None:
+            tg.start_soon(progress, engine, cells)
+        tg.start_soon(keep_dataset_current, engine, captions)
+        try:
+            stats = await engine.run(handle_signals=handle_signals)
+        except ZbatchError as exc:
+            stopped = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if stopped is not None:
+        raise stopped
+    rows = await refresh_dataset(engine.store, out, captions=captions, rebuild=True)
+    log.info("dataset_written", rows=rows, path=str(out / "metadata.jsonl"))
+    return stats
+
+
+async def keep_dataset_current(engine: Engine, captions: str) -> None:
+    """Rewrite the dataset every DATASET_EVERY_S, or 20 times its last duration when longer
+    (a refresh of a million rows takes seconds: it must never crowd out the run).
+
+    A disk that refuses the refresh (full, read-only) stops the run as a refused image
+    would: images written now could not be listed, and the next would fail the same way.
+    """
+    store, out = engine.store, engine.config.out_dir
+    every_s = DATASET_EVERY_S
+    while True:
+        await anyio.sleep(every_s)
+        started = anyio.current_time()
+        try:
+            await refresh_dataset(store, out, captions=captions)
+        except ZbatchError as exc:
+            engine.fail(exc)
+            return
+        every_s = max(DATASET_EVERY_S, 20 * (anyio.current_time() - started))
+
+
+def db_path(out: Path) -> Path:
+    return out / DB_NAME
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """`zbatch run --emulator`: serve the embedded emulator on a free loopback port."""
+
+    time_scale: float = 0.05
+    seed: int = 0
+    faults_path: Path | None = None
+
+
+EMULATOR_TOKEN = "zbatch-embedded-emulator"  # the emulator accepts any bearer token
+
+
+def execute(
+    manifest: Manifest,
+    *,
+    overrides: RunOverrides = RunOverrides(),
+    api_url: str | None = None,
+    emulator: EmulatorOptions | None = None,
+    progress: ProgressHook | None = None,
+) -> RunOutcome:
+    """`zbatch run`: against the real API (token from the environment) or an embedded emulator.
+
+    Blocking: it owns the event loop (`anyio.run` on asyncio) and, with `emulator`, the
+    emulator's server thread, which it always stops.
+    """
+
+    async def work(client: Client, runtime_scale: float) -> RunOutcome:
+        return await run_batch(
+            manifest,
+            client,
+            overrides=overrides,
+            runtime_scale=runtime_scale,
+            handle_signals=True,
+            progress=progress,
+        )
+
+    return with_client(work, api_url=api_url, emulator=emulator)
+
+
+T = TypeVar("T")
+
+
+def with_client(
+    work: Callable[[Client, float], Awaitable[T]],
+    *,
+    api_url: str | None,
+    emulator: EmulatorOptions | None,
+) -> T:
+    """Run `work(client, runtime_scale)` on its own event loop, against the API (token from the
+    environment) or an embedded emulator on a free loopback port, always stopped after."""
+
+    async def go(base_url: str | None, token: str | None, runtime_scale: float) -> T:
+        async with Client(base_url=base_url, token=token) as client:
+            return await work(client, runtime_scale)
+
+    if emulator is None:
+        return anyio.run(go, api_url, None, 1.0, backend="asyncio")
+    from runner.emulator import EmulatorConfig, running_server
+
+    config = EmulatorConfig.from_flags(
+        seed=emulator.seed, time_scale=emulator.time_scale, faults_path=emulator.faults_path
+    )
+    with running_server(config) as base_url:
+        log.info("emulator_started", url=base_url, time_scale=emulator.time_scale)
+        return anyio.run(go, base_url, EMULATOR_TOKEN, emulator.time_scale, backend="asyncio")
