@@ -23,9 +23,10 @@ from typing import Any
 
 import anyio
 
+from runner.disk._out_folder import OutFolder
 from runner.grid import store_rows
 from runner.manifest._load import load_manifest, parse_manifest
-from runner.ops._run import DB_NAME, batch_tag, manifest_sha256
+from runner.ops._run import batch_tag, manifest_sha256
 from runner.store._store import Store
 
 EXPAND_MANIFEST = """\
@@ -100,7 +101,7 @@ def plan_manifest_text(cells: int) -> str:
 async def plan(cells: int, folder: Path) -> dict[str, Any]:
     """Expand `cells` cells and plan them into a new batch.sqlite, as `zbatch run` first does."""
     manifest = parse_manifest(plan_manifest_text(cells), path=folder / "plan.yaml")
-    db = folder / DB_NAME
+    db = OutFolder(folder).db
     before_kib = reset_peak()
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -123,7 +124,7 @@ async def fixture(manifest_path: Path, done: float) -> dict[str, Any]:
     cells succeeded with a downloaded image, by SQL (no files): a batch that far along,
     made in seconds instead of hours. The rest stays planned for a real run to continue."""
     manifest = load_manifest(manifest_path)
-    db = manifest.out / DB_NAME
+    db = OutFolder(manifest.out).db
     async with await Store.open(db) as store:
         await store.init_batch(
             name=manifest.name,
@@ -225,7 +226,7 @@ def main() -> None:
         figures = expand(args.cells)
     elif args.what == "plan":
         figures = anyio.run(plan, args.cells, args.folder, backend="asyncio")
-        figures["bytes"] = sum(p.stat().st_size for p in args.folder.glob(f"{DB_NAME}*"))
+        figures["bytes"] = sum(p.stat().st_size for p in args.folder.glob(f"{OutFolder.DB_NAME}*"))
     elif args.what == "fixture":
         figures = anyio.run(fixture, args.manifest, args.done, backend="asyncio")
     elif args.what == "httpx-floor":

@@ -3,12 +3,14 @@
 ```
 * ZbatchError                     exit 1   anything we raise on purpose
   + ManifestError                 exit 2   file:line, field, value, what is allowed
+    - InvalidManifest                      every problem of one manifest, one per line
   + ApiError                      exit 1   the orchestration API said no, or did not answer
     - RetryableError                       transport errors, 408, 429, 5xx, a cut or non-JSON
                                            2xx body (retry_after_s)
     - RejectedError                        400: the input is wrong; nothing spent, never retried
     - NotFoundError                        404: unknown or deleted workflow / blob
     - UrlExpiredError                      401/403 on a signed blob URL: refresh it, then retry
+    - UnusableAnswerError                  a 2xx that is not JSON, the wrong shape, too big
     - AuthError                   exit 3   401/403: the run stops, nothing is lost
     - FundsError                  exit 3   402, or a 400/403 naming insufficient Buzz: stops
   + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
@@ -23,7 +25,19 @@
     - ReadOnlyDisk                         EROFS, SQLITE_READONLY: remount, or another out
   + UsageError                    exit 2   a flag, environment variable or folder is wrong
     - OutFolderError                       `zbatch run`'s output folder is unsafe or unwritable
+    - NotABatch                            the folder holds no zbatch batch
+    - GalleryError                         an axis or state the batch does not have
+    - ExportError                          a format, state or target that is not allowed
+  + MissingExtra                  exit 1   an optional dependency (`zbatch[parquet]`) is missing
 ```
+
+Exits that are not errors (a finished command's verdict) are named in `ExitCode` with the
+errors' codes; `EXIT_CODES` says what each means, and every command's `--help` lists its
+codes from it (tests/test_cli.py checks that each code a command returns is listed).
+
+Exceptions that never leave their module (a prompt template's, a text file's, a schema
+view's, an image check's) are caught and translated where they are raised, into one of
+these; they are private to that module.
 
 The local machine's failures (exit 6 and 7) are translated from `OSError` and
 `sqlite3.Error` in one place, `runner/local_faults.py`; each leaves a record the same
@@ -36,8 +50,9 @@ status and the service's own problem text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
+from typing import Any, ClassVar
 
 
 class ZbatchError(Exception):
@@ -50,6 +65,15 @@ class ManifestError(ZbatchError):
     """The manifest (or a file it names) is wrong; nothing was written or spent."""
 
     exit_code: ClassVar[int] = 2
+
+
+class InvalidManifest(ManifestError):
+    """The manifest has problems; the message lists each, one per line."""
+
+    def __init__(self, problems: Sequence[Any]) -> None:
+        super().__init__("\n".join(str(problem) for problem in problems))
+        # runner.manifest's `Problem` values (this module sits below the manifest package)
+        self.problems: tuple[Any, ...] = tuple(problems)
 
 
 class ApiError(ZbatchError):
@@ -104,6 +128,12 @@ class RejectedError(ApiError):
     ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.errors: dict[str, list[str]] = dict(errors or {})
+
+
+class UnusableAnswerError(RetryableError):
+    """An answer that cannot be used: a 2xx that is not JSON, the wrong shape, over the size
+    limit, or a redirect where none is expected. Retried like a 5xx; `Client` stops after
+    `max_unusable_answers` in a row for the same request (docs/reliability.md)."""
 
 
 class NotFoundError(ApiError):
@@ -193,3 +223,48 @@ class OutFolderError(UsageError):
     """The output folder cannot be used as it is: writable by others, or not by us."""
 
     exit_code: ClassVar[int] = 2
+
+
+class NotABatch(UsageError):
+    """The folder given to a command holds no zbatch batch."""
+
+
+class GalleryError(UsageError):
+    """`zbatch gallery` was asked for what the batch cannot show: an axis it lacks, a state."""
+
+
+class ExportError(UsageError):
+    """The export cannot be made as asked (a format, state or size that is not allowed)."""
+
+
+class MissingExtra(ZbatchError):
+    """An optional dependency the chosen format needs is not installed."""
+
+
+class ExitCode(IntEnum):
+    """Every exit code of `zbatch`; the errors above carry theirs as `exit_code`."""
+
+    OK = 0
+    ERROR = 1  # an unexpected error, an API refusal the run cannot go on from
+    USAGE = 2  # ManifestError, UsageError and its kinds
+    AUTH_OR_FUNDS = 3  # AuthError, FundsError; and `zbatch plan` over budget
+    CAP_REACHED = 4  # CapReached
+    DAMAGED = 5  # `zbatch verify`: damaged images found (or left)
+    DISK = 6  # LocalDiskError
+    BATCH_UNUSABLE = 7  # BatchUnusable
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM: stopped cleanly, resumable
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
+
+
+EXIT_CODES: Mapping[ExitCode, str] = {
+    ExitCode.OK: "done",
+    ExitCode.ERROR: "unexpected error, or the API refused in a way the run cannot go on from",
+    ExitCode.USAGE: "invalid manifest, flag, environment variable or folder; nothing spent",
+    ExitCode.AUTH_OR_FUNDS: "the token was refused, or the account cannot pay",
+    ExitCode.CAP_REACHED: "the Buzz cap stopped the batch; raise it and run again to resume",
+    ExitCode.DAMAGED: "damaged images found",
+    ExitCode.DISK: "the disk refused a write (full, read-only, I/O error); fix, run again",
+    ExitCode.BATCH_UNUSABLE: "batch.sqlite is in use, locked, damaged or from a newer zbatch",
+    ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
+    ExitCode.BROKEN_PIPE: "the reader of the output went away",
+}

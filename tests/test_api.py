@@ -15,7 +15,6 @@ import pytest
 import structlog
 
 from runner.api._client import Client
-from runner.api._errors import UnusableAnswerError
 from runner.api._models import WorkflowStatus, parse_retry_after
 from runner.errors import (
     ApiError,
@@ -24,6 +23,7 @@ from runner.errors import (
     NotFoundError,
     RejectedError,
     RetryableError,
+    UnusableAnswerError,
     UrlExpiredError,
 )
 from runner.log import redact_url

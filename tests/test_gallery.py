@@ -20,7 +20,6 @@ from runner.contract import _zimage as zimage
 from runner.dataset._gallery import make_gallery, read_cells, sheet_name
 from runner.dataset._gallery_grid import (
     GalleryCell,
-    GalleryError,
     GalleryImage,
     build_grid,
     detect_axes,
@@ -29,6 +28,7 @@ from runner.dataset._gallery_grid import (
 )
 from runner.dataset._gallery_html import render_page
 from runner.dataset._gallery_sheet import render_sheet
+from runner.errors import GalleryError
 from tests.browser.batch import PROMPTS, build_batch
 
 COLOURS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40), (150, 40, 170)]

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import ManifestError
+from runner.errors import InvalidManifest, ManifestError
 from runner.manifest._load import (
     RANDOM,
     Axis,
-    InvalidManifest,
     Limits,
     Location,
     Problem,

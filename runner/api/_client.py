@@ -38,15 +38,7 @@ import httpx
 import structlog
 
 from runner import __version__
-from runner.api._errors import (
-    TOKEN_ENV,
-    UnusableAnswerError,
-    body_error,
-    parse_body,
-    read_limited,
-    scrub,
-    translate,
-)
+from runner.api._errors import TOKEN_ENV, body_error, parse_body, read_limited, scrub, translate
 from runner.api._models import (
     Blob,
     Workflow,
@@ -56,7 +48,7 @@ from runner.api._models import (
     parse_page,
     parse_workflow,
 )
-from runner.errors import ApiError, AuthError
+from runner.errors import ApiError, AuthError, UnusableAnswerError
 from runner.log import redact_url
 
 __all__ = [

@@ -37,6 +37,7 @@ from runner.errors import (
     NotFoundError,
     RejectedError,
     RetryableError,
+    UnusableAnswerError,
     UrlExpiredError,
 )
 from runner.log import REDACTED, redact, redact_url
@@ -47,12 +48,6 @@ TOKEN_ENV: Final = "CIVITAI_API_TOKEN"
 _FUNDS_RE = re.compile(r"(?i)insufficient\s+(buzz|funds?|balance)|not\s+enough\s+buzz")
 _NEVER_HEALS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.TooManyRedirects)
 _DETAIL_MAX_CHARS: Final = 500
-
-
-class UnusableAnswerError(RetryableError):
-    """An answer that cannot be used: a 2xx that is not JSON, the wrong shape, over the size
-    limit, or a redirect where none is expected. Retried like a 5xx; `Client` stops after
-    `max_unusable_answers` in a row for the same request (docs/reliability.md)."""
 
 
 async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:

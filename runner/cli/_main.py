@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runner import __version__
+from runner.disk._out_folder import OutFolder
 from runner.errors import ApiError, AuthError, UsageError, ZbatchError
 from runner.log import TOKEN_ENV, configure_logging
 
@@ -144,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_out_folder(manifest.out, allow_shared=args.allow_shared_out)
     configure_logging(
         level="info",
-        log_file=manifest.out / "log.jsonl",
+        log_file=OutFolder(manifest.out).log,
         console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
     )
     emulator = (
@@ -474,7 +475,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     configure_logging(
         level="info",
-        log_file=args.out / "log.jsonl",
+        log_file=OutFolder(args.out).log,
         console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
     )
     settings = RetrySettings(
@@ -581,7 +582,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     """
     from runner.ops._cancel import cancel_out, render_cancel
 
-    configure_logging(level="info", log_file=args.out / "log.jsonl", console_level="warning")
+    configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
     report = anyio.run(
         functools.partial(cancel_out, args.out, api_url=args.api_url), backend="asyncio"
     )

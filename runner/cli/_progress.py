@@ -26,8 +26,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine
-from runner.ops._run import DB_NAME, RunOutcome
+from runner.ops._run import RunOutcome
 from runner.store._rows import AttemptState, Budget
 
 WINDOW_S = 120.0  # rates are averaged over this much recent time
@@ -268,7 +269,7 @@ def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
         )
     if out is not None:
         lines.append(f"images in   {out / 'images'}")
-        lines.append(f"record      {out / DB_NAME}  (zbatch status {out})")
+        lines.append(f"record      {OutFolder(out).db}  (zbatch status {out})")
     if outcome.unsubmitted and stats.cap_reached:
         finish_buzz = b.committed_buzz + outcome.unsubmitted_buzz
         lines.append(

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -43,7 +43,8 @@ from runner.dataset._metadata import (
     open_record,
 )
 from runner.disk._files import fsync_dir
-from runner.errors import ZbatchError
+from runner.disk._out_folder import OutFolder
+from runner.errors import ExportError, MissingExtra
 from runner.store._reads import DatasetImage
 from runner.store._rows import ImageState
 
@@ -54,16 +55,6 @@ DEFAULT_CHUNK = 10_000  # rows read, converted and written at a time
 PARQUET_CHUNK = 5_000  # the same for Parquet, and a row group: 10,000 made the peak 210 MB
 SHARD_NAME = "shard-{:06d}.tar"
 _SHARD_RE = re.compile(r"shard-(\d{6,})\.tar")
-
-
-class ExportError(ZbatchError):
-    """The export cannot be made as asked (a format, state or size that is not allowed)."""
-
-    exit_code: ClassVar[int] = 2
-
-
-class MissingExtra(ZbatchError):
-    """An optional dependency the chosen format needs is not installed."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +70,7 @@ class ExportResult:
 
 def default_target(out: Path, fmt: str) -> Path:
     """`OUT/export/dataset.<ext>`, or the folder `OUT/export/webdataset/` for shards."""
-    return out / "export" / ("webdataset" if fmt == "webdataset" else f"dataset.{fmt}")
+    return OutFolder(out).export / ("webdataset" if fmt == "webdataset" else f"dataset.{fmt}")
 
 
 async def export(

@@ -25,12 +25,10 @@ from runner.dataset._gallery_grid import (
 from runner.dataset._gallery_html import render_page
 from runner.dataset._gallery_sheet import render_sheet
 from runner.dataset._metadata import open_record
-from runner.dataset._status import NotABatch
 from runner.disk._files import atomic_write_bytes
-from runner.errors import StoreError
-from runner.ops._run import DB_NAME
+from runner.disk._out_folder import OutFolder
+from runner.errors import NotABatch, StoreError
 
-GALLERY_DIR = "gallery"
 INDEX_NAME = "index.html"
 
 
@@ -52,7 +50,7 @@ class GalleryResult:
 
 async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
     """The batch's name and cells, from `out/batch.sqlite` opened read-only."""
-    db = out / DB_NAME
+    db = OutFolder(out).db
     async with await open_record(out) as store:
         try:
             info = await store.batch_info()
@@ -69,7 +67,7 @@ def sheet_name(grid: Grid) -> str:
 
 def write_gallery(out: Path, grid: Grid) -> GalleryResult:
     """Write the contact sheet, then the page that links to it; each atomically."""
-    folder = out / GALLERY_DIR
+    folder = OutFolder(out).gallery
     sheet = folder / sheet_name(grid)
     atomic_write_bytes(sheet, render_sheet(grid, out).png)
     index = folder / INDEX_NAME

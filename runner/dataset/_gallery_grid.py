@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from runner.contract import _zimage as zimage
-from runner.errors import ZbatchError
+from runner.errors import GalleryError
 from runner.grid import canonical_json
 from runner.store._rows import ImageState
 
@@ -57,12 +57,6 @@ ALIASES: Mapping[str, str] = {"width": "size", "height": "size", "sampler": "sam
 DEFAULT_STATES: frozenset[str] = frozenset({ImageState.DOWNLOADED.value})
 NONE_LABEL = "(none)"
 ALL_LABEL = "all"
-
-
-class GalleryError(ZbatchError):
-    """`zbatch gallery` was asked for what the batch cannot show: an axis it lacks, a state."""
-
-    exit_code: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)

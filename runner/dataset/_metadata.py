@@ -29,12 +29,13 @@ import structlog
 
 from runner.disk._faults import disk_error
 from runner.disk._files import fsync_dir
+from runner.disk._out_folder import OutFolder
 from runner.errors import StoreError
 from runner.store._reads import DatasetImage
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
-METADATA_NAME = "metadata.jsonl"
+METADATA_NAME = OutFolder.METADATA_NAME
 CAPTIONS = ("none", "txt")
 
 # The fixed columns, in file order; `vars.<name>` columns follow, sorted by name.
@@ -155,7 +156,7 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
 
 
 async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> int:
-    target = out / METADATA_NAME
+    target = OutFolder(out).metadata
     writer = await anyio.to_thread.run_sync(AtomicTextFile.create, target)
     previous: PreviousLines | None = None
     rows = 0
@@ -338,14 +339,9 @@ def _create_exclusive(path: Path, mode: str) -> IO[Any]:
 
 async def open_record(out: Path) -> Store:
     """Open `out/batch.sqlite` read-only (safe during a run); NotABatch when there is none."""
-    from runner.dataset._status import NotABatch
-    from runner.ops._run import DB_NAME  # here: the engine imports this module
+    from runner.errors import NotABatch
 
-    db = out / DB_NAME
-    if not await anyio.Path(out).is_dir():
-        raise NotABatch(f"{out} does not exist or is not a folder: give a batch's `out` folder")
-    if not await anyio.Path(db).is_file():
-        raise NotABatch(f"{out} holds no {DB_NAME}: it is not a zbatch batch folder")
+    db = await anyio.to_thread.run_sync(OutFolder(out).existing_db)
     try:
         return await Store.open(db, read_only=True)
     except StoreError as exc:

@@ -63,7 +63,7 @@ class Report:
 
 async def read_report(out: Path, *, top_reasons: int = TOP_REASONS) -> Report:
     """Read `out/batch.sqlite` read-only; NotABatch when `out` holds no batch."""
-    from runner.dataset._status import NotABatch
+    from runner.errors import NotABatch
 
     async with await open_record(out) as store:
         try:

@@ -10,23 +10,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
 from runner.dataset._metadata import open_record
-from runner.errors import StoreError, ZbatchError
-from runner.ops._run import DB_NAME
+from runner.disk._out_folder import OutFolder
+from runner.errors import NotABatch, StoreError
 from runner.store._rows import AttemptState, Budget, FailureReason, ImageState
 
 TOP_REASONS = 10
 REASON_WIDTH = 100  # characters of a reason shown in text; --json has them whole
-
-
-class NotABatch(ZbatchError):
-    """The folder given to `zbatch status` holds no zbatch batch."""
-
-    exit_code: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class BatchStatus:
 
 async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
     """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
-    db = out / DB_NAME
+    db = OutFolder(out).db
     async with await open_record(out) as store:
         try:
             info = await store.batch_info()
@@ -94,7 +88,7 @@ def render_status(status: BatchStatus) -> str:
     b, img = status.budget, status.images
     lines = [
         f"batch       {status.name}  (tag {status.tag}, created {status.created_at})",
-        f"record      {status.out / DB_NAME}",
+        f"record      {OutFolder(status.out).db}",
         f"cells       {_by_state(status.cells)}",
         f"attempts    {_by_state(status.attempts)}",
         f"images      {img['downloaded']} downloaded · {img['pending']} pending · "
@@ -127,7 +121,7 @@ def status_json(status: BatchStatus) -> dict[str, Any]:
         "tag": status.tag,
         "created_at": status.created_at,
         "out": str(status.out),
-        "record": str(status.out / DB_NAME),
+        "record": str(OutFolder(status.out).db),
         "cells": {"total": sum(status.cells.values()), "by_state": status.cells},
         "attempts": {"total": sum(status.attempts.values()), "by_state": status.attempts},
         "images": {**status.images, "on_disk": status.files_on_disk},

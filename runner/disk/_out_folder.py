@@ -16,9 +16,69 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
-from runner.errors import OutFolderError, ReadOnlyDisk
+from runner.errors import NotABatch, OutFolderError, ReadOnlyDisk
+
+
+@dataclass(frozen=True)
+class OutFolder:
+    """Every path of a batch's output folder, named once (docs/dataset.md draws the tree).
+
+    ```
+    OUT/batch.sqlite        the record (the one source of truth), and batch.sqlite.lock
+    OUT/log.jsonl           every event of every command, as JSON lines
+    OUT/metadata.jsonl      the dataset: one row per downloaded image, kept current
+    OUT/images/<ab>/...     the images (and their .txt captions), named by `image_path`
+    OUT/gallery/            `zbatch gallery`
+    OUT/export/             `zbatch export`'s default targets
+    ```
+    """
+
+    root: Path
+
+    DB_NAME = "batch.sqlite"
+    LOG_NAME = "log.jsonl"
+    METADATA_NAME = "metadata.jsonl"
+
+    @property
+    def db(self) -> Path:
+        return self.root / self.DB_NAME
+
+    @property
+    def log(self) -> Path:
+        return self.root / self.LOG_NAME
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / self.METADATA_NAME
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def gallery(self) -> Path:
+        return self.root / "gallery"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    def file(self, relative: PurePosixPath | str) -> Path:
+        """A path the record holds relative to OUT (an image's, a caption's) as a real path."""
+        return self.root / relative
+
+    def existing_db(self) -> Path:
+        """The batch database; NotABatch when OUT holds none (only `run` ever makes one)."""
+        if not self.root.is_dir():
+            raise NotABatch(
+                f"{self.root} does not exist or is not a folder: give a batch's `out` folder"
+            )
+        if not self.db.is_file():
+            raise NotABatch(f"{self.root} holds no {self.DB_NAME}: it is not a zbatch batch folder")
+        return self.db
 
 
 def check_out_folder(out: Path, *, allow_shared: bool = False) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from runner.contract import _zimage as zimage
+from runner.errors import InvalidManifest
 from runner.manifest import _checks as checks
 from runner.manifest import _textfile as textfile
 from runner.manifest._advice import advise_manifest
@@ -35,7 +36,6 @@ from runner.manifest._fields import (
 )
 from runner.manifest._settings import Limits, Retries, SettingsReader
 from runner.manifest._yaml import (
-    InvalidManifest,
     Location,
     Node,
     Problem,

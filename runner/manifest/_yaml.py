@@ -20,7 +20,6 @@ from pathlib import Path
 import yaml
 
 from runner.contract._zimage import shown, suggestion
-from runner.errors import ManifestError
 
 MAX_DEPTH = 32
 MAX_VALUES = 1_000_000
@@ -85,14 +84,6 @@ class Report:
         problem = Problem(self.at(node), path, message)
         if problem not in self.warnings:
             self.warnings.append(problem)
-
-
-class InvalidManifest(ManifestError):
-    """The manifest has problems; the message lists each, one per line."""
-
-    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        super().__init__("\n".join(str(problem) for problem in problems))
-        self.problems: tuple[Problem, ...] = tuple(problems)
 
 
 def join(path: str, key: str) -> str:

@@ -28,11 +28,11 @@ import structlog
 
 from runner.api._client import Client
 from runner.api._models import WorkflowStatus
+from runner.disk._out_folder import OutFolder
 from runner.engine._engine import charge_of
 from runner.engine._pacing import Backoff, retrying
 from runner.errors import NotFoundError
 from runner.ops._adopt import record_terminal, tagged_workflows
-from runner.ops._retry import batch_db
 from runner.store._rows import Attempt, AttemptState
 from runner.store._store import Store
 
@@ -153,7 +153,7 @@ async def cancel_out(out: Path, *, api_url: str | None = None) -> CancelReport:
     A running `zbatch run` holds the lock: StoreError names it. The token comes from the
     environment.
     """
-    async with await Store.open(batch_db(out)) as store:
+    async with await Store.open(OutFolder(out).existing_db()) as store:
         info = await store.batch_info()
         async with Client(base_url=api_url) as client:
             return await cancel_batch(store, client, info.tag, backoff=Backoff())

@@ -19,11 +19,10 @@ import anyio
 import structlog
 
 from runner.api._client import Client
-from runner.dataset._status import NotABatch
 from runner.disk._files import sweep_batch_temps
+from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig
 from runner.ops._run import (
-    DB_NAME,
     EmulatorOptions,
     ProgressHook,
     RunOutcome,
@@ -58,14 +57,6 @@ class RetryOutcome:
     run: RunOutcome | None
 
 
-def batch_db(out: Path) -> Path:
-    """`out`'s batch database; NotABatch when `out` holds none (an operation never makes one)."""
-    db = out / DB_NAME
-    if not db.is_file():
-        raise NotABatch(f"{out} holds no {DB_NAME}: give a batch's `out` folder")
-    return db
-
-
 async def retry_batch(
     out: Path,
     client: Client,
@@ -77,7 +68,7 @@ async def retry_batch(
     progress: ProgressHook | None = None,
 ) -> RetryOutcome:
     """Choose the cells, record their new attempts, then run the batch; see above."""
-    async with await Store.open(batch_db(out)) as store:
+    async with await Store.open(OutFolder(out).existing_db()) as store:
         info = await store.batch_info()
         plan = await store.retry_cells(
             states=settings.states or (() if settings.cells else DEFAULT_STATES),

@@ -22,6 +22,7 @@ from runner.api._client import Client
 from runner.contract import _zimage as zimage
 from runner.dataset._metadata import refresh_dataset
 from runner.disk._files import sweep_batch_temps
+from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.engine._pacing import Backoff
 from runner.errors import ZbatchError
@@ -32,7 +33,6 @@ from runner.store._rows import Budget, CellRow, PlanResult
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
-DB_NAME = "batch.sqlite"
 DATASET_EVERY_S = 30.0
 ProgressHook = Callable[[Engine, int], Coroutine[Any, Any, None]]  # (engine, cells in the manifest)
 
@@ -142,7 +142,7 @@ async def run_batch(
     )
     # --adopt rebuilds the record from the service, so a damaged database is moved aside
     # (kept) rather than refused (docs/reliability.md, "The local machine").
-    async with await Store.open(out / DB_NAME, set_aside_damaged=overrides.adopt) as store:
+    async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
         await store.init_batch(
             name=manifest.name,
             tag=config.tag,
@@ -218,7 +218,7 @@ async def drive(
     if stopped is not None:
         raise stopped
     rows = await refresh_dataset(engine.store, out, captions=captions, rebuild=True)
-    log.info("dataset_written", rows=rows, path=str(out / "metadata.jsonl"))
+    log.info("dataset_written", rows=rows, path=str(OutFolder(out).metadata))
     return stats
 
 
@@ -240,10 +240,6 @@ async def keep_dataset_current(engine: Engine, captions: str) -> None:
             engine.fail(exc)
             return
         every_s = max(DATASET_EVERY_S, 20 * (anyio.current_time() - started))
-
-
-def db_path(out: Path) -> Path:
-    return out / DB_NAME
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import structlog
 
 from runner.api._client import Client
 from runner.disk._files import atomic_write_bytes
+from runner.disk._out_folder import OutFolder
 from runner.engine._downloader import FetchedImage, ImageFetcher
 from runner.engine._pacing import Backoff
-from runner.ops._retry import batch_db
 from runner.store._ops import StoredImage
 from runner.store._rows import PendingImage
 from runner.store._store import Store
@@ -90,7 +90,7 @@ async def verify_batch(
     out: Path, *, client: Client | None = None, backoff: Backoff | None = None
 ) -> VerifyReport:
     """Check every downloaded image of the batch in `out`; repair through `client` if given."""
-    db = batch_db(out)
+    db = OutFolder(out).existing_db()
     store = await (Store.open(db) if client is not None else Store.open(db, read_only=True))
     fetcher = None
     if client is not None:
@@ -214,7 +214,7 @@ def render_verify(report: VerifyReport, *, out: Path) -> str:
 
 async def verify_out(out: Path, *, repair: bool, api_url: str | None = None) -> VerifyReport:
     """`zbatch verify OUT [--repair]`: with repair, through the API (token from the environment)."""
-    batch_db(out)  # NotABatch before asking for a token
+    OutFolder(out).existing_db()  # NotABatch before asking for a token
     if not repair:
         return await verify_batch(out)
     async with Client(base_url=api_url) as client:

@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from runner.api._client import Client
-from runner.api._errors import UnusableAnswerError
 from runner.api._models import WorkflowStatus
 from runner.emulator import (
     EmulatorConfig,
@@ -37,7 +36,7 @@ from runner.emulator.config import HOSTILE_FAULT_KINDS
 from runner.emulator.service import Emulator
 from runner.engine._downloader import FetchedImage, ImageFetcher
 from runner.engine._pacing import Backoff, retrying
-from runner.errors import ApiError, RetryableError
+from runner.errors import ApiError, RetryableError, UnusableAnswerError
 from runner.manifest._load import parse_manifest
 from runner.ops._run import run_batch
 from tests.cells import FOX_INPUT, first_image

@@ -11,6 +11,7 @@ from anyio import wait_all_tasks_blocked
 
 from runner.api._client import Client
 from runner.contract import _zimage as zimage
+from runner.disk._out_folder import OutFolder
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -20,7 +21,7 @@ from runner.emulator import (
     make_app,
 )
 from runner.engine._engine import Engine, EngineConfig
-from runner.ops._run import DB_NAME, RunOverrides, batch_tag, cell_rows, run_batch
+from runner.ops._run import RunOverrides, batch_tag, cell_rows, run_batch
 from runner.store._rows import CellRow
 from runner.store._store import Store
 from tests.e2e.test_run import FAST, manifest
@@ -34,7 +35,7 @@ async def test_resume_with_fewer_slots_than_running_workflows_finishes(tmp_path:
     async with Client(
         base_url="http://emulator", token="t", transport=EmulatorTransport(app)
     ) as client:
-        async with await Store.open(m.out / DB_NAME) as store:  # what a kill -9 left behind
+        async with await Store.open(OutFolder(m.out).db) as store:  # what a kill -9 left behind
             await store.init_batch(name=m.name, tag=batch_tag(m.name), cap_buzz=1000)
             await store.plan(cell_rows(m), max_attempts=4)
             for a in await store.next_planned(4):
@@ -101,7 +102,7 @@ async def test_a_refund_posted_after_the_failure_is_waited_for(tmp_path: Path) -
         return httpx.Response(200, json=failed_workflow(refunded=gets >= 3))
 
     with anyio.fail_after(10):
-        async with await Store.open(tmp_path / DB_NAME) as store:
+        async with await Store.open(OutFolder(tmp_path).db) as store:
             await store.init_batch(name="r", tag="zbatch:r", cap_buzz=100)
             request = {"model": "turbo", "width": 64, "height": 64, "steps": 9, "quantity": 1}
             await store.plan([CellRow("ab" * 16, 0, "turbo", request, {}, 8)], max_attempts=1)
