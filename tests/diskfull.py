@@ -16,7 +16,7 @@ with small_disk(tmp_path / "out", 256 * 1024) as disk:   # mounts (or makes) the
     disk.writable()      # back to read-write
     disk.free_bytes()    # what statvfs says now
     disk.inject(monkeypatch)  # injected mode only (a no-op when real): while full or read
-                              # only, `runner.disk._files.write_all` (the image write boundary)
+                              # only, `runner.disk._atomic.write_all` (the image write boundary)
                               # raises OSError(ENOSPC / EROFS) for files under the folder,
                               # `Store._commit` raises SQLite's "database or disk is full"
                               # (SQLITE_FULL) for a database under it, and os.statvfs
@@ -125,10 +125,10 @@ class SmallDisk:
         """Injected mode: make the write boundaries fail as the full or read-only disk would."""
         if self.real:
             return
-        import runner.disk._files
+        import runner.disk._atomic
         from runner.store._store import Store
 
-        write_all = runner.disk._files.write_all
+        write_all = runner.disk._atomic.write_all
         commit = Store._commit
         statvfs = os.statvfs
 
@@ -156,7 +156,7 @@ class SmallDisk:
                 return os.statvfs_result(values)
             return got
 
-        monkeypatch.setattr(runner.disk._files, "write_all", failing_write)
+        monkeypatch.setattr(runner.disk._atomic, "write_all", failing_write)
         monkeypatch.setattr(Store, "_commit", failing_commit)
         monkeypatch.setattr(os, "statvfs", fake_statvfs)
 

@@ -17,7 +17,7 @@ import pytest
 
 from runner.api._client import Client
 from runner.api._models import WorkflowStatus
-from runner.disk._files import verify_image
+from runner.disk._images import verify_image
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from runner.api._client import Client
-from runner.disk._files import InvalidImage
+from runner.disk._images import InvalidImage
 from runner.emulator import EmulatorConfig, EmulatorTransport, ManualClock, make_app
 from runner.emulator.hostile import bomb_png
 from runner.engine._downloader import ImageFetcher, check_image
@@ -95,7 +95,7 @@ def test_a_bomb_in_a_real_process_is_refused_without_a_word_on_stderr() -> None:
         "import io, sys\n"
         "from PIL import Image\n"
         "from runner.engine._downloader import check_image\n"
-        "from runner.disk._files import InvalidImage\n"
+        "from runner.disk._images import InvalidImage\n"
         "png = io.BytesIO()\n"
         "Image.new('1', (9000, 12000)).save(png, 'PNG')\n"  # 108 Mpx: a warning, not an error
         "try:\n"

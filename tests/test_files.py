@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner.disk._files import (
-    InvalidImage,
+from runner.disk._atomic import (
+    AtomicFile,
     atomic_write_bytes,
-    image_path,
     remove_stray_temps,
     sweep_batch_temps,
-    verify_image,
 )
+from runner.disk._images import InvalidImage, image_path, verify_image
 
 
 def _jpeg(width: int, height: int) -> bytes:
@@ -121,3 +120,40 @@ def test_a_killed_runs_temp_files_are_swept_but_not_an_exports(tmp_path: Path) -
     (tmp_path / "export" / ".dataset.jsonl.77.tmp").write_bytes(b"")  # a live export's
     assert sweep_batch_temps(tmp_path) == 2
     assert [p.name for p in tmp_path.rglob("*.tmp")] == [".dataset.jsonl.77.tmp"]
+
+
+def test_atomic_file_streams_text_and_renames_on_commit(tmp_path: Path) -> None:
+    """Until commit the target keeps its old content; after it, the whole new text."""
+    target = tmp_path / "metadata.jsonl"
+    target.write_text("old\n")
+    with AtomicFile(target) as file:
+        file.text().write("a\n")
+        file.text().write("b\n")
+        assert target.read_text() == "old\n"
+        assert file.tmp.parent == tmp_path and file.tmp.name.startswith(".metadata.jsonl.")
+    assert target.read_text() == "a\nb\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.jsonl"]
+
+
+def test_atomic_file_aborts_on_an_exception(tmp_path: Path) -> None:
+    """An exception inside the block leaves the target as it was and removes the temp file."""
+    target = tmp_path / "t.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="midway"), AtomicFile(target) as file:
+        file.write(b"new")
+        raise RuntimeError("midway")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
+
+
+def test_atomic_file_released_to_a_writer_that_opens_by_name(tmp_path: Path) -> None:
+    """A writer that opens `tmp` itself (Parquet, tar) commits through the same rename."""
+    target = tmp_path / "shard.tar"
+    file = AtomicFile(target, durable=False)
+    file.release().write_bytes(b"written by name")
+    with pytest.raises(ValueError, match="released"):
+        file.write(b"too late")
+    file.commit()
+    assert target.read_bytes() == b"written by name"
+    file.abort()  # after a commit: nothing to remove, the target stays
+    assert target.read_bytes() == b"written by name"

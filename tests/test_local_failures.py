@@ -19,7 +19,8 @@ import pytest
 
 from runner.cli._main import main
 from runner.disk import _faults as local_faults
-from runner.disk._files import BatchLock, atomic_write_bytes
+from runner.disk._atomic import atomic_write_bytes
+from runner.disk._lock import BatchLock
 from runner.disk._out_folder import check_out_folder
 from runner.errors import (
     BatchInUse,

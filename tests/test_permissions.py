@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from runner.cli._main import main
-from runner.disk._files import atomic_write_bytes
+from runner.disk._atomic import atomic_write_bytes
 from runner.disk._out_folder import check_out_folder
 from runner.errors import OutFolderError
 from runner.log import configure_logging

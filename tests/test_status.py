@@ -11,7 +11,8 @@ import pytest
 
 from runner.cli._main import main
 from runner.dataset._status import read_status, render_status, status_json
-from runner.disk._files import atomic_write_bytes, image_path
+from runner.disk._atomic import atomic_write_bytes
+from runner.disk._images import image_path
 from runner.errors import NotABatch, StoreError
 from runner.store._rows import AttemptState, CellRow, ImageOutcome
 from runner.store._store import Store

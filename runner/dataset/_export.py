@@ -23,7 +23,6 @@ import io
 import json
 import os
 import re
-import secrets
 import sys
 import tarfile
 from collections.abc import Sequence
@@ -36,13 +35,12 @@ import anyio
 
 from runner.dataset._metadata import (
     COLUMNS,
-    AtomicTextFile,
     column_names,
     flat_row,
     metadata_row,
     open_record,
 )
-from runner.disk._files import fsync_dir
+from runner.disk._atomic import AtomicFile, fsync_dir
 from runner.disk._out_folder import OutFolder
 from runner.errors import ExportError, MissingExtra
 from runner.store._reads import DatasetImage
@@ -169,13 +167,13 @@ def _open_writer(
 class _JsonlWriter:
     def __init__(self, target: Path, names: Sequence[str]) -> None:
         self.names = names
-        self.file = AtomicTextFile.create(target)
+        self.file = AtomicFile(target)
         self.rows = 0
 
     def write(self, images: list[DatasetImage]) -> None:
         lines = [_json(metadata_row(image, self.names)) for image in images]
         if lines:
-            self.file.handle.write("\n".join(lines) + "\n")
+            self.file.text().write("\n".join(lines) + "\n")
         self.rows += len(lines)
 
     def commit(self) -> ExportResult:
@@ -189,9 +187,9 @@ class _JsonlWriter:
 class _CsvWriter:
     def __init__(self, target: Path, names: Sequence[str]) -> None:
         self.names = names
-        self.file = AtomicTextFile.create(target)
+        self.file = AtomicFile(target)
         self.csv = csv.DictWriter(
-            self.file.handle, fieldnames=column_names(names), lineterminator="\n"
+            self.file.text(), fieldnames=column_names(names), lineterminator="\n"
         )
         self.csv.writeheader()
         self.rows = 0
@@ -234,9 +232,8 @@ class _ParquetWriter:
         self.names = names
         self.target = target
         self.schema = parquet_schema(names)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _temp_beside(target)
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.file = AtomicFile(target)
+        self.writer = pq.ParquetWriter(self.file.release(), self.schema, compression="zstd")
         self.rows = 0
 
     def write(self, images: list[DatasetImage]) -> None:
@@ -264,14 +261,12 @@ class _ParquetWriter:
 
     def commit(self) -> ExportResult:
         self._close()
-        _fsync_file(self.tmp)
-        os.replace(self.tmp, self.target)
-        fsync_dir(self.target.parent)
+        self.file.commit()
         return ExportResult("parquet", self.target, self.rows, 1, 0)
 
     def abort(self) -> None:
         self._close()
-        self.tmp.unlink(missing_ok=True)
+        self.file.abort()
 
     def _close(self) -> None:
         self.writer.close()
@@ -288,7 +283,7 @@ class _WebDatasetWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self.shards = 0  # shards committed
         self.in_shard = 0  # samples in the open shard
-        self.tmp: Path | None = None
+        self.file: AtomicFile | None = None
         self.tar: tarfile.TarFile | None = None
         self.rows = 0
         self.missing = 0
@@ -316,17 +311,16 @@ class _WebDatasetWriter:
 
     def _shard(self) -> tarfile.TarFile:
         if self.tar is None:
-            self.tmp = _temp_beside(self.folder / SHARD_NAME.format(self.shards))
-            self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+            self.file = AtomicFile(self.folder / SHARD_NAME.format(self.shards))
+            self.tar = tarfile.open(self.file.release(), "w", format=tarfile.USTAR_FORMAT)
         return self.tar
 
     def _close_shard(self) -> None:
         assert self.tar is not None
-        assert self.tmp is not None
+        assert self.file is not None
         self.tar.close()
-        _fsync_file(self.tmp)
-        os.replace(self.tmp, self.folder / SHARD_NAME.format(self.shards))
-        self.tar, self.tmp = None, None
+        self.file.commit()
+        self.tar, self.file = None, None
         self.shards += 1
         self.in_shard = 0
 
@@ -343,8 +337,8 @@ class _WebDatasetWriter:
     def abort(self) -> None:
         if self.tar is not None:
             self.tar.close()
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
+        if self.file is not None:
+            self.file.abort()
 
 
 def shard_urls(folder: Path, shards: int) -> str:
@@ -363,18 +357,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _json(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-
-
-def _temp_beside(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe(result: ExportResult) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import secrets
 from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -27,8 +25,8 @@ from typing import IO, Any
 import anyio
 import structlog
 
+from runner.disk._atomic import AtomicFile
 from runner.disk._faults import disk_error
-from runner.disk._files import fsync_dir
 from runner.disk._out_folder import OutFolder
 from runner.errors import StoreError
 from runner.store._reads import DatasetImage
@@ -157,7 +155,7 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
 
 async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> int:
     target = OutFolder(out).metadata
-    writer = await anyio.to_thread.run_sync(AtomicTextFile.create, target)
+    writer = await anyio.to_thread.run_sync(AtomicFile, target)
     previous: PreviousLines | None = None
     rows = 0
     missing = [0]  # rendered rows whose image file is gone: left out
@@ -191,7 +189,7 @@ async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> 
 
 
 def _write_chunk(
-    writer: AtomicTextFile,
+    writer: AtomicFile,
     chunk: list[DatasetImage],
     names: Sequence[str],
     out: Path,
@@ -214,7 +212,7 @@ def _write_chunk(
         lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
         if captions == "txt":
             write_caption(caption_path(out, image.path), row["prompt"])
-    writer.handle.write("".join(lines))
+    writer.text().write("".join(lines))
     return len(lines)
 
 
@@ -278,8 +276,8 @@ class PreviousLines:
 def write_caption(path: Path, text: str) -> bool:
     """Write `text` to `path` unless it already holds exactly that; True when written.
 
-    Temp file and rename, so a trainer never reads half a caption. No fsync: a caption is
-    derived from the record, and one a power cut damaged differs from its prompt, so the
+    Atomic, so a trainer never reads half a caption, but not durable (no fsync): a caption
+    is derived from the record, and one a power cut damaged differs from its prompt, so the
     next refresh writes it again.
     """
     data = text.encode()
@@ -288,53 +286,9 @@ def write_caption(path: Path, text: str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with _create_exclusive(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with AtomicFile(path, durable=False) as file:
+        file.write(data)
     return True
-
-
-class AtomicTextFile:
-    """A text file written under a temp name beside its target and renamed over it on commit."""
-
-    def __init__(self, target: Path, tmp: Path, handle: IO[str]) -> None:
-        self.target = target
-        self.tmp = tmp
-        self.handle = handle
-
-    @classmethod
-    def create(cls, target: Path) -> AtomicTextFile:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        handle = _create_exclusive(tmp, "w")
-        return cls(target, tmp, handle)
-
-    def commit(self) -> None:
-        """Flush, fsync, rename over the target, fsync the folder: the new file is durable."""
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.target)
-        fsync_dir(self.target.parent)
-
-    def abort(self) -> None:
-        try:
-            self.handle.close()  # flushes: fails again on a full disk
-        except OSError:
-            pass
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
-def _create_exclusive(path: Path, mode: str) -> IO[Any]:
-    """Open a new file (it must not exist) with the usual 0o666 & ~umask permissions."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
 
 
 async def open_record(out: Path) -> Store:

@@ -5,7 +5,7 @@ fetched: another account on the machine has no business reading them. ``open_pri
 creates a file with mode 0600 (chmod'ed after creation, so the umask cannot matter) and
 leaves the mode of an existing file alone: a user who loosened it on purpose keeps that.
 SQLite gives ``-wal`` and ``-shm`` the mode of their database file, so a private
-``batch.sqlite`` keeps them private too. Images stay 0644 (``runner.disk._files``).
+``batch.sqlite`` keeps them private too. Images stay 0644 (``runner.disk._atomic``).
 """
 
 from __future__ import annotations

@@ -27,13 +27,8 @@ from PIL import Image
 
 from runner.api._client import Client
 from runner.api._models import Workflow
-from runner.disk._files import (
-    InvalidImage,
-    VerifiedImage,
-    atomic_write_bytes,
-    image_path,
-    verify_image,
-)
+from runner.disk._atomic import atomic_write_bytes
+from runner.disk._images import InvalidImage, VerifiedImage, image_path, verify_image
 from runner.engine._pacing import Backoff, retrying
 from runner.errors import ApiError, NotFoundError, RetryableError, UrlExpiredError
 from runner.store._rows import PendingImage

@@ -19,7 +19,7 @@ import anyio
 import structlog
 
 from runner.api._client import Client
-from runner.disk._files import sweep_batch_temps
+from runner.disk._atomic import sweep_batch_temps
 from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig
 from runner.ops._run import (

@@ -21,7 +21,7 @@ from runner import __version__
 from runner.api._client import Client
 from runner.contract import _zimage as zimage
 from runner.dataset._metadata import refresh_dataset
-from runner.disk._files import sweep_batch_temps
+from runner.disk._atomic import sweep_batch_temps
 from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.engine._pacing import Backoff

@@ -21,7 +21,7 @@ import anyio
 import structlog
 
 from runner.api._client import Client
-from runner.disk._files import atomic_write_bytes
+from runner.disk._atomic import atomic_write_bytes
 from runner.disk._out_folder import OutFolder
 from runner.engine._downloader import FetchedImage, ImageFetcher
 from runner.engine._pacing import Backoff

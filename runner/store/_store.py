@@ -34,8 +34,9 @@ import anyio
 import structlog
 
 from runner.disk import _faults as local_faults
+from runner.disk._atomic import fsync_dir
 from runner.disk._faults import damaged, database_error, disk_error
-from runner.disk._files import BatchLock, fsync_dir
+from runner.disk._lock import BatchLock
 from runner.disk._private import create_private
 from runner.errors import DatabaseDamaged, LocalDiskError, StoreError
 from runner.store._migrations import MIGRATIONS, SCHEMA_VERSION, newer_schema
