@@ -130,7 +130,8 @@ def test_atomic_file_streams_text_and_renames_on_commit(tmp_path: Path) -> None:
         file.text().write("a\n")
         file.text().write("b\n")
         assert target.read_text() == "old\n"
-        assert file.tmp.parent == tmp_path and file.tmp.name.startswith(".metadata.jsonl.")
+        assert file.tmp.parent == tmp_path
+        assert file.tmp.name.startswith(".metadata.jsonl.")
     assert target.read_text() == "a\nb\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.jsonl"]
 
@@ -139,9 +140,14 @@ def test_atomic_file_aborts_on_an_exception(tmp_path: Path) -> None:
     """An exception inside the block leaves the target as it was and removes the temp file."""
     target = tmp_path / "t.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="midway"), AtomicFile(target) as file:
-        file.write(b"new")
-        raise RuntimeError("midway")
+
+    def write_then_fail() -> None:
+        with AtomicFile(target) as file:
+            file.write(b"new")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        write_then_fail()
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
 
