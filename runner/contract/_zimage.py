@@ -29,6 +29,8 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
+from runner.contract import _schema as schema
+
 MODELS: tuple[str, ...] = ("turbo", "base")
 
 # The createImage input fields a manifest may set, in canonical order (the order of
@@ -278,8 +280,6 @@ def suggestion(word: str, choices: tuple[str, ...] | list[str]) -> str:
 
 @functools.cache
 def _properties() -> Mapping[str, Any]:
-    from runner.contract import _schema as schema
-
     turbo = schema.input_properties("turbo")
     return MappingProxyType(turbo)
 
@@ -367,8 +367,6 @@ def _check_enum(name: str, value: object) -> str | None:
 
 def check_lora_key(air: object) -> str | None:
     """None if ``air`` is an AIR URN the API accepts as a LoRA key, else what is allowed."""
-    from runner.contract import _schema as schema
-
     if isinstance(air, str) and schema.air_pattern().match(air) is not None:
         return None
     return f"{shown(air)} is not an AIR URN (e.g. {AIR_EXAMPLE})"
