@@ -19,6 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check runner tests bench
 	$(BIN)/ruff check runner tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q

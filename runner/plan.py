@@ -7,7 +7,7 @@ plan.cells, plan.total_buzz, plan.over_budget, plan.fit.cells, plan.wall.high_s
 
 `make_plan` walks `grid.expand(manifest)` once and keeps counters, never cells, so a
 1,000,000-cell manifest plans in constant memory. Everything here is pure (no I/O, no clock)
-except `whatif_prices`, which asks the API for the exact price of each distinct shape.
+except nothing: `runner.ops` asks the API for the exact price of each shape (`--whatif`).
 
 **Shape.** A cell's price depends only on its model, width, height, steps and quantity (the
 seed page's formula, `zimage.price_buzz`), so cells are priced per *shape*, and `--whatif`
@@ -28,26 +28,18 @@ as "not sooner than", a little optimistic at the low end.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
-
-import anyio
+from typing import Any, NamedTuple, cast
 
 from runner.contract import _zimage as zimage
-from runner.engine._pacing import Backoff, retrying
 from runner.grid import expand
 from runner.manifest._load import Manifest, Problem
-
-if TYPE_CHECKING:
-    from runner.api._client import Client
 
 JSON_VERSION = 1
 FORMULA = "formula"
 WHATIF = "whatif"
-WHATIF_TRIES = 5  # per shape; a whatif spends nothing, so asking again is always safe
 
 
 class Shape(NamedTuple):
@@ -268,36 +260,6 @@ def estimate_wall_time(
     )
 
 
-async def whatif_prices(
-    plan: Plan,
-    client: Client,
-    *,
-    backoff: Backoff | None = None,
-    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-) -> dict[Shape, int]:
-    """Ask the API for the exact price of each distinct shape: one `whatif=True` submit each.
-
-    Each preview sends the first cell of that shape *without* an externalId: a whatif
-    carrying a cell's key would burn it (the service would hand the preview back to the real
-    submit instead of running it; civitai-api.md §11). Nothing is spent, so a retryable
-    failure (429, 5xx, a dropped connection) is simply asked again, up to `WHATIF_TRIES`.
-    """
-    prices: dict[Shape, int] = {}
-    for cost in plan.shapes:
-        step = {"$type": "imageGen", "input": dict(plan.samples[cost.shape])}
-        preview = await retrying(
-            functools.partial(client.submit, [step], whatif=True),
-            backoff=backoff or Backoff(),
-            what=f"whatif {cost.shape.label}",
-            max_tries=WHATIF_TRIES,
-            sleep=sleep,
-        )
-        if preview.cost_total is None:
-            raise ValueError(f"the whatif preview of {cost.shape.label} carries no cost.total")
-        prices[cost.shape] = preview.cost_total
-    return prices
-
-
 def check_prices(plan: Plan, prices: Mapping[Shape, int]) -> tuple[PriceCheck, ...]:
     """The formula's price next to the API's, for every shape of `plan` that `prices` names."""
     return tuple(
@@ -305,16 +267,6 @@ def check_prices(plan: Plan, prices: Mapping[Shape, int]) -> tuple[PriceCheck, .
         for s in plan.shapes
         if s.shape in prices
     )
-
-
-async def plan_with_whatif(manifest: Manifest, client: Client) -> Plan:
-    """`make_plan`, then the API's prices: re-planned with them when any differs (budget fit)."""
-    plan = make_plan(manifest)
-    prices = await whatif_prices(plan, client)
-    checks = check_prices(plan, prices)
-    if any(c.differs for c in checks):
-        plan = make_plan(manifest, prices=prices)
-    return replace(plan, prices=WHATIF, checks=checks)
 
 
 # -- reports -------------------------------------------------------------------------------

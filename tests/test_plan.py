@@ -25,16 +25,8 @@ from runner.emulator import (
 )
 from runner.grid import expand
 from runner.manifest._load import Manifest, parse_manifest
-from runner.plan import (
-    Shape,
-    Tally,
-    check_prices,
-    format_duration,
-    make_plan,
-    plan_with_whatif,
-    render_text,
-    whatif_prices,
-)
+from runner.ops._whatif import plan_with_whatif, whatif_prices
+from runner.plan import Shape, Tally, check_prices, format_duration, make_plan, render_text
 
 SUBMIT_ROUTE = "POST /v2/consumer/workflows"
 

@@ -81,7 +81,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 async def _plan_with_whatif(manifest: Manifest) -> Plan:
     from runner.api._client import Client
-    from runner.plan import plan_with_whatif
+    from runner.ops._whatif import plan_with_whatif
 
     async with Client() as client:
         return await plan_with_whatif(manifest, client)
