@@ -9,7 +9,7 @@ async with Client() as api:            # token from $CIVITAI_API_TOKEN
             data = await api.download(image.url, max_bytes=20_000_000)
 ```
 
-The token goes to the API origin only (`_BearerAuth` checks every request), never to blob or
+The token goes to the API origin only (`BearerAuth` checks every request), never to blob or
 download URLs; API calls do not follow redirects, so it cannot cross to another origin either.
 No message, `str`, `repr` or log line holds it: messages are built from the method, a
 redacted URL, the status and the service's text, scrubbed of the token. TLS certificates are
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -39,6 +39,7 @@ import structlog
 
 from runner import __version__
 from runner.api._errors import TOKEN_ENV, body_error, parse_body, read_limited, scrub, translate
+from runner.api._http import REDIRECT_STATUSES, BearerAuth, drain, next_hop, origin
 from runner.api._models import (
     Blob,
     Workflow,
@@ -69,13 +70,11 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_MAX_UNUSABLE_ANSWERS: Final = 5
 DEFAULT_MAX_UNKNOWN_STATUS: Final = 10
 MAX_REDIRECTS: Final = 5
-REDIRECT_BODY_MAX_BYTES: Final = 64 * 1024  # a redirect body read to keep its connection
 
 T = TypeVar("T")
 
 _EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
-_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -84,22 +83,6 @@ class Download:
 
     content: bytes
     content_type: str
-
-
-class _BearerAuth(httpx.Auth):
-    """Adds `Authorization: Bearer …` to requests for the API origin, and to nothing else."""
-
-    def __init__(self, token: str, origin: tuple[str, str, int]) -> None:
-        self._token = token
-        self._origin = origin
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if _origin(request.url) == self._origin:
-            request.headers["Authorization"] = f"Bearer {self._token}"
-        yield request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(token=<hidden>)"
 
 
 class Client:
@@ -147,7 +130,7 @@ class Client:
         self.max_unknown_status = max(1, max_unknown_status)
         self._unknown: dict[str, int] = {}  # workflow id -> unknown statuses in a row
         self._secrets = (secret,)
-        self._auth = _BearerAuth(secret, _origin(url))
+        self._auth = BearerAuth(secret, origin(url))
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout_s,
@@ -298,7 +281,7 @@ class Client:
     async def blob_url(self, blob_id: str) -> str:
         """The absolute content URL that `GET /v2/consumer/blobs/{id}` redirects to."""
         response, _ = await self._call(
-            "GET", f"/v2/consumer/blobs/{_segment(blob_id)}", ok=_REDIRECT_STATUSES
+            "GET", f"/v2/consumer/blobs/{_segment(blob_id)}", ok=REDIRECT_STATUSES
         )
         location = response.headers.get("Location")
         if not location:
@@ -431,7 +414,7 @@ class Client:
         max_bytes: int,
         deadline_s: float,
     ) -> tuple[httpx.Response, bytes]:
-        """Send, follow up to `max_redirects` redirects (`_next_hop` checks each), read at
+        """Send, follow up to `max_redirects` redirects (`next_hop` checks each), read at
         most `max_bytes` of the body, all within `deadline_s`: one deadline for the whole
         call, so a body that drips forever is cut, not only a read that stalls."""
         started_s = anyio.current_time()
@@ -442,9 +425,13 @@ class Client:
                         request, auth=auth, follow_redirects=False, stream=True
                     )
                     try:
-                        if max_redirects and response.status_code in _REDIRECT_STATUSES:
-                            request = self._next_hop(response, hop, max_redirects)
-                            await _drain(response)
+                        if max_redirects and response.status_code in REDIRECT_STATUSES:
+                            request = self._http.build_request(
+                                "GET",
+                                next_hop(response, hop, max_redirects),
+                                headers={"Accept": "*/*"},
+                            )
+                            await drain(response)
                             continue
                         body = await read_limited(response, max_bytes)
                     finally:
@@ -466,48 +453,6 @@ class Client:
             elapsed_ms=round((anyio.current_time() - started_s) * 1000),
         )
         return response, body
-
-    def _next_hop(self, response: httpx.Response, hop: int, max_redirects: int) -> httpx.Request:
-        """The request a download redirect asks for, if it may be followed.
-
-        Never more than `max_redirects`, never from https to plain http, never to a scheme
-        other than http(s). It carries no token (downloads never do) and no cookies.
-        """
-        location = response.headers.get("Location")
-        if not location:
-            raise body_error(response, "a redirect without a Location header", unusable=True)
-        target = response.request.url.join(location)
-        if hop >= max_redirects:
-            raise body_error(response, f"more than {max_redirects} redirects", unusable=True)
-        if target.scheme not in ("http", "https"):
-            raise body_error(
-                response, f"a redirect to {target.scheme}: refused (http or https only)",
-                unusable=True,
-            )  # fmt: skip
-        if response.request.url.scheme == "https" and target.scheme == "http":
-            shown = redact_url(target)
-            raise body_error(
-                response, f"a redirect from https to plain http ({shown}): refused",
-                unusable=True,
-            )  # fmt: skip
-        return self._http.build_request("GET", target, headers={"Accept": "*/*"})
-
-
-async def _drain(response: httpx.Response) -> None:
-    """Read a redirect's (small) body, so that its connection goes back to the pool: a
-    response closed unread closes its connection, and every download paid a new one."""
-    if response.is_stream_consumed:  # already read (a test's preloaded answer)
-        return
-    size = 0
-    async for chunk in response.aiter_raw():
-        size += len(chunk)
-        if size > REDIRECT_BODY_MAX_BYTES:
-            return  # not worth reading: the connection is closed with the response
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int]:
-    default_port = 443 if url.scheme == "https" else 80
-    return url.scheme, url.host.lower(), url.port or default_port
 
 
 def _segment(value: str) -> str:

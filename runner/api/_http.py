@@ -1,0 +1,74 @@
+"""The HTTP rules the client keeps on every hop: whose requests carry the token, which
+redirects a download may follow, and how a redirect's connection goes back to the pool."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Final
+
+import httpx
+
+from runner.api._errors import body_error
+from runner.log import redact_url
+
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+REDIRECT_BODY_MAX_BYTES: Final = 64 * 1024  # a redirect body read to keep its connection
+
+
+class BearerAuth(httpx.Auth):
+    """Adds `Authorization: Bearer …` to requests for the API origin, and to nothing else."""
+
+    def __init__(self, token: str, origin: tuple[str, str, int]) -> None:
+        self._token = token
+        self._origin = origin
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if origin(request.url) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(token=<hidden>)"
+
+
+def next_hop(response: httpx.Response, hop: int, max_redirects: int) -> httpx.URL:
+    """Where a download redirect points, if it may be followed.
+
+    Never more than `max_redirects`, never from https to plain http, never to a scheme
+    other than http(s). It carries no token (downloads never do) and no cookies.
+    """
+    location = response.headers.get("Location")
+    if not location:
+        raise body_error(response, "a redirect without a Location header", unusable=True)
+    target = response.request.url.join(location)
+    if hop >= max_redirects:
+        raise body_error(response, f"more than {max_redirects} redirects", unusable=True)
+    if target.scheme not in ("http", "https"):
+        raise body_error(
+            response, f"a redirect to {target.scheme}: refused (http or https only)",
+            unusable=True,
+        )  # fmt: skip
+    if response.request.url.scheme == "https" and target.scheme == "http":
+        shown = redact_url(target)
+        raise body_error(
+            response, f"a redirect from https to plain http ({shown}): refused",
+            unusable=True,
+        )  # fmt: skip
+    return target
+
+
+async def drain(response: httpx.Response) -> None:
+    """Read a redirect's (small) body, so that its connection goes back to the pool: a
+    response closed unread closes its connection, and every download paid a new one."""
+    if response.is_stream_consumed:  # already read (a test's preloaded answer)
+        return
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > REDIRECT_BODY_MAX_BYTES:
+            return  # not worth reading: the connection is closed with the response
+
+
+def origin(url: httpx.URL) -> tuple[str, str, int]:
+    default_port = 443 if url.scheme == "https" else 80
+    return url.scheme, url.host.lower(), url.port or default_port
