@@ -244,3 +244,28 @@ async def test_cancel_while_a_runner_holds_the_batch_is_a_clear_error(
             code = await anyio.to_thread.run_sync(main, ["cancel", str(tmp_path)])
     assert code == 7  # BatchInUse: docs/reliability.md, "The local machine"
     assert "is in use by pid" in capsys.readouterr().err
+
+
+def test_an_old_record_warns_once_naming_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zbatch retry` and `zbatch verify --repair` on a record made before migration 4: one
+    warning line each, naming the defaults they use; a new `zbatch run` records settings."""
+    monkeypatch.setenv("CIVITAI_API_TOKEN", "cli-token")
+    manifest, out = write_manifest(tmp_path), tmp_path / "out"
+    with running_server(EmulatorConfig(time_scale=0)) as url:
+        assert main(["run", str(manifest), "--api-url", url, "--quiet"]) == 0
+        raw = sqlite3.connect(out / "batch.sqlite")
+        raw.executescript("DROP TABLE run_settings; PRAGMA user_version = 3;")
+        raw.close()
+        capsys.readouterr()
+        defaults = "captions none, 8 in flight, 2 submissions/s, 4 downloads, 1 attempt per cell"
+        for argv in (["retry", str(out), "--quiet"], ["verify", str(out), "--repair"]):
+            assert main([*argv, "--api-url", url]) == 0
+            err = capsys.readouterr().err
+            assert err.count("run_settings_not_recorded") == 1, err
+            assert defaults in err
+        assert main(["run", str(manifest), "--api-url", url, "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["retry", str(out), "--quiet", "--api-url", url]) == 0
+        assert "run_settings_not_recorded" not in capsys.readouterr().err
