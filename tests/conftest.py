@@ -20,6 +20,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _strict_exit_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `main(...)` of the suite fails on an exit code its command does not declare."""
+    from runner.cli import _main
+
+    monkeypatch.setattr(_main, "STRICT_EXIT_CODES", True)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
     structlog.reset_defaults()
     yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -14,10 +15,12 @@ import structlog
 from runner.cli._main import main
 from runner.emulator import EmulatorConfig, running_server
 from runner.errors import StoreError
+from runner.store._migrations import MIGRATIONS, SCHEMA_VERSION
 from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.store._settings import RunSettings
 from runner.store._store import Store
 from tests.cells import turbo_cell
-from tests.e2e.ops_harness import MANIFEST
+from tests.e2e.ops_harness import LIMITS, MANIFEST
 
 
 @pytest.fixture(autouse=True)
@@ -123,12 +126,84 @@ async def test_image_repaired_needs_the_same_sha_and_missing_becomes_lost(store:
         assert (await store.counts())["image:lost"] == 1
 
 
+async def test_run_settings_are_kept_and_replaced(store: Store) -> None:
+    with anyio.fail_after(10):
+        assert await store.run_settings() is None  # nothing saved yet
+        first = RunSettings(captions="txt", in_flight=3, submit_per_s=0.5, downloads=2, attempts=4)
+        await store.save_run_settings(first)
+        assert await store.run_settings() == first
+        second = RunSettings(captions="none", in_flight=9, submit_per_s=7, downloads=1, attempts=1)
+        await store.save_run_settings(second)
+        assert await store.run_settings() == second
+        with pytest.raises(sqlite3.IntegrityError):  # the table checks what it holds
+            await store.save_run_settings(replace(second, captions="json"))
+
+
+async def test_a_schema_3_record_migrates_without_settings(tmp_path: Path) -> None:
+    """A record made before migration 4 opens, gains the table, and has no settings."""
+    db = tmp_path / "batch.sqlite"
+    raw = sqlite3.connect(db)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        raw.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+    raw.execute(
+        "INSERT INTO batch (id, name, tag, cap_buzz, created_at)"
+        " VALUES (1, 't', 'zbatch:t', 9, 'x')"
+    )
+    raw.commit()
+    raw.close()
+    with anyio.fail_after(10):
+        async with await Store.open(db) as store:
+            assert await store.run_settings() is None
+            assert (await store.batch_info()).tag == "zbatch:t"
+            kept = RunSettings(captions="txt", in_flight=1, submit_per_s=1, downloads=1, attempts=1)
+            await store.save_run_settings(kept)
+        async with await Store.open(db, read_only=True) as reader:
+            assert await reader.run_settings() == kept
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    check.close()
+
+
+def test_run_records_the_manifest_settings(tmp_path: Path) -> None:
+    """`zbatch run` saves the manifest's captions, limits and attempts, not its flags'."""
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        MANIFEST.format(
+            budget=1000,
+            seeds=1,
+            attempts=2,
+            size="64x64",
+            model="turbo",
+            limits="{in_flight: 3, submit_per_s: 40, downloads: 2}",
+            captions="txt",
+        )
+    )
+    argv = ["run", str(path), "--emulator", "--time-scale", "0", "--quiet", "--concurrency", "7"]
+    assert main(argv) == 0
+    db = sqlite3.connect(tmp_path / "out" / "batch.sqlite")
+    found = db.execute(
+        "SELECT captions, in_flight, submit_per_s, downloads, attempts FROM run_settings"
+    ).fetchall()
+    db.close()
+    assert found == [("txt", 3, 40.0, 2, 2)]
+
+
 # -- the commands, over a real socket --------------------------------------------------
 
 
 def write_manifest(tmp_path: Path) -> Path:
     path = tmp_path / "m.yaml"
-    path.write_text(MANIFEST.format(budget=1000, seeds=1, attempts=1, size="64x64", model="turbo"))
+    path.write_text(
+        MANIFEST.format(
+            budget=1000,
+            seeds=1,
+            attempts=1,
+            size="64x64",
+            model="turbo",
+            limits=LIMITS,
+            captions="none",
+        )
+    )
     return path
 
 
@@ -169,3 +244,28 @@ async def test_cancel_while_a_runner_holds_the_batch_is_a_clear_error(
             code = await anyio.to_thread.run_sync(main, ["cancel", str(tmp_path)])
     assert code == 7  # BatchInUse: docs/reliability.md, "The local machine"
     assert "is in use by pid" in capsys.readouterr().err
+
+
+def test_an_old_record_warns_once_naming_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zbatch retry` and `zbatch verify --repair` on a record made before migration 4: one
+    warning line each, naming the defaults they use; a new `zbatch run` records settings."""
+    monkeypatch.setenv("CIVITAI_API_TOKEN", "cli-token")
+    manifest, out = write_manifest(tmp_path), tmp_path / "out"
+    with running_server(EmulatorConfig(time_scale=0)) as url:
+        assert main(["run", str(manifest), "--api-url", url, "--quiet"]) == 0
+        raw = sqlite3.connect(out / "batch.sqlite")
+        raw.executescript("DROP TABLE run_settings; PRAGMA user_version = 3;")
+        raw.close()
+        capsys.readouterr()
+        defaults = "captions none, 8 in flight, 2 submissions/s, 4 downloads, 1 attempt per cell"
+        for argv in (["retry", str(out), "--quiet"], ["verify", str(out), "--repair"]):
+            assert main([*argv, "--api-url", url]) == 0
+            err = capsys.readouterr().err
+            assert err.count("run_settings_not_recorded") == 1, err
+            assert defaults in err
+        assert main(["run", str(manifest), "--api-url", url, "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["retry", str(out), "--quiet", "--api-url", url]) == 0
+        assert "run_settings_not_recorded" not in capsys.readouterr().err

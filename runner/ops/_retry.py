@@ -6,12 +6,17 @@ submit (`Store.retry_cells`); succeeded cells with every image on disk are never
 blocked and rejected ones only when named with `--cell`. Then the engine runs as in
 `zbatch run`: it also finishes what an interrupted run left in flight and downloads pending
 images, but submits nothing for any other cell. A retry lifts `zbatch cancel`.
+
+It runs with the batch's recorded run settings (`Store.run_settings`: the captions, limits
+and attempts `zbatch run` saved from the manifest); a flag overrides one. A record made
+before they were kept uses `LEGACY_SETTINGS`, today's defaults, and says so once
+(`batch_settings`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +36,21 @@ from runner.ops._run import (
 )
 from runner.store._ops import RetryPlan
 from runner.store._rows import PlanResult
+from runner.store._settings import RunSettings
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
 DEFAULT_STATES = ("failed", "expired", "lost")
+_ENGINE_DEFAULTS = EngineConfig(tag="", out_dir=Path())
+# What a record made before the run settings were kept runs with: the behaviour of the
+# zbatch that made it (no captions, the engine's default pace, one attempt per retry).
+LEGACY_SETTINGS = RunSettings(
+    captions="none",
+    in_flight=_ENGINE_DEFAULTS.in_flight,
+    submit_per_s=_ENGINE_DEFAULTS.submit_per_s,
+    downloads=_ENGINE_DEFAULTS.downloads,
+    attempts=1,
+)
 
 
 @dataclass(frozen=True)
@@ -43,10 +59,24 @@ class RetrySettings:
 
     states: Collection[str] = ()  # empty: DEFAULT_STATES, or with `cells` any state
     cells: Sequence[str] = ()
-    attempts: int = 1  # attempts per chosen cell in this retry
     budget_buzz: int | None = None  # a new cap (the batch's cap otherwise)
+    # Overrides of the batch's run settings (None: the batch's own)
+    attempts: int | None = None  # attempts per chosen cell in this retry
     in_flight: int | None = None
     submit_per_s: float | None = None
+    downloads: int | None = None
+    captions: str | None = None
+
+    def over(self, recorded: RunSettings) -> RunSettings:
+        """The settings this retry runs with: `recorded`, with each flag given in its place."""
+        return replace(
+            recorded,
+            captions=self.captions or recorded.captions,
+            in_flight=self.in_flight or recorded.in_flight,
+            submit_per_s=self.submit_per_s or recorded.submit_per_s,
+            downloads=self.downloads or recorded.downloads,
+            attempts=self.attempts or recorded.attempts,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,24 +100,26 @@ async def retry_batch(
     """Choose the cells, record their new attempts, then run the batch; see above."""
     async with await Store.open(OutFolder(out).existing_db()) as store:
         info = await store.batch_info()
+        using = settings.over(await batch_settings(store, "zbatch retry"))
         plan = await store.retry_cells(
             states=settings.states or (() if settings.cells else DEFAULT_STATES),
             cells=settings.cells,
-            attempts=settings.attempts,
+            attempts=using.attempts,
             cap_buzz=settings.budget_buzz,
         )
         log.info("cells_retried", chosen=len(plan.chosen), skipped=len(plan.skipped))
         if not plan.chosen:
             return RetryOutcome(plan, None)
-        defaults = EngineConfig(tag=info.tag, out_dir=out)
         config = EngineConfig(
             tag=info.tag,
             out_dir=out,
-            in_flight=settings.in_flight or defaults.in_flight,
-            submit_per_s=settings.submit_per_s or defaults.submit_per_s,
+            in_flight=using.in_flight,
+            submit_per_s=using.submit_per_s,
+            downloads=using.downloads,
             runtime_scale=runtime_scale,
             **dict(tuning or {}),
         )
+        log.info("retry_settings", **asdict(using))
         await anyio.to_thread.run_sync(sweep_batch_temps, out)
         engine = Engine(store, client, config)
         stats = await drive(
@@ -95,7 +127,7 @@ async def retry_batch(
             len(plan.chosen),
             handle_signals=handle_signals,
             progress=progress,
-            captions="none",  # the batch row does not keep the manifest's captions setting
+            captions=using.captions,
         )
         unsubmitted, unsubmitted_buzz = await store.unsubmitted()
         run = RunOutcome(
@@ -107,6 +139,23 @@ async def retry_batch(
             unsubmitted_buzz=unsubmitted_buzz,
         )
         return RetryOutcome(plan, run)
+
+
+async def batch_settings(store: Store, command: str) -> RunSettings:
+    """The run settings `store`'s batch recorded; for a record made before they were kept,
+    `LEGACY_SETTINGS`, with one warning that names them (`command` is who asks)."""
+    recorded = await store.run_settings()
+    if recorded is not None:
+        return recorded
+    log.warning(
+        "run_settings_not_recorded",
+        command=command,
+        uses=LEGACY_SETTINGS.describe(),
+        detail=f"this batch was recorded by an older zbatch without its manifest's captions,"
+        f" limits and retries: {command} uses {LEGACY_SETTINGS.describe()} (flags override"
+        " them; the next `zbatch run MANIFEST` records the manifest's)",
+    )
+    return LEGACY_SETTINGS
 
 
 def render_retry(plan: RetryPlan, *, listed: int = 20) -> str:

@@ -30,6 +30,7 @@ from runner.grid import KEY_VERSION, expand, store_rows
 from runner.manifest._load import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
 from runner.store._rows import Budget, CellRow, PlanResult
+from runner.store._settings import RunSettings
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
@@ -149,6 +150,7 @@ async def run_batch(
             cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
             manifest_sha256=manifest_sha256(manifest),
         )
+        await store.save_run_settings(RunSettings.of(manifest))  # for retry, verify --repair
         canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
         if canceled_at is None:
             fingerprint = plan_fingerprint(manifest)

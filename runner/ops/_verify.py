@@ -7,7 +7,9 @@ gone is `missing`; one whose bytes differ is `corrupt`. Without `--repair` this 
 each damaged image is fetched again through the shared `ImageFetcher` (the workflow's fresh
 URL, else the blob route): bytes with the recorded sha256 are written back atomically
 (`image:repaired`); when the service no longer has them, or gives other bytes, the image
-becomes `lost` with the reason, and `zbatch retry OUT --state lost` remakes its cell.
+becomes `lost` with the reason, and `zbatch retry OUT --state lost` remakes its cell. When
+a repair changed anything, the dataset (`metadata.jsonl`, and `.txt` captions when the
+batch's recorded run settings say `captions: txt`) is written again, as a run ends.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import anyio
 import structlog
 
 from runner.api._client import Client
+from runner.dataset._metadata import refresh_dataset
 from runner.disk._atomic import atomic_write_bytes
 from runner.disk._out_folder import OutFolder
 from runner.engine._downloader import FetchedImage, ImageFetcher
 from runner.engine._pacing import Backoff
+from runner.ops._retry import batch_settings
 from runner.store._ops import StoredImage
 from runner.store._rows import PendingImage
 from runner.store._store import Store
@@ -98,6 +102,9 @@ async def verify_batch(
     report = VerifyReport(repair=client is not None)
     limiter = anyio.CapacityLimiter(HASHERS)
     async with store:
+        captions = None  # with --repair: the batch's, to write the dataset after repairs
+        if client is not None:
+            captions = (await batch_settings(store, "zbatch verify --repair")).captions
         after = (0, -1)
         while page := await store.downloaded_images(after, PAGE):
             after = (page[-1].attempt_id, page[-1].index)
@@ -109,6 +116,8 @@ async def verify_batch(
             for image, damage in zip(page, damaged, strict=True):
                 if damage is not None:
                     await _found(store, out, fetcher, image, damage, report)
+        if captions is not None and (report.repaired or report.lost):
+            await refresh_dataset(store, out, captions=captions, rebuild=True)
     log.info(
         "batch_verified",
         checked=report.checked,

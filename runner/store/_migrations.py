@@ -83,6 +83,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE batch ADD COLUMN plan_fingerprint TEXT;
     """,
+    # 4: the run settings `zbatch run` saves from the manifest (captions, limits, attempts),
+    # so `zbatch retry` and `verify --repair` run the batch as its manifest says
+    # (store/_settings.py). A record migrated from 3 has no row until the next `zbatch run`.
+    """
+    CREATE TABLE run_settings (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        captions TEXT NOT NULL CHECK (captions IN ('none', 'txt')),
+        in_flight INTEGER NOT NULL CHECK (in_flight >= 1),
+        submit_per_s REAL NOT NULL CHECK (submit_per_s > 0),
+        downloads INTEGER NOT NULL CHECK (downloads >= 1),
+        attempts INTEGER NOT NULL CHECK (attempts >= 1),
+        saved_at TEXT NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

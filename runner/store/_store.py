@@ -50,6 +50,7 @@ from runner.store._rows import (
     PlanResult,
     external_id_for,
 )
+from runner.store._settings import RunSettings, read_run_settings, save_run_settings
 
 log = structlog.get_logger(__name__)
 # records.external_id_for(key, 1) in SQL, for the attempts a plan inserts in bulk
@@ -826,3 +827,14 @@ class Store(StoreOps):  # StoreOps extends StoreReads
             await self._event(db, attempt_id, "pending", f"image:{to}", None, str(index))
 
         await self._tx(fn)
+
+    # -- the run settings (store/_settings.py) ------------------------------------------
+
+    async def save_run_settings(self, settings: RunSettings) -> None:
+        """Record the batch's captions, limits and attempts (`zbatch run`, when it plans)."""
+        await self._tx(lambda db: save_run_settings(db, settings, self._now()))
+
+    async def run_settings(self) -> RunSettings | None:
+        """The batch's recorded run settings; None for a record made before they were kept."""
+        async with self._lock:
+            return await read_run_settings(self._db)

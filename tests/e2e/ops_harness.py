@@ -30,8 +30,10 @@ grid:
   prompt: ["a fox in the snow", "a red lighthouse", "a bowl of ramen"]
   seed: {{count: {seeds}}}
 retries: {{attempts: {attempts}}}
-limits: {{in_flight: 8, submit_per_s: 1000, downloads: 4}}
+limits: {limits}
+captions: {captions}
 """
+LIMITS = "{in_flight: 8, submit_per_s: 1000, downloads: 4}"
 
 
 def manifest(
@@ -42,9 +44,19 @@ def manifest(
     attempts: int = 1,
     size: str = "64x64",
     model: str = "turbo",
+    limits: str = LIMITS,
+    captions: str = "none",
 ) -> Manifest:
     path = tmp_path / "m.yaml"
-    text = MANIFEST.format(budget=budget, seeds=seeds, attempts=attempts, size=size, model=model)
+    text = MANIFEST.format(
+        budget=budget,
+        seeds=seeds,
+        attempts=attempts,
+        size=size,
+        model=model,
+        limits=limits,
+        captions=captions,
+    )
     path.write_text(text)
     return parse_manifest(path.read_text(), path=path)
 

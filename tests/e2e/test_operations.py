@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import anyio
 import pytest
+import structlog
 
+from runner.api._client import Client
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
 from runner.emulator.ledger import account_id
+from runner.engine._engine import Engine, EngineConfig
 from runner.engine._pacing import Backoff
+from runner.manifest._load import Manifest
+from runner.ops import _retry as retry_module
 from runner.ops._cancel import cancel_batch
 from runner.ops._retry import RetrySettings, retry_batch
 from runner.ops._run import run_batch
 from runner.ops._verify import verify_batch
+from runner.store._migrations import SCHEMA_VERSION
 from runner.store._store import Store
 from tests.e2e.ops_harness import (
     FAST,
@@ -245,3 +252,135 @@ async def test_cancel_leaves_processing_workflows_and_a_run_still_downloads_them
         assert set(cell_states(m).values()) == {"succeeded"}
         assert images_on_disk_match(m) == 6
         assert emulator.state()["workflow_count"] == 3
+
+
+# -- the batch's run settings (issue 13, item 4) -----------------------------------------
+
+BATCH_LIMITS = "{in_flight: 3, submit_per_s: 500, downloads: 2}"  # none is an engine default
+
+
+def spy_engine_configs(monkeypatch: pytest.MonkeyPatch) -> list[EngineConfig]:
+    """Every EngineConfig `zbatch retry` builds its engine with."""
+    configs: list[EngineConfig] = []
+
+    class Spy(Engine):
+        def __init__(self, store: Store, client: Client, config: EngineConfig) -> None:
+            configs.append(config)
+            super().__init__(store, client, config)
+
+    monkeypatch.setattr(retry_module, "Engine", Spy)
+    return configs
+
+
+async def failed_captioned_batch(tmp_path: Path) -> Manifest:
+    """A `captions: txt` batch of 6 cells, 2 of which failed under a fault profile."""
+    profile = tmp_path / "two-fail.yaml"
+    profile.write_text("step_fail: {p: 1, times: 2}\n")
+    m = manifest(tmp_path, seeds=2, captions="txt", limits=BATCH_LIMITS)  # 1 attempt a cell
+    app = make_app(EmulatorConfig.from_flags(time_scale=0, faults_path=profile))
+    async with client_for(app) as client:
+        await run_batch(m, client, tuning=FAST)
+    assert sorted(cell_states(m).values()).count("failed") == 2
+    return m
+
+
+def captions_of(m: Manifest) -> dict[str, str | None]:
+    """Each downloaded image's caption text (None: no `.txt` beside it)."""
+    found = {}
+    for (path,) in rows(m, "SELECT path FROM images WHERE state = 'downloaded'"):
+        txt = (m.out / path).with_suffix(".txt")
+        found[path] = txt.read_text() if txt.is_file() else None
+    return found
+
+
+async def test_retry_writes_captions_and_runs_at_the_batch_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `captions: txt` batch whose cells failed, retried against a healthy emulator: every
+    image (the retried ones too) has its `.txt`, and the engine ran at the batch's limits."""
+    with anyio.fail_after(30):
+        m = await failed_captioned_batch(tmp_path)
+        assert rows(m, "SELECT captions, in_flight, submit_per_s, downloads FROM run_settings")[
+            0
+        ] == ("txt", 3, 500.0, 2)
+        configs = spy_engine_configs(monkeypatch)
+        async with client_for(make_app(EmulatorConfig(time_scale=0))) as client:
+            outcome = await retry_batch(m.out, client, RetrySettings(), tuning=FAST)
+    assert len(outcome.plan.chosen) == 2
+    assert set(cell_states(m).values()) == {"succeeded"}
+    captions = captions_of(m)
+    assert len(captions) == 12
+    assert None not in captions.values(), "a retried image has no .txt caption"
+    prompts = {"a fox in the snow", "a red lighthouse", "a bowl of ramen"}
+    assert set(captions.values()) == prompts
+    (config,) = configs
+    assert (config.in_flight, config.submit_per_s, config.downloads) == (3, 500.0, 2)
+
+
+async def test_retry_flags_override_the_batch_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with anyio.fail_after(30):
+        m = await failed_captioned_batch(tmp_path)
+        configs = spy_engine_configs(monkeypatch)
+        override = RetrySettings(in_flight=5, downloads=1, captions="none", attempts=2)
+        async with client_for(make_app(EmulatorConfig(time_scale=0))) as client:
+            outcome = await retry_batch(m.out, client, override, tuning=FAST)
+    assert [c.attempt for c in outcome.plan.chosen] == [2, 2]
+    max_attempts = rows(m, "SELECT DISTINCT max_attempts FROM cells WHERE max_attempts > 1")
+    assert max_attempts == [(3,)]  # 1 + --attempts 2, not 1 + the batch's 1
+    (config,) = configs
+    assert (config.in_flight, config.submit_per_s, config.downloads) == (5, 500.0, 1)
+    missing = [path for path, text in captions_of(m).items() if text is None]
+    assert len(missing) == 4  # --captions none: the 2 retried cells x 2 images have none
+
+
+async def test_an_old_record_retries_as_before_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record made before migration 4 has no run settings: the retry runs with today's
+    defaults (no captions, the engine's pace, one attempt) and one warning names them."""
+    with anyio.fail_after(30):
+        m = await failed_captioned_batch(tmp_path)
+        make_schema_3(m.out / "batch.sqlite")
+        configs = spy_engine_configs(monkeypatch)
+        async with client_for(make_app(EmulatorConfig(time_scale=0))) as client:
+            with structlog.testing.capture_logs() as logs:
+                await retry_batch(m.out, client, RetrySettings(), tuning=FAST)
+    warnings = [e for e in logs if e["event"] == "run_settings_not_recorded"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["uses"] == (
+        "captions none, 8 in flight, 2 submissions/s, 4 downloads, 1 attempt per cell"
+    )
+    assert rows(m, "PRAGMA user_version") == [(SCHEMA_VERSION,)]  # migrated
+    (config,) = configs
+    assert (config.in_flight, config.submit_per_s, config.downloads) == (8, 2.0, 4)
+    assert sum(text is None for text in captions_of(m).values()) == 4  # 2 cells x 2 images
+
+
+async def test_verify_repair_writes_the_dataset_with_the_batch_captions(tmp_path: Path) -> None:
+    """A deleted image and its caption come back with --repair; metadata.jsonl lists it."""
+    with anyio.fail_after(30):
+        m = manifest(tmp_path, seeds=1, captions="txt")
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+            (path,) = rows(m, "SELECT path FROM images ORDER BY path LIMIT 1")[0]
+            (m.out / path).unlink()
+            (m.out / path).with_suffix(".txt").unlink()
+            metadata = m.out / "metadata.jsonl"
+            metadata.write_text(metadata.read_text().split("\n", 1)[1])  # as a refresh leaves it
+            report = await verify_batch(m.out, client=client, backoff=BACKOFF)
+        assert report.repaired == 1
+    assert captions_of(m)[path] is not None
+    assert path in metadata.read_text()
+
+
+def make_schema_3(db: Path) -> None:
+    """Turn `db` into the record a zbatch of schema 3 made: no run settings kept."""
+    con = sqlite3.connect(db)
+    try:
+        con.executescript("DROP TABLE run_settings; PRAGMA user_version = 3;")
+    finally:
+        con.close()

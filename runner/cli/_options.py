@@ -1,0 +1,176 @@
+"""The option types and option groups the commands share, each with one set of bounds.
+
+A runner setting given on the command line has the manifest's bounds (`SETTING_RANGES`):
+`zbatch run --concurrency 0` and `zbatch retry --concurrency 0` are refused alike, with the
+manifest's wording. `add_engine_options` adds the engine's limits to `run` and `retry`;
+`add_target_options` the API or embedded emulator they run against.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.contract._zimage import number_text
+from runner.manifest._settings import CAPTIONS, MAX_BUDGET_BUZZ, SETTING_RANGES
+
+MAX_FLAG_INT = MAX_BUDGET_BUZZ  # the manifest's largest Buzz cap; far inside SQLite's int64
+MAX_TIME_SCALE = 1000.0
+
+
+def _allowed(name: str) -> str:
+    low, high, whole = SETTING_RANGES[name]
+    what = "a whole number" if whole else "a number"
+    return f"{what} {number_text(low)}..{number_text(high)}"
+
+
+def whole_setting(name: str) -> Callable[[str], int]:
+    """The type of a flag that sets the whole-number runner setting `name`, in its range."""
+    low, high, whole = SETTING_RANGES[name]
+    assert whole, f"{name} is not a whole-number setting"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {number_text(low)}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {number_text(high)}")
+        return value
+
+    return parse
+
+
+def number_setting(name: str) -> Callable[[str], float]:
+    """The type of a flag that sets the runner setting `name` (a number), in its range."""
+    low, high, _ = SETTING_RANGES[name]
+
+    def parse(text: str) -> float:
+        value = non_negative_float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be between {number_text(low)} and {number_text(high)}"
+            )
+        return value
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """A whole number 1..MAX_FLAG_INT (a Buzz cap, a shard size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value > MAX_FLAG_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_FLAG_INT}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def time_scale(text: str) -> float:
+    """--time-scale of an embedded emulator: 0 (instant) .. MAX_TIME_SCALE."""
+    value = non_negative_float(text)
+    if value > MAX_TIME_SCALE:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_TIME_SCALE:g}")
+    return value
+
+
+def add_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live progress display (stderr: warnings and errors; OUT/log.jsonl: every event)",
+    )
+
+
+def add_engine_options(parser: argparse.ArgumentParser, *, defaults: str) -> None:
+    """--concurrency, --rate, --downloads: the engine's limits, in the manifest's bounds.
+
+    `defaults` says whose limits apply without the flag: "the manifest's", "the batch's".
+    """
+    parser.add_argument(
+        "--concurrency",
+        type=whole_setting("in_flight"),
+        metavar="N",
+        help=f"workflows in flight, {_allowed('in_flight')} (default: {defaults} limits.in_flight)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=number_setting("submit_per_s"),
+        metavar="R",
+        help=f"submissions per second, {_allowed('submit_per_s')}"
+        f" (default: {defaults} limits.submit_per_s)",
+    )
+    parser.add_argument(
+        "--downloads",
+        type=whole_setting("downloads"),
+        metavar="N",
+        help=f"images downloaded at once, {_allowed('downloads')}"
+        f" (default: {defaults} limits.downloads)",
+    )
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, faults: bool) -> None:
+    """--api-url, or --emulator and its --time-scale (and, with `faults`, --faults, --seed)."""
+    parser.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="the orchestration API (default: $CIVITAI_API_BASE_URL or Civitai's)",
+    )
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run against the embedded emulator on 127.0.0.1 (no token, no network)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=time_scale,
+        default=0.05,
+        metavar="X",
+        help="with --emulator: simulated job durations times X (default: %(default)s)",
+    )
+    if faults:
+        parser.add_argument(
+            "--faults", type=Path, metavar="FILE", help="with --emulator: a fault profile"
+        )
+        parser.add_argument(
+            "--seed", type=int, default=0, help="with --emulator: its seed (default: 0)"
+        )
+
+
+def captions_mode(text: str) -> str:
+    if text not in CAPTIONS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a captions mode (allowed: {', '.join(CAPTIONS)})"
+        )
+    return text

@@ -1,0 +1,91 @@
+"""`zbatch plan`: what a manifest will do and cost, before anything is spent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from runner.cli._command import Command
+from runner.errors import ApiError, ExitCode, UsageError
+from runner.log import TOKEN_ENV
+
+if TYPE_CHECKING:
+    from runner.manifest._load import Manifest
+    from runner.plan import Plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show what a manifest will do and cost, before anything is spent.
+
+    Reads the manifest and its prompt files, expands the grid once and prints the axes and
+    their sizes, the cells and images (duplicates removed, exclusions, inclusions), the Buzz
+    by shape and by model against the budget (and, when over, how many cells fit before the
+    run would stop), an estimated wall time at the manifest's limits, and the number of
+    warnings (the warnings themselves go to stderr). It writes nothing and spends nothing.
+
+    --whatif also asks the API (CIVITAI_API_TOKEN; CIVITAI_API_BASE_URL, e.g. a running
+    `zbatch emulator`) for the exact price once per distinct shape, without any cell's
+    externalId, and reports where it differs from the formula.
+
+    Example:
+        zbatch plan jobs/demo.yaml
+        zbatch plan jobs/dataset-interiors.yaml --json | jq .buzz.total
+        CIVITAI_API_TOKEN=... zbatch plan jobs/compare-models.yaml --whatif
+    """
+    from runner.manifest._load import load_manifest
+    from runner.plan import make_plan, render_text, to_json
+
+    if args.whatif and not os.environ.get(TOKEN_ENV, "").strip():
+        raise UsageError(f"--whatif needs {TOKEN_ENV} (your Civitai API key)")
+    manifest = load_manifest(args.manifest)
+    for warning in manifest.warnings:
+        print(f"zbatch: warning: {warning}", file=sys.stderr)
+    if args.whatif:
+        try:
+            plan = anyio.run(_plan_with_whatif, manifest, backend="asyncio")
+        except ApiError as exc:
+            print(f"zbatch: error: the whatif price check failed: {exc}", file=sys.stderr)
+            return ExitCode.ERROR
+    else:
+        plan = make_plan(manifest)
+    print(json.dumps(to_json(plan), indent=2) if args.json else render_text(plan))
+    return ExitCode.AUTH_OR_FUNDS if plan.over_budget else ExitCode.OK
+
+
+async def _plan_with_whatif(manifest: Manifest) -> Plan:
+    from runner.api._client import Client
+    from runner.ops._whatif import plan_with_whatif
+
+    async with Client() as client:
+        return await plan_with_whatif(manifest, client)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the batch's YAML manifest")
+    p.add_argument("--json", action="store_true", help="print a JSON document (for scripts)")
+    p.add_argument(
+        "--whatif",
+        action="store_true",
+        help="ask the API for the exact price of each distinct shape (needs CIVITAI_API_TOKEN; "
+        "spends nothing)",
+    )
+
+
+PLAN = Command(
+    "plan",
+    cmd_plan,
+    _arguments,
+    exits=frozenset({ExitCode.AUTH_OR_FUNDS}),
+    notes={
+        ExitCode.OK: "within budget",
+        ExitCode.ERROR: "or the --whatif price check failed",
+        ExitCode.USAGE: "every problem of the manifest is listed; or --whatif without a token",
+        ExitCode.AUTH_OR_FUNDS: "for plan: over budget; the plan is still printed",
+    },
+)

@@ -1,0 +1,195 @@
+"""The commands that read a batch's record without the batch lock: status, report, gallery,
+export. Each opens OUT/batch.sqlite read-only, so it works while `zbatch run` is running."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import anyio
+
+from runner.cli._command import Command
+from runner.cli._options import add_json, add_out, positive_int
+from runner.errors import ExitCode
+
+# A record that cannot be read (locked past busy_timeout, damaged pages) and a disk that
+# fails a read or refuses a write end these commands as they end `zbatch run`.
+READ_EXITS = frozenset({ExitCode.DISK, ExitCode.BATCH_UNUSABLE})
+NO_BATCH = {ExitCode.USAGE: "OUT is missing or holds no zbatch batch"}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a batch's cells, images, Buzz and failures from its record, offline.
+
+    Reads OUT/batch.sqlite read-only and without the batch lock, so it works while
+    `zbatch run` is running and changes nothing. Prints the batch name, cells (by their
+    latest attempt) and attempts by state, images downloaded / pending / lost and the files
+    on disk, Buzz charged / reserved / cap, the top failure reasons with their counts, and
+    the time of the last recorded transition. --json prints the same as one document.
+
+    Example:
+        zbatch status out/demo
+        zbatch status out/demo --json | jq .buzz
+    """
+    from runner.dataset._status import read_status, render_status, status_json
+
+    status = anyio.run(read_status, args.out, backend="asyncio")
+    print(json.dumps(status_json(status), indent=2) if args.json else render_status(status))
+    return ExitCode.OK
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    add_out(p)
+    add_json(p)
+
+
+STATUS = Command("status", cmd_status, _status_arguments, exits=READ_EXITS, notes=NO_BATCH)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Summarise a batch in a few lines, for a commit message or a chat post.
+
+    Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running): cells by the
+    state of their latest attempt, images downloaded / pending / lost, the top failure
+    reasons, Buzz charged, refunded (failed or canceled workflows credited back) and
+    reserved against the cap, Buzz per usable (downloaded) image, the wall time from the
+    first recorded transition to the last (every run of the batch, pauses included) and
+    images per minute over it. --json prints the same as one document.
+
+    Example:
+        zbatch report out/demo
+        zbatch report out/demo --json | jq .buzz
+    """
+    from runner.dataset._report import read_report, render_report, report_json
+
+    report = anyio.run(read_report, args.out, backend="asyncio")
+    print(json.dumps(report_json(report), indent=2) if args.json else render_report(report))
+    return ExitCode.OK
+
+
+REPORT = Command("report", cmd_report, _status_arguments, exits=READ_EXITS, notes=NO_BATCH)
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    """Write a batch's X/Y gallery: a static HTML page and a labelled PNG contact sheet.
+
+    Reads OUT/batch.sqlite read-only (safe during a run) and the images under OUT, finds the
+    axes (every input that differs between cells) and lays the images out on two of them,
+    the others as filters, like AUTOMATIC1111's X/Y plot. Each image shows its inputs on
+    hover and click; rows, columns and grid cells show their Buzz. Writes, atomically,
+    OUT/gallery/index.html (open it from disk: no server, no network) and
+    OUT/gallery/grid-X-Y.png. By default the two axes that make the fullest grid, the one
+    with more values as rows. See docs/gallery.md.
+
+    Example:
+        zbatch gallery out/demo
+        zbatch gallery out/demo --x model --y prompt
+        zbatch gallery out/demo --state downloaded,lost
+    """
+    from runner.dataset._gallery import make_gallery, render_result
+
+    states = args.state.split(",")
+    result = anyio.run(
+        functools.partial(make_gallery, args.out, x=args.x, y=args.y, states=states),
+        backend="asyncio",
+    )
+    print(render_result(result))
+    return ExitCode.OK
+
+
+def _gallery_arguments(p: argparse.ArgumentParser) -> None:
+    add_out(p)
+    p.add_argument("--x", metavar="FIELD", help="the axis across the columns (default: chosen)")
+    p.add_argument("--y", metavar="FIELD", help="the axis down the rows (default: chosen)")
+    p.add_argument(
+        "--state",
+        default="downloaded",
+        metavar="STATES",
+        help="image states to show, comma-separated: downloaded, pending, lost "
+        "(default: %(default)s)",
+    )
+
+
+GALLERY = Command(
+    "gallery",
+    cmd_gallery,
+    _gallery_arguments,
+    exits=READ_EXITS,
+    notes={ExitCode.USAGE: "OUT holds no batch, or an axis or state is not one the batch has"},
+)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a batch's images and metadata as JSONL, CSV, Parquet or WebDataset shards.
+
+    Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
+    row per image, with every input that made it and what it cost (docs/dataset.md), to
+    --to (default: OUT/export/dataset.<format>, or the folder OUT/export/webdataset/).
+    Memory stays flat however many rows. Every file is written under a temp name and
+    renamed into place, so a reader never sees half an export. --state picks images by
+    state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
+    Parquet needs pyarrow: pip install 'zbatch[parquet]'. Images missing from disk are
+    left out of a WebDataset, with a warning.
+
+    Example:
+        zbatch export out/demo --format parquet
+        zbatch export out/demo --format webdataset --shard-size 500 --to /data/demo-wds
+        zbatch export out/demo --format csv --state lost --to lost.csv
+    """
+    from runner.dataset._export import describe, export
+
+    states = tuple(s.strip() for s in args.state.split(",") if s.strip())
+    job = functools.partial(
+        export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size
+    )
+    result = anyio.run(job, backend="asyncio")
+    if result.missing:
+        print(
+            f"zbatch: warning: {result.missing} downloaded images are missing from disk and "
+            "were left out (zbatch verify finds them)",
+            file=sys.stderr,
+        )
+    print(describe(result))
+    return ExitCode.OK
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    add_out(p)
+    p.add_argument(
+        "--format", required=True, metavar="FORMAT", help="jsonl, csv, parquet or webdataset"
+    )
+    p.add_argument(
+        "--to",
+        type=Path,
+        metavar="PATH",
+        help="the file (the shard folder for webdataset) to write (default: under OUT/export/)",
+    )
+    p.add_argument(
+        "--state",
+        default="downloaded",
+        metavar="STATES",
+        help="image states to export, comma-separated: downloaded, pending, lost "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="webdataset: samples per tar shard (default: %(default)s)",
+    )
+
+
+EXPORT = Command(
+    "export",
+    cmd_export,
+    _export_arguments,
+    exits=READ_EXITS,
+    notes={
+        ExitCode.ERROR: "or pyarrow is missing for parquet",
+        ExitCode.USAGE: "OUT holds no batch, or a format, state or shard size not allowed",
+    },
+)

@@ -1,0 +1,350 @@
+"""`zbatch run` and `zbatch retry`: the commands that submit, follow and download a batch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner.cli._command import Command
+from runner.cli._options import (
+    add_engine_options,
+    add_quiet,
+    add_target_options,
+    captions_mode,
+    positive_int,
+    whole_setting,
+)
+from runner.disk._out_folder import OutFolder
+from runner.errors import AuthError, CapReached, ExitCode, UsageError
+from runner.log import TOKEN_ENV, configure_logging
+
+if TYPE_CHECKING:
+    from runner.manifest._load import Manifest
+    from runner.ops._retry import RetrySettings
+    from runner.ops._run import EmulatorOptions, RunOutcome
+
+# What `run` and `retry` can end with beyond every command's codes.
+RUN_EXITS = frozenset(
+    {ExitCode.AUTH_OR_FUNDS, ExitCode.CAP_REACHED, ExitCode.DISK, ExitCode.BATCH_UNUSABLE}
+)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a batch: submit every cell, follow it, download and verify every image.
+
+    Creates the batch under the manifest's `out` folder, or resumes it: cells already
+    finished are not submitted again, intents a crash left behind are resubmitted with the
+    same externalId (so the service never makes a second workflow), running workflows are
+    followed, and images not yet on disk are downloaded. The Buzz cap holds throughout.
+    Re-running a finished batch does nothing; an edited manifest adds its new cells. The
+    manifest's captions, limits and retries are recorded with the batch, for `zbatch retry`
+    and `zbatch verify --repair` (docs/operations.md).
+
+    Ctrl-C (or SIGTERM) stops new submissions and lets in-flight work finish for a few
+    seconds; a second Ctrl-C stops at once. Both are safe, as is kill -9.
+
+    --adopt first records the workflows the service already has for this batch (found by
+    its tag, matched to cells by externalId; paid, never resubmitted): for a batch whose
+    batch.sqlite was lost, or picked up on another machine (docs/operations.md).
+
+    Refuses an existing output folder that every user may write to (docs/reliability.md),
+    unless --allow-shared-out; batch.sqlite and log.jsonl are created readable by you only.
+
+    A full or read-only disk stops the run before it submits more (exit 6); a batch.sqlite
+    locked by another program, damaged, or written by a newer zbatch is refused untouched
+    (exit 7). Fix the cause and run again: nothing is lost. With --adopt, a damaged
+    batch.sqlite is moved aside (kept) and rebuilt from the service (docs/reliability.md).
+
+    Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
+
+    Example:
+        zbatch run jobs/demo.yaml --emulator
+        CIVITAI_API_TOKEN=... zbatch run jobs/dataset-interiors.yaml --concurrency 16
+    """
+    from runner.cli._progress import show_progress
+    from runner.ops._run import RunOverrides, execute
+
+    manifest = _load_for_run(args)
+    overrides = RunOverrides(
+        budget_buzz=args.budget,
+        in_flight=args.concurrency,
+        submit_per_s=args.rate,
+        downloads=args.downloads,
+        adopt=args.adopt,
+    )
+    try:
+        outcome = execute(
+            manifest,
+            overrides=overrides,
+            api_url=args.api_url,
+            emulator=emulator_options(args),
+            progress=None if args.quiet else show_progress,
+        )
+    except CapReached as exc:  # run_batch attaches what the run did as `exc.outcome`
+        print_run(getattr(exc, "outcome", None), out=manifest.out)
+        raise
+    print_run(outcome, out=manifest.out)
+    return verdict(outcome, resume=f"zbatch run {args.manifest} --budget BUZZ")
+
+
+def _load_for_run(args: argparse.Namespace) -> Manifest:
+    """The manifest, its warnings said; the target and output folder checked before any
+    write; logging to OUT/log.jsonl."""
+    from runner.disk._out_folder import check_out_folder
+    from runner.manifest._load import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    for warning in manifest.warnings:
+        print(f"zbatch: warning: {warning}", file=sys.stderr)
+    check_target(args)  # before any write, as is the next line
+    check_out_folder(manifest.out, allow_shared=args.allow_shared_out)
+    configure_logging(
+        level="info",
+        log_file=OutFolder(manifest.out).log,
+        console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
+    )
+    return manifest
+
+
+def print_run(outcome: RunOutcome | None, *, out: Path) -> None:
+    """What `zbatch run` prints on stdout once the run ends: its summary and notes."""
+    if outcome is None:
+        return
+    from runner.cli._progress import render_summary
+
+    if outcome.set_aside is not None:
+        print(
+            f"set aside   the damaged {OutFolder(out).db} is now"
+            f" {outcome.set_aside} (kept); the record was rebuilt from the service"
+        )
+    print(render_summary(outcome, out=out))
+    if outcome.adopted is not None:  # operations: --adopt
+        from runner.ops._adopt import render_adoption
+
+        print(render_adoption(outcome.adopted))
+    if outcome.canceled_at is not None:
+        print(
+            f"canceled    at {outcome.canceled_at}: nothing was submitted"
+            f" (zbatch retry {out} --state canceled resumes it)"
+        )
+
+
+def verdict(outcome: RunOutcome, *, resume: str) -> int:
+    """The exit code of a run that ended without an error: done, or stopped by a signal.
+
+    A run the Buzz cap stopped raises CapReached (exit 4) through the dispatcher.
+    """
+    if outcome.stats.cap_reached:  # until run_batch raises CapReached itself (then: delete)
+        raise CapReached(
+            f"the Buzz cap of {outcome.budget.cap_buzz} stopped the batch with"
+            f" {outcome.unsubmitted} cells not submitted; raise it to resume: {resume}"
+        )
+    if outcome.stats.stop_reason is not None:
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+def emulator_options(args: argparse.Namespace) -> EmulatorOptions | None:
+    """The embedded emulator `--emulator` asks for, with its flags; None without it."""
+    from runner.ops._run import EmulatorOptions
+
+    if not args.emulator:
+        return None
+    return EmulatorOptions(
+        time_scale=args.time_scale,
+        seed=getattr(args, "seed", 0),
+        faults_path=getattr(args, "faults", None),
+    )
+
+
+def check_target(args: argparse.Namespace) -> None:
+    """The fault profile, API URL and token of `zbatch run`: refused before anything is written."""
+    if args.emulator:
+        if args.faults is not None:
+            _check_faults(args.faults)
+        return
+    base = args.api_url or os.environ.get("CIVITAI_API_BASE_URL")
+    if base:
+        import httpx
+
+        try:
+            url = httpx.URL(base)
+        except httpx.InvalidURL:
+            url = httpx.URL("")
+        if url.scheme not in ("http", "https") or not url.host:
+            source = "--api-url" if args.api_url else "CIVITAI_API_BASE_URL"
+            raise UsageError(f"{source} {base!r} is not an http:// or https:// URL")
+    if not os.environ.get(TOKEN_ENV, "").strip():
+        raise AuthError(
+            f"no API token: set {TOKEN_ENV} to your Civitai API key (or use --emulator)"
+        )
+
+
+def _check_faults(path: Path) -> None:
+    import yaml
+
+    from runner.emulator.config import load_faults
+
+    try:
+        load_faults(path)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+            detail = f"line {exc.problem_mark.line + 1}: {exc.problem}"
+        raise UsageError(f"--faults {path}: not a fault profile ({detail})") from None
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the batch's YAML manifest")
+    p.add_argument(
+        "--budget", type=positive_int, metavar="BUZZ", help="Buzz cap (default: the manifest's)"
+    )
+    add_engine_options(p, defaults="the manifest's")
+    add_target_options(p, faults=True)
+    add_quiet(p)
+    p.add_argument(
+        "--allow-shared-out",
+        action="store_true",
+        help="accept an output folder every user may write to (refused by default)",
+    )
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="first record the batch's workflows the service already has (found by the "
+        "batch's tag): after batch.sqlite was lost, or on another machine",
+    )
+
+
+RUN = Command("run", cmd_run, _run_arguments, exits=RUN_EXITS)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Give chosen cells of a batch a new attempt, then run them under the batch's cap.
+
+    Chooses the cells whose latest attempt is in --state (default failed, expired, lost:
+    failed or expired with its attempts used up, or succeeded with an image lost), or the
+    cells named with --cell. Each gets attempt n+1 with a new externalId; nothing else is
+    submitted, and a succeeded cell with every image on disk is never touched. Blocked and
+    rejected cells are retried only when --cell names them. Then the batch runs as with
+    `zbatch run` (no manifest needed: the record holds every request), within the batch's
+    cap, which --budget replaces. A retry lifts `zbatch cancel`.
+
+    It runs with the captions, limits and attempts `zbatch run` recorded from the manifest;
+    --captions, --concurrency, --rate, --downloads and --attempts override them. A batch
+    recorded by an older zbatch keeps that zbatch's defaults, and a warning names them.
+
+    Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator (a demo: it knows
+    none of the batch's earlier workflows).
+
+    Example:
+        zbatch retry out/demo
+        zbatch retry out/demo --state canceled --budget 500
+        zbatch retry out/demo --cell 3f2a9c0d11e4b7a85c6d2e1f0a9b8c7d
+    """
+    from runner.cli._progress import render_summary, show_progress
+    from runner.ops._retry import execute_retry, render_retry
+
+    configure_logging(
+        level="info",
+        log_file=OutFolder(args.out).log,
+        console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
+    )
+    try:
+        outcome = execute_retry(
+            args.out,
+            _retry_settings(args),
+            api_url=args.api_url,
+            emulator=emulator_options(args),
+            progress=None if args.quiet else show_progress,
+        )
+    except CapReached as exc:
+        found = getattr(exc, "outcome", None)
+        if found is not None:
+            print(render_summary(found, out=args.out))
+        raise
+    print(render_retry(outcome.plan))
+    if outcome.run is None:
+        print("Nothing to retry: no cell matched.")
+        unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
+        return ExitCode.USAGE if unknown else ExitCode.OK
+    print(render_summary(outcome.run, out=args.out))
+    return verdict(outcome.run, resume=f"zbatch retry {args.out} --budget BUZZ")
+
+
+def _retry_settings(args: argparse.Namespace) -> RetrySettings:
+    """What to retry, and the flags that override the batch's run settings."""
+    from runner.ops._retry import RetrySettings
+
+    return RetrySettings(
+        states=args.state or (),
+        cells=tuple(args.cell or ()),
+        budget_buzz=args.budget,
+        attempts=args.attempts,
+        in_flight=args.concurrency,
+        submit_per_s=args.rate,
+        downloads=args.downloads,
+        captions=args.captions,
+    )
+
+
+def _retry_states(text: str) -> tuple[str, ...]:
+    from runner.store._ops import RETRY_STATES
+
+    states = tuple(s.strip() for s in text.split(",") if s.strip())
+    for state in states:
+        if state not in RETRY_STATES:
+            allowed = ", ".join(f"'{s}'" for s in RETRY_STATES)
+            raise argparse.ArgumentTypeError(
+                f"{state!r} is not one of {allowed} (blocked and rejected cells: name them with"
+                " --cell)"
+            )
+    if not states:
+        raise argparse.ArgumentTypeError("name at least one state")
+    return states
+
+
+def _retry_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    p.add_argument(
+        "--state",
+        type=_retry_states,
+        metavar="STATES",
+        help="comma-separated: failed, expired, lost, canceled (default: failed,expired,lost; "
+        "with --cell, all)",
+    )
+    p.add_argument(
+        "--cell", action="append", metavar="KEY", help="a cell key to retry (repeatable)"
+    )
+    p.add_argument(
+        "--attempts",
+        type=whole_setting("attempts"),
+        metavar="N",
+        help="attempts per chosen cell in this retry (default: the batch's retries.attempts)",
+    )
+    p.add_argument(
+        "--budget", type=positive_int, metavar="BUZZ", help="a new Buzz cap (default: the batch's)"
+    )
+    add_engine_options(p, defaults="the batch's")
+    p.add_argument(
+        "--captions",
+        type=captions_mode,
+        metavar="MODE",
+        help="none or txt: write a .txt caption beside each image (default: the batch's)",
+    )
+    add_target_options(p, faults=False)
+    add_quiet(p)
+
+
+RETRY = Command(
+    "retry",
+    cmd_retry,
+    _retry_arguments,
+    exits=RUN_EXITS,
+    notes={
+        ExitCode.OK: "or nothing to retry",
+        ExitCode.USAGE: "or a --cell is unknown",
+    },
+)
