@@ -28,7 +28,7 @@ from runner.ops._run import RunOutcome, RunOverrides, run_batch
 from runner.store._store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 
 MANIFEST = """
 name: e2e
