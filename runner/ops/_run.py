@@ -26,6 +26,7 @@ from runner.disk._files import sweep_batch_temps
 from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.engine._pacing import Backoff
+from runner.errors import CapReached
 from runner.grid import KEY_VERSION, expand, store_rows
 from runner.manifest._load import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
@@ -127,8 +128,9 @@ async def run_batch(
 ) -> RunOutcome:
     """Create or resume the manifest's batch and run it; see the module docstring.
 
-    `tuning` sets further EngineConfig fields (poll and backoff timings, for tests). An
-    error that stops the run is raised as itself (`Engine.run`).
+    `tuning` sets further EngineConfig fields (poll and backoff timings, for tests). Raises
+    `CapReached`, with the run's `RunOutcome` as its `outcome`, when the Buzz cap stopped the
+    batch; any other error that stops the run is raised as itself (`Engine.run`).
     """
     out = manifest.out
     limits = manifest.limits
@@ -162,6 +164,9 @@ async def run_batch(
         outcome = await read_outcome(
             store, planned, stats, adopted=adopted, canceled_at=canceled_at
         )
+    capped = cap_reached(outcome, command=f"zbatch run {manifest.path}")
+    if capped is not None:
+        raise capped
     return outcome
 
 
@@ -214,6 +219,23 @@ async def read_outcome(
         adopted=adopted,
         canceled_at=canceled_at,
         set_aside=store.set_aside,
+    )
+
+
+def cap_reached(outcome: RunOutcome, *, command: str) -> CapReached | None:
+    """The `CapReached` a run the Buzz cap stopped ends with (its `outcome` attached), or
+    None. `command` is what runs the batch again (`zbatch run MANIFEST`); the message adds
+    the `--budget` that would let it submit every cell left."""
+    if not outcome.stats.cap_reached:
+        return None
+    b = outcome.budget
+    finish_buzz = b.committed_buzz + outcome.unsubmitted_buzz
+    return CapReached(
+        f"the Buzz cap of {b.cap_buzz} stopped the batch: {b.charged_buzz} Buzz charged and"
+        f" {b.reserved_buzz} reserved; {outcome.unsubmitted} cells not submitted, about"
+        f" {outcome.unsubmitted_buzz} Buzz. To resume, raise the cap: `{command} --budget"
+        f" {finish_buzz}` (retries may need more); nothing is submitted twice",
+        outcome=outcome,
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from runner.dataset._metadata import METADATA_NAME, refresh_dataset
 from runner.emulator import EmulatorConfig, ManualClock, make_app
-from runner.errors import DatabaseDamaged, DiskFull
+from runner.errors import CapReached, DatabaseDamaged, DiskFull
 from runner.manifest._load import Manifest, parse_manifest
 from runner.ops._run import RunOverrides, run_batch
 from runner.ops._verify import verify_batch
@@ -114,8 +114,9 @@ async def test_a_full_disk_under_the_database_is_refused_before_any_submit(
         assert disk.real == mount_permitted()
         disk.inject(monkeypatch)
         async with client_for(app) as client:
-            first = await run_batch(m, client, overrides=RunOverrides(budget_buzz=6), tuning=FAST)
-            assert first.stats.cap_reached
+            with pytest.raises(CapReached) as capped:
+                await run_batch(m, client, overrides=RunOverrides(budget_buzz=6), tuning=FAST)
+            assert capped.value.outcome.stats.cap_reached
             count = emulator_of(app).state()["workflow_count"]
             before = rows(m, "SELECT id, state, reserved_buzz, charged_buzz FROM attempts")
             disk.fill()

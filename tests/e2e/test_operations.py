@@ -11,6 +11,7 @@ import pytest
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
 from runner.emulator.ledger import account_id
 from runner.engine._pacing import Backoff
+from runner.errors import CapReached
 from runner.ops._cancel import cancel_batch
 from runner.ops._retry import RetrySettings, retry_batch
 from runner.ops._run import run_batch
@@ -62,8 +63,9 @@ async def test_retry_leaves_cells_the_cap_stopped_and_blocked_cells_alone(tmp_pa
         m = manifest(tmp_path, seeds=2, budget=3)
         app = make_app(EmulatorConfig(time_scale=0, blocked_words=frozenset({"lighthouse"})))
         async with client_for(app) as client:
-            first = await run_batch(m, client, tuning=FAST)
-            assert first.stats.cap_reached
+            with pytest.raises(CapReached) as capped:
+                await run_batch(m, client, tuning=FAST)
+            assert capped.value.outcome.stats.cap_reached
             blocked = [k for k, s in cell_states(m).items() if s == "blocked"]
             assert blocked
             count = emulator_of(app).state()["workflow_count"]
