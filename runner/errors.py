@@ -161,9 +161,17 @@ class FundsError(ApiError):
 
 
 class CapReached(ZbatchError):
-    """Submitting more would spend beyond the batch's Buzz cap. The batch stays resumable."""
+    """Submitting more would spend beyond the batch's Buzz cap. The batch stays resumable.
+
+    `outcome` is how the run ended (`runner.ops`'s `RunOutcome`, for the summary), when a
+    run raised it; this module sits below ops, hence `Any`.
+    """
 
     exit_code: ClassVar[int] = 4
+
+    def __init__(self, message: str, *, outcome: Any = None) -> None:
+        super().__init__(message)
+        self.outcome: Any = outcome
 
 
 class StoreError(ZbatchError):

@@ -299,36 +299,12 @@ def test_every_declared_code_is_driven_or_excused() -> None:
 def test_the_cap_prints_the_summary_and_ends_through_cap_reached(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Exit 4 is CapReached's, through the dispatcher: the summary on stdout, the error on
-    stderr, whichever way the run reports the cap (today's `stats.cap_reached`)."""
-    assert main(CASES[("run", P.CAP_REACHED)](env)) == 4
-    out, err = capsys.readouterr()
-    assert "Stopped at the Buzz cap" in out
-    assert err.strip().splitlines()[-1].startswith("zbatch: error: the Buzz cap of 1 stopped")
-
-
-def test_a_cap_reached_raised_with_its_outcome_prints_the_summary(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """When `run_batch` raises CapReached with the RunOutcome attached (`exc.outcome`), the
-    summary is printed from it and the run exits 4."""
-    from runner.errors import CapReached
-    from runner.ops import _run
-
-    real = _run.execute
-
-    def raising(*args: object, **kwargs: object) -> object:
-        outcome = real(*args, **kwargs)  # type: ignore[arg-type]
-        assert outcome.stats.cap_reached
-        exc = CapReached("the Buzz cap stopped the batch")
-        exc.outcome = outcome  # type: ignore[attr-defined]
-        raise exc
-
-    monkeypatch.setattr(_run, "execute", raising)
+    """Exit 4 is CapReached's, raised by run_batch with the RunOutcome attached: the summary
+    (printed from `exc.outcome`, once) on stdout, the error on stderr."""
     assert main(CASES[("run", P.CAP_REACHED)](env)) == 4
     out, err = capsys.readouterr()
     assert out.count("Stopped at the Buzz cap") == 1
-    assert "zbatch: error: the Buzz cap stopped the batch" in err
+    assert err.strip().splitlines()[-1].startswith("zbatch: error: the Buzz cap of 1 stopped")
 
 
 def test_a_reader_that_goes_away_is_141(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from runner.ops._run import RunOutcome, run_batch
 from runner.store._reads import DatasetImage
 from runner.store._store import Store
 
-FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 LORA = "urn:air:zImage:lora:civitai:123456@789012"
 
 MANIFEST = """

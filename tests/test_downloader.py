@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import warnings
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -14,7 +15,14 @@ from PIL import Image
 
 from runner.api._client import Client
 from runner.disk._images import InvalidImage
-from runner.emulator import EmulatorConfig, EmulatorTransport, ManualClock, make_app
+from runner.emulator import (
+    EmulatorConfig,
+    EmulatorTransport,
+    FaultProfile,
+    FaultRule,
+    ManualClock,
+    make_app,
+)
 from runner.emulator.hostile import bomb_png
 from runner.engine._downloader import ImageFetcher, check_image
 from runner.engine._pacing import Backoff
@@ -23,10 +31,36 @@ from tests.cells import FOX_INPUT, first_image
 INPUT = dict(FOX_INPUT)
 
 
-async def fetch_after(advance_s: float) -> tuple[object, dict[str, int]]:
+class RecordedBackoff(Backoff):
+    """A backoff that records each pause it is asked for instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(base_s=60, cap_s=60)  # a real pause this long fails the guard
+        self.pauses: list[int] = []
+
+    async def pause(
+        self,
+        attempt: int,
+        retry_after_s: float | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> float:
+        self.pauses.append(attempt)
+        return 0.0
+
+
+async def fetch_after(
+    advance_s: float, *, faults: FaultProfile | None = None, backoff: Backoff | None = None
+) -> tuple[object, dict[str, int]]:
     """Submit one workflow, remember its URL, let `advance_s` pass, fetch its image."""
     clock = ManualClock()
-    config = EmulatorConfig(time_scale=0, url_ttl_s=60, submit_limit=None, read_limit=None)
+    config = EmulatorConfig(
+        time_scale=0,
+        url_ttl_s=60,
+        submit_limit=None,
+        read_limit=None,
+        faults=faults or FaultProfile(),
+    )
     app = make_app(config, clock=clock)
     async with Client(
         base_url="http://emulator", token="t", transport=EmulatorTransport(app)
@@ -34,7 +68,8 @@ async def fetch_after(advance_s: float) -> tuple[object, dict[str, int]]:
         wf = await client.submit([{"$type": "imageGen", "input": INPUT}], external_id="dl-1")
         assert wf.id is not None
         # A backoff this long would fail the guard below: an expiry must not wait for it.
-        fetcher = ImageFetcher(client, Backoff(base_s=60, cap_s=60), max_bytes=1 << 20)
+        backoff = backoff or Backoff(base_s=60, cap_s=60)
+        fetcher = ImageFetcher(client, backoff, max_bytes=1 << 20)
         fetcher.remember_urls(1, wf)
         clock.advance(advance_s)
         item = first_image(wf, INPUT, cell_key="k")
@@ -52,9 +87,21 @@ async def test_a_remembered_url_is_downloaded_without_asking_for_the_workflow_ag
 
 
 async def test_an_expired_remembered_url_is_refreshed_at_once_and_downloaded() -> None:
-    got, routes = await fetch_after(600)
+    backoff = RecordedBackoff()
+    got, routes = await fetch_after(600, backoff=backoff)
     assert not isinstance(got, str)
     assert routes["GET /v2/consumer/workflows/{workflowId}"] == 1
+    assert backoff.pauses == []
+
+
+async def test_a_failing_blob_is_tried_again_after_the_backoffs_pause() -> None:
+    """The fetcher waits through `Backoff.pause` (pacing's one place that sleeps), the
+    exponent growing with each failed try."""
+    backoff = RecordedBackoff()
+    faults = FaultProfile(blob_5xx=FaultRule(p=1.0, times=2))
+    got, _ = await fetch_after(0, faults=faults, backoff=backoff)
+    assert not isinstance(got, str)
+    assert backoff.pauses == [0, 1]
 
 
 def test_check_image_refuses_another_format_and_a_bomb_without_decoding(

@@ -10,7 +10,9 @@ import httpx
 
 from runner.api._client import Client
 from runner.api._models import Workflow, parse_workflow
-from runner.engine._engine import Engine, EngineConfig, charge_of, outcome_of, shape_of
+from runner.engine._engine import Engine, EngineConfig
+from runner.engine._outcomes import charge_of, outcome_of
+from runner.engine._submitter import shape_of
 from runner.store._rows import Attempt, AttemptState
 
 
@@ -50,10 +52,11 @@ async def test_reservation_is_the_higher_of_formula_and_whatif(tmp_path: Path) -
             base_url="http://api", token="t", transport=httpx.MockTransport(handler)
         ) as client:
             engine = Engine(None, client, EngineConfig(tag="zbatch:t", out_dir=tmp_path))  # type: ignore[arg-type]
-            assert await engine.estimate(attempt()) == 8  # the formula wins over 3
-            assert await engine.estimate(attempt(seed=2)) == 8  # same shape: no new call
+            submitter = engine.submitter
+            assert await submitter.estimate(attempt()) == 8  # the formula wins over 3
+            assert await submitter.estimate(attempt(seed=2)) == 8  # same shape: no new call
             with_lora = attempt(loras={"urn:air:zImage:lora:civitai:1@2": 0.8})
-            assert await engine.estimate(with_lora) == 50
+            assert await submitter.estimate(with_lora) == 50
     assert len(seen) == 2
 
 

@@ -15,6 +15,7 @@ from runner.api._client import Client
 from runner.cli._progress import RateWindow, Snapshot, render_line, render_summary, show_progress
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 from runner.engine._engine import Engine, EngineConfig, RunStats
+from runner.errors import CapReached
 from runner.manifest._load import parse_manifest
 from runner.ops._run import RunOutcome, RunOverrides, run_batch
 from runner.store._rows import Budget, CellRow, PlanResult
@@ -246,13 +247,15 @@ async def test_progress_and_summary_of_a_real_run_show_no_token(tmp_path: Path) 
         async with Client(
             base_url="http://emulator", token=SENTINEL_TOKEN, transport=transport
         ) as client:
-            result = await run_batch(
-                m,
-                client,
-                tuning=FAST,
-                overrides=RunOverrides(budget_buzz=5),
-                progress=functools.partial(show_progress, console=console),
-            )
+            with pytest.raises(CapReached) as capped:
+                await run_batch(
+                    m,
+                    client,
+                    tuning=FAST,
+                    overrides=RunOverrides(budget_buzz=5),
+                    progress=functools.partial(show_progress, console=console),
+                )
+        result = capped.value.outcome
         summary = render_summary(result, out=m.out)
         assert screen.getvalue().startswith("[0s] cells 0/12 done")
         assert summary.splitlines()[0] == "Stopped at the Buzz cap: 5 of 12 cells succeeded."

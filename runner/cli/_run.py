@@ -84,10 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=None if args.quiet else show_progress,
         )
     except CapReached as exc:  # run_batch attaches what the run did as `exc.outcome`
-        print_run(getattr(exc, "outcome", None), out=manifest.out)
+        print_run(exc.outcome, out=manifest.out)
         raise
     print_run(outcome, out=manifest.out)
-    return verdict(outcome, resume=f"zbatch run {args.manifest} --budget BUZZ")
+    return verdict(outcome)
 
 
 def _load_for_run(args: argparse.Namespace) -> Manifest:
@@ -132,16 +132,11 @@ def print_run(outcome: RunOutcome | None, *, out: Path) -> None:
         )
 
 
-def verdict(outcome: RunOutcome, *, resume: str) -> int:
+def verdict(outcome: RunOutcome) -> int:
     """The exit code of a run that ended without an error: done, or stopped by a signal.
 
-    A run the Buzz cap stopped raises CapReached (exit 4) through the dispatcher.
+    A run the Buzz cap stopped raised CapReached (exit 4, through the dispatcher) instead.
     """
-    if outcome.stats.cap_reached:  # until run_batch raises CapReached itself (then: delete)
-        raise CapReached(
-            f"the Buzz cap of {outcome.budget.cap_buzz} stopped the batch with"
-            f" {outcome.unsubmitted} cells not submitted; raise it to resume: {resume}"
-        )
     if outcome.stats.stop_reason is not None:
         return ExitCode.INTERRUPTED
     return ExitCode.OK
@@ -261,9 +256,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
             progress=None if args.quiet else show_progress,
         )
     except CapReached as exc:
-        found = getattr(exc, "outcome", None)
-        if found is not None:
-            print(render_summary(found, out=args.out))
+        if exc.outcome is not None:
+            print(render_summary(exc.outcome, out=args.out))
         raise
     print(render_retry(outcome.plan))
     if outcome.run is None:
@@ -271,7 +265,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
         return ExitCode.USAGE if unknown else ExitCode.OK
     print(render_summary(outcome.run, out=args.out))
-    return verdict(outcome.run, resume=f"zbatch retry {args.out} --budget BUZZ")
+    return verdict(outcome.run)
 
 
 def _retry_settings(args: argparse.Namespace) -> RetrySettings:

@@ -17,12 +17,11 @@ import io
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from PIL import Image
 
 from runner.api._client import Client
@@ -30,11 +29,10 @@ from runner.api._models import Workflow
 from runner.disk._atomic import atomic_write_bytes
 from runner.disk._images import InvalidImage, VerifiedImage, image_path, verify_image
 from runner.engine._pacing import Backoff, retrying
-from runner.errors import ApiError, NotFoundError, RetryableError, UrlExpiredError
+from runner.engine._shared import Changes, RunStats
+from runner.errors import NotFoundError, RetryableError, UrlExpiredError
 from runner.store._rows import PendingImage
-
-if TYPE_CHECKING:
-    from runner.engine._engine import Engine
+from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
 MAX_TRIES = 8
@@ -118,7 +116,7 @@ class ImageFetcher:
         expired = False
         for tries in range(MAX_TRIES):
             if tries and not expired:  # an expired URL is refreshed at once, not backed off
-                await anyio.sleep(self.backoff.delay_s(tries - 1))
+                await self.backoff.pause(tries - 1)
             url = await self._url_for(item)
             if url is None:
                 break
@@ -180,13 +178,28 @@ class ImageFetcher:
 
 
 class Downloader:
-    """Feeds pending images to a pool of download workers."""
+    """Feeds the store's pending images to a pool of `workers` download workers.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.fetcher = ImageFetcher(
-            engine.client, engine.backoff, max_bytes=engine.config.max_image_bytes
-        )
+    A worker that cannot go on (the disk refused the image, the API an answer it cannot
+    retry) raises: the error ends the run through the engine's task group.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        fetcher: ImageFetcher,
+        *,
+        out_dir: Path,
+        workers: int,
+        stats: RunStats,
+        changes: Changes,
+    ) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.out_dir = out_dir
+        self.workers = workers
+        self.stats = stats
+        self.changes = changes
         self._in_flight: set[ImageKey] = set()
 
     def idle(self) -> bool:
@@ -196,45 +209,46 @@ class Downloader:
         """Keep the signed URLs of a workflow's images, so a download needs no extra call."""
         self.fetcher.remember_urls(attempt_id, wf)
 
-    async def run(self, tg: TaskGroup) -> None:
-        workers = self.engine.config.downloads
-        send, receive = anyio.create_memory_object_stream[PendingImage](workers)
-        async with send:
-            for _ in range(workers):
+    async def run(self) -> None:
+        """Start the workers, then feed them whatever becomes pending, until cancelled."""
+        send, receive = anyio.create_memory_object_stream[PendingImage](self.workers)
+        async with send, anyio.create_task_group() as tg:
+            for _ in range(self.workers):
                 tg.start_soon(self._worker, receive.clone())
             receive.close()
-            while True:
-                fresh = await self.engine.store.pending_images(workers * 4, skip=self._in_flight)
-                for item in fresh:
-                    self._in_flight.add((item.attempt_id, item.index))
-                    await send.send(item)
-                if not fresh:
-                    await self.engine.wait_wake(0.5)
+            await self._feed(send)
+
+    async def _feed(self, send: MemoryObjectSendStream[PendingImage]) -> None:
+        while True:
+            changed = self.changes.notice()  # new images come with a finished attempt
+            fresh = await self.store.pending_images(self.workers * 4, skip=self._in_flight)
+            for item in fresh:
+                self._in_flight.add((item.attempt_id, item.index))
+                await send.send(item)
+            if not fresh:
+                await changed.wait()
 
     async def _worker(self, receive: MemoryObjectReceiveStream[PendingImage]) -> None:
         async with receive:
             async for item in receive:
                 try:
                     await self._download(item)
-                except ApiError as exc:
-                    self.engine.fail(exc)
                 finally:
                     self._in_flight.discard((item.attempt_id, item.index))
-                    self.engine.wake()
+                    self.changes.notify()
 
     async def _download(self, item: PendingImage) -> None:
-        engine = self.engine
         fmt = str(item.request.get("outputFormat") or "jpeg")
         got = await self.fetcher.fetch(item)
         if isinstance(got, str):
-            await engine.store.mark_lost(item.attempt_id, item.index, got)
-            engine.stats.images_lost += 1
+            await self.store.mark_lost(item.attempt_id, item.index, got)
+            self.stats.images_lost += 1
             log.error("image_lost", cell=item.cell_key, index=item.index, reason=got)
             return
         relative = image_path(item.cell_key, item.index, fmt)
-        target = engine.config.out_dir / relative
+        target = self.out_dir / relative
         await anyio.to_thread.run_sync(atomic_write_bytes, target, got.content)
-        await engine.store.mark_downloaded(
+        await self.store.mark_downloaded(
             item.attempt_id,
             item.index,
             path=relative.as_posix(),
@@ -243,4 +257,4 @@ class Downloader:
             width=got.info.width,
             height=got.info.height,
         )
-        engine.stats.images_downloaded += 1
+        self.stats.images_downloaded += 1

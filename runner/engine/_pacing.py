@@ -1,8 +1,11 @@
 """Pacing: the submission rate limiter, backoff with full jitter, and Retry-After.
 
-The one place in zbatch that sleeps. A failing service slows a run down; it never loses
-work: `retrying` repeats a call for as long as its errors are retryable, waiting what the
-service asked (`Retry-After`) or an exponentially growing, fully jittered delay.
+The one place in the engine that sleeps: the rate limiter between submissions, and
+`Backoff.pause` between tries (of `retrying`, and of the downloaders' fetches). The engine's
+other waits are for a condition (`runner.engine._shared.Changes`) or, in the poller, for the
+next workflow's due time. A failing service slows a run down; it never loses work:
+`retrying` repeats a call for as long as its errors are retryable, waiting what the service
+asked (`Retry-After`) or an exponentially growing, fully jittered delay.
 """
 
 from __future__ import annotations
@@ -91,6 +94,18 @@ class Backoff:
         ceiling = min(self.cap_s, self.base_s * (2 ** min(attempt, 30)))
         return self.rng.uniform(0.0, ceiling)
 
+    async def pause(
+        self,
+        attempt: int,
+        retry_after_s: float | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> float:
+        """Sleep `delay_s(attempt, retry_after_s)` before the next try; return how long."""
+        delay_s = self.delay_s(attempt, retry_after_s)
+        await sleep(delay_s)
+        return delay_s
+
 
 async def retrying(
     call: Callable[[], Awaitable[T]],
@@ -120,3 +135,20 @@ async def retrying(
             delay_s = backoff.delay_s(tries - 1, exc.retry_after_s)
             log.warning("retry", what=what, tries=tries, delay_s=round(delay_s, 3), error=str(exc))
             await sleep(delay_s)
+
+
+@dataclass(frozen=True)
+class Retrier:
+    """How the engine retries its API calls: one backoff, and what a retry tells the run
+    (`on_retry`: the engine counts it, and a 429 slows the submission rate down)."""
+
+    backoff: Backoff
+    on_retry: Callable[[RetryableError], None] | None = None
+
+    async def call(
+        self, call: Callable[[], Awaitable[T]], *, what: str, max_tries: int | None = None
+    ) -> T:
+        """`retrying(call, ...)` with this backoff and `on_retry`."""
+        return await retrying(
+            call, backoff=self.backoff, what=what, max_tries=max_tries, on_retry=self.on_retry
+        )

@@ -10,20 +10,18 @@ the others are looked at again together. With fewer watched it GETs the due ones
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 import structlog
 
+from runner.api._client import Client
 from runner.api._models import Workflow, WorkflowPage, WorkflowStatus
-from runner.engine._pacing import retrying
-from runner.errors import NotFoundError, ZbatchError
+from runner.engine._pacing import Retrier
+from runner.errors import NotFoundError
 from runner.store._rows import Attempt
-
-if TYPE_CHECKING:
-    from runner.engine._engine import Engine
-
 
 log = structlog.get_logger(__name__)
 BULK_PAGE = 100
@@ -52,23 +50,52 @@ class Watch:
     settle_polls: int = 0  # looks taken at a terminal workflow whose refund is not posted yet
 
 
-class Poller:
-    """Polls the engine's running attempts until each one is terminal."""
+class Recorder(Protocol):
+    """Where the poller hands the attempts it sees end (`runner.engine._outcomes.Outcomes`)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    async def finish(self, attempt: Attempt, wf: Workflow) -> None: ...
+
+    async def finish_vanished(self, attempt: Attempt) -> None: ...
+
+
+@dataclass(frozen=True)
+class PollTiming:
+    """When to look: first near the expected finish, then backing off up to `max_s`; by the
+    batch's tag once `bulk_min` workflows are watched."""
+
+    min_s: float = 0.05
+    max_s: float = 30.0
+    bulk_min: int = 8
+
+
+class Poller:
+    """Polls running attempts until each one is terminal, and hands it to `recorder`.
+
+    An error it cannot retry (auth, funds; the disk or database refusing a record) is
+    raised: it ends the run through the engine's task group.
+    """
+
+    def __init__(
+        self, client: Client, retry: Retrier, recorder: Recorder, *, tag: str, timing: PollTiming
+    ) -> None:
+        self.client = client
+        self.retry = retry
+        self.recorder = recorder
+        self.tag = tag
+        self.timing = timing
         self._watches: dict[str, Watch] = {}  # by workflow id
+        self._added = anyio.Event()  # set by `watch`: the schedule changed
 
     def watch(self, attempt: Attempt, *, first_poll_s: float) -> None:
         """Start following `attempt` (state running, with a workflow id)."""
         if attempt.workflow_id is None:
             raise ValueError(f"attempt {attempt.id} has no workflow id to poll")
-        cfg = self.engine.config
-        first_s = max(first_poll_s, cfg.poll_min_s)
+        min_s = self.timing.min_s
+        first_s = max(first_poll_s, min_s)
         self._watches[attempt.workflow_id] = Watch(
-            attempt, anyio.current_time() + first_s, max(cfg.poll_min_s, first_s / 2)
+            attempt, anyio.current_time() + first_s, max(min_s, first_s / 2)
         )
-        self.engine.wake()
+        self._added.set()
 
     def watched(self) -> int:
         return len(self._watches)
@@ -81,35 +108,33 @@ class Poller:
             now = anyio.current_time()
             due = [w for w in self._watches.values() if w.due_s <= now]
             if not due:
-                nearest = min((w.due_s for w in self._watches.values()), default=now + 1.0)
-                await self.engine.wait_wake(max(nearest - now, 0.001))
+                await self._until_due()
                 continue
-            try:
-                # One page of the tag answers for every watched workflow it lists, so once
-                # a few are watched a page is never more requests than a GET each.
-                if len(self._watches) >= self.engine.config.bulk_poll_min:
-                    await self._poll_bulk(due)
-                else:
-                    for watch in due:
-                        await self._poll_one(watch)
-            except ZbatchError as exc:  # auth, funds; or the disk or database refused a record
-                self.engine.fail(exc)
-                return
+            # One page of the tag answers for every watched workflow it lists, so once
+            # a few are watched a page is never more requests than a GET each.
+            if len(self._watches) >= self.timing.bulk_min:
+                await self._poll_bulk(due)
+            else:
+                for watch in due:
+                    await self._poll_one(watch)
+
+    async def _until_due(self) -> None:
+        """Wait until the nearest watch is due, or a new one is added (none: until then)."""
+        nearest = min((w.due_s for w in self._watches.values()), default=math.inf)
+        with anyio.CancelScope(deadline=nearest):
+            await self._added.wait()
+        if self._added.is_set():
+            self._added = anyio.Event()
 
     async def _poll_one(self, watch: Watch) -> None:
         wf_id = watch.attempt.workflow_id
         assert wf_id is not None
         try:
-            wf = await retrying(
-                lambda: self.engine.client.get(wf_id),
-                backoff=self.engine.backoff,
-                what="poll",
-                on_retry=self.engine.on_retry,
-            )
+            wf = await self.retry.call(lambda: self.client.get(wf_id), what="poll")
         except NotFoundError:
             # Deleted by someone, or past the service's retention: nothing more will come.
             log.error("workflow_vanished", workflow=wf_id, cell=watch.attempt.cell_key)
-            await self.engine.finish_vanished(watch.attempt)
+            await self.recorder.finish_vanished(watch.attempt)
             del self._watches[wf_id]
             return
         await self._seen(watch, wf)
@@ -133,13 +158,9 @@ class Poller:
 
     async def _page(self, cursor: str | None) -> WorkflowPage:
         async def call() -> WorkflowPage:
-            return await self.engine.client.query(
-                tags=[self.engine.config.tag], cursor=cursor, take=BULK_PAGE
-            )
+            return await self.client.query(tags=[self.tag], cursor=cursor, take=BULK_PAGE)
 
-        return await retrying(
-            call, backoff=self.engine.backoff, what="poll_bulk", on_retry=self.engine.on_retry
-        )
+        return await self.retry.call(call, what="poll_bulk")
 
     async def _seen_early(self, watch: Watch, wf: Workflow) -> None:
         """A page listed a watched workflow before it was due: the same news, for free.
@@ -157,11 +178,9 @@ class Poller:
         if wf.status.is_terminal and refund_pending(wf) and watch.settle_polls < SETTLE_POLLS:
             watch.settle_polls += 1  # the refund may be posted a moment after the status
         elif wf.status.is_terminal:
-            await self.engine.finish(watch.attempt, wf)
+            await self.recorder.finish(watch.attempt, wf)
             del self._watches[wf.id or ""]
             return
-        cfg = self.engine.config
-        watch.interval_s = min(
-            cfg.poll_max_s, max(cfg.poll_min_s, watch.interval_s * BACKOFF_FACTOR)
-        )
+        timing = self.timing
+        watch.interval_s = min(timing.max_s, max(timing.min_s, watch.interval_s * BACKOFF_FACTOR))
         watch.due_s = anyio.current_time() + watch.interval_s

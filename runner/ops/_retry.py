@@ -31,6 +31,7 @@ from runner.ops._run import (
     EmulatorOptions,
     ProgressHook,
     RunOutcome,
+    cap_reached,
     drive,
     with_client,
 )
@@ -138,7 +139,10 @@ async def retry_batch(
             unsubmitted=unsubmitted,
             unsubmitted_buzz=unsubmitted_buzz,
         )
-        return RetryOutcome(plan, run)
+    capped = cap_reached(run, command=f"zbatch retry {out}")
+    if capped is not None:
+        raise capped
+    return RetryOutcome(plan, run)
 
 
 async def batch_settings(store: Store, command: str) -> RunSettings:

@@ -8,6 +8,7 @@ cap, a stop or a fatal error ends the run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from runner.disk._atomic import sweep_batch_temps
 from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.engine._pacing import Backoff
-from runner.errors import ZbatchError
+from runner.errors import CapReached
 from runner.grid import KEY_VERSION, expand, store_rows
 from runner.manifest._load import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
@@ -128,7 +129,9 @@ async def run_batch(
 ) -> RunOutcome:
     """Create or resume the manifest's batch and run it; see the module docstring.
 
-    `tuning` sets further EngineConfig fields (poll and backoff timings, for tests).
+    `tuning` sets further EngineConfig fields (poll and backoff timings, for tests). Raises
+    `CapReached`, with the run's `RunOutcome` as its `outcome`, when the Buzz cap stopped the
+    batch; any other error that stops the run is raised as itself (`Engine.run`).
     """
     out = manifest.out
     limits = manifest.limits
@@ -144,28 +147,7 @@ async def run_batch(
     # --adopt rebuilds the record from the service, so a damaged database is moved aside
     # (kept) rather than refused (docs/reliability.md, "The local machine").
     async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
-        await store.init_batch(
-            name=manifest.name,
-            tag=config.tag,
-            cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
-            manifest_sha256=manifest_sha256(manifest),
-        )
-        await store.save_run_settings(RunSettings.of(manifest))  # for retry, verify --repair
-        canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
-        if canceled_at is None:
-            fingerprint = plan_fingerprint(manifest)
-            known = await store.plan_is_current(fingerprint)
-            if known is not None:  # a resume of an unchanged manifest: no cell to add
-                planned = known
-            else:
-                planned = await store.plan_rows(
-                    store_rows(manifest), max_attempts=manifest.retries.attempts
-                )
-                await store.set_plan_fingerprint(fingerprint)
-        else:
-            planned = PlanResult(added=0, kept=await store.cell_total(), removed=0)
-            log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
-        log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
+        planned, canceled_at = await plan_batch(store, manifest, config.tag, overrides)
         adopted = None
         if overrides.adopt:  # operations: the workflows the service already has for the batch
             backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
@@ -173,26 +155,90 @@ async def run_batch(
         swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
         if swept:
             log.info("stray_temp_files_removed", count=swept)
-        engine = Engine(store, client, config)
         stats = await drive(
-            engine,
+            Engine(store, client, config),
             planned.added + planned.kept,
             handle_signals=handle_signals,
             progress=progress,
             captions=manifest.captions,
         )
-        unsubmitted, unsubmitted_buzz = await store.unsubmitted()
-        return RunOutcome(
-            plan=planned,
-            stats=stats,
-            budget=await store.budget(),
-            counts=await store.counts(),
-            unsubmitted=unsubmitted,
-            unsubmitted_buzz=unsubmitted_buzz,
-            adopted=adopted,
-            canceled_at=canceled_at,
-            set_aside=store.set_aside,
+        outcome = await read_outcome(
+            store, planned, stats, adopted=adopted, canceled_at=canceled_at
         )
+    capped = cap_reached(outcome, command=f"zbatch run {manifest.path}")
+    if capped is not None:
+        raise capped
+    return outcome
+
+
+async def plan_batch(
+    store: Store, manifest: Manifest, tag: str, overrides: RunOverrides
+) -> tuple[PlanResult, str | None]:
+    """Record the batch and add the manifest's cells, unless `zbatch cancel` stopped it (then
+    nothing is planned). Returns what was planned and when the batch was canceled."""
+    await store.init_batch(
+        name=manifest.name,
+        tag=tag,
+        cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
+        manifest_sha256=manifest_sha256(manifest),
+    )
+    await store.save_run_settings(RunSettings.of(manifest))  # for retry, verify --repair
+    canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
+    if canceled_at is None:
+        fingerprint = plan_fingerprint(manifest)
+        known = await store.plan_is_current(fingerprint)
+        if known is not None:  # a resume of an unchanged manifest: no cell to add
+            planned = known
+        else:
+            planned = await store.plan_rows(
+                store_rows(manifest), max_attempts=manifest.retries.attempts
+            )
+            await store.set_plan_fingerprint(fingerprint)
+    else:
+        planned = PlanResult(added=0, kept=await store.cell_total(), removed=0)
+        log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
+    log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
+    return planned, canceled_at
+
+
+async def read_outcome(
+    store: Store,
+    planned: PlanResult,
+    stats: RunStats,
+    *,
+    adopted: AdoptReport | None = None,
+    canceled_at: str | None = None,
+) -> RunOutcome:
+    """How the run ended, read from the store once the engine has stopped."""
+    unsubmitted, unsubmitted_buzz = await store.unsubmitted()
+    return RunOutcome(
+        plan=planned,
+        stats=stats,
+        budget=await store.budget(),
+        counts=await store.counts(),
+        unsubmitted=unsubmitted,
+        unsubmitted_buzz=unsubmitted_buzz,
+        adopted=adopted,
+        canceled_at=canceled_at,
+        set_aside=store.set_aside,
+    )
+
+
+def cap_reached(outcome: RunOutcome, *, command: str) -> CapReached | None:
+    """The `CapReached` a run the Buzz cap stopped ends with (its `outcome` attached), or
+    None. `command` is what runs the batch again (`zbatch run MANIFEST`); the message adds
+    the `--budget` that would let it submit every cell left."""
+    if not outcome.stats.cap_reached:
+        return None
+    b = outcome.budget
+    finish_buzz = b.committed_buzz + outcome.unsubmitted_buzz
+    return CapReached(
+        f"the Buzz cap of {b.cap_buzz} stopped the batch: {b.charged_buzz} Buzz charged and"
+        f" {b.reserved_buzz} reserved; {outcome.unsubmitted} cells not submitted, about"
+        f" {outcome.unsubmitted_buzz} Buzz. To resume, raise the cap: `{command} --budget"
+        f" {finish_buzz}` (retries may need more); nothing is submitted twice",
+        outcome=outcome,
+    )
 
 
 async def drive(
@@ -204,43 +250,34 @@ async def drive(
     captions: str,
 ) -> RunStats:
     """Run the engine to its end, with the live display when asked, keeping the dataset
-    (`metadata.jsonl`, captions) current while it runs and whole once it ends."""
+    (`metadata.jsonl`, captions) current while it runs and whole once it ends.
+
+    The display and the refresh run in the engine's task group, so an error of theirs
+    stops the run as the engine's own errors do, and is raised as `Engine.run` raises them.
+    """
     out = engine.config.out_dir
-    stopped: ZbatchError | None = None  # raised as itself, not inside an exception group
-    async with anyio.create_task_group() as tg:
-        if progress is not None:
-            tg.start_soon(progress, engine, cells)
-        tg.start_soon(keep_dataset_current, engine, captions)
-        try:
-            stats = await engine.run(handle_signals=handle_signals)
-        except ZbatchError as exc:
-            stopped = exc
-        finally:
-            tg.cancel_scope.cancel()
-    if stopped is not None:
-        raise stopped
+    companions = [functools.partial(keep_dataset_current, engine.store, out, captions)]
+    if progress is not None:
+        companions.append(functools.partial(progress, engine, cells))
+    stats = await engine.run(handle_signals=handle_signals, companions=companions)
     rows = await refresh_dataset(engine.store, out, captions=captions, rebuild=True)
     log.info("dataset_written", rows=rows, path=str(OutFolder(out).metadata))
     return stats
 
 
-async def keep_dataset_current(engine: Engine, captions: str) -> None:
+async def keep_dataset_current(store: Store, out: Path, captions: str) -> None:
     """Rewrite the dataset every DATASET_EVERY_S, or 20 times its last duration when longer
     (a refresh of a million rows takes seconds: it must never crowd out the run).
 
-    A disk that refuses the refresh (full, read-only) stops the run as a refused image
-    would: images written now could not be listed, and the next would fail the same way.
+    A disk that refuses the refresh (full, read-only) raises, which stops the run as a
+    refused image would: images written now could not be listed, and the next would fail
+    the same way.
     """
-    store, out = engine.store, engine.config.out_dir
     every_s = DATASET_EVERY_S
     while True:
         await anyio.sleep(every_s)
         started = anyio.current_time()
-        try:
-            await refresh_dataset(store, out, captions=captions)
-        except ZbatchError as exc:
-            engine.fail(exc)
-            return
+        await refresh_dataset(store, out, captions=captions)
         every_s = max(DATASET_EVERY_S, 20 * (anyio.current_time() - started))
 
 

@@ -16,7 +16,7 @@ from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 from runner.manifest._load import parse_manifest
 from runner.ops._run import run_batch
 
-FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 
 PROMPTS = (
     'A cozy cabin <b>in the woods</b> & "friends" at sunset',

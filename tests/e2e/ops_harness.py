@@ -17,7 +17,7 @@ from runner.emulator import EmulatorTransport, ManualClock
 from runner.emulator.service import Emulator
 from runner.manifest._load import Manifest, parse_manifest
 
-FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 TOKEN = "ops-token"
 
 MANIFEST = """

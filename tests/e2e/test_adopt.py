@@ -6,8 +6,10 @@ import shutil
 from pathlib import Path
 
 import anyio
+import pytest
 
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
+from runner.errors import CapReached
 from runner.ops._run import RunOverrides, run_batch
 from tests.e2e.ops_harness import (
     FAST,
@@ -77,8 +79,9 @@ async def test_adopt_records_failed_attempts_in_order_and_continues_numbering(
         app = make_app(EmulatorConfig(time_scale=0, faults=faults))
         emulator = emulator_of(app)
         async with client_for(app) as client:
-            first = await run_batch(m, client, overrides=RunOverrides(budget_buzz=5), tuning=FAST)
-            assert first.stats.cap_reached
+            with pytest.raises(CapReached) as capped:
+                await run_batch(m, client, overrides=RunOverrides(budget_buzz=5), tuning=FAST)
+            assert capped.value.outcome.stats.cap_reached
             before = rows(m, QUERY)
             delete_record(m)
             shutil.rmtree(m.out / "images", ignore_errors=True)

@@ -257,7 +257,7 @@ grid:
 retries: {attempts: 4}
 limits: {in_flight: 6, submit_per_s: 1000, downloads: 4}
 """
-TUNING = {"poll_min_s": 0.01, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+TUNING = {"poll_min_s": 0.01, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 
 
 async def test_a_run_under_the_hostile_profile_accounts_for_every_cell(tmp_path: Path) -> None:

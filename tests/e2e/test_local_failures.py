@@ -8,6 +8,7 @@ write boundary (tests/diskfull.py); docs/reliability.md, "The local machine", sa
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -15,7 +16,7 @@ import pytest
 
 from runner.dataset._metadata import METADATA_NAME, refresh_dataset
 from runner.emulator import EmulatorConfig, ManualClock, make_app
-from runner.errors import DatabaseDamaged, DiskFull
+from runner.errors import CapReached, DatabaseDamaged, DiskFull
 from runner.manifest._load import Manifest, parse_manifest
 from runner.ops._run import RunOverrides, run_batch
 from runner.ops._verify import verify_batch
@@ -113,8 +114,9 @@ async def test_a_full_disk_under_the_database_is_refused_before_any_submit(
         assert disk.real == mount_permitted()
         disk.inject(monkeypatch)
         async with client_for(app) as client:
-            first = await run_batch(m, client, overrides=RunOverrides(budget_buzz=6), tuning=FAST)
-            assert first.stats.cap_reached
+            with pytest.raises(CapReached) as capped:
+                await run_batch(m, client, overrides=RunOverrides(budget_buzz=6), tuning=FAST)
+            assert capped.value.outcome.stats.cap_reached
             count = emulator_of(app).state()["workflow_count"]
             before = rows(m, "SELECT id, state, reserved_buzz, charged_buzz FROM attempts")
             disk.fill()
@@ -273,4 +275,68 @@ async def test_a_dataset_refresh_refused_mid_run_stops_the_run_and_the_next_fini
     assert outcome.counts["succeeded"] == CELLS
     lines = (m.out / METADATA_NAME).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 * CELLS
+    assert_one_workflow_per_external_id(app)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside `exc`, through nested exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+def denied() -> OSError:
+    """An OSError that looks like the disk's (EACCES) but comes from no write of the run."""
+    import errno
+
+    return PermissionError(errno.EACCES, "Permission denied", "/nonexistent/zbatch-bug")
+
+
+@pytest.mark.parametrize(
+    ("part", "error"),
+    [
+        ("poller", lambda: RuntimeError("bug")),
+        ("downloader", lambda: RuntimeError("bug")),
+        ("dataset refresh", lambda: RuntimeError("bug")),
+        ("poller", denied),
+    ],
+)
+async def test_a_bug_in_a_part_of_the_run_comes_out_as_itself(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    part: str,
+    error: Callable[[], Exception],
+) -> None:
+    """An unexpected exception (a bug, not a refused write of the run) is neither turned
+    into a disk or database error nor swallowed: the run raises it, alone in its exception
+    group. A refused write is translated where it happens (`runner.disk`, the store); an
+    EACCES from anywhere else is not taken for the disk's."""
+    import runner.ops._run
+    from runner.engine._downloader import Downloader
+    from runner.engine._poller import Poller
+
+    m = manifest(tmp_path)
+    hit: list[str] = []
+
+    async def bug(*args: object, **kwargs: object) -> None:
+        hit.append(part)
+        raise error()
+
+    if part == "poller":
+        monkeypatch.setattr(Poller, "_seen", bug)
+    elif part == "downloader":
+        monkeypatch.setattr(Downloader, "_download", bug)
+    else:
+        monkeypatch.setattr(runner.ops._run, "DATASET_EVERY_S", 0)
+        monkeypatch.setattr(runner.ops._run, "refresh_dataset", bug)
+    # time_scale > 0: workflows are still running when submitted, so the poller sees them
+    app = make_app(EmulatorConfig(time_scale=0.01 if part == "poller" else 0))
+    with anyio.fail_after(60):
+        async with client_for(app) as client:
+            with pytest.raises(BaseExceptionGroup) as caught:
+                await run_batch(m, client, runtime_scale=0.01, tuning=FAST)
+    assert hit, f"the {part} was never reached"
+    found = leaves(caught.value)  # two download workers may both have hit it
+    expected = error()
+    assert {(type(e), str(e)) for e in found} == {(type(expected), str(expected))}, found
     assert_one_workflow_per_external_id(app)

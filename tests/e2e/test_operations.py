@@ -15,6 +15,7 @@ from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock
 from runner.emulator.ledger import account_id
 from runner.engine._engine import Engine, EngineConfig
 from runner.engine._pacing import Backoff
+from runner.errors import CapReached
 from runner.manifest._load import Manifest
 from runner.ops import _retry as retry_module
 from runner.ops._cancel import cancel_batch
@@ -69,8 +70,9 @@ async def test_retry_leaves_cells_the_cap_stopped_and_blocked_cells_alone(tmp_pa
         m = manifest(tmp_path, seeds=2, budget=3)
         app = make_app(EmulatorConfig(time_scale=0, blocked_words=frozenset({"lighthouse"})))
         async with client_for(app) as client:
-            first = await run_batch(m, client, tuning=FAST)
-            assert first.stats.cap_reached
+            with pytest.raises(CapReached) as capped:
+                await run_batch(m, client, tuning=FAST)
+            assert capped.value.outcome.stats.cap_reached
             blocked = [k for k, s in cell_states(m).items() if s == "blocked"]
             assert blocked
             count = emulator_of(app).state()["workflow_count"]

@@ -112,9 +112,7 @@ async def test_a_refund_posted_after_the_failure_is_waited_for(tmp_path: Path) -
             async with Client(
                 base_url="http://api", token="t", transport=httpx.MockTransport(handler)
             ) as client:
-                config = EngineConfig(
-                    tag="zbatch:r", out_dir=tmp_path, poll_min_s=0.001, idle_check_s=0.01
-                )
+                config = EngineConfig(tag="zbatch:r", out_dir=tmp_path, poll_min_s=0.001)
                 await Engine(store, client, config).run()
             budget = await store.budget()
             assert (await store.counts())["failed"] == 1

@@ -22,13 +22,13 @@ from runner.emulator import (
     running_server,
 )
 from runner.emulator.service import Emulator
-from runner.errors import AuthError, FundsError
+from runner.errors import AuthError, CapReached, FundsError
 from runner.manifest._load import Manifest, parse_manifest
 from runner.ops._run import RunOutcome, RunOverrides, run_batch
 from runner.store._store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01, "idle_check_s": 0.01}
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 
 MANIFEST = """
 name: e2e
@@ -137,11 +137,25 @@ async def test_created_then_502_is_resubmitted_not_duplicated(tmp_path: Path) ->
 
 
 async def test_cap_holds_and_reports_what_is_left(tmp_path: Path) -> None:
+    """The run the cap stopped raises CapReached (exit 4) saying what was charged and
+    reserved, the cap, and the command that resumes; the run's outcome rides along."""
     with anyio.fail_after(30):
         m = manifest(tmp_path, seeds=2)  # 12 cells at 1 Buzz each
-        outcome, emulator = await run(
-            m, EmulatorConfig(time_scale=0), overrides=RunOverrides(budget_buzz=5)
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with Client(
+            base_url="http://emulator", token="e2e-token", transport=EmulatorTransport(app)
+        ) as client:
+            with pytest.raises(CapReached) as caught:
+                await run_batch(m, client, tuning=FAST, overrides=RunOverrides(budget_buzz=5))
+        assert caught.value.exit_code == 4
+        assert str(caught.value) == (
+            "the Buzz cap of 5 stopped the batch: 5 Buzz charged and 0 reserved; 7 cells not"
+            " submitted, about 7 Buzz. To resume, raise the cap:"
+            f" `zbatch run {m.path} --budget 12` (retries may need more); nothing is"
+            " submitted twice"
         )
+        outcome: RunOutcome = caught.value.outcome
+        emulator: Emulator = app.state.emulator
         assert outcome.stats.cap_reached
         assert emulator.state()["buzz"]["net_buzz"] <= 5
         assert outcome.counts["succeeded"] == 5
