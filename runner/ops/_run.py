@@ -26,7 +26,8 @@ from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.engine._pacing import Backoff
 from runner.errors import ZbatchError
-from runner.grid import KEY_VERSION, expand, store_rows
+from runner.grid import expand, store_rows
+from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest._load import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
 from runner.store._rows import Budget, CellRow, PlanResult
@@ -61,11 +62,6 @@ class RunOutcome:
     adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
     canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
     set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
-
-
-def batch_tag(name: str) -> str:
-    """The API tag of every workflow of a batch."""
-    return f"zbatch:{name}"
 
 
 def cell_rows(manifest: Manifest) -> Iterator[CellRow]:

@@ -21,7 +21,8 @@ from runner.emulator import (
     make_app,
 )
 from runner.engine._engine import Engine, EngineConfig
-from runner.ops._run import RunOverrides, batch_tag, cell_rows, run_batch
+from runner.identity import batch_tag
+from runner.ops._run import RunOverrides, cell_rows, run_batch
 from runner.store._rows import CellRow
 from runner.store._store import Store
 from tests.e2e.test_run import FAST, manifest
