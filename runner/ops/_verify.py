@@ -25,8 +25,7 @@ from runner.disk._atomic import atomic_write_bytes
 from runner.disk._out_folder import OutFolder
 from runner.engine._downloader import FetchedImage, ImageFetcher
 from runner.engine._pacing import Backoff
-from runner.store._ops import StoredImage
-from runner.store._rows import PendingImage
+from runner.store._rows import PendingImage, StoredImage
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
