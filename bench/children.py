@@ -25,8 +25,9 @@ import anyio
 
 from runner.disk._out_folder import OutFolder
 from runner.grid import store_rows
+from runner.identity import batch_tag
 from runner.manifest._load import load_manifest, parse_manifest
-from runner.ops._run import batch_tag, manifest_sha256
+from runner.ops._run import manifest_sha256
 from runner.store._store import Store
 
 EXPAND_MANIFEST = """\

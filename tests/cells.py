@@ -1,4 +1,9 @@
-"""Rows for tests: planned cells (a 64x64 turbo request per number) and pending images."""
+"""Rows for tests: planned cells (a 64x64 turbo request per number) and pending images.
+
+A planned cell is the `PlanRow` production plans (`grid.store_rows` -> `Store.plan_rows`),
+its JSON spelled by the same `identity.record_json`; a test that needs a manifest's cells
+plans `grid.store_rows(manifest)` itself.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,34 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner.api._models import Workflow
-from runner.store._rows import CellRow, PendingImage
+from runner.identity import PlanRow, record_json
+from runner.store._rows import PendingImage
 
 
-def turbo_cell(n: int, *, estimate_buzz: int) -> CellRow:
-    """Cell `n`: key `n` as 32 hex digits, prompt `p<n>`, seed `n`, no variables."""
-    return CellRow(
-        key=f"{n:032x}",
-        replica=0,
-        model="turbo",
-        request={"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
-        vars={},
+def planned_cell(
+    key: str,
+    request: Mapping[str, Any],
+    *,
+    estimate_buzz: int,
+    variables: Mapping[str, str] | None = None,
+    replica: int = 0,
+    model: str | None = None,
+) -> PlanRow:
+    """A cell to plan: `key`, `request`, its variables; `model` is the request's by default."""
+    return PlanRow(
+        key=key,
+        replica=replica,
+        model=model or str(request["model"]),
+        request_json=record_json(dict(request)),
+        vars_json=record_json(dict(variables or {})),
         estimate_buzz=estimate_buzz,
     )
+
+
+def turbo_cell(n: int, *, estimate_buzz: int, model: str = "turbo") -> PlanRow:
+    """Cell `n`: key `n` as 32 hex digits, prompt `p<n>`, seed `n`, no variables."""
+    request = {"model": model, "prompt": f"p{n}", "width": 64, "height": 64, "seed": n}
+    return planned_cell(f"{n:032x}", request, estimate_buzz=estimate_buzz)
 
 
 def first_image(wf: Workflow, request: Mapping[str, Any], *, cell_key: str) -> PendingImage:

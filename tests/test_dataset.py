@@ -28,7 +28,7 @@ from runner.emulator import EmulatorConfig, EmulatorTransport, FaultProfile, mak
 from runner.errors import DiskFull
 from runner.manifest._load import Manifest, parse_manifest
 from runner.ops._run import RunOutcome, run_batch
-from runner.store._reads import DatasetImage
+from runner.store._rows import DatasetImage
 from runner.store._store import Store
 
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}

@@ -20,7 +20,7 @@ from runner.cli._main import main
 from runner.dataset._export import default_target, export, shard_urls
 from runner.dataset._metadata import column_names, metadata_row
 from runner.errors import ExportError, MissingExtra
-from runner.store._reads import DatasetImage
+from runner.store._rows import DatasetImage
 from runner.store._store import Store
 from tests.test_dataset import LORA, fill_batch, read_jsonl, run_small_batch
 

@@ -186,7 +186,7 @@ def test_external_ids_are_short_safe_and_per_attempt():
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,128}", i) for i in ids)
     assert cell.external_id(2) == f"zb-{cell.key}-a2"
     assert re.fullmatch(r"[0-9a-f]{32}", cell.key)
-    with pytest.raises(ValueError, match="attempt must be >= 0"):
+    with pytest.raises(ValueError, match="attempt must be between 1 and"):
         cell.external_id(-1)
 
 

@@ -30,10 +30,12 @@ from runner.errors import (
     NewerSchema,
     ReadOnlyDisk,
 )
+from runner.identity import PlanRow
 from runner.log import configure_logging
 from runner.store._migrations import SCHEMA_VERSION
-from runner.store._rows import AttemptState, CellRow
-from runner.store._store import Store, header_problem
+from runner.store._open import header_problem
+from runner.store._rows import AttemptState
+from runner.store._store import Store
 from tests.cells import turbo_cell
 from tests.diskfull import SmallDisk, mount_permitted, small_disk
 
@@ -47,7 +49,7 @@ grid:
 """
 
 
-def cell(n: int) -> CellRow:
+def cell(n: int) -> PlanRow:
     return turbo_cell(n, estimate_buzz=1)
 
 
@@ -101,7 +103,7 @@ async def test_sqlite_full_at_the_intent_leaves_the_attempt_planned(disk: SmallD
     with anyio.fail_after(20):
         async with await Store.open(disk.path / "batch.sqlite") as store:
             await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
-            await store.plan([cell(i) for i in range(3)], max_attempts=1)
+            await store.plan_rows([cell(i) for i in range(3)], max_attempts=1)
             attempt = (await store.next_planned(1))[0]
             disk.fill()
             with pytest.raises(DiskFull, match="is full"):
@@ -124,7 +126,7 @@ async def test_a_database_made_read_only_during_a_run_stops_at_the_next_commit(
     with anyio.fail_after(20):
         async with await Store.open(tmp_path / "batch.sqlite") as store:
             await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
-            await store.plan([cell(i) for i in range(2)], max_attempts=1)
+            await store.plan_rows([cell(i) for i in range(2)], max_attempts=1)
             attempt = (await store.next_planned(1))[0]
             real_commit = Store._commit
 

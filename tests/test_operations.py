@@ -15,8 +15,9 @@ import structlog
 from runner.cli._main import main
 from runner.emulator import EmulatorConfig, running_server
 from runner.errors import StoreError
+from runner.identity import PlanRow
 from runner.store._migrations import MIGRATIONS, SCHEMA_VERSION
-from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.store._rows import AttemptState, ImageOutcome
 from runner.store._settings import RunSettings
 from runner.store._store import Store
 from tests.cells import turbo_cell
@@ -30,7 +31,7 @@ def _reset_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-def cell(n: int) -> CellRow:
+def cell(n: int) -> PlanRow:
     return turbo_cell(n, estimate_buzz=2)
 
 
@@ -38,7 +39,7 @@ def cell(n: int) -> CellRow:
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     s = await Store.open(tmp_path / "batch.sqlite")
     await s.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
-    await s.plan([cell(i) for i in range(4)], max_attempts=1)
+    await s.plan_rows([cell(i) for i in range(4)], max_attempts=1)
     try:
         yield s
     finally:

@@ -16,9 +16,10 @@ from runner.cli._progress import RateWindow, Snapshot, render_line, render_summa
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.errors import CapReached
+from runner.identity import PlanRow
 from runner.manifest._load import parse_manifest
 from runner.ops._run import RunOutcome, RunOverrides, run_batch
-from runner.store._rows import Budget, CellRow, PlanResult
+from runner.store._rows import Budget, PlanResult
 from runner.store._store import Store
 from tests.cells import turbo_cell
 from tests.e2e.test_run import FAST, MANIFEST
@@ -185,7 +186,7 @@ def test_summary_of_a_stopped_run_says_how_to_continue() -> None:
 # -- show_progress on an engine ------------------------------------------------------------
 
 
-def cell(n: int) -> CellRow:
+def cell(n: int) -> PlanRow:
     return turbo_cell(n, estimate_buzz=3)
 
 
@@ -193,7 +194,7 @@ def cell(n: int) -> CellRow:
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
     store = await Store.open(tmp_path / "batch.sqlite")
     await store.init_batch(name="t", tag="zbatch:t", cap_buzz=10)
-    await store.plan([cell(i) for i in range(4)], max_attempts=1)
+    await store.plan_rows([cell(i) for i in range(4)], max_attempts=1)
     app = make_app(EmulatorConfig(time_scale=0))
     async with Client(base_url="http://emulator", token="t", transport=EmulatorTransport(app)) as c:
         try:

@@ -13,8 +13,10 @@ import pytest
 from runner.cli._main import main
 from runner.dataset._report import read_report, render_report, report_json
 from runner.emulator import FaultProfile, FaultRule
-from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.identity import PlanRow
+from runner.store._rows import AttemptState, ImageOutcome
 from runner.store._store import Store
+from tests.cells import planned_cell
 from tests.test_dataset import run_small_batch
 
 
@@ -34,11 +36,9 @@ class Clock:
         return self.now
 
 
-def cell(n: int) -> CellRow:
+def cell(n: int) -> PlanRow:
     request = {"model": "turbo", "prompt": f"cell {n}", "width": 64, "height": 64, "quantity": 2}
-    return CellRow(
-        key=f"{n:016x}", replica=0, model="turbo", request=request, vars={}, estimate_buzz=2
-    )
+    return planned_cell(f"{n:016x}", request, estimate_buzz=2)
 
 
 async def recorded_batch(out: Path) -> None:
@@ -47,7 +47,7 @@ async def recorded_batch(out: Path) -> None:
     clock = Clock()
     async with await Store.open(out / "batch.sqlite", now=clock) as store:
         await store.init_batch(name="interiors", tag="zbatch:interiors", cap_buzz=20)
-        await store.plan([cell(n) for n in range(4)], max_attempts=1)
+        await store.plan_rows([cell(n) for n in range(4)], max_attempts=1)
         clock.now = "2026-01-01T10:01:00.000+00:00"
         for attempt_id in (1, 2, 3):
             assert await store.reserve(attempt_id, 2)

@@ -14,14 +14,15 @@ from runner.dataset._status import read_status, render_status, status_json
 from runner.disk._atomic import atomic_write_bytes
 from runner.disk._images import image_path
 from runner.errors import NotABatch, StoreError
-from runner.store._rows import AttemptState, CellRow, ImageOutcome
+from runner.identity import PlanRow
+from runner.store._rows import AttemptState, ImageOutcome
 from runner.store._store import Store
 from tests.cells import turbo_cell
 
 NOW = "2026-01-02T03:04:05.000+00:00"
 
 
-def cell(n: int) -> CellRow:
+def cell(n: int) -> PlanRow:
     return turbo_cell(n, estimate_buzz=5)
 
 
@@ -34,7 +35,7 @@ async def build(out: Path) -> Store:
     """
     store = await Store.open(out / "batch.sqlite", now=lambda: NOW)
     await store.init_batch(name="cabins", tag="zbatch:cabins", cap_buzz=100)
-    await store.plan([cell(i) for i in range(7)], max_attempts=2)
+    await store.plan_rows([cell(i) for i in range(7)], max_attempts=2)
     a = {x.cell_key: x for x in await store.next_planned(10)}
     ids = [a[cell(i).key].id for i in range(6)]
     for n, attempt_id in enumerate(ids):

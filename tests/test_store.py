@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,19 +11,14 @@ import anyio
 import pytest
 
 from runner.errors import StoreError
-from runner.store._rows import AttemptState, CellRow, ImageOutcome, external_id_for
+from runner.identity import PlanRow, external_id
+from runner.store._rows import AttemptState, ImageOutcome
 from runner.store._store import Store
+from tests.cells import turbo_cell
 
 
-def cell(n: int, *, estimate: int = 8, model: str = "turbo") -> CellRow:
-    return CellRow(
-        key=f"{n:032x}",
-        replica=0,
-        model=model,
-        request={"model": model, "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
-        vars={},
-        estimate_buzz=estimate,
-    )
+def cell(n: int, *, estimate: int = 8, model: str = "turbo") -> PlanRow:
+    return turbo_cell(n, estimate_buzz=estimate, model=model)
 
 
 @pytest.fixture
@@ -36,9 +33,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def test_plan_is_idempotent_and_reports_removed_cells(store: Store) -> None:
     with anyio.fail_after(10):
-        first = await store.plan([cell(i) for i in range(5)], max_attempts=3)
-        again = await store.plan([cell(i) for i in range(5)], max_attempts=3)
-        edited = await store.plan([cell(i) for i in range(2, 7)], max_attempts=3)
+        first = await store.plan_rows([cell(i) for i in range(5)], max_attempts=3)
+        again = await store.plan_rows([cell(i) for i in range(5)], max_attempts=3)
+        edited = await store.plan_rows([cell(i) for i in range(2, 7)], max_attempts=3)
         assert (first.added, first.kept, first.removed) == (5, 0, 0)
         assert (again.added, again.kept, again.removed) == (0, 5, 0)
         assert (edited.added, edited.kept, edited.removed) == (2, 3, 2)
@@ -49,7 +46,7 @@ async def test_plan_is_idempotent_and_reports_removed_cells(store: Store) -> Non
 
 async def test_reserve_holds_the_cap(store: Store) -> None:
     with anyio.fail_after(10):
-        await store.plan([cell(i, estimate=30) for i in range(5)], max_attempts=1)
+        await store.plan_rows([cell(i, estimate=30) for i in range(5)], max_attempts=1)
         attempts = await store.next_planned(10)
         granted = [await store.reserve(a.id, a.estimate_buzz) for a in attempts]
         assert granted == [True, True, True, False, False]
@@ -60,9 +57,9 @@ async def test_reserve_holds_the_cap(store: Store) -> None:
 
 async def test_running_then_refunded_failure_plans_a_new_attempt(store: Store) -> None:
     with anyio.fail_after(10):
-        await store.plan([cell(1, estimate=10)], max_attempts=2)
+        await store.plan_rows([cell(1, estimate=10)], max_attempts=2)
         (a,) = await store.next_planned(10)
-        assert a.external_id == external_id_for(a.cell_key, 1)
+        assert a.external_id == external_id(a.cell_key, 1)
         assert await store.reserve(a.id, 10)
         await store.mark_running(a.id, "wf-1", charged_buzz=8)
         assert (await store.budget()).committed_buzz == 8
@@ -80,7 +77,7 @@ async def test_running_then_refunded_failure_plans_a_new_attempt(store: Store) -
 
 async def test_blocked_and_rejected_are_never_retried(store: Store) -> None:
     with anyio.fail_after(10):
-        await store.plan([cell(1), cell(2)], max_attempts=5)
+        await store.plan_rows([cell(1), cell(2)], max_attempts=5)
         a, b = await store.next_planned(10)
         for x in (a, b):
             assert await store.reserve(x.id, 8)
@@ -95,7 +92,7 @@ async def test_blocked_and_rejected_are_never_retried(store: Store) -> None:
 
 async def test_succeeded_images_become_pending_then_downloaded_or_lost(store: Store) -> None:
     with anyio.fail_after(10):
-        await store.plan([cell(1)], max_attempts=1)
+        await store.plan_rows([cell(1)], max_attempts=1)
         (a,) = await store.next_planned(1)
         assert await store.reserve(a.id, 8)
         await store.mark_running(a.id, "wf", charged_buzz=8)
@@ -117,7 +114,7 @@ async def test_succeeded_images_become_pending_then_downloaded_or_lost(store: St
 
 async def test_illegal_transition_names_both_states(store: Store) -> None:
     with anyio.fail_after(10):
-        await store.plan([cell(1)], max_attempts=1)
+        await store.plan_rows([cell(1)], max_attempts=1)
         (a,) = await store.next_planned(1)
         with pytest.raises(StoreError, match="cannot move planned -> running"):
             await store.mark_running(a.id, "wf", charged_buzz=8)
@@ -128,7 +125,7 @@ async def test_state_survives_reopen_and_a_second_runner_is_refused(tmp_path: Pa
         path = tmp_path / "batch.sqlite"
         s = await Store.open(path)
         await s.init_batch(name="t", tag="zbatch:t", cap_buzz=50)
-        await s.plan([cell(1)], max_attempts=1)
+        await s.plan_rows([cell(1)], max_attempts=1)
         (a,) = await s.next_planned(1)
         assert await s.reserve(a.id, 8)
         with pytest.raises(StoreError, match=r"in use by pid \d+@"):
@@ -149,11 +146,28 @@ async def test_plan_fingerprint_holds_only_at_the_generation_it_was_taken(store:
     """A retry or a cancel moves the batch to a new generation: the next run must plan."""
     with anyio.fail_after(10):
         assert await store.plan_is_current("fp") is None
-        await store.plan([cell(i) for i in range(3)], max_attempts=1)
+        await store.plan_rows([cell(i) for i in range(3)], max_attempts=1)
         await store.set_plan_fingerprint("fp")
         known = await store.plan_is_current("fp")
         assert known is not None
         assert (known.added, known.kept, known.removed) == (0, 3, 0)
         assert await store.plan_is_current("other") is None
-        await store.plan([cell(0)], max_attempts=1)  # anything that opens a generation
+        await store.plan_rows([cell(0)], max_attempts=1)  # anything that opens a generation
         assert await store.plan_is_current("fp") is None
+
+
+def test_importing_the_store_loads_neither_yaml_nor_the_manifest_parser() -> None:
+    """The store stands below the manifest: opening a batch must not parse YAML."""
+    check = (
+        "import sys, runner.store._store;"
+        " found = [m for m in ('yaml', 'runner.manifest', 'runner.grid', 'runner.dataset')"
+        " if m in sys.modules]; print(found)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.stdout.strip() == "[]"

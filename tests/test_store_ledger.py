@@ -19,8 +19,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from runner.store._rows import AttemptState, CellRow
+from runner.store._rows import AttemptState
 from runner.store._store import Store
+from tests.cells import planned_cell
 
 T = TypeVar("T")
 CAP = 100
@@ -53,10 +54,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.store = self.run(Store.open(self.folder / "batch.sqlite"))
         self.run(self.s.init_batch(name="prop", tag="zbatch:prop", cap_buzz=CAP))
         cells = [
-            CellRow(f"{i:032x}", 0, "turbo", {"i": i}, {}, estimate)
+            planned_cell(f"{i:032x}", {"i": i}, model="turbo", estimate_buzz=estimate)
             for i, estimate in enumerate(estimates)
         ]
-        self.run(self.s.plan(cells, max_attempts=3))
+        self.run(self.s.plan_rows(cells, max_attempts=3))
 
     @rule(pick=st.integers(0, 50))
     def reserve(self, pick: int) -> None:

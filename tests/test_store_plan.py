@@ -1,4 +1,4 @@
-"""`Store.plan` in bulk: chunk boundaries, keys met twice, one planned event per new attempt."""
+"""`Store.plan_rows` in bulk: chunk boundaries, keys met twice, one planned event per attempt."""
 
 from __future__ import annotations
 
@@ -13,21 +13,20 @@ from pathlib import Path
 import anyio
 import pytest
 
+from runner.grid import store_rows
+from runner.identity import PlanRow, external_id
 from runner.manifest._load import parse_manifest
-from runner.ops._run import cell_rows
-from runner.store import _store as store_module
-from runner.store._rows import CellRow, external_id_for
+from runner.store import _plan as plan_module
 from runner.store._store import Store
+from tests.cells import planned_cell
 from tests.test_grid import PINNED_MANIFEST
 
 
-def cell(n: int) -> CellRow:
-    return CellRow(
-        key=f"{(n * 7919) % 1000:032x}",  # not in grid order, as real (hashed) keys are not
-        replica=0,
-        model="turbo",
-        request={"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
-        vars={"n": str(n)},
+def cell(n: int) -> PlanRow:
+    return planned_cell(
+        f"{(n * 7919) % 1000:032x}",  # not in grid order, as real (hashed) keys are not
+        {"model": "turbo", "prompt": f"p{n}", "width": 64, "height": 64, "seed": n},
+        variables={"n": str(n)},
         estimate_buzz=8,
     )
 
@@ -44,14 +43,14 @@ async def test_plan_across_chunks_matches_one_row_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every cell once, in grid order (`seq`), with attempt 1 planned and its one event."""
-    monkeypatch.setattr(store_module, "PLAN_CHUNK", 3)
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 3)
     grid = [cell(n) for n in range(10)] + [cell(4)]  # cell 4 again, last: it keeps that place
     path = tmp_path / "batch.sqlite"
     with anyio.fail_after(10):
         async with await Store.open(path) as store:
             await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
-            first = await store.plan(grid, max_attempts=3)
-            again = await store.plan([cell(n) for n in range(3, 12)], max_attempts=2)
+            first = await store.plan_rows(grid, max_attempts=3)
+            again = await store.plan_rows([cell(n) for n in range(3, 12)], max_attempts=2)
             planned = await store.next_planned(100)
     assert (first.added, first.kept, first.removed) == (10, 1, 0)
     assert (again.added, again.kept, again.removed) == (2, 7, 3)
@@ -61,8 +60,8 @@ async def test_plan_across_chunks_matches_one_row_at_a_time(
     assert rows(path, "SELECT max_attempts FROM cells WHERE key = ?", cell(0).key) == [(3,)]
     attempts = rows(path, "SELECT id, cell_key, attempt, external_id, state FROM attempts")
     assert len(attempts) == 12
-    for _, key, number, external_id, state in attempts:
-        assert (number, external_id, state) == (1, external_id_for(str(key), 1), "planned")
+    for _, key, number, recorded, state in attempts:
+        assert (number, recorded, state) == (1, external_id(str(key), 1), "planned")
     events = rows(path, "SELECT attempt_id, from_state, to_state FROM events ORDER BY id")
     assert sorted(events, key=lambda e: int(str(e[0]))) == [
         (attempt_id, None, "planned") for attempt_id, *_ in sorted(attempts)
@@ -78,13 +77,14 @@ async def test_plan_across_chunks_matches_one_row_at_a_time(
 
 async def test_a_planned_batch_is_recorded_byte_for_byte_as_before(tmp_path: Path) -> None:
     """The rows a plan writes (requests and vars as JSON text, prices, externalIds), pinned
-    from the code before the bulk plan was optimized: a resumed batch must find its cells."""
+    from the code before the bulk plan was optimized: a resumed batch must find its cells.
+    Planned the way `zbatch run` plans them: `grid.store_rows` into `Store.plan_rows`."""
     manifest = parse_manifest(PINNED_MANIFEST, path=tmp_path / "pins.yaml")
     path = tmp_path / "batch.sqlite"
     with anyio.fail_after(10):
         async with await Store.open(path, now=lambda: "2026-01-01T00:00:00.000+00:00") as store:
             await store.init_batch(name=manifest.name, tag="zbatch:pins-v1", cap_buzz=10**6)
-            result = await store.plan(cell_rows(manifest), max_attempts=3)
+            result = await store.plan_rows(store_rows(manifest), max_attempts=3)
     assert (result.added, result.kept, result.removed) == (228, 0, 0)
     cells = rows(
         path,
@@ -123,10 +123,10 @@ async def test_a_plan_that_fails_half_way_leaves_nothing_and_the_next_one_plans_
     """The plan is one transaction: an error (or Ctrl-C) after some merges rolls all of it
     back, puts FULL sync back and drops the scratch table; planning again records every
     cell once."""
-    monkeypatch.setattr(store_module, "PLAN_CHUNK", 4)
-    monkeypatch.setattr(store_module, "PLAN_HANDOFF", 2)
+    monkeypatch.setattr(plan_module, "PLAN_CHUNK", 4)
+    monkeypatch.setattr(plan_module, "PLAN_HANDOFF", 2)
 
-    def failing() -> Iterator[CellRow]:
+    def failing() -> Iterator[PlanRow]:
         for n in range(10):
             yield cell(n)
         raise RuntimeError("the manifest's prompt file went away")
@@ -136,12 +136,12 @@ async def test_a_plan_that_fails_half_way_leaves_nothing_and_the_next_one_plans_
         async with await Store.open(path) as store:
             await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
             with pytest.raises(RuntimeError, match="went away"):
-                await store.plan(failing(), max_attempts=2)
+                await store.plan_rows(failing(), max_attempts=2)
             assert rows(path, "SELECT COUNT(*) FROM cells") == [(0,)]
             with anyio.move_on_after(0) as scope:  # cancelled at its first await
-                await store.plan([cell(n) for n in range(10)], max_attempts=2)
+                await store.plan_rows([cell(n) for n in range(10)], max_attempts=2)
             assert scope.cancelled_caught
-            again = await store.plan([cell(n) for n in range(10)], max_attempts=2)
+            again = await store.plan_rows([cell(n) for n in range(10)], max_attempts=2)
             pragmas = [
                 (await _one(store, "PRAGMA synchronous")),
                 (await _one(store, "SELECT COUNT(*) FROM pragma_database_list")),
@@ -163,12 +163,12 @@ async def _one(store: Store, sql: str) -> object:
 KILLED_PLAN = """
 import sys, anyio
 from pathlib import Path
-from runner.store import _store as store_module
+from runner.store import _plan as plan_module
 from runner.store._store import Store
 from tests.test_store_plan import cell
 
-store_module.PLAN_CHUNK = 50
-store_module.PLAN_HANDOFF = 10
+plan_module.PLAN_CHUNK = 50
+plan_module.PLAN_HANDOFF = 10
 
 def cells(flag):
     for n in range(300):
@@ -182,7 +182,7 @@ async def main():
     path = Path(sys.argv[1])
     async with await Store.open(path) as store:
         await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
-        await store.plan(cells(path.with_name("flag")), max_attempts=2)
+        await store.plan_rows(cells(path.with_name("flag")), max_attempts=2)
 
 anyio.run(main)
 """
@@ -196,7 +196,7 @@ async def test_a_plan_killed_half_way_is_planned_whole_by_the_next_run(tmp_path:
     with anyio.fail_after(10):
         async with await Store.open(path) as store:
             assert await _one(store, "SELECT COUNT(*) FROM cells") == 0
-            result = await store.plan([cell(n) for n in range(300)], max_attempts=2)
+            result = await store.plan_rows([cell(n) for n in range(300)], max_attempts=2)
     assert (result.added, result.kept, result.removed) == (300, 0, 0)
     assert rows(path, "SELECT COUNT(*), COUNT(DISTINCT external_id) FROM attempts") == [(300, 300)]
 

@@ -43,8 +43,7 @@ from runner.dataset._metadata import (
 from runner.disk._atomic import AtomicFile, fsync_dir
 from runner.disk._out_folder import OutFolder
 from runner.errors import ExportError, MissingExtra
-from runner.store._reads import DatasetImage
-from runner.store._rows import ImageState
+from runner.store._rows import DatasetImage, ImageState
 
 FORMATS = ("jsonl", "csv", "parquet", "webdataset")
 IMAGE_STATES = tuple(s.value for s in ImageState)

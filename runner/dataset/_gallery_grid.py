@@ -1,6 +1,7 @@
 """The gallery's X/Y grid: a batch's axes found from its cells, two of them laid out, costs summed.
 
-Pure: no I/O. `gallery.py` reads the cells from the store; `gallery_html.py` and
+Pure: no I/O. `gallery.py` reads the cells from the store (`Store.gallery_cells`: the
+store's `GalleryCell` and `GalleryImage` rows, used here as they are); `gallery_html.py` and
 `gallery_sheet.py` draw the `Grid` this module builds.
 
 **Axes.** The gallery works from OUT alone, without the manifest: an axis is any request
@@ -31,11 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from runner.contract import _zimage as zimage
 from runner.errors import GalleryError
 from runner.grid import canonical_json
+from runner.store._rows import GalleryCell as GalleryCell  # the store's rows, used as they are
+from runner.store._rows import GalleryImage as GalleryImage
 from runner.store._rows import ImageState
 
 # Request fields that can be an axis, in the order ties are broken and filters are shown.
@@ -57,38 +59,6 @@ ALIASES: Mapping[str, str] = {"width": "size", "height": "size", "sampler": "sam
 DEFAULT_STATES: frozenset[str] = frozenset({ImageState.DOWNLOADED.value})
 NONE_LABEL = "(none)"
 ALL_LABEL = "all"
-
-
-@dataclass(frozen=True)
-class GalleryImage:
-    """One image of a cell's attempt, as the store records it (`path` is relative to OUT)."""
-
-    index: int
-    state: str
-    path: str | None
-    sha256: str | None
-    size_bytes: int | None
-    width: int | None
-    height: int | None
-    attempt: int
-    workflow_id: str | None
-
-
-@dataclass(frozen=True)
-class GalleryCell:
-    """One cell of the batch with its inputs, what it cost and the images it produced."""
-
-    key: str
-    seq: int
-    replica: int
-    model: str
-    request: Mapping[str, Any]
-    vars: Mapping[str, str]
-    estimate_buzz: int
-    charged_buzz: int  # all attempts, refunds deducted
-    state: str  # the state of its latest attempt
-    workflow_id: str | None  # of its latest attempt
-    images: tuple[GalleryImage, ...]
 
 
 @dataclass(frozen=True)

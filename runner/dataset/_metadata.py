@@ -29,7 +29,7 @@ from runner.disk._atomic import AtomicFile
 from runner.disk._faults import disk_error
 from runner.disk._out_folder import OutFolder
 from runner.errors import StoreError
-from runner.store._reads import DatasetImage
+from runner.store._rows import DatasetImage
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)

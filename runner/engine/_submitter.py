@@ -25,6 +25,7 @@ from runner.engine._pacing import RateLimiter, Retrier
 from runner.engine._poller import Poller, refund_pending
 from runner.engine._shared import Changes, RunStats
 from runner.errors import ApiError, RejectedError, RetryableError
+from runner.identity import workflow_metadata
 from runner.store._rows import Attempt, AttemptState
 from runner.store._store import Store
 
@@ -151,7 +152,7 @@ class Submitter:
     async def _submit(self, attempt: Attempt) -> None:
         """Send the intent; record the workflow running (or ended), or the service's 400."""
         steps = [{"$type": "imageGen", "input": zimage.step_input(attempt.request)}]
-        metadata = {"zbatch": {"cell": attempt.cell_key, "attempt": attempt.attempt}}
+        metadata = workflow_metadata(attempt.cell_key, attempt.attempt)
 
         async def call() -> Workflow:
             return await self.client.submit(

@@ -3,7 +3,8 @@
 `zbatch run MANIFEST --adopt` calls `adopt_workflows` after planning, when `batch.sqlite` was
 lost or another machine picks the batch up. Every workflow zbatch submits carries the tag
 `zbatch:<batch name>`, the externalId `zb-<cell key>-a<attempt>` and the metadata
-`{"zbatch": {"cell": <key>, "attempt": <n>}}` (docs/operations.md). Adoption pages through
+`{"zbatch": {"cell": <key>, "attempt": <n>}}` (docs/operations.md; `runner.identity` writes
+and reads all three). Adoption pages through
 the tag oldest first, so a cell's attempts come in the order they were made, matches each
 workflow to its cell, and records it: paid, never resubmitted. A workflow that already ended
 is recorded with its outcome at once (a failure plans the next attempt, which the next
@@ -13,7 +14,6 @@ workflow of the cell may then fill); one still running is followed by the engine
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -25,13 +25,13 @@ from runner.api._models import Workflow, WorkflowPage
 from runner.engine._engine import charge_of, image_outcomes, outcome_of, reason_of
 from runner.engine._pacing import Backoff, retrying
 from runner.errors import ApiError
-from runner.store._rows import AttemptState, external_id_for
+from runner.identity import external_id, parse_external_id, parse_workflow_metadata
+from runner.store._rows import AttemptState
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)
 PAGE_SIZE = 100
 LISTED = 20  # unmatched / conflicting workflows named in a report; the rest are counted
-_EXTERNAL_ID = re.compile(r"zb-([0-9a-f]{8,64})-a([1-9][0-9]{0,5})")
 
 
 @dataclass
@@ -58,20 +58,12 @@ def identity_of(wf: Workflow) -> tuple[str, int] | None:
     From the metadata `{"zbatch": {"cell", "attempt"}}`, else from the externalId; the two
     must agree when both are there.
     """
-    meta = wf.raw.get("metadata")
-    mark = meta.get("zbatch") if isinstance(meta, dict) else None
-    found: tuple[str, int] | None = None
-    if isinstance(mark, dict) and isinstance(mark.get("cell"), str):
-        attempt = mark.get("attempt")
-        if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1:
-            found = (mark["cell"], attempt)
+    found = parse_workflow_metadata(wf.raw.get("metadata"))
     if found is None and wf.external_id is not None:
-        match = _EXTERNAL_ID.fullmatch(wf.external_id)
-        if match is not None:
-            found = (match.group(1), int(match.group(2)))
+        found = parse_external_id(wf.external_id)
     if found is None:
         return None
-    if wf.external_id is not None and wf.external_id != external_id_for(*found):
+    if wf.external_id is not None and wf.external_id != external_id(*found):
         return None
     return found
 

@@ -35,8 +35,7 @@ from runner.ops._run import (
     drive,
     with_client,
 )
-from runner.store._ops import RetryPlan
-from runner.store._rows import PlanResult
+from runner.store._rows import PlanResult, RetryPlan
 from runner.store._settings import RunSettings
 from runner.store._store import Store
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,17 +20,17 @@ import structlog
 
 from runner import __version__
 from runner.api._client import Client
-from runner.contract import _zimage as zimage
 from runner.dataset._metadata import refresh_dataset
 from runner.disk._atomic import sweep_batch_temps
 from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig, RunStats
 from runner.engine._pacing import Backoff
 from runner.errors import CapReached
-from runner.grid import KEY_VERSION, expand, store_rows
+from runner.grid import store_rows
+from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest._load import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
-from runner.store._rows import Budget, CellRow, PlanResult
+from runner.store._rows import Budget, PlanResult
 from runner.store._settings import RunSettings
 from runner.store._store import Store
 
@@ -63,33 +63,6 @@ class RunOutcome:
     adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
     canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
     set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
-
-
-def batch_tag(name: str) -> str:
-    """The API tag of every workflow of a batch."""
-    return f"zbatch:{name}"
-
-
-def cell_rows(manifest: Manifest) -> Iterator[CellRow]:
-    """The manifest's cells as store rows, each with its formula price."""
-    for cell in expand(manifest):
-        request: dict[str, Any] = dict(cell.request)
-        if request.get("loras") is not None:
-            request["loras"] = zimage.lora_dict(request["loras"])
-        yield CellRow(
-            key=cell.key,
-            replica=cell.replica,
-            model=str(request["model"]),
-            request=request,
-            vars=dict(cell.vars),
-            estimate_buzz=zimage.price_buzz(
-                model=str(request["model"]),
-                width=int(request["width"]),
-                height=int(request["height"]),
-                steps=int(request["steps"]),
-                quantity=int(request["quantity"]),
-            ),
-        )
 
 
 def plan_fingerprint(manifest: Manifest) -> str:

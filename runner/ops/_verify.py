@@ -29,8 +29,7 @@ from runner.disk._out_folder import OutFolder
 from runner.engine._downloader import FetchedImage, ImageFetcher
 from runner.engine._pacing import Backoff
 from runner.ops._retry import batch_settings
-from runner.store._ops import StoredImage
-from runner.store._rows import PendingImage
+from runner.store._rows import PendingImage, StoredImage
 from runner.store._store import Store
 
 log = structlog.get_logger(__name__)

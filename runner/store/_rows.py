@@ -1,11 +1,16 @@
-"""The records of a batch: attempt and image states, and the rows the store hands out.
+"""The records of a batch: attempt and image states, and every row the store hands out.
 
-Pure data: the store (`store.py`) reads and writes them, the engine acts on them.
+Pure data (no SQL, no I/O): the store (`_transitions.py`, `_ops.py`, `_reads.py`) makes
+them, the engine, the operations and the dataset act on them. A planned cell, what the
+store takes rather than gives, is `runner.identity.PlanRow`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -37,18 +42,7 @@ class ImageState(StrEnum):
 
 
 RETRYABLE_OUTCOMES = frozenset({AttemptState.FAILED, AttemptState.EXPIRED})
-
-
-@dataclass(frozen=True)
-class CellRow:
-    """One grid cell as the store keeps it: its key, request and estimated price."""
-
-    key: str
-    replica: int
-    model: str
-    request: dict[str, Any]
-    vars: dict[str, str]
-    estimate_buzz: int
+FINAL_WORKFLOW_STATES = ("succeeded", "failed", "expired", "canceled", "blocked")
 
 
 @dataclass(frozen=True)
@@ -109,11 +103,6 @@ class Budget:
     reserved_buzz: int
 
 
-def external_id_for(cell_key: str, attempt: int) -> str:
-    """The idempotency key of an attempt: `[A-Za-z0-9_-]`, at most 128 characters."""
-    return f"zb-{cell_key[:48]}-a{attempt}"
-
-
 @dataclass(frozen=True)
 class BatchInfo:
     """The batch row, as `zbatch status` shows it."""
@@ -131,3 +120,126 @@ class FailureReason:
     kind: str
     reason: str
     count: int
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """One image joined with the attempt and cell that made it: a dataset or export row."""
+
+    attempt_id: int
+    index: int
+    state: str  # the image's: downloaded, pending or lost
+    path: str | None  # relative to OUT, once downloaded
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None  # measured on the downloaded file
+    height: int | None
+    reason: str | None  # why it was lost
+    cell_key: str
+    attempt: int
+    workflow_id: str | None
+    model: str
+    request_json: str  # the cell's request, parsed on first use (`request`)
+    vars_json: str  # its template variables (`vars`)
+    charged_buzz: int  # the whole attempt's charge (every image of it)
+    created_at: str | None  # when the service answered with the workflow id
+    finished_at: str  # the attempt's last transition: its outcome
+
+    @functools.cached_property
+    def request(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.request_json)
+        return parsed
+
+    @functools.cached_property
+    def vars(self) -> dict[str, str]:
+        parsed: dict[str, str] = json.loads(self.vars_json)
+        return parsed
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the events table says about a batch's Buzz refunds and its time span."""
+
+    refunded_buzz: int  # charged when running, given back by the final charge
+    refunded_attempts: int
+    first_event_at: str | None
+    last_event_at: str | None
+
+
+@dataclass(frozen=True)
+class GalleryImage:
+    """One image of a cell's attempt, as the store records it (`path` is relative to OUT)."""
+
+    index: int
+    state: str
+    path: str | None
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    attempt: int
+    workflow_id: str | None
+
+
+@dataclass(frozen=True)
+class GalleryCell:
+    """One cell of the batch with its inputs, what it cost and the images it produced."""
+
+    key: str
+    seq: int
+    replica: int
+    model: str
+    request: Mapping[str, Any]
+    vars: Mapping[str, str]
+    estimate_buzz: int
+    charged_buzz: int  # all attempts, refunds deducted
+    state: str  # the state of its latest attempt
+    workflow_id: str | None  # of its latest attempt
+    images: tuple[GalleryImage, ...]
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A downloaded image as recorded: where it is and what its bytes must hash to."""
+
+    attempt_id: int
+    index: int
+    cell_key: str
+    path: str
+    sha256: str
+    size_bytes: int
+    blob_id: str | None
+    workflow_id: str | None
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RetryChoice:
+    """A cell `retry_cells` gave a new attempt: its key, the new number, what it was."""
+
+    cell_key: str
+    attempt: int
+    was: str  # failed, expired, lost, canceled, blocked, rejected
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """What `retry_cells` did: the cells retried and the named cells it would not touch."""
+
+    chosen: list[RetryChoice]
+    skipped: dict[str, str] = field(default_factory=dict)  # cell key -> why not
+    canceled_lifted: bool = False
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What `adopt_workflow` did with one workflow found on the service.
+
+    `status`: `adopted` (recorded now, running), `known` (already recorded with this
+    workflow id), `conflict` (the attempt is recorded otherwise; nothing changed), `unknown`
+    (no such cell in the batch; nothing changed).
+    """
+
+    status: str
+    attempt_id: int | None = None
+    detail: str | None = None

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from runner.store._transitions import Tx
+
 if TYPE_CHECKING:
     from runner.manifest._load import Manifest
 
@@ -52,9 +54,9 @@ class RunSettings:
         )
 
 
-async def save_run_settings(db: aiosqlite.Connection, settings: RunSettings, now: str) -> None:
+async def save_run_settings(tx: Tx, settings: RunSettings) -> None:
     """Record `settings` as the batch's (replacing what an earlier run saved)."""
-    await db.execute(
+    await tx.db.execute(
         "INSERT INTO run_settings"
         " (id, captions, in_flight, submit_per_s, downloads, attempts, saved_at)"
         " VALUES (1, ?, ?, ?, ?, ?, ?)"
@@ -68,7 +70,7 @@ async def save_run_settings(db: aiosqlite.Connection, settings: RunSettings, now
             settings.submit_per_s,
             settings.downloads,
             settings.attempts,
-            now,
+            tx.now,
         ),
     )
 

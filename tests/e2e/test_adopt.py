@@ -10,6 +10,7 @@ import pytest
 
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
 from runner.errors import CapReached
+from runner.identity import external_id
 from runner.ops._run import RunOverrides, run_batch
 from tests.e2e.ops_harness import (
     FAST,
@@ -61,7 +62,7 @@ async def test_adopt_after_the_record_is_lost_with_work_in_flight(tmp_path: Path
         assert outcome.adopted.unmatched == outcome.adopted.conflicts == 0
         state = emulator.state()
         assert_one_workflow_per_external_id(app)
-        adopted = [f"zb-{key}-a1" for key in cell_states(m)]
+        adopted = [external_id(key, 1) for key in cell_states(m)]
         assert all(state["submit_attempts"][key] == 1 for key in adopted)  # none sent again
         assert set(cell_states(m).values()) == {"succeeded"}
         assert images_on_disk_match(m) == 9 * 2

@@ -21,9 +21,11 @@ from runner.emulator import (
     make_app,
 )
 from runner.engine._engine import Engine, EngineConfig
-from runner.ops._run import RunOverrides, batch_tag, cell_rows, run_batch
-from runner.store._rows import CellRow
+from runner.grid import store_rows
+from runner.identity import batch_tag
+from runner.ops._run import RunOverrides, run_batch
 from runner.store._store import Store
+from tests.cells import planned_cell
 from tests.e2e.test_run import FAST, manifest
 from tests.emulator.conftest import template
 
@@ -37,7 +39,7 @@ async def test_resume_with_fewer_slots_than_running_workflows_finishes(tmp_path:
     ) as client:
         async with await Store.open(OutFolder(m.out).db) as store:  # what a kill -9 left behind
             await store.init_batch(name=m.name, tag=batch_tag(m.name), cap_buzz=1000)
-            await store.plan(cell_rows(m), max_attempts=4)
+            await store.plan_rows(store_rows(m), max_attempts=4)
             for a in await store.next_planned(4):
                 assert await store.reserve(a.id, a.estimate_buzz)
                 steps = [{"$type": "imageGen", "input": zimage.step_input(a.request)}]
@@ -105,7 +107,9 @@ async def test_a_refund_posted_after_the_failure_is_waited_for(tmp_path: Path) -
         async with await Store.open(OutFolder(tmp_path).db) as store:
             await store.init_batch(name="r", tag="zbatch:r", cap_buzz=100)
             request = {"model": "turbo", "width": 64, "height": 64, "steps": 9, "quantity": 1}
-            await store.plan([CellRow("ab" * 16, 0, "turbo", request, {}, 8)], max_attempts=1)
+            await store.plan_rows(
+                [planned_cell("ab" * 16, request, estimate_buzz=8)], max_attempts=1
+            )
             (a,) = await store.next_planned(1)
             assert await store.reserve(a.id, 8)
             await store.mark_running(a.id, "w1", 8)

@@ -1,0 +1,216 @@
+"""Opening the batch database: the file's header checked, the pragmas set, the schema migrated.
+
+`Store.open` decides what to do (take the batch lock, set a damaged file aside); this module
+does the opening. A database that cannot be used is refused before anything in it changes,
+each with its own error (runner/disk/_faults.py): `DatabaseDamaged` (not SQLite, truncated,
+malformed), `NewerSchema`, `DatabaseLocked` (another program held SQLite's lock past
+busy_timeout), `DiskFull` / `ReadOnlyDisk`. WAL with `synchronous=FULL`: a committed intent is
+on disk before its network call is made.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import structlog
+
+from runner.disk import _faults as local_faults
+from runner.disk._atomic import fsync_dir
+from runner.disk._faults import damaged, database_error, disk_error
+from runner.disk._private import create_private
+from runner.errors import DatabaseDamaged, LocalDiskError, StoreError
+from runner.store._migrations import MIGRATIONS, SCHEMA_VERSION, newer_schema
+
+log = structlog.get_logger(__name__)
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",  # an intent is on disk before its network call
+    "PRAGMA foreign_keys=ON",
+)  # and PRAGMA busy_timeout, first of all (`local_faults.BUSY_TIMEOUT_MS`)
+_BUSY_TIMEOUT = f"PRAGMA busy_timeout={local_faults.BUSY_TIMEOUT_MS}"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+
+
+def header_problem(path: Path) -> str | None:
+    """What is wrong with the database file at `path` by its 100-byte header, or None.
+
+    Cheap (one read), for every open: a file that is not SQLite, or that is shorter than
+    the page count its header records (truncated by a copy, a full disk, a bad sync).
+    Missing or empty is a new database. With a write-ahead log beside it the file may
+    lawfully be shorter (pages not yet checkpointed), so only its magic is checked then.
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    if not header.startswith(_SQLITE_MAGIC):
+        if _SQLITE_MAGIC.startswith(header):  # shorter than the magic, and a prefix of it
+            return f"truncated to {size} bytes"
+        return f"not an SQLite database: it starts with {header[:16]!r}"
+    if len(header) < _HEADER_BYTES:
+        return f"truncated to {size} bytes"
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the page count is trusted only then
+    if valid and pages * page_size > size:
+        return f"truncated: {size} bytes of the {pages * page_size} its header records"
+    return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged database and its -wal / -shm to `<name>.damaged-<UTC time>`; return
+    the new name. Kept, never deleted: whatever can be read from it stays readable."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("-wal", "-shm", ""):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + suffix))
+    fsync_dir(path.parent)
+    return aside
+
+
+def disk_refusal(exc: OSError, path: Path, doing: str) -> LocalDiskError | OSError:
+    """`exc` as the zbatch error of the disk under `path`, or itself."""
+    return disk_error(exc, path.parent, doing) or exc
+
+
+async def run(db: aiosqlite.Connection, sql: str) -> list[Any]:
+    """Run `sql` and close its statement at once (fetching every row).
+
+    A statement left open until the garbage collector finalizes it counts as a write in
+    progress, which makes a later COMMIT fail ("SQL statements in progress"); `journal_mode`
+    answers a row.
+    """
+    async with db.execute(sql) as cur:
+        return list(await cur.fetchall())
+
+
+async def connect_or_set_aside(
+    path: Path, *, set_aside_damaged: bool
+) -> tuple[aiosqlite.Connection, Path | None]:
+    """The connection to the database at `path` (`connect`), and None.
+
+    With `set_aside_damaged` (`zbatch run --adopt`) every page is checked too, and a damaged
+    database is renamed aside (`set_aside`, never deleted): then the connection is to a new
+    database in its place, and the second value is where the damaged one went.
+    """
+    problem = await anyio.to_thread.run_sync(header_problem, path)
+    if problem is None:
+        try:
+            return await connect(path, check=set_aside_damaged), None
+        except DatabaseDamaged as exc:
+            if not set_aside_damaged:
+                raise
+            problem = exc.detail
+    elif not set_aside_damaged:
+        raise damaged(str(path), problem)
+    aside = await anyio.to_thread.run_sync(set_aside, path)
+    log.warning("damaged_database_set_aside", problem=problem, moved_to=str(aside))
+    return await connect(path, check=False), aside
+
+
+async def connect(path: Path, *, check: bool) -> aiosqlite.Connection:
+    """Connect to the database at `path` (creating it, 0600), refuse a newer schema before
+    changing anything, check every page when asked (`PRAGMA quick_check`), set the pragmas,
+    migrate. SQLite's errors are raised as their zbatch error."""
+    db: aiosqlite.Connection | None = None
+    try:
+        try:
+            create_private(path)  # 0600; SQLite gives -wal and -shm the same mode
+        except OSError as exc:
+            raise disk_refusal(exc, path, f"creating {path.name}") from exc
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        # First only reads: the schema version (a newer zbatch's file is left untouched)
+        # and, when asked, every page.
+        await run(db, _BUSY_TIMEOUT)
+        version = int((await run(db, "PRAGMA user_version"))[0][0])
+        if version > SCHEMA_VERSION:
+            raise newer_schema(path, version)
+        if check:
+            verdict = [str(r[0]) for r in await run(db, "PRAGMA quick_check(5)")]
+            if verdict != ["ok"]:
+                raise damaged(str(path), "; ".join(verdict))
+        for pragma in _PRAGMAS:
+            await run(db, pragma)
+        await migrate(db, path)
+    except sqlite3.Error as exc:
+        if db is not None:
+            await db.close()
+        translated = database_error(exc, path)
+        if translated is None:
+            raise
+        raise translated from exc
+    except BaseException:
+        if db is not None:
+            await db.close()
+        raise
+    return db
+
+
+async def migrate(db: aiosqlite.Connection, path: Path) -> None:
+    """Apply the migrations past the database's `PRAGMA user_version`, each whole or not at all."""
+    version = int((await run(db, "PRAGMA user_version"))[0][0])
+    if version > SCHEMA_VERSION:  # another zbatch upgraded it since `connect` looked
+        raise newer_schema(path, version)
+    for number in range(version, SCHEMA_VERSION):
+        # executescript commits whatever is open first, so the script is its own
+        # transaction: the schema change and the version bump land together or not at all.
+        bump = f"PRAGMA user_version = {number + 1};"
+        script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n{bump}\nCOMMIT;"
+        try:
+            await db.executescript(script)
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+
+
+async def connect_read_only(path: Path) -> aiosqlite.Connection:
+    """Connect to an existing database as a reader only: no lock, no migration, no write.
+
+    It works while a run holds the batch. StoreError for a file that is not a zbatch
+    database, or one at another schema version (an older one: `zbatch run` migrates it).
+    """
+    apath = anyio.Path(path)
+    if not await apath.is_file():
+        raise StoreError(f"{path} does not exist")
+    uri = (await apath.resolve()).as_uri() + "?mode=ro"
+    db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    try:
+        db.row_factory = aiosqlite.Row
+        await run(db, _BUSY_TIMEOUT)
+        rows = await run(db, "PRAGMA user_version")
+    except sqlite3.DatabaseError as exc:
+        await db.close()
+        raise StoreError(f"{path} is not a zbatch batch database ({exc})") from exc
+    except BaseException:
+        await db.close()
+        raise
+    version = int(rows[0][0]) if rows else 0
+    if version != SCHEMA_VERSION:
+        await db.close()
+        if version == 0:
+            raise StoreError(f"{path} is not a zbatch batch database (no zbatch schema)")
+        if version > SCHEMA_VERSION:
+            raise newer_schema(path, version)
+        raise StoreError(
+            f"{path} has schema version {version}, this zbatch reads {SCHEMA_VERSION}:"
+            " run `zbatch run` to migrate"
+        )
+    return db

@@ -1,0 +1,132 @@
+"""A cell's identity: the externalId, its inverse, its SQL twin and the workflow metadata agree."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from runner.api._models import parse_workflow
+from runner.identity import (
+    MAX_ATTEMPT,
+    batch_tag,
+    external_id,
+    external_id_sql,
+    parse_external_id,
+    parse_workflow_metadata,
+    workflow_metadata,
+)
+from runner.ops._adopt import identity_of
+
+# every key length alike (a regex strategy draws mostly short ones), and the bounds always
+KEYS = st.integers(8, 64).flatmap(lambda n: st.text("0123456789abcdef", min_size=n, max_size=n))
+ATTEMPTS = st.integers(1, MAX_ATTEMPT)
+API_EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what the service accepts
+KEY = "64e2e08a9c7287c7d160b88ea97cded8"
+
+
+@given(key=KEYS, attempt=ATTEMPTS)
+@example(key="0" * 8, attempt=1)
+@example(key="f" * 64, attempt=MAX_ATTEMPT)
+def test_parse_inverts_external_id(key: str, attempt: int) -> None:
+    """Every externalId zbatch makes reads back as the cell and attempt it was made for."""
+    made = external_id(key, attempt)
+    assert API_EXTERNAL_ID.fullmatch(made)
+    assert parse_external_id(made) == (key, attempt)
+
+
+@given(text=st.one_of(st.text(max_size=90), st.from_regex(r"zb-[0-9a-fA-F]{0,70}-a-?[0-9]{0,8}")))
+def test_only_ids_external_id_makes_are_parsed(text: str) -> None:
+    """What parses is exactly what `external_id` would make again: no other text is ours."""
+    found = parse_external_id(text)
+    if found is not None:
+        assert external_id(*found) == text
+
+
+@given(key=KEYS, attempt=ATTEMPTS)
+@example(key="0" * 8, attempt=1)
+@example(key="f" * 64, attempt=MAX_ATTEMPT)
+def test_the_sql_expression_spells_the_same_external_id(key: str, attempt: int) -> None:
+    """The bulk plan's SQL (run in SQLite) and the function give the same text."""
+    db = sqlite3.connect(":memory:")
+    try:
+        sql = f"SELECT {external_id_sql('k', 'a')} FROM (SELECT ? AS k, ? AS a)"
+        (found,) = db.execute(sql, (key, attempt)).fetchone()
+    finally:
+        db.close()
+    assert found == external_id(key, attempt)
+
+
+@given(key=KEYS, attempt=ATTEMPTS)
+def test_workflow_metadata_reads_back(key: str, attempt: int) -> None:
+    assert parse_workflow_metadata(workflow_metadata(key, attempt)) == (key, attempt)
+
+
+def test_the_external_id_is_pinned() -> None:
+    """Batches already on disk and on the service carry these ids: they must never move."""
+    assert external_id(KEY, 1) == f"zb-{KEY}-a1"
+    assert external_id(KEY, 12) == f"zb-{KEY}-a12"
+    assert workflow_metadata(KEY, 2) == {"zbatch": {"cell": KEY, "attempt": 2}}
+    assert batch_tag("demo") == "zbatch:demo"
+
+
+@pytest.mark.parametrize(
+    ("key", "attempt", "message"),
+    [
+        (KEY, 0, "attempt must be between 1 and 999999, not 0"),
+        (KEY, MAX_ATTEMPT + 1, "attempt must be between 1 and 999999, not 1000000"),
+        ("ABCDEF0123", 1, "a cell key is 8 to 64 lowercase hex digits, not 'ABCDEF0123'"),
+        ("abc", 1, "a cell key is 8 to 64 lowercase hex digits, not 'abc'"),
+        ("a" * 65, 1, "a cell key is 8 to 64 lowercase hex digits, not 'aaaa"),
+    ],
+)
+def test_external_id_refuses_what_it_could_not_read_back(
+    key: str, attempt: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        external_id(key, attempt)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        None,
+        "zbatch",
+        {"zbatch": "x"},
+        {"zbatch": {"cell": KEY}},
+        {"zbatch": {"cell": KEY, "attempt": 0}},
+        {"zbatch": {"cell": KEY, "attempt": True}},
+        {"zbatch": {"cell": KEY, "attempt": "1"}},
+        {"zbatch": {"cell": "not-hex", "attempt": 1}},
+        {"other": {"cell": KEY, "attempt": 1}},
+    ],
+)
+def test_metadata_that_is_not_ours_is_none(metadata: object) -> None:
+    assert parse_workflow_metadata(metadata) is None
+
+
+def _workflow(**fields: Any) -> Any:
+    return parse_workflow({"id": "wf-1", "status": "succeeded", **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"externalId": f"zb-{KEY}-a2"}, (KEY, 2)),
+        ({"metadata": workflow_metadata(KEY, 3)}, (KEY, 3)),
+        ({"externalId": f"zb-{KEY}-a3", "metadata": workflow_metadata(KEY, 3)}, (KEY, 3)),
+        ({"externalId": f"zb-{KEY}-a2", "metadata": workflow_metadata(KEY, 3)}, None),
+        ({"externalId": "someone-else"}, None),
+        ({"externalId": "someone-else", "metadata": workflow_metadata(KEY, 1)}, None),
+        ({}, None),
+    ],
+)
+def test_adoption_reads_a_workflows_identity_from_its_marks(
+    fields: dict[str, Any], expected: tuple[str, int] | None
+) -> None:
+    """Metadata first, else the externalId; a workflow whose two marks disagree is not ours."""
+    assert identity_of(_workflow(**fields)) == expected
