@@ -1,16 +1,51 @@
-"""`zbatch emulator`: serve the local emulator of Civitai's orchestration API.
+"""`zbatch emulator`: serve the local emulator of Civitai's orchestration API; and the
+embedded emulator `zbatch run --emulator` (and `retry --emulator`) run against.
 
-The one CLI module that imports `runner.emulator` (lazily, when the command runs).
+The one module outside `runner/emulator/` that imports the emulator (lazily, when a command
+needs it; pyproject's import-linter contracts keep it so).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
 
 from runner.cli._command import Command
 from runner.cli._options import non_negative_float, positive_float
 from runner.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from runner.ops import Target
+
+log = structlog.get_logger(__name__)
+EMBEDDED_TOKEN = "zbatch-embedded-emulator"  # the emulator accepts any bearer token
+
+
+@contextmanager
+def api_target(args: argparse.Namespace) -> Iterator[Target]:
+    """Where a run's calls go: `--api-url` (or the environment's) with the token from the
+    environment; with `--emulator`, an embedded emulator on a free loopback port, with its
+    `--time-scale`, `--seed` and `--faults`, served for the block and always stopped after."""
+    from runner.ops import Target
+
+    if not args.emulator:
+        yield Target(base_url=args.api_url)
+        return
+    from runner.emulator import EmulatorConfig, running_server
+
+    config = EmulatorConfig.from_flags(
+        seed=getattr(args, "seed", 0),
+        time_scale=args.time_scale,
+        faults_path=getattr(args, "faults", None),
+    )
+    with running_server(config) as base_url:
+        log.info("emulator_started", url=base_url, time_scale=args.time_scale)
+        yield Target(base_url=base_url, token=EMBEDDED_TOKEN, runtime_scale=args.time_scale)
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -88,3 +123,18 @@ EMULATOR = Command(
     _arguments,
     notes={ExitCode.USAGE: "or a fault profile that is missing or wrong"},
 )
+
+
+def check_faults(path: Path) -> None:
+    """Refuse a `--faults` file that is not a fault profile, naming the line at fault."""
+    import yaml
+
+    from runner.emulator.config import load_faults
+
+    try:
+        load_faults(path)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+            detail = f"line {exc.problem_mark.line + 1}: {exc.problem}"
+        raise UsageError(f"--faults {path}: not a fault profile ({detail})") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.cli._command import Command
+from runner.cli._emulator import api_target, check_faults
 from runner.cli._options import (
     add_engine_options,
     add_quiet,
@@ -24,7 +25,7 @@ from runner.log import TOKEN_ENV, configure_logging
 if TYPE_CHECKING:
     from runner.manifest._load import Manifest
     from runner.ops._retry import RetrySettings
-    from runner.ops._run import EmulatorOptions, RunOutcome
+    from runner.ops._run import RunOutcome
 
 # What `run` and `retry` can end with beyond every command's codes.
 RUN_EXITS = frozenset(
@@ -76,13 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         adopt=args.adopt,
     )
     try:
-        outcome = execute(
-            manifest,
-            overrides=overrides,
-            api_url=args.api_url,
-            emulator=emulator_options(args),
-            progress=None if args.quiet else show_progress,
-        )
+        with api_target(args) as target:
+            outcome = execute(
+                manifest,
+                overrides=overrides,
+                target=target,
+                progress=None if args.quiet else show_progress,
+            )
     except CapReached as exc:  # run_batch attaches what the run did as `exc.outcome`
         print_run(exc.outcome, out=manifest.out)
         raise
@@ -142,24 +143,11 @@ def verdict(outcome: RunOutcome) -> int:
     return ExitCode.OK
 
 
-def emulator_options(args: argparse.Namespace) -> EmulatorOptions | None:
-    """The embedded emulator `--emulator` asks for, with its flags; None without it."""
-    from runner.ops._run import EmulatorOptions
-
-    if not args.emulator:
-        return None
-    return EmulatorOptions(
-        time_scale=args.time_scale,
-        seed=getattr(args, "seed", 0),
-        faults_path=getattr(args, "faults", None),
-    )
-
-
 def check_target(args: argparse.Namespace) -> None:
     """The fault profile, API URL and token of `zbatch run`: refused before anything is written."""
     if args.emulator:
         if args.faults is not None:
-            _check_faults(args.faults)
+            check_faults(args.faults)
         return
     base = args.api_url or os.environ.get("CIVITAI_API_BASE_URL")
     if base:
@@ -176,20 +164,6 @@ def check_target(args: argparse.Namespace) -> None:
         raise AuthError(
             f"no API token: set {TOKEN_ENV} to your Civitai API key (or use --emulator)"
         )
-
-
-def _check_faults(path: Path) -> None:
-    import yaml
-
-    from runner.emulator.config import load_faults
-
-    try:
-        load_faults(path)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
-        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-            detail = f"line {exc.problem_mark.line + 1}: {exc.problem}"
-        raise UsageError(f"--faults {path}: not a fault profile ({detail})") from None
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -248,13 +222,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
         console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
     )
     try:
-        outcome = execute_retry(
-            args.out,
-            _retry_settings(args),
-            api_url=args.api_url,
-            emulator=emulator_options(args),
-            progress=None if args.quiet else show_progress,
-        )
+        with api_target(args) as target:
+            outcome = execute_retry(
+                args.out,
+                _retry_settings(args),
+                target=target,
+                progress=None if args.quiet else show_progress,
+            )
     except CapReached as exc:
         if exc.outcome is not None:
             print(render_summary(exc.outcome, out=args.out))

@@ -28,9 +28,9 @@ from runner.disk._atomic import sweep_batch_temps
 from runner.disk._out_folder import OutFolder
 from runner.engine._engine import Engine, EngineConfig
 from runner.ops._run import (
-    EmulatorOptions,
     ProgressHook,
     RunOutcome,
+    Target,
     cap_reached,
     drive,
     with_client,
@@ -184,14 +184,12 @@ def execute_retry(
     out: Path,
     settings: RetrySettings,
     *,
-    api_url: str | None = None,
-    emulator: EmulatorOptions | None = None,
+    target: Target = Target(),
     progress: ProgressHook | None = None,
 ) -> RetryOutcome:
-    """`zbatch retry`: against the API (token from the environment) or an embedded emulator.
+    """`zbatch retry` against `target`. Blocking, like `execute`: it owns the event loop.
 
-    Blocking, like `batch.execute`: it owns the event loop and, with `emulator`, the
-    emulator's server thread. An embedded emulator knows none of the batch's earlier
+    An embedded emulator (the CLI's `--emulator`) knows none of the batch's earlier
     workflows; it suits the demo, not a real batch.
     """
 
@@ -205,4 +203,4 @@ def execute_retry(
             progress=progress,
         )
 
-    return with_client(work, api_url=api_url, emulator=emulator)
+    return with_client(work, target)

@@ -155,7 +155,7 @@ async def plan_batch(
         cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
         manifest_sha256=manifest_sha256(manifest),
     )
-    await store.save_run_settings(RunSettings.of(manifest))  # for retry, verify --repair
+    await store.save_run_settings(run_settings(manifest))  # for retry, verify --repair
     canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
     if canceled_at is None:
         fingerprint = plan_fingerprint(manifest)
@@ -172,6 +172,19 @@ async def plan_batch(
         log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
     log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
     return planned, canceled_at
+
+
+def run_settings(manifest: Manifest) -> RunSettings:
+    """The settings `manifest` declares (its own defaults where it names none), as the batch
+    keeps them for the commands that run it later (`retry`, `verify --repair`)."""
+    limits = manifest.limits
+    return RunSettings(
+        captions=manifest.captions,
+        in_flight=limits.in_flight,
+        submit_per_s=limits.submit_per_s,
+        downloads=limits.downloads,
+        attempts=manifest.retries.attempts,
+    )
 
 
 async def read_outcome(
@@ -255,30 +268,24 @@ async def keep_dataset_current(store: Store, out: Path, captions: str) -> None:
 
 
 @dataclass(frozen=True)
-class EmulatorOptions:
-    """`zbatch run --emulator`: serve the embedded emulator on a free loopback port."""
+class Target:
+    """Where a command's API calls go: the service (or `$CIVITAI_API_BASE_URL`) with the token
+    from the environment by default; the CLI's `--emulator` gives an embedded emulator's URL,
+    its token, and its time scale (which scales the expected runtimes the engine waits by)."""
 
-    time_scale: float = 0.05
-    seed: int = 0
-    faults_path: Path | None = None
-
-
-EMULATOR_TOKEN = "zbatch-embedded-emulator"  # the emulator accepts any bearer token
+    base_url: str | None = None
+    token: str | None = None
+    runtime_scale: float = 1.0
 
 
 def execute(
     manifest: Manifest,
     *,
     overrides: RunOverrides = RunOverrides(),
-    api_url: str | None = None,
-    emulator: EmulatorOptions | None = None,
+    target: Target = Target(),
     progress: ProgressHook | None = None,
 ) -> RunOutcome:
-    """`zbatch run`: against the real API (token from the environment) or an embedded emulator.
-
-    Blocking: it owns the event loop (`anyio.run` on asyncio) and, with `emulator`, the
-    emulator's server thread, which it always stops.
-    """
+    """`zbatch run` against `target`. Blocking: it owns the event loop (`with_client`)."""
 
     async def work(client: Client, runtime_scale: float) -> RunOutcome:
         return await run_batch(
@@ -290,32 +297,18 @@ def execute(
             progress=progress,
         )
 
-    return with_client(work, api_url=api_url, emulator=emulator)
+    return with_client(work, target)
 
 
 T = TypeVar("T")
 
 
-def with_client(
-    work: Callable[[Client, float], Awaitable[T]],
-    *,
-    api_url: str | None,
-    emulator: EmulatorOptions | None,
-) -> T:
-    """Run `work(client, runtime_scale)` on its own event loop, against the API (token from the
-    environment) or an embedded emulator on a free loopback port, always stopped after."""
+def with_client(work: Callable[[Client, float], Awaitable[T]], target: Target) -> T:
+    """Run `work(client, runtime_scale)` on its own event loop (anyio on asyncio), with a
+    client for `target`, closed after."""
 
-    async def go(base_url: str | None, token: str | None, runtime_scale: float) -> T:
-        async with Client(base_url=base_url, token=token) as client:
-            return await work(client, runtime_scale)
+    async def go() -> T:
+        async with Client(base_url=target.base_url, token=target.token) as client:
+            return await work(client, target.runtime_scale)
 
-    if emulator is None:
-        return anyio.run(go, api_url, None, 1.0, backend="asyncio")
-    from runner.emulator import EmulatorConfig, running_server
-
-    config = EmulatorConfig.from_flags(
-        seed=emulator.seed, time_scale=emulator.time_scale, faults_path=emulator.faults_path
-    )
-    with running_server(config) as base_url:
-        log.info("emulator_started", url=base_url, time_scale=emulator.time_scale)
-        return anyio.run(go, base_url, EMULATOR_TOKEN, emulator.time_scale, backend="asyncio")
+    return anyio.run(go, backend="asyncio")

@@ -13,14 +13,10 @@ store calls them (`Store.save_run_settings`, `Store.run_settings`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import aiosqlite
 
 from runner.store._transitions import Tx
-
-if TYPE_CHECKING:
-    from runner.manifest._load import Manifest
 
 
 @dataclass(frozen=True)
@@ -32,18 +28,6 @@ class RunSettings:
     submit_per_s: float  # submissions a second
     downloads: int  # images downloaded at once
     attempts: int  # attempts per cell (`retries.attempts`)
-
-    @classmethod
-    def of(cls, manifest: Manifest) -> RunSettings:
-        """The settings `manifest` declares (its own defaults where it names none)."""
-        limits = manifest.limits
-        return cls(
-            captions=manifest.captions,
-            in_flight=limits.in_flight,
-            submit_per_s=limits.submit_per_s,
-            downloads=limits.downloads,
-            attempts=manifest.retries.attempts,
-        )
 
     def describe(self) -> str:
         """`captions txt, 8 in flight, 2 submissions/s, 4 downloads, 3 attempts per cell`."""
