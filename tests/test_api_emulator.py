@@ -17,7 +17,6 @@ import pytest
 
 from runner.api._client import Client
 from runner.api._models import WorkflowStatus
-from runner.disk._images import verify_image
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -29,6 +28,7 @@ from runner.emulator import (
     running_server,
 )
 from runner.emulator.service import Emulator
+from runner.engine._images import verify_image
 from runner.errors import (
     AuthError,
     FundsError,

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from runner.api._client import Client
-from runner.disk._images import InvalidImage
 from runner.emulator import (
     EmulatorConfig,
     EmulatorTransport,
@@ -24,7 +23,8 @@ from runner.emulator import (
     make_app,
 )
 from runner.emulator.hostile import bomb_png
-from runner.engine._downloader import ImageFetcher, check_image
+from runner.engine._downloader import ImageFetcher
+from runner.engine._images import InvalidImage, check_image
 from runner.engine._pacing import Backoff
 from tests.cells import FOX_INPUT, first_image
 
@@ -141,8 +141,8 @@ def test_a_bomb_in_a_real_process_is_refused_without_a_word_on_stderr() -> None:
     code = (
         "import io, sys\n"
         "from PIL import Image\n"
-        "from runner.engine._downloader import check_image\n"
-        "from runner.disk._images import InvalidImage\n"
+        "from runner.engine._images import check_image\n"
+        "from runner.engine._images import InvalidImage\n"
         "png = io.BytesIO()\n"
         "Image.new('1', (9000, 12000)).save(png, 'PNG')\n"  # 108 Mpx: a warning, not an error
         "try:\n"

@@ -15,7 +15,8 @@ from runner.disk._atomic import (
     remove_stray_temps,
     sweep_batch_temps,
 )
-from runner.disk._images import InvalidImage, image_path, verify_image
+from runner.disk._out_folder import image_path
+from runner.engine._images import InvalidImage, verify_image
 
 
 def _jpeg(width: int, height: int) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 from runner.cli._main import main
 from runner.dataset._status import read_status, render_status, status_json
 from runner.disk._atomic import atomic_write_bytes
-from runner.disk._images import image_path
+from runner.disk._out_folder import image_path
 from runner.errors import NotABatch, StoreError
 from runner.identity import PlanRow
 from runner.store._rows import AttemptState, ImageOutcome

@@ -15,6 +15,7 @@ anything is written or spent (root may write anywhere, but not there).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -134,3 +135,24 @@ def _refuse_read_only(out: Path, folder: Path) -> None:
             f"{out} {where} on a read-only filesystem: remount it read-write or choose"
             " another out folder in the manifest (nothing was written or spent)"
         )
+
+
+_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webP": "webp"}
+_CELL_KEY = re.compile(r"[0-9a-f]{8,64}")
+
+
+def image_path(cell_key: str, index: int, output_format: str) -> PurePosixPath:
+    """Where an image lives under the output folder: `images/<ab>/<cell key>_<index>.<ext>`.
+
+    Made only from our own cell key (hex), the image index and the requested format, never
+    from anything the API returned; the two-character folder keeps folders small.
+    """
+    if not _CELL_KEY.fullmatch(cell_key):
+        raise ValueError(f"cell key {cell_key!r} is not 8-64 lowercase hex characters")
+    if index < 0:
+        raise ValueError(f"image index must be >= 0, not {index}")
+    if output_format not in _EXTENSIONS:
+        allowed = ", ".join(_EXTENSIONS)
+        raise ValueError(f"output format {output_format!r} is not one of {allowed}")
+    name = f"{cell_key}_{index}.{_EXTENSIONS[output_format]}"
+    return PurePosixPath("images", cell_key[:2], name)

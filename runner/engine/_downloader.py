@@ -13,8 +13,6 @@ after every try.
 from __future__ import annotations
 
 import functools
-import io
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,12 +20,12 @@ from pathlib import Path
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from PIL import Image
 
 from runner.api._client import Client
 from runner.api._models import Workflow
 from runner.disk._atomic import atomic_write_bytes
-from runner.disk._images import InvalidImage, VerifiedImage, image_path, verify_image
+from runner.disk._out_folder import image_path
+from runner.engine._images import InvalidImage, VerifiedImage, check_image
 from runner.engine._pacing import Backoff, retrying
 from runner.engine._shared import Changes, RunStats
 from runner.errors import NotFoundError, RetryableError, UrlExpiredError
@@ -38,41 +36,6 @@ log = structlog.get_logger(__name__)
 MAX_TRIES = 8
 
 ImageKey = tuple[int, int]  # (attempt id, image index)
-# The formats an image may come in: Pillow parses nothing else (its other plugins are
-# attack surface we have no use for), and it must be the one the request asked for.
-PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webP": "WEBP"}
-
-# Pillow *warns* of a bomb between MAX_IMAGE_PIXELS and twice that; as an error, `check_image`
-# refuses it like a bigger one, and nothing is printed on the user's terminal.
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-
-
-def check_image(
-    data: bytes, *, width: int, height: int, output_format: str, max_bytes: int
-) -> VerifiedImage:
-    """Refuse bytes that are not the requested image, cheapest checks first.
-
-    The header must name `output_format` and exactly `width` x `height`: a decompression
-    bomb (a small file declaring millions of pixels, past Pillow's `MAX_IMAGE_PIXELS` or
-    merely past the size asked for) and an image of the wrong size are refused here, before
-    any pixel is decoded. Then `verify_image` decodes every byte. Raises `InvalidImage`.
-    Blocking: run it through `anyio.to_thread.run_sync`.
-    """
-    if len(data) > max_bytes:
-        raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
-    expected = PILLOW_FORMATS.get(output_format, output_format)
-    try:
-        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
-            got_format, (got_w, got_h) = img.format, img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImage(f"a decompression bomb, refused undecoded: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"bytes are not a JPEG, PNG or WebP image: {exc}") from exc
-    if got_format != expected:
-        raise InvalidImage(f"image is {got_format}, expected {expected}")
-    if (got_w, got_h) != (width, height):
-        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
-    return verify_image(data, width=width, height=height, max_bytes=max_bytes)
 
 
 @dataclass(frozen=True)
