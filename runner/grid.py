@@ -6,7 +6,7 @@ fastest; then the ``include`` entries in order. Each distinct request yields its
 order. A manifest whose grid is empty and which has ``include`` entries is made of those
 entries alone.
 
-**A cell's request** merges, lowest first: ``zimage.MODEL_DEFAULTS[model]``, ``defaults``,
+**A cell's request** merges, lowest first: ``contract.MODEL_DEFAULTS[model]``, ``defaults``,
 ``models[model]``, the grid's constants, then the cell's axis values (grid cells) or the
 entry (include cells). Templates are rendered with the cell's variables. ``exclude`` entries
 drop grid cells whose request (or variables) match every key of the entry; a ``prompt``
@@ -41,17 +41,23 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
-from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from runner.contract import _zimage as zimage
-from runner.identity import KEY_VERSION, PlanRow, external_id, record_json
-from runner.manifest import _prompts as prompts
-from runner.manifest._checks import has_grid_cells
-from runner.manifest._load import RANDOM, Manifest
+from runner import contract
+from runner.identity import (
+    KeySet,
+    PlanRow,
+    canonical_json,
+    encode_text,
+    external_id,
+    key_digest,
+    key_hex,
+    record_json,
+    value_json,
+)
+from runner.manifest import RANDOM, Manifest, Template, Var, compile_template, has_grid_cells
 
 SEED_SPACE = 2**32
 
@@ -62,7 +68,7 @@ class Cell:
 
     key: str  # 32 hex characters
     replica: int
-    request: Mapping[str, object]  # every input field, in zimage.FIELDS order, seed pinned
+    request: Mapping[str, object]  # every input field, in contract.FIELDS order, seed pinned
     vars: Mapping[str, str] = field(default_factory=dict)
 
     def external_id(self, attempt: int) -> str:
@@ -70,8 +76,8 @@ class Cell:
         return external_id(self.key, attempt)
 
     def step_input(self) -> dict[str, object]:
-        """The imageGen step input for this cell (``zimage.step_input``)."""
-        return zimage.step_input(self.request)
+        """The imageGen step input for this cell (``contract.step_input``)."""
+        return contract.step_input(self.request)
 
 
 @dataclass(frozen=True)
@@ -89,42 +95,6 @@ class ExpansionStats:
     complete: bool = False
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_encode_text = json.encoder.encode_basestring  # what the encoder writes for a str (C)
-
-
-def canonical_json(value: object) -> str:
-    """Sorted keys, no spaces, non-ASCII kept: the one spelling hashed for keys and seeds."""
-    return _CANONICAL.encode(value)
-
-
-def _value_json(value: object) -> str:
-    """``canonical_json(value)``, quicker for the two commonest types (str and int)."""
-    if type(value) is str:
-        return _encode_text(value)
-    if type(value) is int:
-        return int.__repr__(value)
-    if value is None:
-        return "null"
-    return _CANONICAL.encode(value)
-
-
-def cell_key(batch: str, replica: int, request: Mapping[str, object]) -> str:
-    """The hex key of one replica of ``request`` in batch ``batch``."""
-    return _key(canonical_json(batch), replica, canonical_json(request))
-
-
-def _key(batch_json: str, replica: int, request_json: str) -> str:
-    return _key_digest(batch_json, replica, request_json).hex()
-
-
-def _key_digest(batch_json: str, replica: int, request_json: str) -> bytes:
-    text = (
-        f'{{"batch":{batch_json},"replica":{replica},"request":{request_json},"v":{KEY_VERSION}}}'
-    )
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
-
-
 def pin_seed(seed_base: int, request: Mapping[str, object], replica: int) -> int:
     """The pinned seed of a ``random``-seed request: stable, in ``0..2**32-1``."""
     without_seed = {name: value for name, value in request.items() if name != "seed"}
@@ -136,48 +106,6 @@ def _pin(seed_base: int, request_json: str, replica: int) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "big")
 
 
-class _DigestSet:
-    """A set of 128-bit digests in two flat arrays (open addressing, linear probing)."""
-
-    def __init__(self) -> None:
-        self._slots = 1024
-        self._high = array("Q", bytes(8 * self._slots))
-        self._low = array("Q", bytes(8 * self._slots))
-        self._count = 0
-
-    def add(self, digest: bytes) -> bool:
-        """Add ``digest`` (16 bytes); True if it was new."""
-        high = int.from_bytes(digest[:8], "little") | 1  # 0 marks an empty slot
-        low = int.from_bytes(digest[8:16], "little")
-        if not self._insert(high, low):
-            return False
-        self._count += 1
-        if 2 * self._count > self._slots:
-            self._grow()
-        return True
-
-    def _insert(self, high: int, low: int) -> bool:
-        highs, lows = self._high, self._low
-        mask = self._slots - 1
-        index = low & mask
-        while found := highs[index]:
-            if found == high and lows[index] == low:
-                return False
-            index = (index + 1) & mask
-        highs[index] = high
-        lows[index] = low
-        return True
-
-    def _grow(self) -> None:
-        old_high, old_low = self._high, self._low
-        self._slots *= 2
-        self._high = array("Q", bytes(8 * self._slots))
-        self._low = array("Q", bytes(8 * self._slots))
-        for index, high in enumerate(old_high):
-            if high:
-                self._insert(high, old_low[index])
-
-
 class _RequestJson:
     """``canonical_json`` of the requests made from one base that differ from it only in the
     ``varying`` fields: the other fields' text is written once, here, not once per cell."""
@@ -185,32 +113,32 @@ class _RequestJson:
     def __init__(
         self, base: Mapping[str, object], varying: frozenset[str], drop: str | None = None
     ) -> None:
-        names = [name for name in sorted(zimage.FIELDS) if name != drop]
+        names = [name for name in sorted(contract.FIELDS) if name != drop]
         self.holes = tuple(name for name in names if name in varying)
         pieces: list[str] = []
         text = ""
         for index, name in enumerate(names):
-            text += ("," if index else "{") + _encode_text(name) + ":"
+            text += ("," if index else "{") + encode_text(name) + ":"
             if name in varying:
                 pieces.append(text.replace("%", "%%"))
                 text = ""
             else:
-                text += _value_json(base[name])
+                text += value_json(base[name])
         pieces.append((text + "}").replace("%", "%%"))
         self.format = "%s".join(pieces)
 
     def render(self, request: Mapping[str, object]) -> str:
         """``canonical_json(request without drop)``; its other fields must be the base's."""
-        return self.format % tuple([_value_json(request[name]) for name in self.holes])
+        return self.format % tuple([value_json(request[name]) for name in self.holes])
 
 
 class _Prompt:
     """A compiled prompt template as a %-format and the variables that fill it, in order."""
 
-    def __init__(self, template: prompts.Template) -> None:
-        self.names = tuple(part.name for part in template if isinstance(part, prompts.Var))
+    def __init__(self, template: Template) -> None:
+        self.names = tuple(part.name for part in template if isinstance(part, Var))
         self.format = "".join(
-            "%s" if isinstance(part, prompts.Var) else part.replace("%", "%%") for part in template
+            "%s" if isinstance(part, Var) else part.replace("%", "%%") for part in template
         )
         self.text = "" if self.names else self.format % ()
 
@@ -230,10 +158,10 @@ class _Plan:
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.batch_json = canonical_json(manifest.name)
-        default_model = manifest.defaults.get("model") or zimage.MODELS[0]
+        default_model = manifest.defaults.get("model") or contract.MODELS[0]
         self.default_model = str(manifest.constants.get("model") or default_model)
-        self.bases = {model: self._base(model) for model in zimage.MODELS}
-        self.templates: dict[str, prompts.Template] = {}
+        self.bases = {model: self._base(model) for model in contract.MODELS}
+        self.templates: dict[str, Template] = {}
         self.prompts: dict[str, _Prompt] = {}
         varying = {"prompt", "negativePrompt", "seed"}
         for axis in manifest.axes:
@@ -247,12 +175,12 @@ class _Plan:
 
     def _base(self, model: str) -> dict[str, object]:
         m = self.manifest
-        merged: dict[str, object] = {name: None for name in zimage.FIELDS}
-        for level in (zimage.MODEL_DEFAULTS[model], m.defaults, m.models.get(model, {})):
+        merged: dict[str, object] = {name: None for name in contract.FIELDS}
+        for level in (contract.MODEL_DEFAULTS[model], m.defaults, m.models.get(model, {})):
             merged.update(level)
         merged.update(m.constants)
         merged["model"] = model
-        merged["loras"] = zimage.lora_dict(merged["loras"])
+        merged["loras"] = contract.lora_dict(merged["loras"])
         return merged
 
     def request(
@@ -271,10 +199,10 @@ class _Plan:
                 request[name] = self.prompt(text).render(variables)
         return request, written
 
-    def _template(self, text: str) -> prompts.Template:
+    def _template(self, text: str) -> Template:
         compiled = self.templates.get(text)
         if compiled is None:
-            compiled = self.templates[text] = prompts.compile_template(text)
+            compiled = self.templates[text] = compile_template(text)
         return compiled
 
     def prompt(self, text: str) -> _Prompt:
@@ -296,7 +224,7 @@ class _Plan:
                 width, height = value
                 found.append(((("width", width), ("height", height)), None))
             elif name == "loras":
-                found.append(((("loras", zimage.lora_dict(value)),), None))
+                found.append(((("loras", contract.lora_dict(value)),), None))
             else:
                 found.append((((name, value),), None))
         return tuple(found)
@@ -341,7 +269,7 @@ class _Request:
         request_json: str,
         random_json: str | None,
     ) -> None:
-        self.request = request  # in zimage.FIELDS order, LoRAs a dict, seed pinned
+        self.request = request  # in contract.FIELDS order, LoRAs a dict, seed pinned
         self.variables = variables
         self.request_json = request_json  # canonical_json(request)
         self.random_json = random_json  # canonical_json without the seed, if it was random
@@ -403,7 +331,7 @@ class Expansion:
             )
             price = prices.get(shape)
             if price is None:
-                price = prices[shape] = zimage.price_buzz(
+                price = prices[shape] = contract.price_buzz(
                     model=model,
                     width=int(request["width"]),  # type: ignore[call-overload]
                     height=int(request["height"]),  # type: ignore[call-overload]
@@ -415,7 +343,7 @@ class Expansion:
     def _expanded(self) -> Iterator[tuple[str, int, dict[str, object], str, dict[str, str]]]:
         """(key, replica, request, its canonical JSON, variables) of every cell, in order."""
         plan = _Plan(self.manifest)
-        seen = _DigestSet()
+        seen = KeySet()
         repeat = self.manifest.repeat
         batch_json = plan.batch_json
         seed_base = self.manifest.seed_base
@@ -429,7 +357,7 @@ class Expansion:
                 included += 1
             request = one.request
             request_json = one.request_json
-            digest = _key_digest(batch_json, 0, request_json)
+            digest = key_digest(batch_json, 0, request_json)
             if not seen.add(digest):  # the replica-0 key of an identical, earlier request
                 duplicates += 1
                 continue
@@ -440,7 +368,7 @@ class Expansion:
                 if one.random_json is not None:
                     request = {**one.request, "seed": _pin(seed_base, one.random_json, replica)}
                     request_json = _request_json(plan, request, from_grid)
-                key = _key(batch_json, replica, request_json)
+                key = key_hex(batch_json, replica, request_json)
                 yield key, replica, request, request_json, one.variables
         self._stats = replace(
             self._stats,
@@ -529,9 +457,9 @@ def _request_json(plan: _Plan, request: Mapping[str, object], from_grid: bool) -
 
 
 def _final(request: Mapping[str, object]) -> dict[str, object]:
-    """The request in ``zimage.FIELDS`` order with LoRAs as a dict."""
-    final = {name: request[name] for name in zimage.FIELDS}
-    final["loras"] = zimage.lora_dict(final["loras"])
+    """The request in ``contract.FIELDS`` order with LoRAs as a dict."""
+    final = {name: request[name] for name in contract.FIELDS}
+    final["loras"] = contract.lora_dict(final["loras"])
     return final
 
 

@@ -20,8 +20,10 @@ must not load the manifest parser) both build on it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from array import array
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -82,6 +84,87 @@ def parse_workflow_metadata(metadata: object) -> tuple[str, int] | None:
     if type(attempt) is not int or not 1 <= attempt <= MAX_ATTEMPT:
         return None
     return key, attempt
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+encode_text = json.encoder.encode_basestring  # what the encoder writes for a str (C)
+
+
+def canonical_json(value: object) -> str:
+    """Sorted keys, no spaces, non-ASCII kept: the one spelling hashed for keys and seeds."""
+    return _CANONICAL.encode(value)
+
+
+def value_json(value: object) -> str:
+    """``canonical_json(value)``, quicker for the two commonest types (str and int)."""
+    if type(value) is str:
+        return encode_text(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _CANONICAL.encode(value)
+
+
+def cell_key(batch: str, replica: int, request: Mapping[str, object]) -> str:
+    """The hex key of one replica of ``request`` in batch ``batch``."""
+    return key_hex(canonical_json(batch), replica, canonical_json(request))
+
+
+def key_hex(batch_json: str, replica: int, request_json: str) -> str:
+    """`cell_key` from the parts' canonical JSON (the grid writes them once per batch)."""
+    return key_digest(batch_json, replica, request_json).hex()
+
+
+def key_digest(batch_json: str, replica: int, request_json: str) -> bytes:
+    """The 16-byte BLAKE2b digest whose hex is the key."""
+    text = (
+        f'{{"batch":{batch_json},"replica":{replica},"request":{request_json},"v":{KEY_VERSION}}}'
+    )
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class KeySet:
+    """A set of keys' 128-bit digests in two flat arrays (open addressing, linear probing):
+    about 32 bytes a key, so a million-cell grid drops its duplicates in ~32 MB."""
+
+    def __init__(self) -> None:
+        self._slots = 1024
+        self._high = array("Q", bytes(8 * self._slots))
+        self._low = array("Q", bytes(8 * self._slots))
+        self._count = 0
+
+    def add(self, digest: bytes) -> bool:
+        """Add ``digest`` (16 bytes); True if it was new."""
+        high = int.from_bytes(digest[:8], "little") | 1  # 0 marks an empty slot
+        low = int.from_bytes(digest[8:16], "little")
+        if not self._insert(high, low):
+            return False
+        self._count += 1
+        if 2 * self._count > self._slots:
+            self._grow()
+        return True
+
+    def _insert(self, high: int, low: int) -> bool:
+        highs, lows = self._high, self._low
+        mask = self._slots - 1
+        index = low & mask
+        while found := highs[index]:
+            if found == high and lows[index] == low:
+                return False
+            index = (index + 1) & mask
+        highs[index] = high
+        lows[index] = low
+        return True
+
+    def _grow(self) -> None:
+        old_high, old_low = self._high, self._low
+        self._slots *= 2
+        self._high = array("Q", bytes(8 * self._slots))
+        self._low = array("Q", bytes(8 * self._slots))
+        for index, high in enumerate(old_high):
+            if high:
+                self._insert(high, old_low[index])
 
 
 def batch_tag(name: str) -> str:

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import structlog
 
-from runner.disk._private import open_private
+from runner.disk import open_private
 
 TOKEN_ENV = "CIVITAI_API_TOKEN"
 REDACTED = "[REDACTED]"

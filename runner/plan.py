@@ -10,7 +10,7 @@ plan.cells, plan.total_buzz, plan.over_budget, plan.fit.cells, plan.wall.high_s
 except nothing: `runner.ops` asks the API for the exact price of each shape (`--whatif`).
 
 **Shape.** A cell's price depends only on its model, width, height, steps and quantity (the
-seed page's formula, `zimage.price_buzz`), so cells are priced per *shape*, and `--whatif`
+seed page's formula, `contract.price_buzz`), so cells are priced per *shape*, and `--whatif`
 asks the API once per distinct shape, not once per cell.
 
 **Budget.** The runner submits cells in expansion order and stops (resumable) at the first
@@ -18,7 +18,7 @@ cell whose price would take the batch over its cap. `Plan.fit` is that prefix: t
 images and Buzz submitted before the stop. It is every cell when the plan is within budget.
 
 **Wall time.** The batch's time is bounded below by two things. At most `in_flight`
-workflows run at once, so the total run time of all cells (`zimage.runtime_s`, a low-high
+workflows run at once, so the total run time of all cells (`contract.runtime_s`, a low-high
 range from the seed page's runtime table) is spread over `in_flight` lanes:
 `runtime / in_flight`. And cells are submitted at most `submit_per_s` a second:
 `cells / submit_per_s`. The estimate is the larger of the two, computed for the low and the
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-from runner.contract import _zimage as zimage
+from runner import contract
 from runner.grid import expand
-from runner.manifest._load import Manifest, Problem
+from runner.manifest import Manifest, Problem
 
 JSON_VERSION = 1
 FORMULA = "formula"
@@ -58,11 +58,11 @@ class Shape(NamedTuple):
 
     def formula_buzz(self) -> int:
         """The seed page's price of one cell of this shape (all `quantity` images)."""
-        return zimage.price_buzz(**self._asdict())
+        return contract.price_buzz(**self._asdict())
 
     def runtime_s(self) -> tuple[float, float]:
         """The (low, high) run time of one cell of this shape, in seconds."""
-        return zimage.runtime_s(**self._asdict())
+        return contract.runtime_s(**self._asdict())
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from runner.contract import _zimage as zimage
 from runner.emulator import pricing
 from runner.emulator.validation import validate_template
-from runner.grid import Cell, canonical_json, cell_key, count_cells, expand, pin_seed
+from runner.grid import Cell, count_cells, expand, pin_seed
+from runner.identity import canonical_json, cell_key
 from runner.manifest._load import load_manifest, parse_manifest
 
 PROPERTIES = settings(derandomize=True, max_examples=60, deadline=None)

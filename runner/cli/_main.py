@@ -56,7 +56,7 @@ def dispatch(command: Command, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.BROKEN_PIPE
     except Exception as exc:  # the machine's failures (a disk, the database), unwrapped
-        from runner.disk._faults import translate
+        from runner.disk import translate
 
         found = translate(exc)
         if found is None:

@@ -9,7 +9,7 @@ import anyio
 
 from runner.cli._command import Command
 from runner.cli._options import add_out
-from runner.disk._out_folder import OutFolder
+from runner.disk import OutFolder
 from runner.errors import ExitCode
 from runner.log import configure_logging
 
@@ -34,7 +34,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         zbatch cancel out/demo
         zbatch retry out/demo --state canceled    # resume it later
     """
-    from runner.ops._cancel import cancel_out, render_cancel
+    from runner.ops import cancel_out, render_cancel
 
     configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
     report = anyio.run(
@@ -77,7 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         zbatch verify out/demo
         zbatch verify out/demo --repair
     """
-    from runner.ops._verify import render_verify, verify_out
+    from runner.ops import render_verify, verify_out
 
     report = anyio.run(
         functools.partial(verify_out, args.out, repair=args.repair, api_url=args.api_url),

@@ -12,8 +12,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.contract._zimage import number_text
-from runner.manifest._settings import CAPTIONS, MAX_BUDGET_BUZZ, SETTING_RANGES
+from runner.contract import number_text
+from runner.manifest import CAPTIONS, MAX_BUDGET_BUZZ, SETTING_RANGES
 
 MAX_FLAG_INT = MAX_BUDGET_BUZZ  # the manifest's largest Buzz cap; far inside SQLite's int64
 MAX_TIME_SCALE = 1000.0

@@ -16,7 +16,7 @@ from runner.errors import ApiError, ExitCode, UsageError
 from runner.log import TOKEN_ENV
 
 if TYPE_CHECKING:
-    from runner.manifest._load import Manifest
+    from runner.manifest import Manifest
     from runner.plan import Plan
 
 
@@ -38,7 +38,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         zbatch plan jobs/dataset-interiors.yaml --json | jq .buzz.total
         CIVITAI_API_TOKEN=... zbatch plan jobs/compare-models.yaml --whatif
     """
-    from runner.manifest._load import load_manifest
+    from runner.manifest import load_manifest
     from runner.plan import make_plan, render_text, to_json
 
     if args.whatif and not os.environ.get(TOKEN_ENV, "").strip():
@@ -59,8 +59,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 async def _plan_with_whatif(manifest: Manifest) -> Plan:
-    from runner.api._client import Client
-    from runner.ops._whatif import plan_with_whatif
+    from runner.api import Client
+    from runner.ops import plan_with_whatif
 
     async with Client() as client:
         return await plan_with_whatif(manifest, client)

@@ -26,10 +26,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from runner.disk._out_folder import OutFolder
-from runner.engine._engine import Engine
-from runner.ops._run import RunOutcome
-from runner.store._rows import AttemptState, Budget
+from runner.disk import OutFolder
+from runner.engine import Engine
+from runner.ops import RunOutcome
+from runner.store import AttemptState, Budget
 
 WINDOW_S = 120.0  # rates are averaged over this much recent time
 PLAIN_EVERY_S = 10.0  # one plain line this often when stderr is not a terminal

@@ -34,7 +34,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         zbatch status out/demo
         zbatch status out/demo --json | jq .buzz
     """
-    from runner.dataset._status import read_status, render_status, status_json
+    from runner.dataset import read_status, render_status, status_json
 
     status = anyio.run(read_status, args.out, backend="asyncio")
     print(json.dumps(status_json(status), indent=2) if args.json else render_status(status))
@@ -63,7 +63,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         zbatch report out/demo
         zbatch report out/demo --json | jq .buzz
     """
-    from runner.dataset._report import read_report, render_report, report_json
+    from runner.dataset import read_report, render_report, report_json
 
     report = anyio.run(read_report, args.out, backend="asyncio")
     print(json.dumps(report_json(report), indent=2) if args.json else render_report(report))
@@ -89,7 +89,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         zbatch gallery out/demo --x model --y prompt
         zbatch gallery out/demo --state downloaded,lost
     """
-    from runner.dataset._gallery import make_gallery, render_result
+    from runner.dataset import make_gallery, render_result
 
     states = args.state.split(",")
     result = anyio.run(
@@ -139,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         zbatch export out/demo --format webdataset --shard-size 500 --to /data/demo-wds
         zbatch export out/demo --format csv --state lost --to lost.csv
     """
-    from runner.dataset._export import describe, export
+    from runner.dataset import describe, export
 
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(

@@ -18,14 +18,13 @@ from runner.cli._options import (
     positive_int,
     whole_setting,
 )
-from runner.disk._out_folder import OutFolder
+from runner.disk import OutFolder
 from runner.errors import AuthError, CapReached, ExitCode, UsageError
 from runner.log import TOKEN_ENV, configure_logging
 
 if TYPE_CHECKING:
-    from runner.manifest._load import Manifest
-    from runner.ops._retry import RetrySettings
-    from runner.ops._run import RunOutcome
+    from runner.manifest import Manifest
+    from runner.ops import RetrySettings, RunOutcome
 
 # What `run` and `retry` can end with beyond every command's codes.
 RUN_EXITS = frozenset(
@@ -66,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         CIVITAI_API_TOKEN=... zbatch run jobs/dataset-interiors.yaml --concurrency 16
     """
     from runner.cli._progress import show_progress
-    from runner.ops._run import RunOverrides, execute
+    from runner.ops import RunOverrides, execute
 
     manifest = _load_for_run(args)
     overrides = RunOverrides(
@@ -94,8 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _load_for_run(args: argparse.Namespace) -> Manifest:
     """The manifest, its warnings said; the target and output folder checked before any
     write; logging to OUT/log.jsonl."""
-    from runner.disk._out_folder import check_out_folder
-    from runner.manifest._load import load_manifest
+    from runner.disk import check_out_folder
+    from runner.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
     for warning in manifest.warnings:
@@ -123,7 +122,7 @@ def print_run(outcome: RunOutcome | None, *, out: Path) -> None:
         )
     print(render_summary(outcome, out=out))
     if outcome.adopted is not None:  # operations: --adopt
-        from runner.ops._adopt import render_adoption
+        from runner.ops import render_adoption
 
         print(render_adoption(outcome.adopted))
     if outcome.canceled_at is not None:
@@ -214,7 +213,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         zbatch retry out/demo --cell 3f2a9c0d11e4b7a85c6d2e1f0a9b8c7d
     """
     from runner.cli._progress import render_summary, show_progress
-    from runner.ops._retry import execute_retry, render_retry
+    from runner.ops import execute_retry, render_retry
 
     configure_logging(
         level="info",
@@ -244,7 +243,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _retry_settings(args: argparse.Namespace) -> RetrySettings:
     """What to retry, and the flags that override the batch's run settings."""
-    from runner.ops._retry import RetrySettings
+    from runner.ops import RetrySettings
 
     return RetrySettings(
         states=args.state or (),
@@ -259,7 +258,7 @@ def _retry_settings(args: argparse.Namespace) -> RetrySettings:
 
 
 def _retry_states(text: str) -> tuple[str, ...]:
-    from runner.store._ops import RETRY_STATES
+    from runner.store import RETRY_STATES
 
     states = tuple(s.strip() for s in text.split(",") if s.strip())
     for state in states:

@@ -1,1 +1,23 @@
-"""TODO"""
+"""What a batch leaves for people and trainers: `metadata.jsonl` and captions, exports
+(JSONL, CSV, Parquet, WebDataset), the gallery, the report and the status.
+"""
+
+from runner.dataset._export import describe, export
+from runner.dataset._gallery import make_gallery, render_result
+from runner.dataset._metadata import refresh_dataset
+from runner.dataset._report import read_report, render_report, report_json
+from runner.dataset._status import read_status, render_status, status_json
+
+__all__ = [
+    "describe",
+    "export",
+    "make_gallery",
+    "read_report",
+    "read_status",
+    "refresh_dataset",
+    "render_report",
+    "render_result",
+    "render_status",
+    "report_json",
+    "status_json",
+]

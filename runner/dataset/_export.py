@@ -40,10 +40,9 @@ from runner.dataset._metadata import (
     metadata_row,
     open_record,
 )
-from runner.disk._atomic import AtomicFile, fsync_dir
-from runner.disk._out_folder import OutFolder
+from runner.disk import AtomicFile, OutFolder, fsync_dir
 from runner.errors import ExportError, MissingExtra
-from runner.store._rows import DatasetImage, ImageState
+from runner.store import DatasetImage, ImageState
 
 FORMATS = ("jsonl", "csv", "parquet", "webdataset")
 IMAGE_STATES = tuple(s.value for s in ImageState)

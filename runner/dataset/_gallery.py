@@ -25,8 +25,7 @@ from runner.dataset._gallery_grid import (
 from runner.dataset._gallery_html import render_page
 from runner.dataset._gallery_sheet import render_sheet
 from runner.dataset._metadata import open_record
-from runner.disk._atomic import atomic_write_bytes
-from runner.disk._out_folder import OutFolder
+from runner.disk import OutFolder, atomic_write_bytes
 from runner.errors import NotABatch, StoreError
 
 INDEX_NAME = "index.html"

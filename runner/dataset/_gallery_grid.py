@@ -33,12 +33,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from runner.contract import _zimage as zimage
+from runner import contract
 from runner.errors import GalleryError
-from runner.grid import canonical_json
-from runner.store._rows import GalleryCell as GalleryCell  # the store's rows, used as they are
-from runner.store._rows import GalleryImage as GalleryImage
-from runner.store._rows import ImageState
+from runner.identity import canonical_json
+from runner.store import GalleryCell as GalleryCell  # the store's rows, used as they are
+from runner.store import GalleryImage as GalleryImage
+from runner.store import ImageState
 
 # Request fields that can be an axis, in the order ties are broken and filters are shown.
 FIELD_AXES: tuple[str, ...] = (
@@ -121,7 +121,7 @@ def value_label(name: str, value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return zimage.number_text(value)
+        return contract.number_text(value)
     if isinstance(value, Mapping):
         if not value:
             return NONE_LABEL

@@ -25,12 +25,9 @@ from typing import IO, Any
 import anyio
 import structlog
 
-from runner.disk._atomic import AtomicFile
-from runner.disk._faults import disk_error
-from runner.disk._out_folder import OutFolder
+from runner.disk import AtomicFile, OutFolder, disk_error
 from runner.errors import StoreError
-from runner.store._rows import DatasetImage
-from runner.store._store import Store
+from runner.store import DatasetImage, Store
 
 log = structlog.get_logger(__name__)
 METADATA_NAME = OutFolder.METADATA_NAME

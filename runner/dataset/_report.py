@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.dataset._metadata import open_record
 from runner.errors import StoreError
-from runner.store._rows import AttemptState, Budget, FailureReason, ImageState
+from runner.store import AttemptState, Budget, FailureReason, ImageState
 
 TOP_REASONS = 5
 REASON_WIDTH = 72

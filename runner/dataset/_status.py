@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 
 from runner.dataset._metadata import open_record
-from runner.disk._out_folder import OutFolder
+from runner.disk import OutFolder
 from runner.errors import NotABatch, StoreError
-from runner.store._rows import AttemptState, Budget, FailureReason, ImageState
+from runner.store import AttemptState, Budget, FailureReason, ImageState
 
 TOP_REASONS = 10
 REASON_WIDTH = 100  # characters of a reason shown in text; --json has them whole

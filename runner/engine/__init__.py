@@ -1,1 +1,29 @@
-"""TODO"""
+"""The engine that drives one batch: the submitter, the poller and the downloaders in one
+task group, paced by `_pacing` (rate limit, backoff); images checked by `_images`.
+"""
+
+from runner.engine._downloader import FetchedImage, ImageFetcher
+from runner.engine._engine import (
+    Engine,
+    EngineConfig,
+    RunStats,
+    charge_of,
+    image_outcomes,
+    outcome_of,
+    reason_of,
+)
+from runner.engine._pacing import Backoff, retrying
+
+__all__ = [
+    "Backoff",
+    "Engine",
+    "EngineConfig",
+    "FetchedImage",
+    "ImageFetcher",
+    "RunStats",
+    "charge_of",
+    "image_outcomes",
+    "outcome_of",
+    "reason_of",
+    "retrying",
+]

@@ -21,16 +21,13 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from runner.api._client import Client
-from runner.api._models import Workflow
-from runner.disk._atomic import atomic_write_bytes
-from runner.disk._out_folder import image_path
+from runner.api import Client, Workflow
+from runner.disk import atomic_write_bytes, image_path
 from runner.engine._images import InvalidImage, VerifiedImage, check_image
 from runner.engine._pacing import Backoff, retrying
 from runner.engine._shared import Changes, RunStats
 from runner.errors import NotFoundError, RetryableError, UrlExpiredError
-from runner.store._rows import PendingImage
-from runner.store._store import Store
+from runner.store import PendingImage, Store
 
 log = structlog.get_logger(__name__)
 MAX_TRIES = 8

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import structlog
 
-from runner.api._client import Client
+from runner.api import Client
 from runner.engine._downloader import Downloader, ImageFetcher
 from runner.engine._outcomes import Outcomes
 from runner.engine._outcomes import charge_of as charge_of
@@ -37,7 +37,7 @@ from runner.engine._shared import Changes
 from runner.engine._shared import RunStats as RunStats
 from runner.engine._submitter import Submitter
 from runner.errors import RetryableError, ZbatchError
-from runner.store._store import Store
+from runner.store import Store
 
 log = structlog.get_logger(__name__)
 Companion = Callable[[], Coroutine[Any, Any, None]]

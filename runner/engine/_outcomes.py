@@ -13,10 +13,9 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from runner.api._models import Workflow, WorkflowStatus
+from runner.api import Workflow, WorkflowStatus
 from runner.engine._shared import Changes, RunStats
-from runner.store._rows import Attempt, AttemptState, ImageOutcome
-from runner.store._store import Store
+from runner.store import Attempt, AttemptState, ImageOutcome, Store
 
 log = structlog.get_logger(__name__)
 

@@ -17,11 +17,10 @@ from typing import Protocol
 import anyio
 import structlog
 
-from runner.api._client import Client
-from runner.api._models import Workflow, WorkflowPage, WorkflowStatus
+from runner.api import Client, Workflow, WorkflowPage, WorkflowStatus
 from runner.engine._pacing import Retrier
 from runner.errors import NotFoundError
-from runner.store._rows import Attempt
+from runner.store import Attempt
 
 log = structlog.get_logger(__name__)
 BULK_PAGE = 100

@@ -17,17 +17,15 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from runner.api._client import Client
-from runner.api._models import Workflow
-from runner.contract import _zimage as zimage
+from runner import contract
+from runner.api import Client, Workflow
 from runner.engine._outcomes import Outcomes, charge_of
 from runner.engine._pacing import RateLimiter, Retrier
 from runner.engine._poller import Poller, refund_pending
 from runner.engine._shared import Changes, RunStats
 from runner.errors import ApiError, RejectedError, RetryableError
 from runner.identity import workflow_metadata
-from runner.store._rows import Attempt, AttemptState
-from runner.store._store import Store
+from runner.store import Attempt, AttemptState, Store
 
 log = structlog.get_logger(__name__)
 NEXT_PLANNED = 64  # planned attempts read from the store at a time
@@ -138,7 +136,7 @@ class Submitter:
         """
         shape = shape_of(attempt.request)
         if shape not in self._prices:
-            steps = [{"$type": "imageGen", "input": zimage.step_input(attempt.request)}]
+            steps = [{"$type": "imageGen", "input": contract.step_input(attempt.request)}]
             try:
                 preview = await self.retry.call(
                     lambda: self.client.submit(steps, whatif=True), what="whatif", max_tries=5
@@ -151,7 +149,7 @@ class Submitter:
 
     async def _submit(self, attempt: Attempt) -> None:
         """Send the intent; record the workflow running (or ended), or the service's 400."""
-        steps = [{"$type": "imageGen", "input": zimage.step_input(attempt.request)}]
+        steps = [{"$type": "imageGen", "input": contract.step_input(attempt.request)}]
         metadata = workflow_metadata(attempt.cell_key, attempt.attempt)
 
         async def call() -> Workflow:
@@ -188,7 +186,7 @@ class Submitter:
 def zimage_runtime(attempt: Attempt) -> tuple[float, float]:
     """The seed table's (low, high) seconds for an attempt's request."""
     r: dict[str, Any] = attempt.request
-    return zimage.runtime_s(
+    return contract.runtime_s(
         model=attempt.model,
         width=int(r["width"]),
         height=int(r["height"]),
@@ -199,7 +197,7 @@ def zimage_runtime(attempt: Attempt) -> tuple[float, float]:
 
 def shape_of(request: dict[str, Any]) -> str:
     """What the price depends on: model, size, steps, quantity and LoRAs (fees)."""
-    loras = sorted(zimage.lora_dict(request.get("loras") or {}).items())
+    loras = sorted(contract.lora_dict(request.get("loras") or {}).items())
     return repr(
         (request["model"], request["width"], request["height"], request["steps"],
          request["quantity"], loras)

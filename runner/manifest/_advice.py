@@ -5,7 +5,7 @@ not), so it is computed per model over the combinations of the axes that advice 
 (cfgScale, steps, quantity, size, width, height and whether a negativePrompt is given), each
 axis reduced to its distinct values. When those combinations exceed ``MAX_COMBINATIONS``,
 each axis is varied alone instead. A warning is reported at the node of the value it is
-about (``zimage.Advice.field``), once per place and text.
+about (``contract.Advice.field``), once per place and text.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
-from runner.contract import _zimage as zimage
+from runner import contract
 from runner.manifest._checks import Level, Sections
 from runner.manifest._fields import ReadAxis
 from runner.manifest._yaml import Node, Report
@@ -89,9 +89,9 @@ def _layered(
     model = chosen.get("model", (None, None))[0]
     for level in reversed(levels):
         model = model or level[0].get("model")
-    model = str(model or defaults[0].get("model", zimage.MODELS[0]))
+    model = str(model or defaults[0].get("model", contract.MODELS[0]))
     fields: dict[str, tuple[object, Source]] = {
-        name: (value, None) for name, value in zimage.MODEL_DEFAULTS[model].items()
+        name: (value, None) for name, value in contract.MODEL_DEFAULTS[model].items()
     }
     for values, sources in (defaults, models.get(model, ({}, {})), *levels):
         for name, value in values.items():
@@ -103,7 +103,7 @@ def _layered(
 
 def _warn(report: Report, fields: Mapping[str, tuple[object, Source]]) -> None:
     request = {name: value for name, (value, _) in fields.items()}
-    for advice in zimage.advise(request):
+    for advice in contract.advise(request):
         source = fields.get(advice.field, (None, None))[1]
         node, path = source if source is not None else (None, advice.field)
         report.warn(node, path, advice.message)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from runner.contract import _zimage as zimage
+from runner import contract
 from runner.manifest import _prompts as prompts
 from runner.manifest._fields import PROMPT_FIELDS, FieldReader, ReadAxis
 from runner.manifest._yaml import Node, Report, item
@@ -122,4 +122,4 @@ def _grid_models(
     for axis in axes:
         if axis.name == "model":
             return [str(value) for value in dict.fromkeys(axis.values)]
-    return [str(constants.get("model") or defaults.get("model") or zimage.MODELS[0])]
+    return [str(constants.get("model") or defaults.get("model") or contract.MODELS[0])]

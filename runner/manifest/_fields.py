@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.contract import _zimage as zimage
-from runner.contract._zimage import shown
+from runner import contract
+from runner.contract import shown
 from runner.manifest import _prompts as prompts
 from runner.manifest._yaml import (
     Location,
@@ -32,7 +32,7 @@ from runner.manifest._yaml import (
     known,
 )
 
-INPUT_KEYS: tuple[str, ...] = (*zimage.FIELDS, "size")
+INPUT_KEYS: tuple[str, ...] = (*contract.FIELDS, "size")
 PROMPT_FIELDS = ("prompt", "negativePrompt")
 MAX_AXIS_VALUES = 1_000_000
 MAX_PROBLEMS_PER_SOURCE = 20
@@ -98,14 +98,14 @@ class FieldReader:
         raw = self.scalars.value(node)
         if name == "seed":
             return self._seed(raw, node, path)
-        problem = zimage.check_field(name, raw)
+        problem = contract.check_field(name, raw)
         if problem is not None:
             self.report.error(node, path, problem)
             return BAD
         if name in PROMPT_FIELDS and isinstance(raw, str):
             self.template(raw, self.report.at(node), path)
         if name == "size":
-            return zimage.parse_size(raw)
+            return contract.parse_size(raw)
         if name == "cfgScale":
             assert isinstance(raw, int | float)
             return normalize_number(raw)
@@ -114,7 +114,7 @@ class FieldReader:
     def _seed(self, raw: object, node: Node, path: str) -> object:
         if raw == "random":
             return RANDOM
-        if zimage.check_field("seed", raw) is None:
+        if contract.check_field("seed", raw) is None:
             return raw
         self.report.error(node, path, f"{shown(raw)} is not a seed (allowed: {SEED_FORMS})")
         return BAD
@@ -126,7 +126,7 @@ class FieldReader:
             text = shown(raw) if isinstance(node, yaml.ScalarNode) else kind(node)
             message = (
                 f"{text} is not a mapping of AIR URN to strength"
-                f" (e.g. {{{zimage.AIR_EXAMPLE}: 0.8}}; {where})"
+                f" (e.g. {{{contract.AIR_EXAMPLE}: 0.8}}; {where})"
             )
             self.report.error(node, path, message)
             return BAD
@@ -135,10 +135,10 @@ class FieldReader:
         for air, key_node, value_node in entries(node, path, self.report):
             at = f"{path}[{air!r}]"
             strength = self.scalars.value(value_node)
-            problem = zimage.check_lora_key(air)
+            problem = contract.check_lora_key(air)
             if problem is not None:
                 self.report.error(key_node, at, problem)
-            strength_problem = zimage.check_lora_strength(strength)
+            strength_problem = contract.check_lora_strength(strength)
             if strength_problem is not None:
                 self.report.error(value_node, at, strength_problem)
             if problem or strength_problem:
@@ -204,7 +204,7 @@ class FieldReader:
         at = join(path, form)
         if form == "count":
             count = self.scalars.value(value_node)
-            if not zimage.is_integer(count) or not 1 <= count <= MAX_AXIS_VALUES:  # type: ignore[operator]
+            if not contract.is_integer(count) or not 1 <= count <= MAX_AXIS_VALUES:  # type: ignore[operator]
                 message = f"{shown(count)} is not a seed count (allowed 1..{MAX_AXIS_VALUES})"
                 self.report.error(value_node, at, message)
                 return BAD
@@ -215,7 +215,7 @@ class FieldReader:
             if bounds is None:
                 return BAD
             first, last = bounds
-        if last > zimage.INT64[1]:
+        if last > contract.INT64[1]:
             message = f"the seeds would pass the int64 maximum ({shown(first)}..{shown(last)})"
             self.report.error(value_node, at, message)
             return BAD
@@ -232,7 +232,7 @@ class FieldReader:
         if (
             pair is None
             or len(pair) != 2
-            or any(zimage.check_field("seed", bound) is not None for bound in pair)
+            or any(contract.check_field("seed", bound) is not None for bound in pair)
         ):
             shown_value = shown(pair) if pair is not None else kind(node)
             self.report.error(node, path, f"{shown_value} is not a seed range ({allowed})")
@@ -296,7 +296,7 @@ class FieldReader:
         quiet = failures >= MAX_PROBLEMS_PER_SOURCE
         report = Report(self.report.file) if quiet else self.report
         if check_prompt is not None:
-            problem = zimage.check_field(check_prompt, text)
+            problem = contract.check_field(check_prompt, text)
             if problem is not None:
                 report.error_at(location, path, problem)
                 return False

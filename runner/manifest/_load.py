@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from runner.contract import _zimage as zimage
+from runner import contract
 from runner.errors import InvalidManifest
 from runner.manifest import _checks as checks
 from runner.manifest import _textfile as textfile
@@ -253,7 +253,7 @@ class _Parser(SettingsReader):
             return found
         allowed = tuple(key for key in INPUT_KEYS if key != "model")
         for model, (_, value_node) in known(
-            entries(node, "models", self.report), zimage.MODELS, "models", self.report
+            entries(node, "models", self.report), contract.MODELS, "models", self.report
         ).items():
             found[model] = self._level(value_node, join("models", model), allowed, IN_GRID)
         return found

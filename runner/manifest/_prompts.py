@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.contract._zimage import shown, suggestion
+from runner.contract import shown, suggestion
 from runner.manifest import _textfile as textfile
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

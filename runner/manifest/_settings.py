@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.contract import _zimage as zimage
-from runner.contract._zimage import shown
+from runner import contract
+from runner.contract import shown
 from runner.manifest._fields import FieldReader
 from runner.manifest._yaml import Node, Report, entries, join, known
 
@@ -131,7 +131,7 @@ class SettingsReader:
             self._missing(root, "budget", "the Buzz cap, a whole number > 0")
             return None
         value, node = found
-        if zimage.is_integer(value) and 0 < value <= MAX_BUDGET_BUZZ:  # type: ignore[operator]
+        if contract.is_integer(value) and 0 < value <= MAX_BUDGET_BUZZ:  # type: ignore[operator]
             assert isinstance(value, int)
             return value
         message = f"{shown(value)} is not a Buzz cap (allowed: a whole number 1..{MAX_BUDGET_BUZZ})"
@@ -143,7 +143,7 @@ class SettingsReader:
         if found is None:
             return 0
         value, node = found
-        problem = zimage.check_field("seed", value)
+        problem = contract.check_field("seed", value)
         if problem is None:
             assert isinstance(value, int)
             return value
@@ -165,13 +165,13 @@ class SettingsReader:
             return default
         value, node = found
         low, high, whole = SETTING_RANGES[key]
-        ok = zimage.is_integer(value) if whole else zimage.is_number(value)
+        ok = contract.is_integer(value) if whole else contract.is_number(value)
         if ok and low <= value <= high:  # type: ignore[operator]
             assert isinstance(value, int | float)
             return value
         what = "a whole number" if whole else "a number"
         message = (
-            f"{shown(value)} is not allowed (allowed: {what} {zimage.number_text(low)}..{high})"
+            f"{shown(value)} is not allowed (allowed: {what} {contract.number_text(low)}..{high})"
         )
         self.report.error(node, join(path, key), message)
         return default
@@ -193,7 +193,7 @@ class SettingsReader:
         value = self.reader.scalars.value(node)
         if isinstance(value, str) and value in CAPTIONS:
             return value
-        hint = zimage.suggestion(value, CAPTIONS) if isinstance(value, str) else ""
+        hint = contract.suggestion(value, CAPTIONS) if isinstance(value, str) else ""
         message = f"{shown(value)} is not a captions mode{hint} (allowed: {', '.join(CAPTIONS)})"
         self.report.error(node, "captions", message)
         return "none"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from runner.contract._zimage import shown, suggestion
+from runner.contract import shown, suggestion
 
 MAX_DEPTH = 32
 MAX_VALUES = 1_000_000

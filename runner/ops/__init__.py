@@ -1,5 +1,26 @@
-"""The operations on a batch: run, retry, cancel, adopt, verify, and plan's --whatif."""
+"""The operations on a batch: run, retry, cancel, adopt, verify, and plan's `--whatif`. Each
+talks to the API through a `Target` the CLI gives it.
+"""
 
-from runner.ops._run import Target
+from runner.ops._adopt import render_adoption
+from runner.ops._cancel import cancel_out, render_cancel
+from runner.ops._retry import RetrySettings, execute_retry, render_retry
+from runner.ops._run import RunOutcome, RunOverrides, Target, execute
+from runner.ops._verify import render_verify, verify_out
+from runner.ops._whatif import plan_with_whatif
 
-__all__ = ["Target"]
+__all__ = [
+    "RetrySettings",
+    "RunOutcome",
+    "RunOverrides",
+    "Target",
+    "cancel_out",
+    "execute",
+    "execute_retry",
+    "plan_with_whatif",
+    "render_adoption",
+    "render_cancel",
+    "render_retry",
+    "render_verify",
+    "verify_out",
+]

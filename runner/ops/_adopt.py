@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from runner.api._client import Client
-from runner.api._models import Workflow, WorkflowPage
-from runner.engine._engine import charge_of, image_outcomes, outcome_of, reason_of
-from runner.engine._pacing import Backoff, retrying
+from runner.api import Client, Workflow, WorkflowPage
+from runner.engine import Backoff, charge_of, image_outcomes, outcome_of, reason_of, retrying
 from runner.errors import ApiError
 from runner.identity import external_id, parse_external_id, parse_workflow_metadata
-from runner.store._rows import AttemptState
-from runner.store._store import Store
+from runner.store import AttemptState, Store
 
 log = structlog.get_logger(__name__)
 PAGE_SIZE = 100

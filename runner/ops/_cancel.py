@@ -26,15 +26,12 @@ from pathlib import Path
 
 import structlog
 
-from runner.api._client import Client
-from runner.api._models import WorkflowStatus
-from runner.disk._out_folder import OutFolder
-from runner.engine._engine import charge_of
-from runner.engine._pacing import Backoff, retrying
+from runner.api import Client, WorkflowStatus
+from runner.disk import OutFolder
+from runner.engine import Backoff, charge_of, retrying
 from runner.errors import NotFoundError
 from runner.ops._adopt import record_terminal, tagged_workflows
-from runner.store._rows import Attempt, AttemptState
-from runner.store._store import Store
+from runner.store import Attempt, AttemptState, Store
 
 log = structlog.get_logger(__name__)
 REASON = "canceled by zbatch cancel"

@@ -23,10 +23,9 @@ from typing import Any
 import anyio
 import structlog
 
-from runner.api._client import Client
-from runner.disk._atomic import sweep_batch_temps
-from runner.disk._out_folder import OutFolder
-from runner.engine._engine import Engine, EngineConfig
+from runner.api import Client
+from runner.disk import OutFolder, sweep_batch_temps
+from runner.engine import Engine, EngineConfig
 from runner.ops._run import (
     ProgressHook,
     RunOutcome,
@@ -35,9 +34,7 @@ from runner.ops._run import (
     drive,
     with_client,
 )
-from runner.store._rows import PlanResult, RetryPlan
-from runner.store._settings import RunSettings
-from runner.store._store import Store
+from runner.store import PlanResult, RetryPlan, RunSettings, Store
 
 log = structlog.get_logger(__name__)
 DEFAULT_STATES = ("failed", "expired", "lost")

@@ -19,20 +19,16 @@ import anyio
 import structlog
 
 from runner import __version__
-from runner.api._client import Client
-from runner.dataset._metadata import refresh_dataset
-from runner.disk._atomic import sweep_batch_temps
-from runner.disk._out_folder import OutFolder
-from runner.engine._engine import Engine, EngineConfig, RunStats
-from runner.engine._pacing import Backoff
+from runner.api import Client
+from runner.dataset import refresh_dataset
+from runner.disk import OutFolder, sweep_batch_temps
+from runner.engine import Backoff, Engine, EngineConfig, RunStats
 from runner.errors import CapReached
 from runner.grid import store_rows
 from runner.identity import KEY_VERSION, batch_tag
-from runner.manifest._load import Manifest
+from runner.manifest import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
-from runner.store._rows import Budget, PlanResult
-from runner.store._settings import RunSettings
-from runner.store._store import Store
+from runner.store import Budget, PlanResult, RunSettings, Store
 
 log = structlog.get_logger(__name__)
 DATASET_EVERY_S = 30.0

@@ -22,15 +22,12 @@ from pathlib import Path
 import anyio
 import structlog
 
-from runner.api._client import Client
-from runner.dataset._metadata import refresh_dataset
-from runner.disk._atomic import atomic_write_bytes
-from runner.disk._out_folder import OutFolder
-from runner.engine._downloader import FetchedImage, ImageFetcher
-from runner.engine._pacing import Backoff
+from runner.api import Client
+from runner.dataset import refresh_dataset
+from runner.disk import OutFolder, atomic_write_bytes
+from runner.engine import Backoff, FetchedImage, ImageFetcher
 from runner.ops._retry import batch_settings
-from runner.store._rows import PendingImage, StoredImage
-from runner.store._store import Store
+from runner.store import PendingImage, Store, StoredImage
 
 log = structlog.get_logger(__name__)
 CHUNK_BYTES = 1024 * 1024

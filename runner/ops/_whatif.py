@@ -12,9 +12,9 @@ from dataclasses import replace
 
 import anyio
 
-from runner.api._client import Client
-from runner.engine._pacing import Backoff, retrying
-from runner.manifest._load import Manifest
+from runner.api import Client
+from runner.engine import Backoff, retrying
+from runner.manifest import Manifest
 from runner.plan import WHATIF, Plan, Shape, check_prices, make_plan
 
 WHATIF_TRIES = 5  # per shape; a whatif spends nothing, so asking again is always safe

@@ -1,1 +1,42 @@
-"""TODO"""
+"""The batch's record (`OUT/batch.sqlite`): one `Store` owns the connection and runs every
+state transition and read as a function of it; the rows it hands out; its migrations.
+docs/states.md draws the state machine and names where each transition lives.
+"""
+
+from runner.store._ops import RETRY_STATES
+from runner.store._rows import (
+    Attempt,
+    AttemptState,
+    Budget,
+    DatasetImage,
+    FailureReason,
+    GalleryCell,
+    GalleryImage,
+    ImageOutcome,
+    ImageState,
+    PendingImage,
+    PlanResult,
+    RetryPlan,
+    StoredImage,
+)
+from runner.store._settings import RunSettings
+from runner.store._store import Store
+
+__all__ = [
+    "Attempt",
+    "AttemptState",
+    "Budget",
+    "DatasetImage",
+    "FailureReason",
+    "GalleryCell",
+    "GalleryImage",
+    "ImageOutcome",
+    "ImageState",
+    "PendingImage",
+    "PlanResult",
+    "RETRY_STATES",
+    "RetryPlan",
+    "RunSettings",
+    "Store",
+    "StoredImage",
+]

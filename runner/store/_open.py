@@ -19,10 +19,14 @@ import aiosqlite
 import anyio
 import structlog
 
-from runner.disk import _faults as local_faults
-from runner.disk._atomic import fsync_dir
-from runner.disk._faults import damaged, database_error, disk_error
-from runner.disk._private import create_private
+from runner.disk import (
+    BUSY_TIMEOUT_MS,
+    create_private,
+    damaged,
+    database_error,
+    disk_error,
+    fsync_dir,
+)
 from runner.errors import DatabaseDamaged, LocalDiskError, StoreError
 from runner.store._migrations import MIGRATIONS, SCHEMA_VERSION, newer_schema
 
@@ -31,8 +35,8 @@ _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",  # an intent is on disk before its network call
     "PRAGMA foreign_keys=ON",
-)  # and PRAGMA busy_timeout, first of all (`local_faults.BUSY_TIMEOUT_MS`)
-_BUSY_TIMEOUT = f"PRAGMA busy_timeout={local_faults.BUSY_TIMEOUT_MS}"
+)  # and PRAGMA busy_timeout, first of all (`BUSY_TIMEOUT_MS`)
+_BUSY_TIMEOUT = f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_BYTES = 100
 

@@ -47,8 +47,7 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 import aiosqlite
 import anyio
 
-from runner.disk._faults import database_error
-from runner.disk._lock import BatchLock
+from runner.disk import BatchLock, database_error
 from runner.errors import StoreError
 from runner.identity import PlanRow
 from runner.store import _ops as ops
