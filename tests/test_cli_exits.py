@@ -144,7 +144,7 @@ def _whatif_fails(e: Env) -> list[str]:
 
 
 def _run_disk_full(e: Env) -> list[str]:
-    return e.disk_full("runner.disk._out_folder.check_out_folder", _run(e))
+    return e.disk_full("runner.disk.check_out_folder", _run(e))
 
 
 def _run_damaged(e: Env) -> list[str]:
@@ -199,7 +199,7 @@ CASES: dict[tuple[str, ExitCode], Case] = {
         e.write_manifest("over.yaml", MANIFEST.format(budget=1)),
     ],
     ("plan", P.INTERRUPTED): lambda e: _interrupted(
-        e, "runner.manifest._load.load_manifest", ["plan", str(e.manifest)]
+        e, "runner.manifest.load_manifest", ["plan", str(e.manifest)]
     ),
     ("run", P.OK): lambda e: _run(e),
     ("run", P.ERROR): _run_other_batch,
@@ -215,7 +215,7 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ],
     ("run", P.DISK): _run_disk_full,
     ("run", P.BATCH_UNUSABLE): _run_damaged,
-    ("run", P.INTERRUPTED): lambda e: _interrupted(e, "runner.ops._run.execute", _run(e)),
+    ("run", P.INTERRUPTED): lambda e: _interrupted(e, "runner.ops.execute", _run(e)),
     ("status", P.OK): lambda e: ["status", str(e.out)],
     ("status", P.USAGE): lambda e: ["status", str(e.tmp / "nowhere")],
     ("status", P.BATCH_UNUSABLE): lambda e: ["status", e.damaged_pages()],
@@ -242,7 +242,7 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ("retry", P.DISK): _retry_disk_full,
     ("retry", P.BATCH_UNUSABLE): lambda e: ["retry", e.garbage_record(), "--api-url", e.url],
     ("retry", P.INTERRUPTED): lambda e: _interrupted(
-        e, "runner.ops._retry.execute_retry", ["retry", str(e.out)]
+        e, "runner.ops.execute_retry", ["retry", str(e.out)]
     ),
     ("cancel", P.OK): lambda e: ["cancel", str(e.out), "--api-url", e.url],
     ("cancel", P.USAGE): lambda e: ["cancel", str(e.tmp / "nowhere")],
