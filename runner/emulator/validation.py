@@ -73,6 +73,8 @@ ECHO_ORDER = (
     "quantity",
     "loras",
 )
+# JSON Schema's "uri" is an absolute URI (RFC 3986): a scheme, ":", then no spaces.
+ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]+\Z")
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 TIMESPAN = re.compile(
     r"^(?:(?P<days>\d{1,8})\.)?(?P<hours>\d{1,2}):(?P<minutes>\d{2}):(?P<seconds>\d{2})"
@@ -182,6 +184,9 @@ def _check_string(node: Mapping[str, Any], value: str, at: At, errors: Errors) -
     pattern = node.get("pattern")
     if pattern is not None and re.search(pattern, value) is None:
         _add(errors, at, f"The field {at.label} must match the regular expression '{pattern}'.")
+    if node.get("format") == "uri" and ABSOLUTE_URI.match(value) is None:
+        message = f"The field {at.label} must be an absolute URI such as https://host/path"
+        _add(errors, at, f"{message} (got {_shown(value)}).")
 
 
 def _check_array(node: Mapping[str, Any], value: list[Any], at: At, errors: Errors) -> None:
@@ -288,6 +293,33 @@ def validate_template(body: object) -> Errors:
     _check_tags(body.get("tags"), errors)
     if "steps" in body:
         _check_steps(props["steps"], body["steps"], ROOT.prop("steps"), errors)
+    return errors
+
+
+def validate_update(body: object) -> Errors:
+    """The ValidationProblemDetails ``errors`` for an UpdateWorkflow (PUT) body; empty if valid.
+
+    Every field is checked against the document's ``UpdateWorkflowRequest`` (``status`` is
+    the non-nullable enum ``canceled``; ``metadata`` an object or null; ``tags`` an array of
+    strings or null; ``allowMatureContent`` a boolean or null; nothing else), and ``tags``
+    also against the rules the service states for a workflow's tags (``WorkflowTemplate``:
+    at most 10, unique, each at most 200 characters): PUT replaces them.
+    """
+    errors: Errors = {}
+    if not isinstance(body, dict):
+        wanted = "a JSON object (an UpdateWorkflowRequest)"
+        _add(errors, ROOT, f"The request body must be {wanted}, not {_shown(body)}.")
+        return errors
+    props = schema.read_properties("UpdateWorkflowRequest")
+    _check_unknown(props, body, ROOT, errors)
+    for name, node in props.items():
+        if name in body:
+            check_value(node, body[name], ROOT.prop(name), errors)
+    tags = body.get("tags")
+    if isinstance(tags, list) and all(isinstance(tag, str) for tag in tags):
+        rules = schema.read_properties("WorkflowTemplate")["tags"]
+        check_value(rules, tags, ROOT.prop("tags"), errors)
+        _check_tags(tags, errors)
     return errors
 
 
