@@ -279,5 +279,8 @@ def make_app(config: EmulatorConfig | None = None, *, clock: Clock | None = None
         exception_handlers={Problem: problem_handler, HTTPException: http_error_handler},
         middleware=[Middleware(RequestCounter)],
     )
+    # No 307 to the path without its trailing slash: an id holding an encoded "/" is simply
+    # not found, as on the service (which never redirects an API call).
+    app.router.redirect_slashes = False
     app.state.emulator = Emulator(config, clock)
     return app

@@ -172,6 +172,13 @@ def _check_number(node: Mapping[str, Any], value: float, at: At, errors: Errors)
             _add(errors, at, f"The field {at.label} must be a {bits}-bit integer (got {value}).")
 
 
+def _whole_match(pattern: str, value: str) -> bool:
+    """.NET's RegularExpressionAttribute: the first match must cover the whole value (so a
+    ``$`` that Python lets match before a final newline does not let ``"abc\n"`` through)."""
+    match = re.search(pattern, value)
+    return match is not None and match.start() == 0 and match.end() == len(value)
+
+
 def _check_string(node: Mapping[str, Any], value: str, at: At, errors: Errors) -> None:
     length = _utf16_len(value)
     low, high = node.get("minLength"), node.get("maxLength")
@@ -182,7 +189,7 @@ def _check_string(node: Mapping[str, Any], value: str, at: At, errors: Errors) -
         unit = "character" if low == 1 else "characters"
         _add(errors, at, f"The field {at.label} must be at least {low} {unit} long.")
     pattern = node.get("pattern")
-    if pattern is not None and re.search(pattern, value) is None:
+    if pattern is not None and not _whole_match(pattern, value):
         _add(errors, at, f"The field {at.label} must match the regular expression '{pattern}'.")
     if node.get("format") == "uri" and ABSOLUTE_URI.match(value) is None:
         message = f"The field {at.label} must be an absolute URI such as https://host/path"
@@ -426,7 +433,7 @@ def _check_input_fields(value: Mapping[str, Any], model: str, at: At, errors: Er
     loras = value.get("loras")
     if isinstance(loras, dict):
         for key in loras:
-            if schema.air_pattern().match(key) is None:
+            if not _whole_match(schema.air_pattern().pattern, key):
                 message = f"LoRA key {_shown(key)} is not an AIR URN (e.g. {AIR_EXAMPLE})."
                 _add(errors, at.prop("loras").key(key), message)
 
