@@ -273,7 +273,8 @@ def test_mutated_jsonl_prompt_files_are_read_or_refused() -> None:
             try:
                 result = parse_manifest(text, path=copy)
             except ManifestError as exc:
-                assert str(exc)
+                message = str(exc)
+                assert message
                 return
             _assert_sendable(result)
 
