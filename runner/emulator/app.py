@@ -1,8 +1,10 @@
 """The emulator's HTTP face: Starlette routes over `Emulator`, problem+json error handlers.
 
-Each handler authenticates, spends a rate-limit token, parses the query string, calls one
-service method and renders its answer. Every error is a `Problem` rendered as RFC 7807
-`application/problem+json`. The test-only routes live under `/_emulator`, outside `/v2`.
+Each handler authenticates, spends a rate-limit token, binds the query string and body as
+the service does (`binding`: the document's parameter types, media types, JSON limits), calls
+one service method and renders its answer. Every error is a `Problem` rendered as RFC 7807
+`application/problem+json` (what ASP.NET Core sends for a ProblemDetails; docs/emulator.md,
+"Edges", item 6). The test-only routes live under `/_emulator`, outside `/v2`.
 """
 
 from __future__ import annotations
