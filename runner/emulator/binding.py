@@ -20,8 +20,9 @@ the emulator refuses here, before anything is looked up, stored or charged:
   ``date-time`` parses as ISO 8601; an enum names one of its values (any case); an array
   binds every repetition of the key. A value that does not convert is a 400
   ValidationProblemDetails naming the parameter ("The value 'AAA' is not valid for
-  hideMatureContent."). A missing or empty value is the parameter's default (or None);
-  parameters the document does not declare are ignored, as the service ignores them.
+  hideMatureContent."). A missing, empty or blank value is the parameter's default (or
+  None), as ASP.NET turns a blank string into null; parameters the document does not
+  declare are ignored, as the service ignores them.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def bind_query(request: Request, path: str) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     for name, node in _query_parameters(path, request.method):
         if node.get("type") == "array":
-            raws = [raw for raw in request.query_params.getlist(name) if raw != ""]
+            raws = [raw for raw in request.query_params.getlist(name) if raw.strip()]
             items = node.get("items", {})
             values = []
             for raw in raws:
@@ -232,7 +233,7 @@ def bind_query(request: Request, path: str) -> dict[str, Any]:
             continue
         raws = request.query_params.getlist(name)
         raw = raws[0] if raws else ""  # ASP.NET binds a scalar from the first value
-        if raw == "":
+        if raw.strip() == "":  # ConvertEmptyStringToNull: blank is no value
             bound[name] = node.get("default")
             continue
         try:

@@ -254,7 +254,10 @@ async def test_query_parameters_in_range_and_any_case_are_accepted(
         submitted = await harness.submit(template(), wait="2147483647", hideMatureContent="True")
         read = await harness.get(submitted.json()["id"], wait=" 3 ", hideMatureContent="FALSE")
         query = await harness.client.get(WORKFLOWS, params={"take": "-2147483648"})
+        blank = await harness.client.get(WORKFLOWS, params={"cursor": " \r", "take": " "})
     assert (submitted.status_code, read.status_code, query.status_code) == (200, 200, 200)
+    assert blank.status_code == 200  # a blank value is no value (ConvertEmptyStringToNull)
+    assert len(blank.json()["items"]) == 1
 
 
 @pytest.mark.parametrize(
