@@ -383,3 +383,25 @@ async def test_errors_are_problem_json_with_a_problem_details_body(harness: Harn
     for answer in answers:
         assert answer.headers["content-type"] == "application/problem+json"
         assert_schema("ProblemDetails", answer.json())
+
+
+# -- found on the way ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (template("cell-1\n"), "externalId"),
+        (template(loras={"urn:air:zImage:lora:civitai:1@2\n": 1.0}), "steps[0].input.loras"),
+    ],
+)
+async def test_a_pattern_must_match_the_whole_value(
+    harness: Harness, body: dict[str, Any], field: str
+) -> None:
+    """A trailing newline does not slip past a `...$` pattern (Python's `$` matches before a
+    final newline; .NET's RegularExpressionAttribute wants the match to be the whole value)."""
+    with anyio.fail_after(5):
+        response = await harness.submit(body)
+    assert response.status_code == 400
+    assert any(key.startswith(field) for key in response.json()["errors"])
+    await _nothing_stored(harness)
