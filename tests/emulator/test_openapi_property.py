@@ -391,7 +391,7 @@ async def _tour(client: httpx.AsyncClient, app: Any, clock: JumpClock) -> None:
     post.success = 200 if app.state.emulator.config.time_scale == 0 else 202
     await _one_call(client, app, post, known)
     clock.advance(120.0)  # past any tour job, inside the signed URLs' hour
-    wf_id = known.workflows[-1]
+    wf_id, blob = known.workflows[0], known.blobs[0]  # the tour's own, not the query's
     workflow = f"/v2/consumer/workflows/{wf_id}"
     await _one_call(
         client, app, _tour_call(("/v2/consumer/workflows", "get"), SUBMIT[0], 200), known
@@ -402,7 +402,6 @@ async def _tour(client: httpx.AsyncClient, app: Any, clock: JumpClock) -> None:
         _tour_call(("/v2/consumer/workflows/{workflowId}", "get"), workflow, 200),
         known,
     )
-    blob = known.blobs[-1]
     blob_path = f"/v2/consumer/blobs/{urllib.parse.quote(blob)}"
     for method, success in (("head", 204), ("get", 308)):
         await _one_call(
