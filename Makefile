@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint demo bench torture emulator clean
+.PHONY: all test lint demo bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
@@ -35,6 +35,12 @@ bench: $(STAMP)
 # TORTURE_SEED (default 1); prints the counts table, exits non-zero on any violation.
 torture: $(STAMP)
 	$(BIN)/python -m tests.crash.torture
+
+# The emulator's OpenAPI property test, long: EMULATOR_FUZZ_EXAMPLES request sequences drawn
+# from the document (default 5000, new ones each run); `make test` runs 120, derandomized.
+EMULATOR_FUZZ_EXAMPLES ?= 5000
+fuzz-emulator: $(STAMP)
+	EMULATOR_FUZZ_EXAMPLES=$(EMULATOR_FUZZ_EXAMPLES) $(BIN)/pytest -q tests/emulator/test_openapi_property.py
 
 emulator: $(STAMP)
 	$(BIN)/zbatch emulator --host 127.0.0.1 --port 8765

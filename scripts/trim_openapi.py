@@ -5,10 +5,13 @@ Usage (from the repository root):
     python scripts/trim_openapi.py [SOURCE] [--out PATH] [--date YYYY-MM-DD]
 
 SOURCE defaults to ``../shared/civitai-orchestration-openapi.json`` and the output to
-``runner/emulator/openapi-subset.json``. The subset holds the named ``ROOTS`` plus every
+``runner/contract/openapi-subset.json``. The subset holds the named ``ROOTS`` plus every
 schema they ``$ref``, with each discriminator mapping pruned to the members zbatch uses
-(``KEEP``), so the closure stays small: no other step types, engines or ecosystems. The
-output is deterministic for a given source and date (sorted keys, ``indent=1``).
+(``KEEP``), so the closure stays small: no other step types, engines or ecosystems. It also
+holds the ``paths`` of the ``OPERATIONS`` the emulator serves (parameters, request body
+media types and schemas, responses; the request examples are dropped), from which the
+emulator binds query parameters and its property test draws requests. The output is
+deterministic for a given source and date (sorted keys, ``indent=1``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "civitai-orchestration-openapi.json"
-DEFAULT_OUT = REPO_ROOT / "runner" / "emulator" / "openapi-subset.json"
+DEFAULT_OUT = REPO_ROOT / "runner" / "contract" / "openapi-subset.json"
 REF_PREFIX = "#/components/schemas/"
 
 # The component schemas zbatch reads or writes; their $ref closure comes along.
@@ -66,6 +69,20 @@ ROOTS: tuple[str, ...] = (
     "CursedArrayOfTelemetryCursorAndWorkflow",
     "UpdateWorkflowRequest",
     "WorkflowStatus",
+)
+
+# The operations the emulator serves: (path, method). Their parameters, bodies and
+# responses are kept under ``paths``.
+OPERATIONS: tuple[tuple[str, str], ...] = (
+    ("/v2/consumer/workflows", "post"),
+    ("/v2/consumer/workflows", "get"),
+    ("/v2/consumer/workflows/{workflowId}", "get"),
+    ("/v2/consumer/workflows/{workflowId}", "put"),
+    ("/v2/consumer/workflows/{workflowId}", "delete"),
+    ("/v2/consumer/blobs/{blobId}", "get"),
+    ("/v2/consumer/blobs/{blobId}", "head"),
+    ("/v2/consumer/blobs/{blobId}/refresh", "post"),
+    ("/v2/consumer/blobs/content/{encryptedToken}", "get"),
 )
 
 # Discriminator mappings keep only these members (schema name -> mapping keys kept).
@@ -125,13 +142,36 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(item)
 
 
+def _without_examples(operation: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``operation`` whose request and response media types carry no examples."""
+    trimmed = copy.deepcopy(operation)
+    bodies = [trimmed.get("requestBody", {}), *trimmed.get("responses", {}).values()]
+    for body in bodies:
+        for media in body.get("content", {}).values():
+            media.pop("examples", None)
+            media.pop("example", None)
+    return trimmed
+
+
+def _paths(source: dict[str, Any]) -> dict[str, Any]:
+    """The ``OPERATIONS`` of ``source``, examples dropped, grouped by path."""
+    paths: dict[str, Any] = {}
+    for path, method in OPERATIONS:
+        operation = source["paths"].get(path, {}).get(method)
+        if operation is None:
+            raise TrimError(f"the source has no operation {method.upper()} {path}")
+        paths.setdefault(path, {})[method] = _without_examples(operation)
+    return paths
+
+
 def trim(
     source: dict[str, Any], *, source_name: str, source_sha256: str, trimmed_on: dt.date
 ) -> dict[str, Any]:
-    """The subset document: ``ROOTS`` and their pruned ``$ref`` closure, with provenance."""
+    """The subset document: ``ROOTS``, ``OPERATIONS`` and their pruned ``$ref`` closure."""
     schemas: dict[str, Any] = source["components"]["schemas"]
+    paths = _paths(source)
     kept: dict[str, Any] = {}
-    todo = list(ROOTS)
+    todo = [*ROOTS, *_refs(paths)]
     while todo:
         name = todo.pop()
         if name in kept:
@@ -151,6 +191,7 @@ def trim(
             "trimmedBy": "scripts/trim_openapi.py",
         },
         "components": {"schemas": kept},
+        "paths": paths,
     }
 
 

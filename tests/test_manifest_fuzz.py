@@ -3,13 +3,21 @@
 Every ``jobs/*.yaml`` is mutated (byte flips, deletions, insertions, swapped lines, values
 replaced by random YAML scalars and structures, hostile YAML fragments) and fed to the same
 decoding and parsing ``load_manifest`` does. The only allowed outcomes are a ``Manifest`` or
-a ``ManifestError``; any other exception fails the test. Derandomized and bounded, so it
-takes a few seconds and fails the same way every time.
+a ``ManifestError``; any other exception fails the test, and so does a ``Manifest`` holding a
+lone UTF-16 surrogate anywhere (text the service would refuse with a 400: issue 16 item 7).
+The JSONL prompt file of ``jobs/lora-sweep.yaml`` is mutated the same way, with JSON's
+``\\uXXXX`` escapes among the damage. Derandomized and bounded, so it takes a few seconds and
+fails the same way every time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -59,6 +67,10 @@ HOSTILE = [
     "'",
     '"\\x00"',
     '"\\ud800"',
+    '"a \\udc00 b"',
+    '"\\U0000dbff"',
+    '"\\ud83d\\ude00"',
+    '{"urn:air:zImage:lora:civitai:1@2\\ud800": 1}',
     '"\\u0000"',
     "\t",
     "- - -",
@@ -163,6 +175,27 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
     return data
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _texts(value: object) -> list[str]:
+    """Every string inside a Manifest: fields, mappings (keys too), tuples, axes."""
+    if isinstance(value, str):
+        return [value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [t for f in dataclasses.fields(value) for t in _texts(getattr(value, f.name))]
+    if isinstance(value, Mapping):
+        return [t for k, v in value.items() for t in _texts(k) + _texts(v)]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [t for item in value for t in _texts(item)]
+    return []
+
+
+def _assert_sendable(result: Manifest) -> None:
+    lone = [text for text in _texts(result) if SURROGATE.search(text)]
+    assert not lone, f"a Manifest holds text with a lone surrogate: {lone[:3]!r}"
+
+
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
 def test_mutated_manifests_are_parsed_or_refused(manifest: Path) -> None:
     """Mutations of a real manifest give a Manifest or a ManifestError, never a crash."""
@@ -186,5 +219,63 @@ def test_mutated_manifests_are_parsed_or_refused(manifest: Path) -> None:
             assert "Traceback" not in message
             return
         assert isinstance(result, Manifest)
+        _assert_sendable(result)
 
     check()
+
+
+# JSON escapes and text a prompt file line may be damaged with.
+JSON_DAMAGE = [
+    "\\ud800",
+    "\\udfff",
+    "\\ud83d\\ude00",
+    "\\ude00\\ud83d",
+    "\\\\ud800",
+    "\\ud83d",
+    "\\u0000",
+    "\\",
+    '"',
+    "\udc80",
+]
+
+
+@st.composite
+def damaged_jsonl(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` with JSON escapes, quotes or bytes inserted at one or more places."""
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        piece = draw(
+            st.one_of(
+                st.sampled_from(JSON_DAMAGE).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                st.binary(max_size=4),
+            )
+        )
+        data = data[:at] + piece + data[at:]
+    return data
+
+
+def test_mutated_jsonl_prompt_files_are_read_or_refused() -> None:
+    """Escapes and bytes inserted into a JSONL prompt file give a Manifest without a lone
+    surrogate, or a ManifestError; never a crash, never text the service would refuse."""
+    manifest = JOBS / "lora-sweep.yaml"
+    source = JOBS / "prompts" / "lora-sweep.jsonl"
+    original = source.read_bytes()
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "job" / manifest.name
+        (copy.parent / "prompts").mkdir(parents=True)
+        shutil.copy(manifest, copy)
+        text = decode_manifest(copy.read_bytes(), copy)
+
+        @settings(derandomize=True, max_examples=200, deadline=None, database=None)
+        @given(damaged_jsonl(original))
+        def check(data: bytes) -> None:
+            (copy.parent / "prompts" / source.name).write_bytes(data)
+            try:
+                result = parse_manifest(text, path=copy)
+            except ManifestError as exc:
+                message = str(exc)
+                assert message
+                return
+            _assert_sendable(result)
+
+        check()

@@ -27,6 +27,11 @@ BINARY = "it is binary, not text (allowed: printable characters, tabs and newlin
 IN_FOLDER = "allowed: a file inside the manifest's folder"
 TAGS = "allowed: values, lists and mappings without tags, or !!str"
 MIB = 2**20
+LONE = (
+    "the text holds a lone surrogate \\u{}: it is not Unicode and the service refuses it"
+    " (allowed: Unicode text; write a character outside the BMP as itself or as one escape"
+    " such as \\U0001F600, not as two \\u escapes)"
+)
 
 
 def _bomb() -> str:
@@ -349,6 +354,64 @@ CASES: list[tuple[str, dict[str, File], list[str], list[str]]] = [
             "{m}:4:22: grid.prompt.csv: 'p.csv' is not valid CSV"
             " (field larger than field limit (131072))"
         ],
+    ),
+    # --- invalid Unicode: a lone surrogate the service would refuse (issue 16 item 7) -------
+    (
+        "lone-surrogate-in-prompt",
+        {"m.yaml": HEAD + 'grid: {prompt: "a \\ud800 b"}\n'},
+        ["run", "{m}"],
+        [f"{{m}}:4:19: {LONE.format('d800')}"],
+    ),
+    (
+        "lone-surrogate-in-negative-prompt",
+        {"m.yaml": HEAD + 'defaults: {negativePrompt: "\\udc00"}\n' + GRID},
+        ["run", "{m}"],
+        [f"{{m}}:4:29: {LONE.format('dc00')}"],
+    ),
+    (
+        "surrogate-pair-as-two-yaml-escapes",
+        {"m.yaml": HEAD + 'grid: {prompt: "cat \\ud83d\\ude00"}\n'},
+        ["plan", "{m}"],
+        [f"{{m}}:4:21: {LONE.format('d83d')}"],
+    ),
+    (
+        "lone-surrogate-in-template-variable",
+        {"m.yaml": HEAD + 'grid:\n  prompt: "a {v}"\n  vars.v: [ok, "\\U0000dc00"]\n'},
+        ["run", "{m}"],
+        [f"{{m}}:6:17: {LONE.format('dc00')}"],
+    ),
+    (
+        "lone-surrogate-in-lora-key",
+        {
+            "m.yaml": HEAD
+            + 'grid:\n  prompt: p\n  loras: {"urn:air:zImage:lora:civitai:1@2\\udbff": 1}\n'
+        },
+        ["run", "{m}"],
+        [f"{{m}}:6:43: {LONE.format('dbff')}"],
+    ),
+    (
+        "lone-surrogate-in-jsonl-prompt",
+        {
+            "m.yaml": HEAD + "grid: {prompt: {jsonl: p.jsonl, field: p}}\n",
+            "p.jsonl": '{"p": "fine \\ud83d\\ude00"}\n{"p": "a \\\\ud800 b \\ud800"}\n',
+        },
+        ["run", "{m}"],
+        [f"{{d}}/p.jsonl:2:20: grid.prompt.jsonl: 'p.jsonl' field 'p': {LONE.format('d800')}"],
+    ),
+    (
+        "utf8-encoded-surrogate-in-prompt-file",
+        {"m.yaml": HEAD + "grid: {prompt: {file: p.txt}}\n", "p.txt": b"ok\nab\xed\xa0\x80\n"},
+        ["run", "{m}"],
+        [f"{{d}}/p.txt:2:3: grid.prompt.file: 'p.txt' is not UTF-8 text (byte 0xed; {UTF8})"],
+    ),
+    (
+        "utf8-encoded-surrogate-in-csv",
+        {
+            "m.yaml": HEAD + "grid: {prompt: {csv: p.csv, column: p}}\n",
+            "p.csv": b"p\nok\n\xed\xb0\x80\n",
+        },
+        ["run", "{m}"],
+        [f"{{d}}/p.csv:3:1: grid.prompt.csv: 'p.csv' is not UTF-8 text (byte 0xed; {UTF8})"],
     ),
     # --- run's connection settings ----------------------------------------------------------
     (

@@ -1,8 +1,10 @@
 """The emulator's HTTP face: Starlette routes over `Emulator`, problem+json error handlers.
 
-Each handler authenticates, spends a rate-limit token, parses the query string, calls one
-service method and renders its answer. Every error is a `Problem` rendered as RFC 7807
-`application/problem+json`. The test-only routes live under `/_emulator`, outside `/v2`.
+Each handler authenticates, spends a rate-limit token, binds the query string and body as
+the service does (`binding`: the document's parameter types, media types, JSON limits), calls
+one service method and renders its answer. Every error is a `Problem` rendered as RFC 7807
+`application/problem+json` (what ASP.NET Core sends for a ProblemDetails; docs/emulator.md,
+"Edges", item 6). The test-only routes live under `/_emulator`, outside `/v2`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner.emulator import content, hostile
+from runner.emulator import binding, content, hostile
 from runner.emulator.clock import Clock, ManualClock
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.problems import Problem, validation_problem
 from runner.emulator.query import QueryParams, query_workflows
 from runner.emulator.service import Emulator, Reply
+from runner.emulator.validation import validate_update
 
 PROBLEM_JSON = "application/problem+json"
-UPDATE_FIELDS = ("status", "metadata", "tags", "allowMatureContent")
+WORKFLOWS = "/v2/consumer/workflows"
+WORKFLOW = "/v2/consumer/workflows/{workflowId}"
+BLOB = "/v2/consumer/blobs/{blobId}"
 
 
 class ConnectionDropped(Exception):
@@ -64,35 +69,6 @@ def _account(request: Request, kind: str) -> str:
     return account
 
 
-def _bool(request: Request, name: str, default: bool) -> bool:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise validation_problem({name: [f"The value '{raw}' is not valid for {name} (true|false)."]})
-
-
-def _int(request: Request, name: str, default: int | None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise validation_problem({name: [f"The value '{raw}' is not a valid integer."]}) from None
-
-
-async def _json_body(request: Request) -> object:
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError as exc:
-        raise validation_problem({"$": [f"The request body is not valid JSON: {exc}."]}) from None
-
-
 def _reply(request: Request, reply: Reply) -> Response:
     if reply.drop:
         return DroppedResponse(json.dumps(reply.body).encode("utf-8"), status_code=reply.status)
@@ -122,20 +98,21 @@ def _content_base(request: Request) -> str:
 
 async def submit_workflow(request: Request) -> Response:
     account = _account(request, "submit")
-    body = await _json_body(request)
+    query = binding.bind_query(request, WORKFLOWS)  # hideMatureContent: every image is "pg"
+    body = await binding.json_body(request, WORKFLOWS)
     reply = await _service(request).submit(
         account,
         body,
         base_url=_base_url(request),
-        wait_s=float(_int(request, "wait", 0) or 0),
-        whatif=_bool(request, "whatif", False),
+        wait_s=float(query["wait"]),
+        whatif=bool(query["whatif"]),
     )
     return _reply(request, reply)
 
 
 async def get_workflow(request: Request) -> Response:
     account = _account(request, "read")
-    wait_s = float(_int(request, "wait", 0) or 0)
+    wait_s = float(binding.bind_query(request, WORKFLOW)["wait"])
     wf_id = request.path_params["workflowId"]
     reply = await _service(request).get(account, wf_id, base_url=_base_url(request), wait_s=wait_s)
     return _reply(request, reply)
@@ -146,17 +123,17 @@ async def query_workflows_route(request: Request) -> Response:
     service = _service(request)
     if service.faults.fires("read_5xx", f"query:{account}"):
         raise Problem(service.faults.status_for("read_5xx", f"query:{account}"), "Query failed.")
+    query = binding.bind_query(request, WORKFLOWS)  # hideMatureContent: every image is "pg"
     params = QueryParams(
-        tags=tuple(request.query_params.getlist("tags")),
-        cursor=request.query_params.get("cursor") or None,
-        take=_int(request, "take", None),
-        ascending=_bool(request, "ascending", False),
-        exclude_failed=_bool(request, "excludeFailed", False),
-        from_date=request.query_params.get("fromDate"),
-        to_date=request.query_params.get("toDate"),
-        query=request.query_params.get("query"),
+        tags=tuple(query["tags"]),
+        cursor=query["cursor"] or None,
+        take=query["take"],
+        ascending=bool(query["ascending"]),
+        exclude_failed=bool(query["excludeFailed"]),
+        from_date=query["fromDate"],
+        to_date=query["toDate"],
+        query=query["query"],
     )
-    _bool(request, "hideMatureContent", True)  # validated; every emulated image is "pg"
     page = query_workflows(service, account, params, base_url=_base_url(request))
     page["items"] = [hostile.unknown_status(service.faults, item) for item in page["items"]]
     fault = hostile.draw_read_fault(service.faults, f"query:{account}")
@@ -165,32 +142,10 @@ async def query_workflows_route(request: Request) -> Response:
     return JSONResponse(page)
 
 
-def _update_errors(body: object) -> dict[str, list[str]]:
-    if not isinstance(body, dict):
-        return {"$": ["The request body must be a JSON object (an UpdateWorkflowRequest)."]}
-    errors: dict[str, list[str]] = {}
-    for name in body:
-        if name not in UPDATE_FIELDS:
-            errors[name] = [f"Unknown field {name!r} (allowed: {', '.join(UPDATE_FIELDS)})."]
-    if body.get("status") not in (None, "canceled"):
-        errors["status"] = [f"status must be canceled (got {body['status']!r})."]
-    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
-        errors["metadata"] = ["metadata must be an object or null."]
-    tags = body.get("tags")
-    if tags is not None and not (
-        isinstance(tags, list)
-        and all(isinstance(t, str) and len(t) <= 200 for t in tags)
-        and len(tags) <= 10
-        and len(set(tags)) == len(tags)
-    ):
-        errors["tags"] = ["tags must be at most 10 unique strings of at most 200 characters."]
-    return errors
-
-
 async def update_workflow(request: Request) -> Response:
     account = _account(request, "read")
-    body = await _json_body(request)
-    errors = _update_errors(body)
+    body = await binding.json_body(request, WORKFLOW)
+    errors = validate_update(body)
     if errors:
         raise validation_problem(errors)
     assert isinstance(body, dict)
@@ -208,6 +163,7 @@ async def get_blob(request: Request) -> Response:
     service, blob_id = _service(request), request.path_params["blobId"]
     sig = request.query_params.get("sig")
     if sig is not None:
+        binding.bind_query(request, BLOB)  # checked; workflowId, nsfwLevel... are ignored
         exp = request.query_params.get("exp", "")
         location = content.redirect_signed(service, blob_id, exp, sig, _content_base(request))
         if service.faults.fires("blob_redirect_plain_http", blob_id):
@@ -219,6 +175,7 @@ async def get_blob(request: Request) -> Response:
         if record.account != account:
             raise Problem(404, f"Blob {blob_id!r} was not found.")
         return Response(status_code=204)
+    binding.bind_query(request, BLOB)
     location = content.redirect_owned(service, account, blob_id, _content_base(request))
     return RedirectResponse(location, status_code=308)
 
@@ -304,13 +261,13 @@ class RequestCounter:
 
 
 ROUTES = [
-    Route("/v2/consumer/workflows", submit_workflow, methods=["POST"]),
-    Route("/v2/consumer/workflows", query_workflows_route, methods=["GET"]),
-    Route("/v2/consumer/workflows/{workflowId}", get_workflow, methods=["GET"]),
-    Route("/v2/consumer/workflows/{workflowId}", update_workflow, methods=["PUT"]),
-    Route("/v2/consumer/workflows/{workflowId}", delete_workflow, methods=["DELETE"]),
+    Route(WORKFLOWS, submit_workflow, methods=["POST"]),
+    Route(WORKFLOWS, query_workflows_route, methods=["GET"]),
+    Route(WORKFLOW, get_workflow, methods=["GET"]),
+    Route(WORKFLOW, update_workflow, methods=["PUT"]),
+    Route(WORKFLOW, delete_workflow, methods=["DELETE"]),
     Route("/v2/consumer/blobs/content/{encryptedToken}", blob_content, methods=["GET"]),
-    Route("/v2/consumer/blobs/{blobId}", get_blob, methods=["GET", "HEAD"]),
+    Route(BLOB, get_blob, methods=["GET", "HEAD"]),
     Route("/v2/consumer/blobs/{blobId}/refresh", refresh_blob, methods=["POST"]),
     Route("/_emulator/state", emulator_state, methods=["GET"]),
     Route("/_emulator/advance", emulator_advance, methods=["POST"]),
@@ -324,5 +281,8 @@ def make_app(config: EmulatorConfig | None = None, *, clock: Clock | None = None
         exception_handlers={Problem: problem_handler, HTTPException: http_error_handler},
         middleware=[Middleware(RequestCounter)],
     )
+    # No 307 to the path without its trailing slash: an id holding an encoded "/" is simply
+    # not found, as on the service (which never redirects an API call).
+    app.router.redirect_slashes = False
     app.state.emulator = Emulator(config, clock)
     return app

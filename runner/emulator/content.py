@@ -93,6 +93,7 @@ async def serve_content(emulator: Emulator, token: str) -> Content:
             height=int(inp["height"]),
             fmt=fmt,
             salt=image_salt(inp),
+            metadata=inp.get("imageMetadata"),
         )
 
     faults, media_type = emulator.faults, content_type(fmt)
@@ -123,7 +124,10 @@ def corrupt(data: bytes) -> bytes:
     return data[:start] + bytes(b ^ 0xFF for b in data[start:end]) + data[end:]
 
 
-_OWN_ARGUMENTS = frozenset({"prompt", "seed", "width", "height", "outputFormat", "quantity"})
+# Inputs that are arguments of their own, or (imageMetadata) stored in the file, not drawn.
+_OWN_ARGUMENTS = frozenset(
+    {"prompt", "seed", "width", "height", "outputFormat", "quantity", "imageMetadata"}
+)
 
 
 def image_salt(inp: Mapping[str, Any]) -> str:

@@ -7,6 +7,12 @@ arguments) with a few filled shapes on it. Encoders run with fixed settings and 
 metadata: JPEG quality 85 with 4:2:0 subsampling and no EXIF, PNG at compression level 1
 without time or text chunks, lossy WebP quality 80 at method 0 (its fastest). A 2048² image
 renders in a small fraction of a second.
+
+``metadata`` (the step input's ``imageMetadata``: "External metadata that will be stored with
+the image") does not change the pixels; it is stored in the file as the EXIF ``UserComment``
+(tag 0x9286 in the Exif IFD, ``UNICODE\0`` then UTF-16BE text: where A1111-style tools and
+Civitai's own image pages put generation text), in every format: JPEG APP1, PNG eXIf, WebP
+EXIF. ``stored_metadata(data)`` reads it back.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 SHAPES_PER_IMAGE = 4
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+UNICODE_PREFIX = b"UNICODE\0"
 
 
 @dataclass(frozen=True)
@@ -90,13 +99,37 @@ def _draw_shapes(picture: Image.Image, stream: Iterator[int]) -> None:
             draw.rectangle(box, fill=_colour(stream))
 
 
+def _exif(metadata: str) -> bytes:
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = UNICODE_PREFIX + metadata.encode("utf-16-be")
+    return exif.tobytes()
+
+
+def stored_metadata(data: bytes) -> str | None:
+    """The ``imageMetadata`` stored in an image rendered here, or None when it has none."""
+    with Image.open(io.BytesIO(data)) as picture:
+        comment = picture.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if not isinstance(comment, bytes) or not comment.startswith(UNICODE_PREFIX):
+        return None
+    return comment.removeprefix(UNICODE_PREFIX).decode("utf-16-be")
+
+
 def render_image(
-    *, prompt: str, seed: int, index: int, width: int, height: int, fmt: str, salt: str = ""
+    *,
+    prompt: str,
+    seed: int,
+    index: int,
+    width: int,
+    height: int,
+    fmt: str,
+    salt: str = "",
+    metadata: str | None = None,
 ) -> bytes:
     """The image for one output of a step: exactly ``width`` × ``height``, encoded as ``fmt``.
 
     ``salt`` carries the request's other inputs (model, steps, cfgScale, sampler, LoRAs...):
     as on the real service, the same prompt and seed on another model is another picture.
+    ``metadata`` is stored in the file (EXIF UserComment), not drawn.
     """
     encoding = _format(fmt)
     if width < 1 or height < 1:
@@ -105,10 +138,11 @@ def render_image(
     picture = _gradient(stream, width, height)
     _draw_shapes(picture, stream)
     out = io.BytesIO()
+    extra = {} if metadata is None else {"exif": _exif(metadata)}
     if encoding.pillow_name == "JPEG":
-        picture.save(out, "JPEG", quality=85, subsampling=2, optimize=False)
+        picture.save(out, "JPEG", quality=85, subsampling=2, optimize=False, **extra)
     elif encoding.pillow_name == "PNG":
-        picture.save(out, "PNG", compress_level=1)
+        picture.save(out, "PNG", compress_level=1, **extra)
     else:
-        picture.save(out, "WEBP", quality=80, method=0)
+        picture.save(out, "WEBP", quality=80, method=0, **extra)
     return out.getvalue()

@@ -73,6 +73,8 @@ ECHO_ORDER = (
     "quantity",
     "loras",
 )
+# JSON Schema's "uri" is an absolute URI (RFC 3986): a scheme, ":", then no spaces.
+ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]+\Z")
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 TIMESPAN = re.compile(
     r"^(?:(?P<days>\d{1,8})\.)?(?P<hours>\d{1,2}):(?P<minutes>\d{2}):(?P<seconds>\d{2})"
@@ -170,6 +172,13 @@ def _check_number(node: Mapping[str, Any], value: float, at: At, errors: Errors)
             _add(errors, at, f"The field {at.label} must be a {bits}-bit integer (got {value}).")
 
 
+def _whole_match(pattern: str, value: str) -> bool:
+    """.NET's RegularExpressionAttribute: the first match must cover the whole value (so a
+    ``$`` that Python lets match before a final newline does not let ``"abc\n"`` through)."""
+    match = re.search(pattern, value)
+    return match is not None and match.start() == 0 and match.end() == len(value)
+
+
 def _check_string(node: Mapping[str, Any], value: str, at: At, errors: Errors) -> None:
     length = _utf16_len(value)
     low, high = node.get("minLength"), node.get("maxLength")
@@ -180,8 +189,11 @@ def _check_string(node: Mapping[str, Any], value: str, at: At, errors: Errors) -
         unit = "character" if low == 1 else "characters"
         _add(errors, at, f"The field {at.label} must be at least {low} {unit} long.")
     pattern = node.get("pattern")
-    if pattern is not None and re.search(pattern, value) is None:
+    if pattern is not None and not _whole_match(pattern, value):
         _add(errors, at, f"The field {at.label} must match the regular expression '{pattern}'.")
+    if node.get("format") == "uri" and ABSOLUTE_URI.match(value) is None:
+        message = f"The field {at.label} must be an absolute URI such as https://host/path"
+        _add(errors, at, f"{message} (got {_shown(value)}).")
 
 
 def _check_array(node: Mapping[str, Any], value: list[Any], at: At, errors: Errors) -> None:
@@ -291,6 +303,33 @@ def validate_template(body: object) -> Errors:
     return errors
 
 
+def validate_update(body: object) -> Errors:
+    """The ValidationProblemDetails ``errors`` for an UpdateWorkflow (PUT) body; empty if valid.
+
+    Every field is checked against the document's ``UpdateWorkflowRequest`` (``status`` is
+    the non-nullable enum ``canceled``; ``metadata`` an object or null; ``tags`` an array of
+    strings or null; ``allowMatureContent`` a boolean or null; nothing else), and ``tags``
+    also against the rules the service states for a workflow's tags (``WorkflowTemplate``:
+    at most 10, unique, each at most 200 characters): PUT replaces them.
+    """
+    errors: Errors = {}
+    if not isinstance(body, dict):
+        wanted = "a JSON object (an UpdateWorkflowRequest)"
+        _add(errors, ROOT, f"The request body must be {wanted}, not {_shown(body)}.")
+        return errors
+    props = schema.read_properties("UpdateWorkflowRequest")
+    _check_unknown(props, body, ROOT, errors)
+    for name, node in props.items():
+        if name in body:
+            check_value(node, body[name], ROOT.prop(name), errors)
+    tags = body.get("tags")
+    if isinstance(tags, list) and all(isinstance(tag, str) for tag in tags):
+        rules = schema.read_properties("WorkflowTemplate")["tags"]
+        check_value(rules, tags, ROOT.prop("tags"), errors)
+        _check_tags(tags, errors)
+    return errors
+
+
 def _check_tags(tags: object, errors: Errors) -> None:
     if not isinstance(tags, list):
         return
@@ -394,7 +433,7 @@ def _check_input_fields(value: Mapping[str, Any], model: str, at: At, errors: Er
     loras = value.get("loras")
     if isinstance(loras, dict):
         for key in loras:
-            if schema.air_pattern().match(key) is None:
+            if not _whole_match(schema.air_pattern().pattern, key):
                 message = f"LoRA key {_shown(key)} is not an AIR URN (e.g. {AIR_EXAMPLE})."
                 _add(errors, at.prop("loras").key(key), message)
 

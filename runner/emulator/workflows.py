@@ -278,7 +278,14 @@ def _errors(record: WorkflowRecord, status: str) -> list[str] | None:
 def _render_job(record: WorkflowRecord, index: int, now_s: float, epoch_s: float) -> dict[str, Any]:
     job = record.jobs[index]
     status = record.job_status(index, now_s)
-    ran = now_s >= job.start_s and record.started(job.start_s) and job.start_s < record.terminal_s
+    # A job that ran to its end (succeeded, or failed by the step_fail fault) started, even
+    # when it took no time at all (time_scale 0: start, end and terminal are one instant).
+    ended = status in ("succeeded", "failed") and job.end_s <= record.terminal_s
+    ran = (
+        now_s >= job.start_s
+        and record.started(job.start_s)
+        and (job.start_s < record.terminal_s or ended)
+    )
     body: dict[str, Any] = {
         "id": job.id,
         "status": status,

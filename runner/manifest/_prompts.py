@@ -25,6 +25,7 @@ from pathlib import Path
 
 from runner.contract import shown, suggestion
 from runner.manifest import _textfile as textfile
+from runner.manifest._yaml import SURROGATE, lone_surrogate_message
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -163,6 +164,29 @@ def _csv_column(text: str, column: str) -> Iterator[tuple[int, str]]:
         raise SourceError(f"is not valid CSV ({exc})", reader.line_num) from None
 
 
+_JSON_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
+
+
+def _lone_escape_column(line: str) -> int:
+    """The 1-based column of the first ``\\uXXXX`` escape in a JSON line that writes a lone
+    surrogate (a high one not followed by a low one, or a low one on its own); 1 if none."""
+    escapes = list(_JSON_ESCAPE.finditer(line))
+    index = 0
+    while index < len(escapes):
+        match = escapes[index]
+        code = int(match[1][1:], 16) if len(match[1]) == 5 else 0
+        following = escapes[index + 1] if index + 1 < len(escapes) else None
+        if 0xD800 <= code <= 0xDBFF and following is not None and following.start() == match.end():
+            low = int(following[1][1:], 16) if len(following[1]) == 5 else 0
+            if 0xDC00 <= low <= 0xDFFF:
+                index += 2
+                continue
+        if 0xD800 <= code <= 0xDFFF:
+            return match.start() + 1
+        index += 1
+    return 1
+
+
 def _jsonl_field(text: str, field: str) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -181,5 +205,8 @@ def _jsonl_field(text: str, field: str) -> Iterator[tuple[int, str]]:
         value = record[field]
         if not isinstance(value, str):
             raise SourceError(f"field {field!r} is {shown(value)}, not text", number)
+        if SURROGATE.search(value):
+            message = f"field {field!r}: {lone_surrogate_message(value)}"
+            raise SourceError(message, number, _lone_escape_column(line))
         if value.strip():
             yield number, value.strip()

@@ -5,14 +5,17 @@ value's line and column. It rejects, as located problems rather than crashes: sy
 (tabs in the indentation named as such), characters YAML forbids, more than one document,
 nesting deeper than ``MAX_DEPTH`` (stopped while composing, before Python's recursion limit),
 aliases that refer to themselves, alias "bombs" that would expand to more than
-``MAX_VALUES`` values, and tags other than the plain ones (``!!python/…``, ``!foo``,
-``!!binary``, ``!!set``…). ``Report`` collects the problems and warnings of one manifest;
+``MAX_VALUES`` values, tags other than the plain ones (``!!python/…``, ``!foo``,
+``!!binary``, ``!!set``…), and text holding a lone UTF-16 surrogate (``"\ud800"``: YAML's
+escapes can write one; it is not Unicode, and the service refuses it with a 400), located at
+the escape that wrote it. ``Report`` collects the problems and warnings of one manifest;
 ``entries`` reads a mapping node's keys (strings, no duplicates, no ``<<`` merge keys) and
 ``known`` flags unknown keys with "did you mean". ``InvalidManifest`` carries them out.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +129,7 @@ def compose(text: str, report: Report) -> Node | None:
     except yaml.YAMLError as exc:
         report.error_at(None, "", f"YAML error: {exc}")
         return None
-    if root is not None and not _bounded(root, report):
+    if root is not None and not _bounded(root, report, text):
         return None
     return root
 
@@ -162,8 +165,8 @@ class _Loader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _bounded(root: Node, report: Report) -> bool:
-    """Whether the tree is shallow, acyclic and small once aliases are expanded."""
+def _bounded(root: Node, report: Report, text: str) -> bool:
+    """Whether the tree is shallow, acyclic, small once aliases are expanded, and Unicode."""
     sizes: dict[int, int] = {}
     active: set[int] = set()
 
@@ -177,6 +180,8 @@ def _bounded(root: Node, report: Report) -> bool:
         if node.tag not in PLAIN_TAGS:
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             raise _Unbounded(node, f"the YAML tag {tag} is not supported ({_TAGS_ALLOWED})")
+        if isinstance(node, yaml.ScalarNode) and SURROGATE.search(str(node.value)):
+            raise _Unbounded(node, lone_surrogate_message(node.value), _escape_at(node, text))
         active.add(id(node))
         children = _children(node)
         total = 1 + sum(size(child, depth + 1) for child in children)
@@ -190,19 +195,50 @@ def _bounded(root: Node, report: Report) -> bool:
     try:
         size(root, 0)
     except _Unbounded as exc:
-        report.error(exc.node, "", exc.message)
+        if exc.location is not None:
+            report.error_at(Location(report.file, *exc.location), "", exc.message)
+        else:
+            report.error(exc.node, "", exc.message)
         return False
     return True
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+# A double-quoted scalar's escapes, one at a time (so "\\ud800" is a backslash and text).
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.S)
+
+
+def lone_surrogate_message(text: str) -> str:
+    """What is wrong with text holding a lone surrogate, and what to write instead."""
+    bad = SURROGATE.search(text)
+    code = ord(bad[0]) if bad else 0xD800
+    return (
+        f"the text holds a lone surrogate \\u{code:04x}: it is not Unicode and the service"
+        " refuses it (allowed: Unicode text; write a character outside the BMP as itself or"
+        " as one escape such as \\U0001F600, not as two \\u escapes)"
+    )
+
+
+def _escape_at(node: Node, text: str) -> tuple[int, int] | None:
+    """The 1-based line and column of the escape that wrote a surrogate into ``node``."""
+    start, end = node.start_mark.index, node.end_mark.index
+    for match in _ESCAPE.finditer(text, start, end):
+        digits = match[1][1:] if match[1][0] in "uU" and len(match[1]) > 1 else ""
+        if digits and 0xD800 <= int(digits, 16) <= 0xDFFF:
+            at = match.start()
+            return text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+    return None
 
 
 _TAGS_ALLOWED = "allowed: values, lists and mappings without tags, or !!str"
 
 
 class _Unbounded(Exception):
-    def __init__(self, node: Node, message: str) -> None:
+    def __init__(self, node: Node, message: str, location: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.node = node
         self.message = message
+        self.location = location
 
 
 def _children(node: Node) -> list[Node]:

@@ -263,7 +263,9 @@ async def test_invalid_body_is_a_validation_problem(harness: Harness) -> None:
 async def test_malformed_json_is_a_validation_problem(harness: Harness) -> None:
     """A body that is not JSON is a 400 with an error under `$`."""
     with anyio.fail_after(5):
-        response = await harness.client.post(WORKFLOWS, content=b"{nope")
+        response = await harness.client.post(
+            WORKFLOWS, content=b"{nope", headers={"Content-Type": "application/json"}
+        )
     assert response.status_code == 400
     assert "$" in response.json()["errors"]
 
