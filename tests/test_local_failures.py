@@ -385,13 +385,13 @@ def test_a_newer_schema_is_refused_and_left_as_it_was(
 
 def test_translate_unwraps_groups_and_leaves_bugs_alone() -> None:
     full = OSError(28, "No space left on device", "/x/out/images/ab/.a.tmp")
-    found = local_faults.translate(ExceptionGroup("tg", [full]))
+    found = local_faults.local_failure(ExceptionGroup("tg", [full]))
     assert isinstance(found, DiskFull)
     assert "/x/out/images/ab" in str(found)
     locked = sqlite3.OperationalError("database is locked")
-    assert isinstance(local_faults.translate(locked), DatabaseLocked)
+    assert isinstance(local_faults.local_failure(locked), DatabaseLocked)
     bad = sqlite3.OperationalError("file is not a database")
     bad.sqlite_errorname = "SQLITE_NOTADB"
-    assert isinstance(local_faults.translate(bad), DatabaseDamaged)
-    assert local_faults.translate(sqlite3.OperationalError("no such table: x")) is None
-    assert local_faults.translate(ExceptionGroup("tg", [full, ValueError("bug")])) is None
+    assert isinstance(local_faults.local_failure(bad), DatabaseDamaged)
+    assert local_faults.local_failure(sqlite3.OperationalError("no such table: x")) is None
+    assert local_faults.local_failure(ExceptionGroup("tg", [full, ValueError("bug")])) is None

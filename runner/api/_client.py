@@ -24,10 +24,18 @@ downloads follow at most `MAX_REDIRECTS` redirects, never from https to plain ht
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -72,6 +80,8 @@ DEFAULT_MAX_UNKNOWN_STATUS: Final = 10
 MAX_REDIRECTS: Final = 5
 
 T = TypeVar("T")
+# Makes one page's call, retrying it as it sees fit (`Client.iter_workflows`).
+PageRetry = Callable[[Callable[[], Awaitable[WorkflowPage]]], Awaitable[WorkflowPage]]
 
 _EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
@@ -251,13 +261,26 @@ class Client:
         return WorkflowPage(items=items, next=next_cursor)
 
     async def iter_workflows(
-        self, *, tags: Sequence[str], take: int = 100
-    ) -> AsyncIterator[Workflow]:
-        """Every workflow carrying `tags`, newest first, page by page."""
+        self,
+        *,
+        tags: Sequence[str],
+        take: int = 100,
+        ascending: bool = False,
+        retry: PageRetry | None = None,
+    ) -> AsyncGenerator[Workflow, None]:
+        """Every workflow carrying `tags`, newest first (oldest with `ascending`), page by page.
+
+        `retry`, when given, makes each page's call (e.g. `engine.retrying` with a backoff),
+        so a transient failure repeats that page, not the walk. A cursor the service hands
+        out twice raises `ApiError` rather than loop.
+        """
         cursor: str | None = None
         seen: set[str] = set()
         while True:
-            page = await self.query(tags=tags, cursor=cursor, take=take)
+            call = functools.partial(
+                self.query, tags=tags, cursor=cursor, take=take, ascending=ascending
+            )
+            page = await (retry(call) if retry is not None else call())
             for workflow in page.items:
                 yield workflow
             if page.next is None:

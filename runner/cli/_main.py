@@ -5,7 +5,7 @@ _run (run, retry), _read (status, report, gallery, export), _ops (cancel, verify
 _emulator; _parser builds the parser from them. A command returns its exit code or raises;
 `dispatch` maps a ZbatchError to its `exit_code` (errors.py), Ctrl-C to 130, a reader that
 went away to 141, and the machine's failures (a disk, the database) to 6 or 7 through
-`disk._faults.translate`; anything else is a bug and ends in a traceback. `checked` flags
+`disk.local_failure`; anything else is a bug and ends in a traceback. `checked` flags
 an exit code the command did not declare (its --help lists the declared ones).
 
 Results go to stdout; logs and progress to stderr (`main` configures logging for that).
@@ -56,9 +56,9 @@ def dispatch(command: Command, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.BROKEN_PIPE
     except Exception as exc:  # the machine's failures (a disk, the database), unwrapped
-        from runner.disk import translate
+        from runner.disk import local_failure
 
-        found = translate(exc)
+        found = local_failure(exc)
         if found is None:
             raise
         print(f"zbatch: error: {found}", file=sys.stderr)

@@ -3,17 +3,23 @@ runtime formulas, and the OpenAPI subset they are read from. Pure; imported by t
 every layer and by the emulator, so the two can never disagree.
 """
 
+from runner.contract import _schema as schema
 from runner.contract._zimage import (
     AIR_EXAMPLE,
     FIELDS,
     INT64,
+    MINIMUM_BUZZ,
     MODEL_DEFAULTS,
     MODELS,
+    RATES,
+    REFERENCE_PIXELS,
     Advice,
+    ModelRate,
     advise,
     check_field,
     check_lora_key,
     check_lora_strength,
+    exact_buzz,
     is_integer,
     is_number,
     lora_dict,
@@ -27,6 +33,12 @@ from runner.contract._zimage import (
 )
 
 __all__ = [
+    "MINIMUM_BUZZ",
+    "RATES",
+    "REFERENCE_PIXELS",
+    "ModelRate",
+    "exact_buzz",
+    "schema",
     "AIR_EXAMPLE",
     "Advice",
     "FIELDS",

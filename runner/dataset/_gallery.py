@@ -24,9 +24,8 @@ from runner.dataset._gallery_grid import (
 )
 from runner.dataset._gallery_html import render_page
 from runner.dataset._gallery_sheet import render_sheet
-from runner.dataset._metadata import open_record
+from runner.dataset._metadata import read_batch
 from runner.disk import OutFolder, atomic_write_bytes
-from runner.errors import NotABatch, StoreError
 
 INDEX_NAME = "index.html"
 
@@ -49,12 +48,7 @@ class GalleryResult:
 
 async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
     """The batch's name and cells, from `out/batch.sqlite` opened read-only."""
-    db = OutFolder(out).db
-    async with await open_record(out) as store:
-        try:
-            info = await store.batch_info()
-        except StoreError as exc:
-            raise NotABatch(f"{db}: {exc}") from exc
+    async with read_batch(out) as (store, info):
         return info.name, await store.gallery_cells()
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,7 +27,7 @@ import structlog
 
 from runner.disk import AtomicFile, OutFolder, disk_error
 from runner.errors import StoreError
-from runner.store import DatasetImage, Store
+from runner.store import BatchInfo, DatasetImage, Store
 
 log = structlog.get_logger(__name__)
 METADATA_NAME = OutFolder.METADATA_NAME
@@ -297,6 +297,20 @@ async def open_record(out: Path) -> Store:
         return await Store.open(db, read_only=True)
     except StoreError as exc:
         raise NotABatch(str(exc)) from exc
+
+
+@asynccontextmanager
+async def read_batch(out: Path) -> AsyncIterator[tuple[Store, BatchInfo]]:
+    """The batch at `out` opened read-only, with its batch row; NotABatch when `out` holds no
+    batch, or a run stopped before it recorded one."""
+    from runner.errors import NotABatch
+
+    async with await open_record(out) as store:
+        try:
+            info = await store.batch_info()
+        except StoreError as exc:
+            raise NotABatch(f"{OutFolder(out).db}: {exc}") from exc
+        yield store, info
 
 
 def _text(value: object) -> str:

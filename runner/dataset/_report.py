@@ -16,8 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner.dataset._metadata import open_record
-from runner.errors import StoreError
+from runner.dataset._metadata import read_batch
 from runner.store import AttemptState, Budget, FailureReason, ImageState
 
 TOP_REASONS = 5
@@ -63,13 +62,7 @@ class Report:
 
 async def read_report(out: Path, *, top_reasons: int = TOP_REASONS) -> Report:
     """Read `out/batch.sqlite` read-only; NotABatch when `out` holds no batch."""
-    from runner.errors import NotABatch
-
-    async with await open_record(out) as store:
-        try:
-            info = await store.batch_info()
-        except StoreError as exc:  # the run stopped before planning
-            raise NotABatch(f"{out}: {exc}") from exc
+    async with read_batch(out) as (store, info):
         counts = await store.counts()
         cells = await store.cell_counts()
         budget = await store.budget()

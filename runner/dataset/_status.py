@@ -14,9 +14,8 @@ from typing import Any
 
 import anyio
 
-from runner.dataset._metadata import open_record
+from runner.dataset._metadata import read_batch
 from runner.disk import OutFolder
-from runner.errors import NotABatch, StoreError
 from runner.store import AttemptState, Budget, FailureReason, ImageState
 
 TOP_REASONS = 10
@@ -42,12 +41,7 @@ class BatchStatus:
 
 async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
     """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
-    db = OutFolder(out).db
-    async with await open_record(out) as store:
-        try:
-            info = await store.batch_info()
-        except StoreError as exc:
-            raise NotABatch(f"{db}: {exc}") from exc
+    async with read_batch(out) as (store, info):
         counts = await store.counts()
         cells = await store.cell_counts()
         budget = await store.budget()

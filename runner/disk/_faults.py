@@ -4,7 +4,7 @@ or newer batch database.
 `disk_error` turns an `OSError` from a write under the batch's folder into a `LocalDiskError`
 that names the folder and its free space; `database_error` turns a `sqlite3.Error` into the
 `BatchUnusable` or `LocalDiskError` it means, by SQLite's own error name (`sqlite_errorname`,
-Python 3.11+), not by parsing messages. `translate` does both for whatever reaches the CLI,
+Python 3.11+), not by parsing messages. `local_failure` does both for whatever reaches the CLI,
 through exception groups too, so none of these ends in a traceback. An error these do not
 recognise (a bug: an SQL mistake, EBADF) is left as it is.
 
@@ -148,7 +148,7 @@ def _nearly_full(folder: Path) -> bool:
     return got is not None and got[0] < NEARLY_FULL_BYTES
 
 
-def translate(exc: BaseException, *, db: Path | None = None) -> ZbatchError | None:
+def local_failure(exc: BaseException, *, db: Path | None = None) -> ZbatchError | None:
     """What the CLI should report for `exc`: itself when a ZbatchError, the translation of a
     disk or database error (`db`: the batch database, when known), the first such inside an
     exception group whose every error is one; else None (unexpected: let it be a traceback)."""
@@ -160,7 +160,7 @@ def translate(exc: BaseException, *, db: Path | None = None) -> ZbatchError | No
         folder = Path(exc.filename) if isinstance(exc.filename, str) else Path(".")
         return disk_error(exc, folder.parent if exc.filename else folder, "writing")
     if isinstance(exc, BaseExceptionGroup):
-        found = [translate(e, db=db) for e in exc.exceptions]
+        found = [local_failure(e, db=db) for e in exc.exceptions]
         if found and all(f is not None for f in found):
             return found[0]
     return None

@@ -36,7 +36,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from runner.contract import _schema as schema
+from runner.contract import schema
 from runner.emulator.clock import parse_iso
 from runner.emulator.problems import Problem, validation_problem
 

@@ -1,6 +1,6 @@
 """The emulator's Buzz price of a Z-Image step and the WorkflowCost object it reports.
 
-The seed page (recipes/zimage.md) gives the shape of the price:
+The seed page (recipes/contract.md) gives the shape of the price:
 
     total = base × (width × height / 1024²) × (steps / referenceSteps) × quantity
 
@@ -33,9 +33,8 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from runner.contract import _schema as schema
-from runner.contract import _zimage as zimage
-from runner.contract._zimage import MINIMUM_BUZZ, RATES, REFERENCE_PIXELS, ModelRate
+from runner import contract
+from runner.contract import MINIMUM_BUZZ, RATES, REFERENCE_PIXELS, ModelRate, schema
 
 __all__ = [
     "MINIMUM_BUZZ",
@@ -68,17 +67,17 @@ def _shape(input: Mapping[str, Any]) -> dict[str, Any]:
 
 def exact_image_buzz(input: Mapping[str, Any]) -> Fraction:
     """The exact, unrounded price of one image of ``input`` (a normalized Z-Image input)."""
-    return zimage.exact_buzz(**(_shape(input) | {"quantity": 1}))
+    return contract.exact_buzz(**(_shape(input) | {"quantity": 1}))
 
 
 def exact_buzz(input: Mapping[str, Any]) -> Fraction:
     """The exact, unrounded price of the whole step (all ``quantity`` images)."""
-    return zimage.exact_buzz(**_shape(input))
+    return contract.exact_buzz(**_shape(input))
 
 
 def price_buzz(input: Mapping[str, Any]) -> int:
-    """The step's price in whole Buzz: ``zimage.price_buzz``, the runner's own estimate."""
-    return zimage.price_buzz(**_shape(input))
+    """The step's price in whole Buzz: ``contract.price_buzz``, the runner's own estimate."""
+    return contract.price_buzz(**_shape(input))
 
 
 def _json_number(value: Fraction) -> int | float:

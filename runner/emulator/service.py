@@ -402,10 +402,55 @@ class Emulator:
     # -- introspection --------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The snapshot GET /_emulator/state serves: ids per externalId, Buzz, requests, faults."""
-        from runner.emulator.introspect import state
-
-        return state(self)
+        """The snapshot GET /_emulator/state serves (docs/emulator.md): ids per externalId,
+        statuses, Buzz per account, requests by route, host and status, faults fired."""
+        self.settle()
+        now_s = self.clock.now()
+        by_key: dict[str, dict[str, Any]] = {}
+        for (_, external_id), known in self._by_key.items():
+            entry = by_key.setdefault(external_id, {"ids": [], "whatif_preview": False})
+            if isinstance(known, dict):
+                entry["whatif_preview"] = True
+            else:
+                entry["ids"].append(known)
+        statuses = Counter(r.status(now_s) for r in self.records.values())
+        by_route: Counter[str] = Counter()
+        by_status: Counter[str] = Counter()
+        for (route, code), count in self.requests.items():
+            by_route[route] += count
+            by_status[str(code)] += count
+        accounts = {
+            acct: {
+                "balance": dict(a.balance),
+                "charged_buzz": a.charged_buzz,
+                "refunded_buzz": a.refunded_buzz,
+                "net_buzz": a.charged_buzz - a.refunded_buzz,
+                "workflows": a.workflows,
+            }
+            for acct, a in self.ledger.accounts.items()
+        }
+        return {
+            "now_s": now_s,
+            "workflows": by_key,
+            "workflow_count": len(self.records),
+            "deleted_count": sum(1 for r in self.records.values() if r.deleted_s is not None),
+            "statuses": dict(statuses),
+            "accounts": accounts,
+            "buzz": self.ledger.totals(),
+            "requests": {
+                "by_route": dict(by_route),
+                "by_status": dict(by_status),
+                "by_route_status": {f"{r} {c}": n for (r, c), n in self.requests.items()},
+                "with_authorization": dict(self.authorized_requests),
+                "by_host": dict(self.host_requests),
+                "with_authorization_by_host": dict(self.authorized_hosts),
+            },
+            "submit_attempts": dict(self.submit_attempts),
+            "faults_fired": dict(self.faults.fired),
+            "fault_events": list(self.faults.events),
+            "rate_limited": self.limiter.throttled,
+            "images_rendered": self.images.renders,
+        }
 
     def balance(self, token: str) -> dict[str, int]:
         """The current balance per currency of the account behind `token`."""

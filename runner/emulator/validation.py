@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runner.contract import _schema as schema
+from runner.contract import schema
 
 Errors = dict[str, list[str]]
 

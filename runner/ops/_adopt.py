@@ -13,8 +13,7 @@ workflow of the cell may then fill); one still running is followed by the engine
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -22,7 +21,6 @@ import structlog
 
 from runner.api import Client, Workflow, WorkflowPage
 from runner.engine import Backoff, charge_of, image_outcomes, outcome_of, reason_of, retrying
-from runner.errors import ApiError
 from runner.identity import external_id, parse_external_id, parse_workflow_metadata
 from runner.store import AttemptState, Store
 
@@ -65,25 +63,15 @@ def identity_of(wf: Workflow) -> tuple[str, int] | None:
     return found
 
 
-async def tagged_workflows(
+def tagged_workflows(
     client: Client, tag: str, *, backoff: Backoff, page_size: int = PAGE_SIZE
 ) -> AsyncGenerator[Workflow, None]:
     """Every workflow carrying `tag`, oldest first; each page is retried on its own."""
-    cursor: str | None = None
-    seen: set[str] = set()
-    while True:
-        call = functools.partial(
-            client.query, tags=[tag], cursor=cursor, take=page_size, ascending=True
-        )
-        page: WorkflowPage = await retrying(call, backoff=backoff, what="query_tag")
-        for wf in page.items:
-            yield wf
-        if page.next is None:
-            return
-        if page.next in seen:
-            raise ApiError(f"querying the tag {tag!r}: the service repeated a cursor")
-        seen.add(page.next)
-        cursor = page.next
+
+    async def retried(call: Callable[[], Awaitable[WorkflowPage]]) -> WorkflowPage:
+        return await retrying(call, backoff=backoff, what="query_tag")
+
+    return client.iter_workflows(tags=[tag], take=page_size, ascending=True, retry=retried)
 
 
 async def record_terminal(store: Store, attempt_id: int, wf: Workflow) -> tuple[AttemptState, int]:

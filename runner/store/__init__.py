@@ -7,6 +7,7 @@ from runner.store._ops import RETRY_STATES
 from runner.store._rows import (
     Attempt,
     AttemptState,
+    BatchInfo,
     Budget,
     DatasetImage,
     FailureReason,
@@ -25,6 +26,7 @@ from runner.store._store import Store
 __all__ = [
     "Attempt",
     "AttemptState",
+    "BatchInfo",
     "Budget",
     "DatasetImage",
     "FailureReason",
