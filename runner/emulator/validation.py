@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runner import contract
 from runner.contract import schema
 
 Errors = dict[str, list[str]]
@@ -59,19 +60,10 @@ DEFAULT_OUTPUT_FORMAT = "jpeg"  # unknown upstream; real blob ids end in .jpeg
 AIR_EXAMPLE = "urn:air:zImage:lora:civitai:123456@789012"
 DISCRIMINATORS = ("engine", "ecosystem", "model", "operation")
 # The order the emulator echoes input fields in: the request shape first, then the rest.
+# (The contract's fields, the model among the discriminators; outputFormat in schema order.)
 ECHO_ORDER = (
     *DISCRIMINATORS,
-    "prompt",
-    "negativePrompt",
-    "width",
-    "height",
-    "cfgScale",
-    "steps",
-    "sampleMethod",
-    "schedule",
-    "seed",
-    "quantity",
-    "loras",
+    *(name for name in contract.FIELDS if name not in ("model", "outputFormat")),
 )
 # JSON Schema's "uri" is an absolute URI (RFC 3986): a scheme, ":", then no spaces.
 ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]+\Z")
