@@ -174,14 +174,11 @@ def sweep_batch_temps(out: Path) -> int:
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename or a new entry in `folder` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_path(folder)
 
 
 def _fsync_path(path: Path) -> None:
+    """fsync a file's contents, or a folder's entries, by its name."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
