@@ -47,7 +47,14 @@ import structlog
 
 from runner import __version__
 from runner.api._errors import TOKEN_ENV, body_error, parse_body, read_limited, scrub, translate
-from runner.api._http import REDIRECT_STATUSES, BearerAuth, drain, next_hop, origin
+from runner.api._http import (
+    REDIRECT_STATUSES,
+    BearerAuth,
+    drain,
+    is_loopback,
+    next_hop,
+    origin,
+)
 from runner.api._models import (
     Blob,
     Workflow,
@@ -141,11 +148,18 @@ class Client:
         self._unknown: dict[str, int] = {}  # workflow id -> unknown statuses in a row
         self._secrets = (secret,)
         self._auth = BearerAuth(secret, origin(url))
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout_s,
-            follow_redirects=False,
-            headers={"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
+        settings: dict[str, Any] = {
+            "timeout": timeout_s,
+            "follow_redirects": False,
+            "headers": {"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
+        }
+        self._http = httpx.AsyncClient(transport=transport, **settings)
+        # Loopback goes direct, never through $HTTP_PROXY (runner/api/_http.py); a given
+        # transport (a test's) is used for everything, as httpx then reads no proxy anyway.
+        self._direct = (
+            self._http
+            if transport is not None
+            else httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(), **settings)
         )
 
     def __repr__(self) -> str:
@@ -165,6 +179,8 @@ class Client:
     async def aclose(self) -> None:
         """Close the connection pool; the client cannot send afterwards."""
         await self._http.aclose()
+        if self._direct is not self._http:
+            await self._direct.aclose()
 
     # -- workflows -----------------------------------------------------------------------
 
@@ -444,7 +460,8 @@ class Client:
         try:
             with anyio.fail_after(deadline_s):
                 for hop in range(max_redirects + 1):
-                    response = await self._http.send(
+                    http = self._direct if is_loopback(request.url.host) else self._http
+                    response = await http.send(
                         request, auth=auth, follow_redirects=False, stream=True
                     )
                     try:

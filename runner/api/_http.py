@@ -1,8 +1,16 @@
 """The HTTP rules the client keeps on every hop: whose requests carry the token, which
-redirects a download may follow, and how a redirect's connection goes back to the pool."""
+redirects a download may follow, how a redirect's connection goes back to the pool, and
+that loopback never goes through a proxy.
+
+`HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` are honoured (httpx's `trust_env`), but a request for
+a loopback host (`localhost`, 127.0.0.0/8, `::1`) is sent directly, whatever `NO_PROXY`
+says: a proxy elsewhere cannot reach this machine's loopback, so the embedded emulator (or a
+local `zbatch emulator`) would only ever answer through it with errors (`is_loopback`).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Generator
 from typing import Final
 
@@ -72,3 +80,14 @@ async def drain(response: httpx.Response) -> None:
 def origin(url: httpx.URL) -> tuple[str, str, int]:
     default_port = 443 if url.scheme == "https" else 80
     return url.scheme, url.host.lower(), url.port or default_port
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` (and `*.localhost`), 127.0.0.0/8 or ::1: this machine, never a proxy's."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
