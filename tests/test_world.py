@@ -3,17 +3,27 @@ that cannot be reached at start, an outage once a run has worked."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from anyio.abc import SocketStream
 
 from runner.api._client import Client
 from runner.api._http import is_loopback
 from runner.cli._main import main
-from runner.errors import RetryableError
+from runner.emulator import EmulatorConfig, running_server
+from runner.engine._pacing import Backoff, retrying
+from runner.errors import (
+    ExitCode,
+    NotFoundError,
+    RetryableError,
+    ServiceUnreachable,
+)
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -111,3 +121,90 @@ async def test_other_hosts_still_go_through_the_proxy(monkeypatch: pytest.Monkey
     assert info.value.status == 503
     assert seen
     assert seen[0].startswith(b"GET http://api.zbatch-test.invalid/v2/consumer/workflows/wf-1")
+
+
+# -- item 5: a service out of reach at the start ---------------------------------------------
+
+REAL_TOKEN = "civ_world_T0KEN_9f8e7d6c5b4a"
+
+
+def run_against(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, float]:
+    """`zbatch run` against `url`: its exit code, stderr and how long it took."""
+    monkeypatch.setenv("CIVITAI_API_TOKEN", REAL_TOKEN)
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    manifest = small_manifest(tmp_path)
+    started = time.monotonic()
+    code = main(["run", str(manifest), "--api-url", url, "--quiet"])
+    return code, "", time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("closed-port", "connection refused: nothing listens there"),
+        ("no-such-host", "no such host: the name does not resolve"),
+        ("tls", "the TLS handshake failed"),
+    ],
+)
+def test_a_service_out_of_reach_at_the_start_is_one_error_naming_the_url(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    why: str,
+) -> None:
+    """Refused, no such host (.invalid never resolves: no traffic leaves), TLS refused: exit 2
+    within seconds, one line naming the URL; no batch record is made, nothing is retried."""
+    with contextlib.ExitStack() as stack:
+        if kind == "closed-port":
+            url = f"http://127.0.0.1:{closed_port()}"
+        elif kind == "no-such-host":
+            url = "http://nonexistent.invalid"
+        else:  # https to a server that speaks plain http
+            plain = stack.enter_context(running_server(EmulatorConfig(time_scale=0)))
+            url = plain.replace("http://", "https://")
+        code, _, took_s = run_against(tmp_path, url, monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("zbatch")]
+    assert '"retry"' not in err  # no retry warning: refused at once
+    assert len(errors) == 1
+    assert f"cannot reach the orchestration API at {url}: {why}" in errors[0]
+    assert "nothing was submitted or spent" in errors[0]
+    assert REAL_TOKEN not in err
+    assert took_s < 15
+    assert not (tmp_path / "out" / "batch.sqlite").exists()
+
+
+async def test_before_the_service_answers_a_failed_connection_is_not_retried() -> None:
+    """Every command (cancel, verify --repair, adopt: they call `retrying`) gets
+    `ServiceUnreachable`, not a `RetryableError` to retry forever, until the service has
+    answered once; after that, the same failure is retryable (an outage)."""
+    answers = iter(["refuse", "answer", "refuse"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if next(answers) == "refuse":
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return httpx.Response(404, json={"title": "Not Found", "status": 404})
+
+    calls: list[int] = []
+
+    async def get() -> None:
+        calls.append(1)
+        await api.get("wf-1")
+
+    with anyio.fail_after(5):
+        async with Client(
+            base_url="http://api.example", token=REAL_TOKEN, transport=httpx.MockTransport(handler)
+        ) as api:
+            with pytest.raises(ServiceUnreachable, match="http://api.example: connection refused"):
+                await retrying(get, backoff=Backoff(base_s=0.001, cap_s=0.001), what="get")
+            assert len(calls) == 1  # not retried
+            with pytest.raises(NotFoundError):
+                await api.get("wf-1")  # the service answers: it is there
+            with pytest.raises(RetryableError):
+                await api.get("wf-1")  # now an outage: retryable
+    assert ServiceUnreachable.exit_code == ExitCode.USAGE

@@ -11,12 +11,12 @@ local `zbatch emulator`) would only ever answer through it with errors (`is_loop
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Final
 
 import httpx
 
-from runner.api._errors import body_error
+from runner.api._errors import body_error, read_limited
 from runner.log import redact_url
 
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
@@ -91,3 +91,31 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+async def exchange(
+    pool_for: Callable[[httpx.URL], httpx.AsyncClient],
+    request: httpx.Request,
+    *,
+    auth: httpx.Auth | None,
+    max_redirects: int,
+    max_bytes: int,
+    sent: list[httpx.Request],
+) -> tuple[httpx.Response, bytes]:
+    """Send `request` on the pool `pool_for` picks for its URL, follow up to `max_redirects`
+    redirects (`next_hop` checks each), and read at most `max_bytes` of the final body.
+    Each hop's request is appended to `sent`, so a failure can name the one that failed."""
+    for hop in range(max_redirects + 1):
+        sent.append(request)
+        http = pool_for(request.url)
+        response = await http.send(request, auth=auth, follow_redirects=False, stream=True)
+        try:
+            if max_redirects and response.status_code in REDIRECT_STATUSES:
+                target = next_hop(response, hop, max_redirects)
+                request = http.build_request("GET", target, headers={"Accept": "*/*"})
+                await drain(response)
+                continue
+            return response, await read_limited(response, max_bytes)
+        finally:
+            await response.aclose()
+    raise AssertionError("next_hop refuses the hop past max_redirects")
