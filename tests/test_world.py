@@ -3,27 +3,38 @@ that cannot be reached at start, an outage once a run has worked."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import re
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
+import structlog
 from anyio.abc import SocketStream
 
 from runner.api._client import Client
 from runner.api._http import is_loopback
 from runner.cli._main import main
-from runner.emulator import EmulatorConfig, running_server
-from runner.engine._pacing import Backoff, retrying
+from runner.cli._options import GIVE_UP_AFTER_DEFAULT, duration
+from runner.cli._progress import Snapshot, render_line
+from runner.emulator import EmulatorConfig, EmulatorTransport, make_app, running_server
+from runner.engine._pacing import DEFAULT_GIVE_UP_AFTER_S, Backoff, Outage, retrying
 from runner.errors import (
     ExitCode,
     NotFoundError,
     RetryableError,
+    ServiceOutage,
     ServiceUnreachable,
 )
+from runner.manifest._load import Manifest, parse_manifest
+from runner.ops._run import RunOverrides, run_batch
+from runner.store import Budget
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -208,3 +219,177 @@ async def test_before_the_service_answers_a_failed_connection_is_not_retried() -
             with pytest.raises(RetryableError):
                 await api.get("wf-1")  # now an outage: retryable
     assert ServiceUnreachable.exit_code == ExitCode.USAGE
+
+
+# -- item 5: an outage once the run has worked -----------------------------------------------
+
+OUTAGE_MANIFEST = """
+name: outage
+out: out
+budget: 1000
+defaults: {size: 64x64}
+grid: {prompt: ["a fox", "a lighthouse"], seed: {count: 6}}
+retries: {attempts: 2}
+limits: {in_flight: 4, submit_per_s: 1000, downloads: 2}
+"""
+FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.002}
+
+
+class Cable(httpx.AsyncBaseTransport):
+    """The line between the runner and the emulator: cut after `cut_after` acknowledged
+    submits (every request then fails to connect, as to a service that went away), and
+    mended after `mend_after` failed requests (None: never)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, cut_after: int, mend_after: int | None):
+        self.inner = inner
+        self.cut_after = cut_after
+        self.mend_after = mend_after
+        self.acknowledged = 0
+        self.refused = 0
+        self.cut = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.cut:
+            self.refused += 1
+            if self.mend_after is not None and self.refused >= self.mend_after:
+                self.cut = False
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        response = await self.inner.handle_async_request(request)
+        submit = request.method == "POST" and request.url.params.get("whatif") == "false"
+        if submit and response.status_code < 300:
+            self.acknowledged += 1
+            self.cut = self.acknowledged >= self.cut_after
+        return response
+
+
+class FakeClock:
+    """Monotonic seconds that move 10 minutes at each reading: an outage's hours pass in a
+    few dozen failed calls, without a wall-clock sleep."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        self.now_s += 600.0
+        return self.now_s
+
+
+def outage_manifest(tmp_path: Path) -> Manifest:
+    path = tmp_path / "m.yaml"
+    path.write_text(OUTAGE_MANIFEST, encoding="utf-8")
+    return parse_manifest(path.read_text(), path=path)
+
+
+async def run_through(m: Manifest, app: Any, cable: httpx.AsyncBaseTransport, **kw: Any) -> Any:
+    async with Client(base_url="http://emulator", token=REAL_TOKEN, transport=cable) as client:
+        return await run_batch(m, client, **kw)
+
+
+async def test_an_outage_after_the_start_ends_by_give_up_after_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """The service answers, then goes away: the run waits it out with backoff (logging
+    "service unreachable since HH:MM"), gives up after --give-up-after (exit 130, the
+    run's outcome attached), and counts as submitted only what the service acknowledged.
+    The same command then finishes the batch, one workflow per externalId."""
+    m = outage_manifest(tmp_path)
+    app = make_app(EmulatorConfig(time_scale=0))
+    cable = Cable(EmulatorTransport(app), cut_after=3, mend_after=None)
+    tuning = {**FAST, "outage_clock": FakeClock()}
+    with anyio.fail_after(30), structlog.testing.capture_logs() as logs:
+        with pytest.raises(ServiceOutage) as info:
+            await run_through(
+                m, app, cable, tuning=tuning, overrides=RunOverrides(give_up_after_s=2 * 3600)
+            )
+    error = info.value
+    assert error.exit_code == ExitCode.INTERRUPTED
+    assert "unreachable since" in str(error)
+    assert "--give-up-after 2h" in str(error)
+    assert "run the same command again to resume" in str(error)
+    down = [e for e in logs if e["event"] == "service_unreachable"]
+    assert len(down) == 1
+    assert re.fullmatch(r"\d\d:\d\d", down[0]["since"])
+    assert cable.refused >= 3  # waited out with retries before giving up
+    outcome = error.outcome
+    assert outcome is not None
+    assert outcome.stats.submitted == cable.acknowledged == 3
+    assert outcome.stats.submitted < 12
+    assert app.state.emulator.state()["workflow_count"] == 3
+
+    with anyio.fail_after(30):  # the same command, the service back: the batch finishes
+        healthy = Cable(EmulatorTransport(app), cut_after=10**6, mend_after=None)
+        again = await run_through(m, app, healthy, tuning=FAST)
+    assert again.counts["succeeded"] == 12
+    # the intents the outage left are resubmitted (same externalId), the rest submitted
+    assert again.stats.submitted + again.stats.resubmitted == 12 - 3
+    assert app.state.emulator.state()["workflow_count"] == 12
+    for entry in app.state.emulator.state()["workflows"].values():
+        assert len(entry["ids"]) == 1
+
+
+async def test_a_short_outage_is_waited_out_and_the_run_finishes(tmp_path: Path) -> None:
+    """An outage shorter than --give-up-after: the run goes on when the service is back,
+    says so in the log, and every cell succeeds."""
+    m = outage_manifest(tmp_path)
+    app = make_app(EmulatorConfig(time_scale=0))
+    cable = Cable(EmulatorTransport(app), cut_after=2, mend_after=4)
+    tuning = {**FAST, "outage_clock": FakeClock()}
+    with anyio.fail_after(30), structlog.testing.capture_logs() as logs:
+        outcome = await run_through(
+            m, app, cable, tuning=tuning, overrides=RunOverrides(give_up_after_s=6 * 3600)
+        )
+    assert outcome.counts["succeeded"] == 12
+    events = [e["event"] for e in logs]
+    assert "service_unreachable" in events
+    assert "service_reachable_again" in events
+    assert outcome.stats.submitted == 12
+
+
+def test_the_outage_is_shown_as_since_when_and_retrying() -> None:
+    """The display's words, from the wall time of the outage's first failure."""
+    clock = FakeClock()
+    outage = Outage(600, clock=clock, now=lambda: datetime(2026, 12, 4, 2, 13, 59))
+    assert outage.describe() is None
+    outage.failed(RetryableError("GET x: ConnectError"))
+    assert outage.describe() == "service unreachable since 02:13, retrying"
+    line = render_line(snapshot_with(outage.describe()))
+    assert "service unreachable since 02:13, retrying" in line
+    outage.failed(RetryableError("429", status=429))  # the service is there: no outage
+    with pytest.raises(ServiceOutage):
+        outage.failed(RetryableError("503", status=503))
+    outage.succeeded()
+    assert outage.describe() is None
+
+
+def snapshot_with(service: str | None) -> Snapshot:
+    return Snapshot(
+        elapsed_s=10.0,
+        total_cells=4,
+        counts={"running": 2, "succeeded": 2},
+        budget=Budget(cap_buzz=10, committed_buzz=2, charged_buzz=2, reserved_buzz=0),
+        submitted=4,
+        retries=9,
+        cap_reached=False,
+        stop_reason=None,
+        submit_per_s=None,
+        cells_per_min=None,
+        service=service,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("6h", 21600.0), ("90m", 5400.0), ("1h30m", 5400.0), ("45s", 45.0), ("120", 120.0)],
+)
+def test_give_up_after_takes_durations(text: str, seconds: float) -> None:
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "soon", "-1h", "1d", "800h"])
+def test_give_up_after_refuses_what_is_not_a_duration(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)
+
+
+def test_the_documented_default_is_the_engines() -> None:
+    assert duration(GIVE_UP_AFTER_DEFAULT) == DEFAULT_GIVE_UP_AFTER_S
