@@ -258,7 +258,7 @@ class Cable(httpx.AsyncBaseTransport):
         submit = request.method == "POST" and request.url.params.get("whatif") == "false"
         if submit and response.status_code < 300:
             self.acknowledged += 1
-            self.cut = self.acknowledged >= self.cut_after
+            self.cut = self.cut or self.acknowledged == self.cut_after  # cut once
         return response
 
 
@@ -332,13 +332,15 @@ async def test_a_short_outage_is_waited_out_and_the_run_finishes(tmp_path: Path)
     says so in the log, and every cell succeeds."""
     m = outage_manifest(tmp_path)
     app = make_app(EmulatorConfig(time_scale=0))
-    cable = Cable(EmulatorTransport(app), cut_after=2, mend_after=4)
+    cable = Cable(EmulatorTransport(app), cut_after=2, mend_after=20)
     tuning = {**FAST, "outage_clock": FakeClock()}
     with anyio.fail_after(30), structlog.testing.capture_logs() as logs:
         outcome = await run_through(
             m, app, cable, tuning=tuning, overrides=RunOverrides(give_up_after_s=6 * 3600)
         )
     assert outcome.counts["succeeded"] == 12
+    assert outcome.counts["image:downloaded"] == 12  # no image lost to the outage
+    assert cable.refused == 20
     events = [e["event"] for e in logs]
     assert "service_unreachable" in events
     assert "service_reachable_again" in events

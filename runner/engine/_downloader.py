@@ -77,11 +77,9 @@ class ImageFetcher:
         fmt = str(item.request.get("outputFormat") or "jpeg")
         problem = "no usable URL"
         expired = False
-        tries = waits = 0  # tries that count toward MAX_TRIES; pauses taken
-        while tries < MAX_TRIES:
-            if waits and not expired:  # an expired URL is refreshed at once, not backed off
-                await self.backoff.pause(waits - 1)
-            waits += 1
+        for tries in range(MAX_TRIES):
+            if tries and not expired:  # an expired URL is refreshed at once, not backed off
+                await self.backoff.pause(tries - 1)
             url = await self._url_for(item)
             if url is None:
                 break
@@ -105,10 +103,10 @@ class ImageFetcher:
                 self._urls.pop(key, None)  # fetch a fresh URL next time
                 log.warning("download_retry", cell=item.cell_key, index=item.index, error=problem)
                 if self.outage is not None and isinstance(exc, RetryableError) and is_outage(exc):
-                    self.outage.failed(exc)  # ServiceOutage once it lasts --give-up-after
-                    if exc.status is None:
-                        continue  # no answer at all: the image is not lost, the network is
-                tries += 1
+                    # ServiceOutage once it lasts --give-up-after. In an outage of the whole
+                    # network the next try waits at the fresh URL's `retrying` (the outage's),
+                    # so one outage costs an image one try, not all of them.
+                    self.outage.failed(exc)
                 continue
             if self.outage is not None:
                 self.outage.succeeded()
