@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import re
 import socket
+import sqlite3
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ from runner.errors import (
 from runner.manifest._load import Manifest, parse_manifest
 from runner.ops._run import RunOverrides, run_batch
 from runner.store import Budget
+from runner.store._store import Store
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -395,3 +398,43 @@ def test_give_up_after_refuses_what_is_not_a_duration(text: str) -> None:
 
 def test_the_documented_default_is_the_engines() -> None:
     assert duration(GIVE_UP_AFTER_DEFAULT) == DEFAULT_GIVE_UP_AFTER_S
+
+
+def test_zbatch_run_gives_up_after_an_outage_with_exit_130_and_its_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a real socket: the emulator stops once the first submit is acknowledged; with
+    `--give-up-after 1s` the run ends with exit 130 (declared by `run`), the error says since
+    when, and the summary counts as submitted exactly the attempts the record holds as sent."""
+    monkeypatch.setenv("CIVITAI_API_TOKEN", REAL_TOKEN)
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    server = running_server(EmulatorConfig(time_scale=0.5))
+    url = server.__enter__()
+    stopper = threading.Thread(target=server.__exit__, args=(None, None, None))
+    real_mark_running = Store.mark_running
+
+    async def mark_running(self: Store, *args: Any, **kw: Any) -> None:
+        await real_mark_running(self, *args, **kw)
+        if stopper.ident is None:
+            stopper.start()  # the service goes away (off the runner's loop)
+
+    monkeypatch.setattr(Store, "mark_running", mark_running)
+    manifest = small_manifest(tmp_path, cells=8)
+    try:
+        code = main(["run", str(manifest), "--api-url", url, "--give-up-after", "1s", "--quiet"])
+    finally:
+        if stopper.ident is None:
+            server.__exit__(None, None, None)
+        else:
+            stopper.join()
+    captured = capsys.readouterr()
+    assert code == 130, captured.err
+    assert "zbatch: error: the service has been unreachable since" in captured.err
+    assert "--give-up-after 1s" in captured.err
+    said = re.search(r"this run +(\d+) submitted", captured.out)
+    assert said is not None, captured.out
+    db = sqlite3.connect(tmp_path / "out" / "batch.sqlite")
+    (sent,) = db.execute("SELECT COUNT(*) FROM attempts WHERE workflow_id IS NOT NULL").fetchone()
+    db.close()
+    assert 1 <= int(said.group(1)) == sent < 8
