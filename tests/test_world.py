@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import re
 import socket
 import sqlite3
@@ -19,12 +20,13 @@ import httpx
 import pytest
 import structlog
 from anyio.abc import SocketStream
+from rich.console import Console
 
 from runner.api._client import Client
 from runner.api._http import is_loopback
 from runner.cli._main import main
 from runner.cli._options import GIVE_UP_AFTER_DEFAULT, duration
-from runner.cli._progress import Snapshot, render_line
+from runner.cli._progress import Snapshot, render_line, render_panel
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app, running_server
 from runner.engine._pacing import DEFAULT_GIVE_UP_AFTER_S, Backoff, Outage, retrying
 from runner.errors import (
@@ -359,6 +361,10 @@ def test_the_outage_is_shown_as_since_when_and_retrying() -> None:
     assert outage.describe() == "service unreachable since 02:13, retrying"
     line = render_line(snapshot_with(outage.describe()))
     assert "service unreachable since 02:13, retrying" in line
+    console = Console(record=True, width=100, file=io.StringIO())
+    console.print(render_panel(snapshot_with(outage.describe())))
+    assert "service unreachable since 02:13, retrying" in console.export_text()
+    assert "unreachable" not in render_line(snapshot_with(None))
     outage.failed(RetryableError("429", status=429))  # the service is there: no outage
     with pytest.raises(ServiceOutage):
         outage.failed(RetryableError("503", status=503))
