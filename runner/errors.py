@@ -13,6 +13,10 @@
     - UnusableAnswerError                  a 2xx that is not JSON, the wrong shape, too big
     - AuthError                   exit 3   401/403: the run stops, nothing is lost
     - FundsError                  exit 3   402, or a 400/403 naming insufficient Buzz: stops
+    - ServiceUnreachable          exit 2   before the service ever answered: refused, no such
+                                           host, TLS failure; names the URL, nothing spent
+    - ServiceOutage               exit 130 answered, then unreachable for --give-up-after:
+                                           the run stops, resumable (the same command)
   + CapReached                    exit 4   the Buzz cap would be exceeded: stops, resumable
   + StoreError                    exit 1   an illegal state transition
     - BatchUnusable               exit 7   OUT/batch.sqlite cannot be used as it is now
@@ -158,6 +162,29 @@ class FundsError(ApiError):
     """The account cannot pay for the work (402, or a 400/403 naming insufficient Buzz)."""
 
     exit_code: ClassVar[int] = 3
+
+
+class ServiceUnreachable(ApiError):
+    """The service could not be reached before it ever answered (connection refused, no such
+    host, TLS failure, no connection in time). Exit 2: the cause is the URL (`--api-url`,
+    `$CIVITAI_API_BASE_URL`), a proxy, certificates or the network, as with a wrong flag or
+    variable; nothing was submitted or spent, so there is nothing to resume."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class ServiceOutage(ApiError):
+    """The service answered, then could not be reached (or failed every call) for longer
+    than `--give-up-after`. Exit 130, the table's "run the same command again to resume":
+    the record is whole, intents are resubmitted with their externalId, nothing twice.
+    `outcome` is the run's (`runner.ops`'s `RunOutcome`), for the summary, when a run raised it.
+    """
+
+    exit_code: ClassVar[int] = 130
+
+    def __init__(self, message: str, *, outcome: Any = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.outcome: Any = outcome
 
 
 class CapReached(ZbatchError):

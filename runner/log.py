@@ -24,7 +24,8 @@ from typing import IO, Any
 
 import structlog
 
-from runner.disk import open_private
+from runner.disk import disk_error, open_private
+from runner.errors import OutFolderError
 
 TOKEN_ENV = "CIVITAI_API_TOKEN"
 REDACTED = "[REDACTED]"
@@ -113,9 +114,15 @@ class _JsonlFileSink:
     """structlog processor: append each event as one JSON line to a file, pass it on unchanged."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = open_private(path, os.O_WRONLY | os.O_APPEND)  # a new log is 0600
+        except OSError as exc:  # one line naming the folder, never a traceback
+            raise disk_error(exc, path.parent, "opening the log file") or OutFolderError(
+                f"{path.parent} cannot hold the log file {path.name}"
+                f" ({exc.strerror or exc}): choose another out folder"
+            ) from None
         self.path = path
-        fd = open_private(path, os.O_WRONLY | os.O_APPEND)  # a new log is 0600
         self._handle: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
         self._failed: str | None = None  # why the file stopped taking events
 

@@ -214,12 +214,23 @@ async def test_status_is_classified(status, body, headers, kind, retry_after_s, 
     ],
 )
 async def test_transport_failure_is_retryable(exc):
-    """Connection, timeout and dropped-connection failures are RetryableError, chained."""
+    """Connection, timeout and dropped-connection failures are RetryableError, chained,
+    once the service has answered (before, failing to connect is `ServiceUnreachable`:
+    tests/test_world.py)."""
+    calls: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(200, json=SUCCEEDED)  # the service has answered once
         raise exc
 
-    error = await call_get(handler)
+    with anyio.fail_after(5):
+        async with client_for(handler) as api:
+            await api.get("wf-0")
+            with pytest.raises(ApiError) as info:
+                await api.get("wf-1")
+    error = info.value
     assert type(error) is RetryableError
     assert error.status is None
     assert error.__cause__ is exc

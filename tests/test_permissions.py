@@ -141,3 +141,82 @@ def test_an_out_folder_we_cannot_write_is_refused(
         monkeypatch.setattr("runner.disk._out_folder.os.access", as_a_user)
     with pytest.raises(OutFolderError, match="is not writable by you"):
         check_out_folder(out)
+
+
+# -- an `out` no folder can be made at (issue 15, item 6) ------------------------------------
+
+
+def _manifest_with_out(tmp_path: Path, out: Path) -> Path:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"name: t\nout: {out}\nbudget: 10\ngrid: {{prompt: p}}\n", encoding="utf-8")
+    return manifest
+
+
+def _unmounted_drive(tmp_path: Path) -> Path:
+    """A symbolic link to a mount point that is not there: an unplugged drive."""
+    link = tmp_path / "drive"
+    link.symlink_to(tmp_path / "media" / "usb-not-mounted")
+    return link
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["the-link", "under-the-link"])
+def test_zbatch_run_refuses_an_out_on_a_broken_symlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], below: bool
+) -> None:
+    """A broken symlink (at `out`, or a folder on its way) is one line and exit 2, not a
+    traceback from opening log.jsonl; nothing is written anywhere."""
+    link = _unmounted_drive(tmp_path)
+    out = link / "batch" if below else link
+    manifest = _manifest_with_out(tmp_path, out)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["run", str(manifest), "--emulator", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("zbatch: error:")]
+    assert len(lines) == 1, err
+    assert str(out) in lines[0]
+    assert "symbolic link" in lines[0]
+    assert "usb-not-mounted" in lines[0]
+    assert "which does not exist" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing made
+    assert not (tmp_path / "media").exists()
+
+
+def test_zbatch_run_refuses_an_out_under_proc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc holds no files (root may not make a folder there either): exit 2, one line."""
+    out = Path("/proc") / "zbatch-out"
+    code = main(["run", str(_manifest_with_out(tmp_path, out)), "--emulator", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert f"zbatch: error: {out} would be made in /proc, which is on a filesystem with no" in err
+    assert not out.exists()
+
+
+def test_check_out_folder_refuses_an_existing_folder_without_storage() -> None:
+    with pytest.raises(OutFolderError, match="/sys is on a filesystem with no storage"):
+        check_out_folder(Path("/sys"))
+
+
+@pytest.mark.parametrize("where", ["symlink", "proc"])
+def test_zbatch_plan_warns_about_an_unusable_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """`zbatch plan` still plans (exit 0) and says on stderr that `run` would refuse `out`."""
+    out = _unmounted_drive(tmp_path) if where == "symlink" else Path("/proc/zbatch-out")
+    code = main(["plan", str(_manifest_with_out(tmp_path, out))])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "cells" in captured.out
+    assert f"zbatch: warning: `zbatch run` would refuse this out folder: {out}" in captured.err
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_error_not_a_traceback(tmp_path: Path) -> None:
+    """Whatever slips past the check, opening log.jsonl raises a zbatch error naming it."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutFolderError, match=f"{blocker} cannot hold the log file log.jsonl"):
+        configure_logging(log_file=blocker / "log.jsonl")

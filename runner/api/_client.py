@@ -28,14 +28,7 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import (
-    AsyncGenerator,
-    Awaitable,
-    Callable,
-    Collection,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -46,8 +39,9 @@ import httpx
 import structlog
 
 from runner import __version__
-from runner.api._errors import TOKEN_ENV, body_error, parse_body, read_limited, scrub, translate
-from runner.api._http import REDIRECT_STATUSES, BearerAuth, drain, next_hop, origin
+from runner.api import _errors
+from runner.api._errors import TOKEN_ENV, body_error, parse_body, scrub, translate
+from runner.api._http import REDIRECT_STATUSES, BearerAuth, exchange, is_loopback, origin
 from runner.api._models import (
     Blob,
     Workflow,
@@ -60,14 +54,7 @@ from runner.api._models import (
 from runner.errors import ApiError, AuthError, UnusableAnswerError
 from runner.log import redact_url
 
-__all__ = [
-    "BASE_URL_ENV",
-    "DEFAULT_BASE_URL",
-    "TOKEN_ENV",
-    "Client",
-    "Download",
-    "translate",
-]
+__all__ = ["BASE_URL_ENV", "DEFAULT_BASE_URL", "TOKEN_ENV", "Client", "Download", "translate"]
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +65,7 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_MAX_UNUSABLE_ANSWERS: Final = 5
 DEFAULT_MAX_UNKNOWN_STATUS: Final = 10
 MAX_REDIRECTS: Final = 5
+REACH_WITHIN_S: Final = 10.0  # `check_reachable`: an answer within this, or unreachable
 
 T = TypeVar("T")
 # Makes one page's call, retrying it as it sees fit (`Client.iter_workflows`).
@@ -140,12 +128,23 @@ class Client:
         self.max_unknown_status = max(1, max_unknown_status)
         self._unknown: dict[str, int] = {}  # workflow id -> unknown statuses in a row
         self._secrets = (secret,)
+        # Until the service first answers, a failure to connect is `ServiceUnreachable` (a
+        # wrong URL, refused, no such host, TLS): not retried. After, it is an outage:
+        # `RetryableError`, which the engine waits out (docs/reliability.md, "The network").
+        self.answered = False
         self._auth = BearerAuth(secret, origin(url))
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout_s,
-            follow_redirects=False,
-            headers={"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
+        settings: dict[str, Any] = {
+            "timeout": timeout_s,
+            "follow_redirects": False,
+            "headers": {"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
+        }
+        self._http = httpx.AsyncClient(transport=transport, **settings)
+        # Loopback goes direct, never through $HTTP_PROXY (runner/api/_http.py); a given
+        # transport (a test's) is used for everything, as httpx then reads no proxy anyway.
+        self._direct = (
+            self._http
+            if transport is not None
+            else httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(), **settings)
         )
 
     def __repr__(self) -> str:
@@ -165,6 +164,24 @@ class Client:
     async def aclose(self) -> None:
         """Close the connection pool; the client cannot send afterwards."""
         await self._http.aclose()
+        if self._direct is not self._http:
+            await self._direct.aclose()
+
+    async def check_reachable(self, *, within_s: float = REACH_WITHIN_S) -> None:
+        """Raise `ServiceUnreachable` unless the service answers (any status) within
+        `within_s`: a request for the base URL, without the token and unread."""
+        url = httpx.URL(self.base_url + "/")
+        try:
+            with anyio.fail_after(within_s):
+                async with self._pool_for(url).stream("GET", url, headers={"Accept": "*/*"}):
+                    pass
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise _errors.unreachable(self.base_url, exc, secrets=self._secrets) from exc
+        self.answered = True
+
+    def _pool_for(self, url: httpx.URL) -> httpx.AsyncClient:
+        """Loopback goes direct; anything else as the environment says (a proxy or not)."""
+        return self._direct if is_loopback(url.host) else self._http
 
     # -- workflows -----------------------------------------------------------------------
 
@@ -441,26 +458,17 @@ class Client:
         most `max_bytes` of the body, all within `deadline_s`: one deadline for the whole
         call, so a body that drips forever is cut, not only a read that stalls."""
         started_s = anyio.current_time()
+        sent: list[httpx.Request] = []  # each hop's request: the last is the one that failed
         try:
             with anyio.fail_after(deadline_s):
-                for hop in range(max_redirects + 1):
-                    response = await self._http.send(
-                        request, auth=auth, follow_redirects=False, stream=True
-                    )
-                    try:
-                        if max_redirects and response.status_code in REDIRECT_STATUSES:
-                            request = self._http.build_request(
-                                "GET",
-                                next_hop(response, hop, max_redirects),
-                                headers={"Accept": "*/*"},
-                            )
-                            await drain(response)
-                            continue
-                        body = await read_limited(response, max_bytes)
-                    finally:
-                        await response.aclose()
-                    break
+                response, body = await exchange(
+                    self._pool_for, request, auth=auth, max_redirects=max_redirects,
+                    max_bytes=max_bytes, sent=sent,
+                )  # fmt: skip
         except (httpx.HTTPError, TimeoutError) as exc:
+            request = sent[-1] if sent else request  # the hop that failed
+            if not self.answered and isinstance(exc, _errors.NO_CONNECTION):
+                raise _errors.unreachable(self.base_url, exc, secrets=self._secrets) from exc
             raise translate(
                 exc,
                 method=request.method,
@@ -468,6 +476,7 @@ class Client:
                 secrets=self._secrets,
                 deadline_s=deadline_s,
             ) from exc
+        self.answered, request = True, sent[-1]
         log.debug(
             "api_response",
             method=request.method,

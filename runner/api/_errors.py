@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from runner.errors import (
     NotFoundError,
     RejectedError,
     RetryableError,
+    ServiceUnreachable,
     UnusableAnswerError,
     UrlExpiredError,
 )
@@ -155,6 +157,56 @@ def translate(
         shown_to = redact_url(source.request.url.join(location)) if location else "nowhere"
         return UnusableAnswerError(f"{message} (an unexpected redirect to {shown_to})", **kw)
     return ApiError(message, **kw)
+
+
+# Failures that mean no connection was made: refused, no such host, TLS, connect timeout.
+NO_CONNECTION = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def unreachable(
+    base_url: str, source: BaseException, *, secrets: Sequence[str] = ()
+) -> ServiceUnreachable:
+    """The `ServiceUnreachable` for a service at `base_url` that never answered, with why."""
+    shown = redact_url(base_url)
+    text = scrub(str(source) or type(source).__name__, secrets)
+    low = " ".join([text, *(str(cause) for cause in _causes(source))]).lower()
+    if "refused" in low or _errnos(source) & {errno.ECONNREFUSED}:
+        why = "connection refused: nothing listens there"
+    elif "name or service" in low or "nodename" in low or "getaddrinfo" in low or "resolv" in low:
+        why = "no such host: the name does not resolve"
+    elif "ssl" in low or "certificate" in low or "tls" in low:
+        why = f"the TLS handshake failed ({text})"
+    elif isinstance(source, (httpx.TimeoutException, TimeoutError)):
+        why = "no connection in time"
+    else:
+        why = f"{type(source).__name__}: {text}".rstrip(": ")
+    return ServiceUnreachable(
+        f"cannot reach the orchestration API at {shown}: {why}. Check --api-url or"
+        " CIVITAI_API_BASE_URL, the network, a proxy (HTTPS_PROXY) and certificates;"
+        " nothing was submitted or spent",
+        url=shown,
+        detail=text,
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`'s causes and contexts, through exception groups (anyio's connect tries each
+    address and raises one error for all of them)."""
+    found: list[BaseException] = []
+    todo = [exc.__cause__, exc.__context__]
+    while todo and len(found) < 20:
+        item = todo.pop()
+        if item is None or item in found:
+            continue
+        found.append(item)
+        todo += [item.__cause__, item.__context__]
+        if isinstance(item, BaseExceptionGroup):
+            todo += list(item.exceptions)
+    return found
+
+
+def _errnos(exc: BaseException) -> set[int]:
+    return {c.errno for c in _causes(exc) if isinstance(c, OSError) and c.errno is not None}
 
 
 def parse_body(

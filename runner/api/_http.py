@@ -1,14 +1,22 @@
 """The HTTP rules the client keeps on every hop: whose requests carry the token, which
-redirects a download may follow, and how a redirect's connection goes back to the pool."""
+redirects a download may follow, how a redirect's connection goes back to the pool, and
+that loopback never goes through a proxy.
+
+`HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` are honoured (httpx's `trust_env`), but a request for
+a loopback host (`localhost`, 127.0.0.0/8, `::1`) is sent directly, whatever `NO_PROXY`
+says: a proxy elsewhere cannot reach this machine's loopback, so the embedded emulator (or a
+local `zbatch emulator`) would only ever answer through it with errors (`is_loopback`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import ipaddress
+from collections.abc import Callable, Generator
 from typing import Final
 
 import httpx
 
-from runner.api._errors import body_error
+from runner.api._errors import body_error, read_limited
 from runner.log import redact_url
 
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
@@ -72,3 +80,42 @@ async def drain(response: httpx.Response) -> None:
 def origin(url: httpx.URL) -> tuple[str, str, int]:
     default_port = 443 if url.scheme == "https" else 80
     return url.scheme, url.host.lower(), url.port or default_port
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` (and `*.localhost`), 127.0.0.0/8 or ::1: this machine, never a proxy's."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def exchange(
+    pool_for: Callable[[httpx.URL], httpx.AsyncClient],
+    request: httpx.Request,
+    *,
+    auth: httpx.Auth | None,
+    max_redirects: int,
+    max_bytes: int,
+    sent: list[httpx.Request],
+) -> tuple[httpx.Response, bytes]:
+    """Send `request` on the pool `pool_for` picks for its URL, follow up to `max_redirects`
+    redirects (`next_hop` checks each), and read at most `max_bytes` of the final body.
+    Each hop's request is appended to `sent`, so a failure can name the one that failed."""
+    for hop in range(max_redirects + 1):
+        sent.append(request)
+        http = pool_for(request.url)
+        response = await http.send(request, auth=auth, follow_redirects=False, stream=True)
+        try:
+            if max_redirects and response.status_code in REDIRECT_STATUSES:
+                target = next_hop(response, hop, max_redirects)
+                request = http.build_request("GET", target, headers={"Accept": "*/*"})
+                await drain(response)
+                continue
+            return response, await read_limited(response, max_bytes)
+        finally:
+            await response.aclose()
+    raise AssertionError("next_hop refuses the hop past max_redirects")

@@ -9,6 +9,7 @@ manifest's wording. `add_engine_options` adds the engine's limits to `run` and `
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,6 +96,40 @@ def time_scale(text: str) -> float:
     if value > MAX_TIME_SCALE:
         raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_TIME_SCALE:g}")
     return value
+
+
+_DURATION_RE = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?")
+MAX_DURATION_S = 30 * 24 * 3600.0
+GIVE_UP_AFTER_DEFAULT = "6h"  # runner.engine.DEFAULT_GIVE_UP_AFTER_S, as --help says it
+
+
+def duration(text: str) -> float:
+    """A duration in seconds: `6h`, `90m`, `1h30m`, `45s`, or a number of seconds."""
+    match = _DURATION_RE.fullmatch(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (allowed: e.g. 6h, 90m, 1h30m, 45s, or seconds)"
+        )
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    value = hours * 3600 + minutes * 60 + seconds
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0 seconds")
+    if value > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most 30 days (720h)")
+    return value
+
+
+def add_give_up_after(parser: argparse.ArgumentParser) -> None:
+    """--give-up-after: how long a run waits out an outage of the service (the engine's
+    `DEFAULT_GIVE_UP_AFTER_S` without it: not imported here, so `zbatch plan` loads no
+    engine; tests/test_world.py checks the two agree)."""
+    parser.add_argument(
+        "--give-up-after",
+        type=duration,
+        metavar="DURATION",
+        help="once the service has answered, how long an outage is waited out before the run"
+        f" stops (exit 130, resumable): e.g. 30m, 2h (default: {GIVE_UP_AFTER_DEFAULT})",
+    )
 
 
 def add_out(parser: argparse.ArgumentParser) -> None:

@@ -46,6 +46,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     for warning in manifest.warnings:
         print(f"zbatch: warning: {warning}", file=sys.stderr)
+    _warn_about_out(manifest)
     if args.whatif:
         try:
             plan = anyio.run(_plan_with_whatif, manifest, backend="asyncio")
@@ -56,6 +57,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = make_plan(manifest)
     print(json.dumps(to_json(plan), indent=2) if args.json else render_text(plan))
     return ExitCode.AUTH_OR_FUNDS if plan.over_budget else ExitCode.OK
+
+
+def _warn_about_out(manifest: Manifest) -> None:
+    """An out folder `zbatch run` would refuse (a broken symlink, /proc, mode 0777, ...)."""
+    from runner.disk import out_folder_problem
+
+    problem = out_folder_problem(manifest.out)
+    if problem is not None:
+        print(f"zbatch: warning: `zbatch run` would refuse this out folder: {problem}",
+              file=sys.stderr)  # fmt: skip
 
 
 async def _plan_with_whatif(manifest: Manifest) -> Plan:

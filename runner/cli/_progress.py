@@ -54,6 +54,7 @@ class Snapshot:
     stop_reason: str | None
     submit_per_s: float | None  # None until the window spans some time
     cells_per_min: float | None
+    service: str | None = None  # "service unreachable since 02:13, retrying" in an outage
 
     @property
     def open_cells(self) -> int:
@@ -130,6 +131,7 @@ class Sampler:
             stop_reason=stats.stop_reason,
             submit_per_s=self.submits.per_s(),
             cells_per_min=None if cells_per_s is None else cells_per_s * 60,
+            service=self.engine.outage.describe(),
         )
 
 
@@ -190,6 +192,8 @@ def render_line(snap: Snapshot) -> str:
         f"ETA {_eta(snap)}",
         f"{snap.retries} retries",
     ]
+    if snap.service is not None:
+        parts.append(snap.service)
     if snap.cap_reached:
         parts.append("CAP REACHED: submitting stopped")
     elif snap.stop_reason is not None:
@@ -228,6 +232,8 @@ def render_panel(snap: Snapshot) -> Panel:
         f" · ETA {_eta(snap)}",
     )
     grid.add_row("retries", "", str(snap.retries))
+    if snap.service is not None:
+        grid.add_row("service", "", Text(snap.service, style="bold yellow"))
     if snap.cap_reached:
         grid.add_row("cap", "", Text("reached: nothing more is submitted", style="bold red"))
     elif snap.stop_reason is not None:

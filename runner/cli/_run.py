@@ -12,6 +12,7 @@ from runner.cli._command import Command
 from runner.cli._emulator import api_target, check_faults
 from runner.cli._options import (
     add_engine_options,
+    add_give_up_after,
     add_quiet,
     add_target_options,
     captions_mode,
@@ -19,7 +20,7 @@ from runner.cli._options import (
     whole_setting,
 )
 from runner.disk import OutFolder
-from runner.errors import AuthError, CapReached, ExitCode, UsageError
+from runner.errors import AuthError, CapReached, ExitCode, ServiceOutage, UsageError
 from runner.log import TOKEN_ENV, configure_logging
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     (exit 7). Fix the cause and run again: nothing is lost. With --adopt, a damaged
     batch.sqlite is moved aside (kept) and rebuilt from the service (docs/reliability.md).
 
+    An API out of reach at the start is exit 2, naming the URL; an outage later is waited
+    out for --give-up-after (default 6h), then exit 130, resumable (docs/reliability.md).
+
     Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
 
     Example:
@@ -74,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         submit_per_s=args.rate,
         downloads=args.downloads,
         adopt=args.adopt,
+        give_up_after_s=args.give_up_after,
     )
     try:
         with api_target(args) as target:
@@ -83,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 target=target,
                 progress=None if args.quiet else show_progress,
             )
-    except CapReached as exc:  # run_batch attaches what the run did as `exc.outcome`
+    except (CapReached, ServiceOutage) as exc:  # run_batch attaches what the run did
         print_run(exc.outcome, out=manifest.out)
         raise
     print_run(outcome, out=manifest.out)
@@ -171,6 +176,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         "--budget", type=positive_int, metavar="BUZZ", help="Buzz cap (default: the manifest's)"
     )
     add_engine_options(p, defaults="the manifest's")
+    add_give_up_after(p)
     add_target_options(p, faults=True)
     add_quiet(p)
     p.add_argument(
@@ -186,7 +192,12 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-RUN = Command("run", cmd_run, _run_arguments, exits=RUN_EXITS)
+# Codes every command has, with what they mean when the service is out of reach.
+SERVICE_NOTES = {
+    ExitCode.USAGE: "or the API cannot be reached at the start: refused, no such host, TLS",
+    ExitCode.INTERRUPTED: "or an outage outlasted --give-up-after",
+}
+RUN = Command("run", cmd_run, _run_arguments, exits=RUN_EXITS, notes=SERVICE_NOTES)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -312,6 +323,7 @@ RETRY = Command(
     exits=RUN_EXITS,
     notes={
         ExitCode.OK: "or nothing to retry",
-        ExitCode.USAGE: "or a --cell is unknown",
+        ExitCode.USAGE: "or a --cell is unknown, " + SERVICE_NOTES[ExitCode.USAGE],
+        ExitCode.INTERRUPTED: SERVICE_NOTES[ExitCode.INTERRUPTED],
     },
 )

@@ -10,6 +10,11 @@ with the user's umask. A folder the user cannot write to is refused here too, by
 rather than as a traceback from the first write. So is a folder (or, for one to be made,
 its nearest existing parent) on a read-only filesystem: `ReadOnlyDisk`, exit 6, before
 anything is written or spent (root may write anywhere, but not there).
+
+A path the run could never make a folder of is refused by name too (exit 2), rather than
+as a traceback from the log file: a symbolic link to nowhere, on the way or at the end (a
+drive that is not mounted), and a filesystem with no storage (`/proc`, `/sys`).
+`zbatch plan` warns about each of these (`out_folder_problem`).
 """
 
 from __future__ import annotations
@@ -82,11 +87,22 @@ class OutFolder:
         return self.db
 
 
+def out_folder_problem(out: Path, *, allow_shared: bool = False) -> str | None:
+    """What `check_out_folder` would refuse `out` for, or None (for `zbatch plan`'s warning)."""
+    try:
+        check_out_folder(out, allow_shared=allow_shared)
+    except (OutFolderError, ReadOnlyDisk) as exc:
+        return str(exc)
+    return None
+
+
 def check_out_folder(out: Path, *, allow_shared: bool = False) -> None:
-    """Raise ``OutFolderError`` if ``out`` exists and is writable by others, or not by us."""
+    """Raise ``OutFolderError`` if ``out`` cannot be made or used as the batch's folder: a
+    broken symbolic link, no storage, writable by others, or not by us."""
     try:
         info = out.stat()
     except FileNotFoundError:
+        _refuse_dangling(out)
         _check_parent(out)
         return
     except OSError as exc:
@@ -101,6 +117,7 @@ def check_out_folder(out: Path, *, allow_shared: bool = False) -> None:
             f" its images or its batch record. Fix: chmod o-w {out}, or pass --allow-shared-out"
             " if the folder is shared on purpose"
         )
+    _refuse_no_storage(out, out)
     _refuse_read_only(out, out)
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutFolderError(
@@ -116,11 +133,39 @@ def _check_parent(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         return  # a file on the way: the first mkdir names it
+    _refuse_no_storage(out, parent)
     _refuse_read_only(out, parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutFolderError(
             f"{out} cannot be created: {parent} is not writable by you; fix its permissions"
             " or choose another out folder in the manifest"
+        )
+
+
+def _refuse_dangling(out: Path) -> None:
+    """`out`, or a folder on its way, is a symbolic link whose target does not exist."""
+    path = out.absolute()
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            where = "is" if link == path else f"would be made under {link}, which is"
+            raise OutFolderError(
+                f"{out} {where} a symbolic link to {os.readlink(link)}, which does not exist"
+                " (a drive that is not mounted?): mount it, or choose another out folder in"
+                " the manifest (nothing was written or spent)"
+            )
+
+
+def _refuse_no_storage(out: Path, folder: Path) -> None:
+    """`folder` is on a filesystem with no storage (/proc, /sys): no file can be made there."""
+    try:
+        blocks = os.statvfs(folder).f_blocks
+    except OSError:
+        return
+    if blocks == 0:
+        where = "is" if folder == out else f"would be made in {folder}, which is"
+        raise OutFolderError(
+            f"{out} {where} on a filesystem with no storage (such as /proc or /sys): choose"
+            " another out folder in the manifest (nothing was written or spent)"
         )
 
 

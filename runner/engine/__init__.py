@@ -12,9 +12,10 @@ from runner.engine._engine import (
     outcome_of,
     reason_of,
 )
-from runner.engine._pacing import Backoff, retrying
+from runner.engine._pacing import DEFAULT_GIVE_UP_AFTER_S, Backoff, retrying
 
 __all__ = [
+    "DEFAULT_GIVE_UP_AFTER_S",
     "Backoff",
     "Engine",
     "EngineConfig",

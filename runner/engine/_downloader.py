@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from runner.api import Client, Workflow
 from runner.disk import atomic_write_bytes, image_path
 from runner.engine._images import InvalidImage, VerifiedImage, check_image
-from runner.engine._pacing import Backoff, retrying
+from runner.engine._pacing import Backoff, Outage, is_outage, retrying
 from runner.engine._shared import Changes, RunStats
 from runner.errors import NotFoundError, RetryableError, UrlExpiredError
 from runner.store import PendingImage, Store
@@ -51,10 +51,13 @@ class ImageFetcher:
     blob by its id, and tries again with backoff.
     """
 
-    def __init__(self, client: Client, backoff: Backoff, *, max_bytes: int) -> None:
+    def __init__(
+        self, client: Client, backoff: Backoff, *, max_bytes: int, outage: Outage | None = None
+    ) -> None:
         self.client = client
         self.backoff = backoff
         self.max_bytes = max_bytes
+        self.outage = outage  # the run's: an outage is waited out, not counted as tries
         self._urls: dict[ImageKey, tuple[str, datetime | None]] = {}
 
     def remember_urls(self, attempt_id: int, wf: Workflow) -> None:
@@ -99,7 +102,14 @@ class ImageFetcher:
                 expired = isinstance(exc, UrlExpiredError)
                 self._urls.pop(key, None)  # fetch a fresh URL next time
                 log.warning("download_retry", cell=item.cell_key, index=item.index, error=problem)
+                if self.outage is not None and isinstance(exc, RetryableError) and is_outage(exc):
+                    # ServiceOutage once it lasts --give-up-after. In an outage of the whole
+                    # network the next try waits at the fresh URL's `retrying` (the outage's),
+                    # so one outage costs an image one try, not all of them.
+                    self.outage.failed(exc)
                 continue
+            if self.outage is not None:
+                self.outage.succeeded()
             return FetchedImage(got.content, info)
         return problem
 
@@ -119,7 +129,12 @@ class ImageFetcher:
         if item.workflow_id is not None:
             wf_id = item.workflow_id
             try:
-                wf = await retrying(lambda: client.get(wf_id), backoff=self.backoff, what="refetch")
+                wf = await retrying(
+                    lambda: client.get(wf_id),
+                    backoff=self.backoff,
+                    what="refetch",
+                    outage=self.outage,
+                )
                 self.remember_urls(item.attempt_id, wf)
                 if key in self._urls:
                     return self._urls[key][0]
@@ -130,7 +145,10 @@ class ImageFetcher:
         blob_id = item.blob_id
         try:
             blob = await retrying(
-                lambda: client.refresh_blob(blob_id), backoff=self.backoff, what="refresh"
+                lambda: client.refresh_blob(blob_id),
+                backoff=self.backoff,
+                what="refresh",
+                outage=self.outage,
             )
         except NotFoundError:
             return None

@@ -31,7 +31,7 @@ from runner.engine._outcomes import charge_of as charge_of
 from runner.engine._outcomes import image_outcomes as image_outcomes
 from runner.engine._outcomes import outcome_of as outcome_of
 from runner.engine._outcomes import reason_of as reason_of
-from runner.engine._pacing import Backoff, RateLimiter, Retrier
+from runner.engine._pacing import DEFAULT_GIVE_UP_AFTER_S, Backoff, Outage, RateLimiter, Retrier
 from runner.engine._poller import Poller, PollTiming
 from runner.engine._shared import Changes
 from runner.engine._shared import RunStats as RunStats
@@ -61,6 +61,8 @@ class EngineConfig:
     backoff_base_s: float = 0.5  # retries wait uniform(0, min(cap, base * 2^n))
     backoff_cap_s: float = 30.0
     seed: int = 0  # jitter
+    give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S  # an outage this long ends the run
+    outage_clock: Callable[[], float] | None = None  # monotonic seconds (tests: a fake)
 
 
 class Engine:
@@ -80,10 +82,11 @@ class Engine:
         # and exact pacing would let a 1 s window catch rate + 1 of them.
         self.limiter = RateLimiter(config.submit_per_s * 0.98, burst=1.0)
         self.slots = anyio.CapacityLimiter(config.in_flight)
-        retry = Retrier(backoff, on_retry=self._on_retry)
+        self.outage = Outage(config.give_up_after_s, clock=config.outage_clock)
+        retry = Retrier(backoff, on_retry=self._on_retry, outage=self.outage)
         self.downloader = Downloader(
             store,
-            ImageFetcher(client, backoff, max_bytes=config.max_image_bytes),
+            ImageFetcher(client, backoff, max_bytes=config.max_image_bytes, outage=self.outage),
             out_dir=config.out_dir,
             workers=config.downloads,
             stats=self.stats,

@@ -6,6 +6,12 @@ other waits are for a condition (`runner.engine._shared.Changes`) or, in the pol
 next workflow's due time. A failing service slows a run down; it never loses work:
 `retrying` repeats a call for as long as its errors are retryable, waiting what the service
 asked (`Retry-After`) or an exponentially growing, fully jittered delay.
+
+An outage is waited out, but not forever: `Outage` keeps when the service last stopped
+answering (every call failing with a transport error, 408 or 5xx, none succeeding in
+between). The display and log.jsonl say "service unreachable since HH:MM, retrying"; after
+`give_up_after_s` without a success the run stops with `ServiceOutage` (exit 130,
+resumable). 429 is no outage: the service is there, asking us to slow down.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 import anyio
 import structlog
 
-from runner.errors import RetryableError
+from runner.errors import RetryableError, ServiceOutage
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+DEFAULT_GIVE_UP_AFTER_S = 6 * 3600.0  # an outage longer than this ends a run (resumable)
 
 
 class RateLimiter:
@@ -107,6 +115,87 @@ class Backoff:
         return delay_s
 
 
+def is_outage(exc: RetryableError) -> bool:
+    """A failure that says the service is not there: no answer at all, 408 or a 5xx."""
+    return exc.status is None or exc.status == 408 or exc.status >= 500
+
+
+class Outage:
+    """How long the service has failed every call, and the end of waiting for it.
+
+    `failed` starts the clock at the first failure in a row (and logs it once);
+    `succeeded` stops it. A failure `give_up_after_s` or more after the start raises
+    `ServiceOutage`. `clock` (monotonic seconds) and `now` (the wall time shown) are
+    anyio's and the local time by default; tests pass fakes.
+    """
+
+    def __init__(
+        self,
+        give_up_after_s: float = DEFAULT_GIVE_UP_AFTER_S,
+        *,
+        clock: Callable[[], float] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+    ) -> None:
+        self.give_up_after_s = give_up_after_s
+        self._clock = clock or anyio.current_time
+        self._now = now
+        self.since: datetime | None = None  # wall time of the outage's first failure
+        self._started_s = 0.0
+        self.last_error = ""
+
+    def describe(self) -> str | None:
+        """`service unreachable since 02:13, retrying`, or None while the service answers."""
+        if self.since is None:
+            return None
+        return f"service unreachable since {self.since:%H:%M}, retrying"
+
+    def failed(self, exc: RetryableError) -> None:
+        """Count `exc` toward the outage; raise `ServiceOutage` once it has lasted too long."""
+        if not is_outage(exc):
+            return
+        now_s = self._clock()
+        self.last_error = str(exc)
+        if self.since is None:
+            self.since, self._started_s = self._now(), now_s
+            log.warning(
+                "service_unreachable",
+                since=f"{self.since:%H:%M}",
+                give_up_after_s=self.give_up_after_s,
+                error=self.last_error,
+            )
+            return
+        down_s = now_s - self._started_s
+        if down_s >= self.give_up_after_s:
+            raise ServiceOutage(
+                f"the service has been unreachable since {self.since:%H:%M} ({_hours(down_s)},"
+                f" --give-up-after {_hours(self.give_up_after_s)}): the run stops; nothing is"
+                f" lost, run the same command again to resume. Last error: {self.last_error}",
+                status=exc.status,
+                method=exc.method,
+                url=exc.url,
+                detail=exc.detail,
+            )
+
+    def succeeded(self) -> None:
+        """A call went through: the outage, if any, is over."""
+        if self.since is not None:
+            log.warning(
+                "service_reachable_again",
+                since=f"{self.since:%H:%M}",
+                down_s=round(self._clock() - self._started_s, 1),
+            )
+            self.since = None
+
+
+def _hours(seconds: float) -> str:
+    """`6h`, `1h30m`, `45s`: a duration as --give-up-after takes it."""
+    whole = round(seconds)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return text or "0s"
+
+
 async def retrying(
     call: Callable[[], Awaitable[T]],
     *,
@@ -115,19 +204,23 @@ async def retrying(
     max_tries: int | None = None,
     on_retry: Callable[[RetryableError], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    outage: Outage | None = None,
 ) -> T:
     """Await `call()` until it returns or raises a non-retryable error.
 
     Retryable errors are retried after `backoff`'s delay, forever unless `max_tries` is set
-    (then the last error is raised). `on_retry` sees each retried error (e.g. a 429 slows
-    the rate limiter down). Other exceptions propagate at once.
+    (then the last error is raised) or `outage` gives up (`ServiceOutage`). `on_retry` sees
+    each retried error (e.g. a 429 slows the rate limiter down). Other exceptions
+    propagate at once.
     """
     tries = 0
     while True:
         try:
-            return await call()
+            result = await call()
         except RetryableError as exc:
             tries += 1
+            if outage is not None:
+                outage.failed(exc)
             if max_tries is not None and tries >= max_tries:
                 raise
             if on_retry is not None:
@@ -135,20 +228,31 @@ async def retrying(
             delay_s = backoff.delay_s(tries - 1, exc.retry_after_s)
             log.warning("retry", what=what, tries=tries, delay_s=round(delay_s, 3), error=str(exc))
             await sleep(delay_s)
+            continue
+        if outage is not None:
+            outage.succeeded()
+        return result
 
 
 @dataclass(frozen=True)
 class Retrier:
-    """How the engine retries its API calls: one backoff, and what a retry tells the run
-    (`on_retry`: the engine counts it, and a 429 slows the submission rate down)."""
+    """How the engine retries its API calls: one backoff, what a retry tells the run
+    (`on_retry`: the engine counts it, and a 429 slows the submission rate down), and the
+    run's `outage`, which ends the waiting after --give-up-after."""
 
     backoff: Backoff
     on_retry: Callable[[RetryableError], None] | None = None
+    outage: Outage | None = None
 
     async def call(
         self, call: Callable[[], Awaitable[T]], *, what: str, max_tries: int | None = None
     ) -> T:
-        """`retrying(call, ...)` with this backoff and `on_retry`."""
+        """`retrying(call, ...)` with this backoff, `on_retry` and `outage`."""
         return await retrying(
-            call, backoff=self.backoff, what=what, max_tries=max_tries, on_retry=self.on_retry
+            call,
+            backoff=self.backoff,
+            what=what,
+            max_tries=max_tries,
+            on_retry=self.on_retry,
+            outage=self.outage,
         )

@@ -41,8 +41,8 @@ class Changes:
 class RunStats:
     """What this run did, for the display and the summary (the store has the full record)."""
 
-    submitted: int = 0
-    resubmitted: int = 0
+    submitted: int = 0  # acknowledged by the service (a workflow id), this run
+    resubmitted: int = 0  # a previous run's intents, sent again and acknowledged
     finished: dict[str, int] = field(default_factory=dict)
     images_downloaded: int = 0
     images_lost: int = 0

@@ -99,8 +99,7 @@ class Submitter:
         self.slots.total_tokens = in_flight
         for attempt in active:
             if attempt.state is AttemptState.SUBMITTING:
-                self.stats.resubmitted += 1
-                tg.start_soon(self._submit, attempt)
+                tg.start_soon(self._submit, attempt, True)
             else:
                 self.poller.watch(attempt, first_poll_s=0.0)
 
@@ -123,7 +122,6 @@ class Submitter:
                 return False
             await changed.wait()  # a refund or a cheaper charge may free budget
         await self.limiter.acquire()
-        self.stats.submitted += 1
         tg.start_soon(self._submit, attempt)
         return True
 
@@ -147,8 +145,11 @@ class Submitter:
                 self._prices[shape] = 0
         return max(attempt.estimate_buzz, self._prices[shape])
 
-    async def _submit(self, attempt: Attempt) -> None:
-        """Send the intent; record the workflow running (or ended), or the service's 400."""
+    async def _submit(self, attempt: Attempt, resumed: bool = False) -> None:
+        """Send the intent; record the workflow running (or ended), or the service's 400.
+
+        Counted `submitted` (`resubmitted` for a previous run's intent) only once the service
+        has acknowledged it: an intent still being retried is not submitted yet."""
         steps = [{"$type": "imageGen", "input": contract.step_input(attempt.request)}]
         metadata = workflow_metadata(attempt.cell_key, attempt.attempt)
 
@@ -167,6 +168,10 @@ class Submitter:
         self.limiter.speed_up()
         charged = charge_of(wf, fallback_buzz=attempt.estimate_buzz)
         await self.store.mark_running(attempt.id, wf.id, charged)
+        if resumed:
+            self.stats.resubmitted += 1
+        else:
+            self.stats.submitted += 1
         self.changes.notify()  # the reservation became the charge: budget may be free
         log.info("cell_submitted", cell=attempt.cell_key, attempt=attempt.attempt, workflow=wf.id)
         running = dataclasses.replace(  # what mark_running wrote, without reading it back

@@ -8,6 +8,7 @@ cap, a stop or a fatal error ends the run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -23,7 +24,7 @@ from runner.api import Client
 from runner.dataset import refresh_dataset
 from runner.disk import OutFolder, sweep_batch_temps
 from runner.engine import Backoff, Engine, EngineConfig, RunStats
-from runner.errors import CapReached
+from runner.errors import CapReached, ServiceOutage
 from runner.grid import store_rows
 from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest import Manifest
@@ -44,6 +45,7 @@ class RunOverrides:
     submit_per_s: float | None = None
     downloads: int | None = None
     adopt: bool = False  # `--adopt`: record the batch's workflows found on the service first
+    give_up_after_s: float | None = None  # `--give-up-after`: how long an outage is waited out
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ async def run_batch(
 
     `tuning` sets further EngineConfig fields (poll and backoff timings, for tests). Raises
     `CapReached`, with the run's `RunOutcome` as its `outcome`, when the Buzz cap stopped the
-    batch; any other error that stops the run is raised as itself (`Engine.run`).
+    batch, and `ServiceOutage` (with its `outcome` too) when an outage outlasted
+    `give_up_after_s`; any other error that stops the run is raised as itself (`Engine.run`).
     """
     out = manifest.out
     limits = manifest.limits
@@ -113,6 +116,8 @@ async def run_batch(
         runtime_scale=runtime_scale,
         **dict(tuning or {}),
     )
+    if overrides.give_up_after_s is not None:
+        config = dataclasses.replace(config, give_up_after_s=overrides.give_up_after_s)
     # --adopt rebuilds the record from the service, so a damaged database is moved aside
     # (kept) rather than refused (docs/reliability.md, "The local machine").
     async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
@@ -124,13 +129,18 @@ async def run_batch(
         swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
         if swept:
             log.info("stray_temp_files_removed", count=swept)
-        stats = await drive(
-            Engine(store, client, config),
-            planned.added + planned.kept,
-            handle_signals=handle_signals,
-            progress=progress,
-            captions=manifest.captions,
-        )
+        engine = Engine(store, client, config)
+        try:
+            stats = await drive(
+                engine,
+                planned.added + planned.kept,
+                handle_signals=handle_signals,
+                progress=progress,
+                captions=manifest.captions,
+            )
+        except ServiceOutage as exc:  # resumable: the summary says what the run did
+            exc.outcome = await read_outcome(store, planned, engine.stats, adopted=adopted)
+            raise
         outcome = await read_outcome(
             store, planned, stats, adopted=adopted, canceled_at=canceled_at
         )
@@ -301,10 +311,12 @@ T = TypeVar("T")
 
 def with_client(work: Callable[[Client, float], Awaitable[T]], target: Target) -> T:
     """Run `work(client, runtime_scale)` on its own event loop (anyio on asyncio), with a
-    client for `target`, closed after."""
+    client for `target`, closed after. A service that does not answer at all is refused
+    first (`ServiceUnreachable`, naming the URL), before the batch's record is touched."""
 
     async def go() -> T:
         async with Client(base_url=target.base_url, token=target.token) as client:
+            await client.check_reachable()
             return await work(client, target.runtime_scale)
 
     return anyio.run(go, backend="asyncio")
