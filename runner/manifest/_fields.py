@@ -68,6 +68,16 @@ class ReadAxis:
     paths: tuple[str, ...]
 
 
+def empty_prompt(raw: object) -> str | None:
+    """What is wrong with a prompt that is empty or only spaces (the service would take it, and
+    charge for a picture of nothing), or None."""
+    if isinstance(raw, str) and not raw.strip():
+        return (
+            f"{shown(raw)} is an empty prompt (allowed: text with at least one visible character)"
+        )
+    return None
+
+
 def normalize_number(value: int | float) -> int | float:
     """A whole float as an int: ``1.0`` -> ``1``, ``4.5`` stays."""
     if isinstance(value, float) and value.is_integer():
@@ -99,6 +109,8 @@ class FieldReader:
         if name == "seed":
             return self._seed(raw, node, path)
         problem = contract.check_field(name, raw)
+        if problem is None and name == "prompt":
+            problem = empty_prompt(raw)
         if problem is not None:
             self.report.error(node, path, problem)
             return BAD
