@@ -22,7 +22,7 @@ from runner.manifest._load import Manifest
 from runner.ops import _retry as retry_module
 from runner.ops._cancel import cancel_batch
 from runner.ops._retry import RetrySettings, retry_batch
-from runner.ops._run import run_batch
+from runner.ops._run import RunOverrides, run_batch
 from runner.ops._verify import verify_batch
 from runner.store._migrations import SCHEMA_VERSION
 from runner.store._store import Store
@@ -433,3 +433,32 @@ async def test_verify_calls_a_recorded_but_undecodable_jpeg_corrupt(tmp_path: Pa
         assert not report.intact
         assert [d.path for d in report.damage] == [path]
         assert "Corrupt JPEG data" in report.damage[0].detail
+
+
+async def test_metadata_jsonl_is_written_as_soon_as_the_first_image_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: metadata.jsonl first appeared after ~30 s. With the periodic refresh pushed
+    out of reach, the run still writes it mid-run, once its first image is on disk."""
+    import runner.ops._run as run_module
+
+    written: list[int] = []
+
+    async def recording(store: Store, out: Path, *, captions: str, rebuild: bool = False) -> int:
+        rows_now = await real(store, out, captions=captions, rebuild=rebuild)
+        if not rebuild:
+            written.append(rows_now)
+        return rows_now
+
+    real = run_module.refresh_dataset
+    monkeypatch.setattr(run_module, "DATASET_EVERY_S", 1e9)
+    monkeypatch.setattr(run_module, "refresh_dataset", recording)
+    with anyio.fail_after(60):
+        m = manifest(tmp_path, seeds=2)  # 6 cells, 12 images
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            overrides = RunOverrides(submit_per_s=4)  # the run outlasts its first image
+            await run_batch(m, client, overrides=overrides, tuning=FAST)
+    assert len(written) == 1
+    assert 1 <= written[0] < 12, "written mid-run, with the images on disk then"
+    assert len((m.out / "metadata.jsonl").read_text().splitlines()) == 12
