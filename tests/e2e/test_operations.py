@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from runner.api._client import Client
+from runner.dataset import refresh_dataset
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
 from runner.emulator.content import corrupt
 from runner.emulator.ledger import account_id
@@ -450,7 +451,7 @@ async def test_metadata_jsonl_is_written_as_soon_as_the_first_image_lands(
             written.append(rows_now)
         return rows_now
 
-    real = run_module.refresh_dataset
+    real = refresh_dataset
     monkeypatch.setattr(run_module, "DATASET_EVERY_S", 1e9)
     monkeypatch.setattr(run_module, "refresh_dataset", recording)
     with anyio.fail_after(60):
