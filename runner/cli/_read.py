@@ -128,6 +128,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
     row per image, with every input that made it and what it cost (docs/dataset.md), to
     --to (default: OUT/export/dataset.<format>, or the folder OUT/export/webdataset/).
+    Without --format it writes JSON Lines (jsonl) and says so. --to creates the last folder
+    of its path when that one alone is missing, never more.
     Memory stays flat however many rows. Every file is written under a temp name and
     renamed into place, so a reader never sees half an export. --state picks images by
     state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
@@ -135,15 +137,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     left out of a WebDataset, with a warning.
 
     Example:
+        zbatch export out/demo                  # out/demo/export/dataset.jsonl
         zbatch export out/demo --format parquet
         zbatch export out/demo --format webdataset --shard-size 500 --to /data/demo-wds
         zbatch export out/demo --format csv --state lost --to lost.csv
     """
-    from runner.dataset import describe, export
+    from runner.dataset import DEFAULT_FORMAT, describe, export
 
+    fmt = args.format or DEFAULT_FORMAT
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(
-        export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size
+        export, args.out, fmt, to=args.to, states=states, shard_size=args.shard_size
     )
     result = anyio.run(job, backend="asyncio")
     if result.missing:
@@ -152,14 +156,21 @@ def cmd_export(args: argparse.Namespace) -> int:
             "were left out (zbatch verify finds them)",
             file=sys.stderr,
         )
-    print(describe(result))
+    said = describe(result)
+    if args.format is None:
+        said += (
+            f"; {DEFAULT_FORMAT} is the default (--format csv, parquet or webdataset for others)"
+        )
+    print(said)
     return ExitCode.OK
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p)
     p.add_argument(
-        "--format", required=True, metavar="FORMAT", help="jsonl, csv, parquet or webdataset"
+        "--format",
+        metavar="FORMAT",
+        help="jsonl, csv, parquet or webdataset (default: jsonl, JSON Lines)",
     )
     p.add_argument(
         "--to",
