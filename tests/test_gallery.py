@@ -492,3 +492,18 @@ def test_make_gallery_reads_during_a_run_without_the_lock(out: Path) -> None:
         return result.images
 
     assert anyio.run(with_lock_held, backend="asyncio") == 12
+
+
+def test_template_variables_win_over_a_60_value_prompt_crossed_with_seeds() -> None:
+    """Issue 15: 3 animals x 20 places render 60 prompts; with 4 seeds the pair prompt x seed
+    (240 positions, all full) beat the variables. The variables are laid out; seed filters."""
+    animals, places = ("fox", "owl", "heron"), tuple(f"place {n}" for n in range(20))
+    combos = [(a, p, s) for a in animals for p in places for s in (1, 2, 3, 4)]
+    cells = [
+        cell(n, prompt=f"A {a} in {p}", seed=s, variables={"animal": a, "place": p})
+        for n, (a, p, s) in enumerate(combos)
+    ]
+    grid = build_grid("vars", cells)
+    assert (grid.x.name, grid.y.name) == ("vars.animal", "vars.place")
+    assert [a.name for a in grid.filters] == ["seed"]
+    assert build_grid("vars", cells, x="prompt").x.name == "prompt"  # still an axis on demand
