@@ -184,9 +184,7 @@ def _fill(a: GridAxis, b: GridAxis) -> float:
     return len(set(zip(a.coords, b.coords, strict=True))) / (a.size * b.size)
 
 
-def _pair_key(
-    a: GridAxis, b: GridAxis, rank: Mapping[str, int]
-) -> tuple[float, bool, int, int]:
+def _pair_key(a: GridAxis, b: GridAxis, rank: Mapping[str, int]) -> tuple[float, bool, int, int]:
     seedless = "seed" not in (a.name, b.name)  # seeds are samples: they share a position
     return (_fill(a, b), seedless, a.size * b.size, -(rank[a.name] + rank[b.name]))
 
