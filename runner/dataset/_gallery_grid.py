@@ -16,14 +16,15 @@ are shown beside its labels. Twins are never laid out against each other.
 
 **The default X and Y** are the two axes that make the fullest grid, then the largest: the
 pair whose values co-occur in the most of their combinations (1.0 for a full product such as
-``model x prompt``), then a pair without ``seed`` (seeds are samples of one request: they sit
-side by side in a position, labelled), then with the most combinations, then in the preference order
-``vars.*``, model, prompt, size, steps ... seed. So a random seed that differs in every cell
-is not picked over the axes the manifest actually crossed. A prompt that the template
-variables render (one prompt per combination of their values) is left out of the default
-choice: its variables are the axes to lay out, not 60 long texts against the seeds. Of the two, the one with more
-values runs down the rows (Y; pages scroll down, and a prompt label has room on the left),
-the other across the columns (X). ``--x``/``--y`` choose either or both. The other axes are
+``model x prompt``), then a pair without ``seed`` (seeds are samples of one request: they
+sit side by side in a position, labelled), then with the most combinations, then in the
+preference order ``vars.*``, model, prompt, size, steps ... seed. So a random seed that
+differs in every cell is not picked over the axes the manifest actually crossed. A prompt
+that the template variables render (one prompt per combination of their values) is left out
+of the default choice: its variables are the axes to lay out, not 60 long texts against the
+seeds. Of the two, the one with more values runs down the rows (Y; pages scroll down, and a
+prompt label has room on the left), the other across the columns (X). ``--x``/``--y``
+choose either or both. The other axes are
 filters, unless they never split a grid position (then they would only pick positions).
 
 **Cost.** A cell's Buzz is what all its attempts were charged (refunds already deducted);
