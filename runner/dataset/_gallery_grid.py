@@ -94,6 +94,7 @@ class Grid:
     row_buzz: tuple[int, ...]
     col_buzz: tuple[int, ...]
     total_buzz: int
+    thumb_px: int | None = None  # --thumb: each image's width; None: a position's width shared
 
     def shown(self, cell: GalleryCell) -> tuple[GalleryImage, ...]:
         """The cell's images in the states shown, in index order."""
@@ -102,6 +103,32 @@ class Grid:
     @property
     def image_count(self) -> int:
         return sum(len(self.shown(cell)) for cell in self.cells)
+
+    def image_label(self, n: int, image: GalleryImage) -> str:
+        """What tells image `image` of cell `n` from the others in its grid position: the
+        values of the filters that differ there (``seed 42``), the replica when replicas
+        share it, the image's number when its cell has several; "" when it is alone."""
+        slot = self.positions[self.y.coords[n]][self.x.coords[n]]
+        parts = [
+            f"{axis.name.removeprefix('vars.')} {shorten(axis.labels[axis.coords[n]], 24)}"
+            for axis in self.filters
+            if len({axis.coords[m] for m in slot}) > 1
+        ]
+        cell = self.cells[n]
+        if len({self.cells[m].replica for m in slot}) > 1:
+            parts.append(f"replica {cell.replica}")
+        if len(self.shown(cell)) > 1:
+            parts.append(f"#{image.index}")
+        return " · ".join(parts)
+
+    def widest_position(self) -> int:
+        """The most images side by side in one grid position (its near-square tiling)."""
+        counts = (
+            sum(len(self.shown(self.cells[n])) for n in slot)
+            for row in self.positions
+            for slot in row
+        )
+        return max((tiling(count)[0] for count in counts), default=1)
 
     def twin_names(self, axis: GridAxis) -> tuple[str, ...]:
         """The names of the axes that vary exactly with `axis` (steps and cfgScale with model)."""
@@ -309,8 +336,10 @@ def build_grid(
     x: str | None = None,
     y: str | None = None,
     states: Iterable[str] = DEFAULT_STATES,
+    thumb: int | None = None,
 ) -> Grid:
-    """Lay `cells` out on X/Y (chosen or default) with the other axes as filters."""
+    """Lay `cells` out on X/Y (chosen or default) with the other axes as filters; `thumb`
+    is each image's width in pixels (None: a grid position's width, shared by its images)."""
     shown_states = parse_states(states)
     cells = tuple(cells)
     axes = detect_axes(cells)
@@ -342,6 +371,7 @@ def build_grid(
         row_buzz=tuple(sum(row) for row in cell_buzz),
         col_buzz=tuple(sum(row[c] for row in cell_buzz) for c in range(x_axis.size)),
         total_buzz=sum(cell.charged_buzz for cell in cells),
+        thumb_px=thumb,
     )
 
 

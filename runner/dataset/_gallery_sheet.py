@@ -92,10 +92,12 @@ class _Layout:
     height: int
 
 
-def _tiles(count: int, thumb: int) -> tuple[int, int, int]:
-    """(columns, rows, side) of `count` square tiles in a position `thumb` wide."""
+def _tiles(count: int, thumb: int, fixed: int | None = None) -> tuple[int, int, int]:
+    """(columns, rows, side) of `count` square tiles in a position `thumb` wide; no wider
+    than `fixed` (--thumb) when given."""
     columns, rows = tiling(count)
-    return columns, rows, (thumb - (columns - 1) * GAP_PX) // columns
+    side = (thumb - (columns - 1) * GAP_PX) // columns
+    return columns, rows, side if fixed is None else min(side, fixed)
 
 
 def _tiles_height(grid: Grid, r: int, thumb: int) -> int:
@@ -106,13 +108,16 @@ def _tiles_height(grid: Grid, r: int, thumb: int) -> int:
         if count == 0:
             tallest = max(tallest, thumb // 2)
             continue
-        _, rows, side = _tiles(count, thumb)
+        _, rows, side = _tiles(count, thumb, grid.thumb_px)
         tallest = max(tallest, rows * side + (rows - 1) * GAP_PX)
     return tallest
 
 
 def _layout(grid: Grid, draw: ImageDraw.ImageDraw) -> _Layout:
     thumb = THUMB_PX
+    if grid.thumb_px is not None:  # --thumb: each image that wide, a position as wide as needed
+        widest = grid.widest_position()
+        thumb = widest * grid.thumb_px + (widest - 1) * GAP_PX
     while thumb > MIN_THUMB_PX and (
         PAD_PX * 2 + LABEL_PX + grid.x.size * (thumb + PAD_PX) > MAX_SIDE_PX
         or grid.y.size * (thumb // 2 + LINE_PX + PAD_PX) > MAX_SIDE_PX
@@ -172,7 +177,7 @@ def _position(
         for k, line in enumerate(wrap(draw, ", ".join(states), t - 8, 2)):
             draw.text((x0 + 4, y0 + 4 + k * LINE_PX), line, fill=MUTED, font=_font())
     else:
-        columns, rows, side = _tiles(len(images), t)
+        columns, rows, side = _tiles(len(images), t, grid.thumb_px)
         height = rows * side + (rows - 1) * GAP_PX
         for k, image in enumerate(images):
             left = x0 + (k % columns) * (side + GAP_PX)
