@@ -553,3 +553,14 @@ def test_the_command_takes_thumb_in_its_range(
         main(["gallery", str(out), "--thumb", value])
     assert exc.value.code == 2
     assert "argument --thumb:" in capsys.readouterr().err
+
+
+def test_the_sheet_labels_each_image_of_a_position_under_it(tmp_path: Path) -> None:
+    cells = demo_cells()
+    write_images(tmp_path, cells)
+    sheet = render_sheet(build_grid("demo", cells), tmp_path)
+    image = Image.open(io.BytesIO(sheet.png)).convert("L")
+    for left, _, right, bottom in sheet.boxes.values():
+        band = image.crop((left, bottom + 1, right, bottom + 14))  # "seed 42" in grey ink
+        darkest, _ = ImageStat.Stat(band).extrema[0]
+        assert darkest < 180, "no label under the thumbnail"
