@@ -487,3 +487,16 @@ def test_run_refuses_an_empty_prompt_with_exit_2_before_spending(
         " (allowed: text with at least one visible character)\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_that_renders_empty_is_refused_where_it_is_written() -> None:
+    """`prompt: "{subject}"` with an empty subject would render `prompt: ""` for some cells."""
+    text = HEAD + "grid:\n  prompt: ['{s}', 'a {s}']\n  vars: {s: [cat, ' ']}\n"
+    assert _problems(text) == [
+        "jobs/x.yaml:5:12: grid.prompt[0]: '{s}' renders an empty prompt where grid.vars.s[1]"
+        " is ' ' (allowed: values that leave the prompt at least one visible character)"
+    ]
+    assert _ok(HEAD + "grid:\n  prompt: 'a {s}'\n  vars: {s: [cat, '']}\n").axes[0].values == (
+        "cat",
+        "",
+    )
