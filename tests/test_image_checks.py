@@ -136,3 +136,15 @@ def test_the_strict_jpeg_check_is_loaded_and_cheap_at_1024() -> None:
         lambda: check_image(data, width=1024, height=1024, output_format="jpeg", max_bytes=1 << 24)
     )
     assert strict < 2 * best(pillow) + 0.005
+
+
+def test_without_libturbojpeg_the_check_falls_back_to_pillow_and_an_end_marker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where libturbojpeg is absent (documented as weaker), a JPEG still must decode in Pillow
+    and end with its EOI marker; a good one passes."""
+    monkeypatch.setattr(_jpeg, "available", lambda: False)
+    good = _render("jpeg")
+    assert accepted("jpeg", good)
+    assert not accepted("jpeg", good[:-2] + b"\0\0")  # the end-of-image marker overwritten
+    assert not accepted("jpeg", good[: len(good) // 2])
