@@ -298,3 +298,44 @@ async def test_a_parquet_export_leaves_pandas_unimported(tmp_path: Path) -> None
             cwd=Path(__file__).parent.parent,
         )
     assert done.stdout.decode().split() == ["24", "False"]
+
+
+async def test_cli_export_without_format_writes_jsonl_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: `export` required --format; now JSON Lines is the default, named in the output."""
+    with anyio.fail_after(60):
+        m, _ = await run_small_batch(tmp_path)
+    code = await anyio.to_thread.run_sync(main, ["export", str(m.out)])
+    assert code == 0
+    target = m.out / "export" / "dataset.jsonl"
+    assert read_jsonl(target) == await expected_rows(m.out)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote 24 rows to {target} (jsonl); jsonl is the default"
+        " (--format csv, parquet or webdataset for others)"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "webdataset"])
+async def test_export_to_creates_only_the_last_missing_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """Issue 15: `--to /nonexistent/dir/...` made every missing folder. Now only the last one
+    is made (the file's folder; the shard folder itself for webdataset); a missing parent of
+    it is refused, exit 2, before anything is written."""
+    with anyio.fail_after(60):
+        m, _ = await run_small_batch(tmp_path)
+    to = tmp_path / "a" / "b" / ("wds" if fmt == "webdataset" else "x.jsonl")
+    last = to if fmt == "webdataset" else to.parent  # the folder zbatch may make
+    argv = ["export", str(m.out), "--format", fmt, "--to", str(to)]
+    assert await anyio.to_thread.run_sync(main, argv) == 2
+    assert capsys.readouterr().err == (
+        f"zbatch: error: --to {to}: the folder {last.parent} does not exist (zbatch creates"
+        f" only the last folder, {last.name}/; create the others first)\n"
+    )
+    assert not (tmp_path / "a").exists()
+
+    last.parent.mkdir(parents=True)
+    assert await anyio.to_thread.run_sync(main, argv) == 0
+    assert last.is_dir()
+    assert (to / "shard-000000.tar").is_file() if fmt == "webdataset" else to.is_file()

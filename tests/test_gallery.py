@@ -492,3 +492,75 @@ def test_make_gallery_reads_during_a_run_without_the_lock(out: Path) -> None:
         return result.images
 
     assert anyio.run(with_lock_held, backend="asyncio") == 12
+
+
+def test_template_variables_win_over_a_60_value_prompt_crossed_with_seeds() -> None:
+    """Issue 15: 3 animals x 20 places render 60 prompts; with 4 seeds the pair prompt x seed
+    (240 positions, all full) beat the variables. The variables are laid out; seed filters."""
+    animals, places = ("fox", "owl", "heron"), tuple(f"place {n}" for n in range(20))
+    combos = [(a, p, s) for a in animals for p in places for s in (1, 2, 3, 4)]
+    cells = [
+        cell(n, prompt=f"A {a} in {p}", seed=s, variables={"animal": a, "place": p})
+        for n, (a, p, s) in enumerate(combos)
+    ]
+    grid = build_grid("vars", cells)
+    assert (grid.x.name, grid.y.name) == ("vars.animal", "vars.place")
+    assert [a.name for a in grid.filters] == ["seed"]
+    assert build_grid("vars", cells, x="prompt").x.name == "prompt"  # still an axis on demand
+
+
+def test_the_images_of_a_position_are_labelled_with_what_tells_them_apart() -> None:
+    """Issue 15: the seeds inside a grid position were unlabelled. Each image says its seed
+    (the filter that differs there); an image alone in its position has no label."""
+    grid = build_grid("demo", demo_cells())
+    labels = [grid.image_label(n, grid.cells[n].images[0]) for n in (0, 1)]
+    assert labels == ["seed 42", "seed 43"]
+    page = render_page(grid, "sheet.png")
+    assert page.count("<figcaption>seed 42</figcaption>") == 6
+    assert page.count("<figcaption>seed 43</figcaption>") == 6
+    alone = build_grid("one", [cell(0), cell(1, model="base")])
+    assert alone.image_label(0, alone.cells[0].images[0]) == ""
+    assert "<figcaption>" not in render_page(alone, "sheet.png")
+    two = build_grid("quantity", [cell(0, images=2), cell(1, model="base", images=2)])
+    assert [two.image_label(0, image) for image in two.cells[0].images] == ["#0", "#1"]
+
+
+def test_thumb_sets_each_images_width_on_the_page_and_the_sheet(tmp_path: Path) -> None:
+    """Issue 15: `--thumb PX` chooses the thumbnail size: each image PX wide, a position as
+    wide as its widest tiling needs (2 seeds side by side: 2 x 150 + the 2 px gap)."""
+    cells = demo_cells()
+    write_images(tmp_path, cells)
+    grid = build_grid("demo", cells, thumb=150)
+    page = render_page(grid, "sheet.png")
+    assert "grid-template-columns:repeat(auto-fill,150px)" in page
+    assert "gap:2px;width:302px}" in page
+    sheet = render_sheet(grid, tmp_path)
+    assert {(r - left, b - t) for left, t, r, b in sheet.boxes.values()} == {(150, 150)}
+    default = render_sheet(build_grid("demo", cells), tmp_path)
+    assert {(r - left) for left, _, r, _ in default.boxes.values()} == {79}  # 160 shared by 2
+
+
+@pytest.mark.usefixtures("quiet_cli")
+@pytest.mark.parametrize(("value", "code"), [("256", 0), ("31", 2), ("2000", 2), ("big", 2)])
+def test_the_command_takes_thumb_in_its_range(
+    out: Path, capsys: pytest.CaptureFixture[str], value: str, code: int
+) -> None:
+    if code == 0:
+        assert main(["gallery", str(out), "--thumb", value]) == 0
+        assert "auto-fill,256px" in (out / "gallery" / "index.html").read_text()
+        return
+    with pytest.raises(SystemExit) as exc:
+        main(["gallery", str(out), "--thumb", value])
+    assert exc.value.code == 2
+    assert "argument --thumb:" in capsys.readouterr().err
+
+
+def test_the_sheet_labels_each_image_of_a_position_under_it(tmp_path: Path) -> None:
+    cells = demo_cells()
+    write_images(tmp_path, cells)
+    sheet = render_sheet(build_grid("demo", cells), tmp_path)
+    image = Image.open(io.BytesIO(sheet.png)).convert("L")
+    for left, _, right, bottom in sheet.boxes.values():
+        band = image.crop((left, bottom + 1, right, bottom + 14))  # "seed 42" in grey ink
+        darkest, _ = ImageStat.Stat(band).extrema[0]
+        assert darkest < 180, "no label under the thumbnail"

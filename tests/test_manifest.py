@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.cli import main
 from runner.errors import InvalidManifest, ManifestError
 from runner.manifest._load import (
     RANDOM,
@@ -450,3 +451,52 @@ def test_quantity_advice_considers_the_size_axis():
     m = _ok(HEAD + "grid: {prompt: p, size: [512x512, 1024x1024], quantity: [1, 8]}\n")
     assert [w.path for w in m.warnings] == ["grid.quantity[1]"]
     assert _ok(HEAD + "grid: {prompt: p, size: 512x512, quantity: 8}\n").warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (HEAD + "grid: {prompt: ['a cat', '']}\n", "jobs/x.yaml:4:26: grid.prompt[1]: ''"),
+        (HEAD + "defaults: {prompt: '  '}\n", "jobs/x.yaml:4:20: defaults.prompt: '  '"),
+        (
+            HEAD + "grid: {prompt: p}\ninclude:\n  - {prompt: ''}\n",
+            "jobs/x.yaml:6:14: include[0].prompt: ''",
+        ),
+    ],
+    ids=["grid", "defaults", "include"],
+)
+def test_an_empty_prompt_is_refused_where_it_was_written(text: str, problem: str) -> None:
+    """Issue 15: `prompt: ""` was accepted and paid for; now a located manifest error (exit 2)."""
+    assert _problems(text) == [
+        f"{problem} is an empty prompt (allowed: text with at least one visible character)"
+    ]
+
+
+def test_an_empty_negative_prompt_is_still_allowed() -> None:
+    assert _ok(HEAD + "grid: {prompt: p, negativePrompt: ''}\n").constants["negativePrompt"] == ""
+
+
+def test_run_refuses_an_empty_prompt_with_exit_2_before_spending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(HEAD + "grid: {prompt: ''}\n", encoding="utf-8")
+    assert main(["run", str(manifest), "--emulator", "--time-scale", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"zbatch: error: {manifest}:4:16: grid.prompt: '' is an empty prompt" + (
+        " (allowed: text with at least one visible character)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_that_renders_empty_is_refused_where_it_is_written() -> None:
+    """`prompt: "{subject}"` with an empty subject would render `prompt: ""` for some cells."""
+    text = HEAD + "grid:\n  prompt: ['{s}', 'a {s}']\n  vars: {s: [cat, ' ']}\n"
+    assert _problems(text) == [
+        "jobs/x.yaml:5:12: grid.prompt[0]: '{s}' renders an empty prompt where grid.vars.s[1]"
+        " is ' ' (allowed: values that leave the prompt at least one visible character)"
+    ]
+    assert _ok(HEAD + "grid:\n  prompt: 'a {s}'\n  vars: {s: [cat, '']}\n").axes[0].values == (
+        "cat",
+        "",
+    )

@@ -82,10 +82,14 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     hover and click; rows, columns and grid cells show their Buzz. Writes, atomically,
     OUT/gallery/index.html (open it from disk: no server, no network) and
     OUT/gallery/grid-X-Y.png. By default the two axes that make the fullest grid, the one
-    with more values as rows. See docs/gallery.md.
+    with more values as rows. The images of one grid position sit side by side, each
+    labelled with what tells it from the others (its seed, say). --thumb PX draws each
+    image PX wide (default: a position is 200 px on the page, 160 on the sheet, shared).
+    See docs/gallery.md.
 
     Example:
         zbatch gallery out/demo
+        zbatch gallery out/demo --thumb 256
         zbatch gallery out/demo --x model --y prompt
         zbatch gallery out/demo --state downloaded,lost
     """
@@ -93,17 +97,41 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
     states = args.state.split(",")
     result = anyio.run(
-        functools.partial(make_gallery, args.out, x=args.x, y=args.y, states=states),
+        functools.partial(
+            make_gallery, args.out, x=args.x, y=args.y, states=states, thumb=args.thumb
+        ),
         backend="asyncio",
     )
     print(render_result(result))
     return ExitCode.OK
 
 
+THUMB_RANGE = (32, 1024)  # --thumb: smaller is unreadable; larger, the full image is a click away
+
+
+def thumb_px(text: str) -> int:
+    """The type of --thumb: a whole number of pixels in THUMB_RANGE."""
+    low, high = THUMB_RANGE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {low}..{high} pixels")
+    return value
+
+
 def _gallery_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p)
     p.add_argument("--x", metavar="FIELD", help="the axis across the columns (default: chosen)")
     p.add_argument("--y", metavar="FIELD", help="the axis down the rows (default: chosen)")
+    p.add_argument(
+        "--thumb",
+        type=thumb_px,
+        metavar="PX",
+        help=f"each image's width in pixels, {THUMB_RANGE[0]}..{THUMB_RANGE[1]} (default: a grid "
+        "position 200 px wide on the page, 160 on the sheet, shared by its images)",
+    )
     p.add_argument(
         "--state",
         default="downloaded",
@@ -128,6 +156,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
     row per image, with every input that made it and what it cost (docs/dataset.md), to
     --to (default: OUT/export/dataset.<format>, or the folder OUT/export/webdataset/).
+    Without --format it writes JSON Lines (jsonl) and says so. --to creates the last folder
+    of its path when that one alone is missing, never more.
     Memory stays flat however many rows. Every file is written under a temp name and
     renamed into place, so a reader never sees half an export. --state picks images by
     state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
@@ -135,15 +165,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     left out of a WebDataset, with a warning.
 
     Example:
+        zbatch export out/demo                  # out/demo/export/dataset.jsonl
         zbatch export out/demo --format parquet
         zbatch export out/demo --format webdataset --shard-size 500 --to /data/demo-wds
         zbatch export out/demo --format csv --state lost --to lost.csv
     """
-    from runner.dataset import describe, export
+    from runner.dataset import DEFAULT_FORMAT, describe, export
 
+    fmt = args.format or DEFAULT_FORMAT
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(
-        export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size
+        export, args.out, fmt, to=args.to, states=states, shard_size=args.shard_size
     )
     result = anyio.run(job, backend="asyncio")
     if result.missing:
@@ -152,14 +184,21 @@ def cmd_export(args: argparse.Namespace) -> int:
             "were left out (zbatch verify finds them)",
             file=sys.stderr,
         )
-    print(describe(result))
+    said = describe(result)
+    if args.format is None:
+        said += (
+            f"; {DEFAULT_FORMAT} is the default (--format csv, parquet or webdataset for others)"
+        )
+    print(said)
     return ExitCode.OK
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p)
     p.add_argument(
-        "--format", required=True, metavar="FORMAT", help="jsonl, csv, parquet or webdataset"
+        "--format",
+        metavar="FORMAT",
+        help="jsonl, csv, parquet or webdataset (default: jsonl, JSON Lines)",
     )
     p.add_argument(
         "--to",

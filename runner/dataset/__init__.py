@@ -2,13 +2,14 @@
 (JSONL, CSV, Parquet, WebDataset), the gallery, the report and the status.
 """
 
-from runner.dataset._export import describe, export
+from runner.dataset._export import DEFAULT_FORMAT, describe, export
 from runner.dataset._gallery import make_gallery, render_result
 from runner.dataset._metadata import refresh_dataset
 from runner.dataset._report import read_report, render_report, report_json
 from runner.dataset._status import read_status, render_status, status_json
 
 __all__ = [
+    "DEFAULT_FORMAT",
     "describe",
     "export",
     "make_gallery",

@@ -45,6 +45,10 @@ from runner.errors import ExportError, MissingExtra
 from runner.store import DatasetImage, ImageState
 
 FORMATS = ("jsonl", "csv", "parquet", "webdataset")
+# Without --format: JSON Lines, the one most users want. It needs no extra (Parquet needs
+# pyarrow), keeps every column typed as it is (`loras` as an object, numbers as numbers),
+# and is read by `datasets.load_dataset("json")`, pandas, DuckDB, jq and Polars alike.
+DEFAULT_FORMAT = "jsonl"
 IMAGE_STATES = tuple(s.value for s in ImageState)
 DEFAULT_SHARD_SIZE = 1_000  # samples per WebDataset shard
 DEFAULT_CHUNK = 10_000  # rows read, converted and written at a time
@@ -89,6 +93,8 @@ async def export(
     if fmt == "parquet":
         require_pyarrow()
     target = to if to is not None else default_target(out, fmt)
+    if to is not None:
+        await anyio.to_thread.run_sync(prepare_folder, target, fmt)
     async with await open_record(out) as store:
         names = await store.var_names()
         writer = await anyio.to_thread.run_sync(
@@ -102,6 +108,29 @@ async def export(
         except BaseException:
             writer.abort()  # closes and unlinks temp files: quick, safe while cancelled
             raise
+
+
+def prepare_folder(target: Path, fmt: str) -> None:
+    """Make the folder a `--to` export goes into (the shard folder itself for webdataset)
+    when it is missing but its parent is there: only that last folder, never a whole path
+    (a typo in `--to /mnt/dats/x.csv` must not create `/mnt/dats`). Raises ExportError."""
+    folder = target if fmt == "webdataset" else target.parent
+    folder = Path(os.path.abspath(folder))
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise ExportError(f"--to {target}: {folder} is not a folder")
+    if not folder.parent.is_dir():
+        raise ExportError(
+            f"--to {target}: the folder {folder.parent} does not exist (zbatch creates only the"
+            f" last folder, {folder.name}/; create the others first)"
+        )
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        pass  # made meanwhile: fine
+    except OSError as exc:
+        raise ExportError(f"--to {target}: cannot create {folder} ({exc.strerror})") from exc
 
 
 def check_request(fmt: str, states: Sequence[str], shard_size: int) -> None:

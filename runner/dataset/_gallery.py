@@ -85,10 +85,12 @@ async def make_gallery(
     x: str | None = None,
     y: str | None = None,
     states: Iterable[str] = DEFAULT_STATES,
+    thumb: int | None = None,
 ) -> GalleryResult:
-    """Read the batch in `out`, lay it out on X/Y and write `out/gallery/`."""
+    """Read the batch in `out`, lay it out on X/Y and write `out/gallery/`; `thumb` is each
+    image's width in pixels (None: a grid position's width, shared by its images)."""
     name, cells = await read_cells(out)
-    grid = build_grid(name, cells, x=x, y=y, states=states)
+    grid = build_grid(name, cells, x=x, y=y, states=states, thumb=thumb)
     return await anyio.to_thread.run_sync(functools.partial(write_gallery, out, grid))
 
 

@@ -16,11 +16,15 @@ are shown beside its labels. Twins are never laid out against each other.
 
 **The default X and Y** are the two axes that make the fullest grid, then the largest: the
 pair whose values co-occur in the most of their combinations (1.0 for a full product such as
-``model x prompt``), then with the most combinations, then in the preference order
-``vars.*``, model, prompt, size, steps ... seed. So a random seed that differs in every cell
-is not picked over the axes the manifest actually crossed. Of the two, the one with more
-values runs down the rows (Y; pages scroll down, and a prompt label has room on the left),
-the other across the columns (X). ``--x``/``--y`` choose either or both. The other axes are
+``model x prompt``), then a pair without ``seed`` (seeds are samples of one request: they
+sit side by side in a position, labelled), then with the most combinations, then in the
+preference order ``vars.*``, model, prompt, size, steps ... seed. So a random seed that
+differs in every cell is not picked over the axes the manifest actually crossed. A prompt
+that the template variables render (one prompt per combination of their values) is left out
+of the default choice: its variables are the axes to lay out, not 60 long texts against the
+seeds. Of the two, the one with more values runs down the rows (Y; pages scroll down, and a
+prompt label has room on the left), the other across the columns (X). ``--x``/``--y``
+choose either or both. The other axes are
 filters, unless they never split a grid position (then they would only pick positions).
 
 **Cost.** A cell's Buzz is what all its attempts were charged (refunds already deducted);
@@ -90,6 +94,7 @@ class Grid:
     row_buzz: tuple[int, ...]
     col_buzz: tuple[int, ...]
     total_buzz: int
+    thumb_px: int | None = None  # --thumb: each image's width; None: a position's width shared
 
     def shown(self, cell: GalleryCell) -> tuple[GalleryImage, ...]:
         """The cell's images in the states shown, in index order."""
@@ -98,6 +103,32 @@ class Grid:
     @property
     def image_count(self) -> int:
         return sum(len(self.shown(cell)) for cell in self.cells)
+
+    def image_label(self, n: int, image: GalleryImage) -> str:
+        """What tells image `image` of cell `n` from the others in its grid position: the
+        values of the filters that differ there (``seed 42``), the replica when replicas
+        share it, the image's number when its cell has several; "" when it is alone."""
+        slot = self.positions[self.y.coords[n]][self.x.coords[n]]
+        parts = [
+            f"{axis.name.removeprefix('vars.')} {shorten(axis.labels[axis.coords[n]], 24)}"
+            for axis in self.filters
+            if len({axis.coords[m] for m in slot}) > 1
+        ]
+        cell = self.cells[n]
+        if len({self.cells[m].replica for m in slot}) > 1:
+            parts.append(f"replica {cell.replica}")
+        if len(self.shown(cell)) > 1:
+            parts.append(f"#{image.index}")
+        return " · ".join(parts)
+
+    def widest_position(self) -> int:
+        """The most images side by side in one grid position (its near-square tiling)."""
+        counts = (
+            sum(len(self.shown(self.cells[n])) for n in slot)
+            for row in self.positions
+            for slot in row
+        )
+        return max((tiling(count)[0] for count in counts), default=1)
 
     def twin_names(self, axis: GridAxis) -> tuple[str, ...]:
         """The names of the axes that vary exactly with `axis` (steps and cfgScale with model)."""
@@ -181,8 +212,9 @@ def _fill(a: GridAxis, b: GridAxis) -> float:
     return len(set(zip(a.coords, b.coords, strict=True))) / (a.size * b.size)
 
 
-def _pair_key(a: GridAxis, b: GridAxis, rank: Mapping[str, int]) -> tuple[float, int, int]:
-    return (_fill(a, b), a.size * b.size, -(rank[a.name] + rank[b.name]))
+def _pair_key(a: GridAxis, b: GridAxis, rank: Mapping[str, int]) -> tuple[float, bool, int, int]:
+    seedless = "seed" not in (a.name, b.name)  # seeds are samples: they share a position
+    return (_fill(a, b), seedless, a.size * b.size, -(rank[a.name] + rank[b.name]))
 
 
 def _oriented(a: GridAxis, b: GridAxis, rank: Mapping[str, int]) -> tuple[GridAxis, GridAxis]:
@@ -210,6 +242,20 @@ def _named(
     raise GalleryError(f"{flag} {wanted}: the batch has no field '{name}'; {varying}")
 
 
+def rendered_by_vars(axis: GridAxis, axes: Sequence[GridAxis]) -> bool:
+    """Whether `axis` (a prompt) is a function of the template variables that vary: each
+    combination of their values gives one value of it. Such a prompt is what the variables
+    render (60 prompts from 3 animals x 20 places), so the variables are the axes to lay out,
+    not the 60 long texts; it is still an axis for --x/--y."""
+    if axis.name not in ("prompt", "negativePrompt"):
+        return False
+    var_axes = [a for a in axes if a.name.startswith("vars.")]
+    if not var_axes:
+        return False
+    combos = list(zip(*(a.coords for a in var_axes), strict=True))
+    return len(set(zip(combos, axis.coords, strict=True))) == len(set(combos))
+
+
 def choose_axes(
     cells: Sequence[GalleryCell],
     axes: Sequence[GridAxis],
@@ -220,6 +266,8 @@ def choose_axes(
     rank = {name: n for n, name in enumerate(candidate_names(cells))}
     x_axis = _named(axes, "--x", x, cells) if x is not None else None
     y_axis = _named(axes, "--y", y, cells) if y is not None else None
+    if x_axis is None or y_axis is None:  # the default choices skip what the vars render
+        axes = [a for a in axes if not rendered_by_vars(a, axes)]
     if x_axis is not None and y_axis is not None:
         if x_axis.name == y_axis.name:
             others = ", ".join(a.name for a in axes if a.name != x_axis.name) or "none"
@@ -288,8 +336,10 @@ def build_grid(
     x: str | None = None,
     y: str | None = None,
     states: Iterable[str] = DEFAULT_STATES,
+    thumb: int | None = None,
 ) -> Grid:
-    """Lay `cells` out on X/Y (chosen or default) with the other axes as filters."""
+    """Lay `cells` out on X/Y (chosen or default) with the other axes as filters; `thumb`
+    is each image's width in pixels (None: a grid position's width, shared by its images)."""
     shown_states = parse_states(states)
     cells = tuple(cells)
     axes = detect_axes(cells)
@@ -321,6 +371,7 @@ def build_grid(
         row_buzz=tuple(sum(row) for row in cell_buzz),
         col_buzz=tuple(sum(row[c] for row in cell_buzz) for c in range(x_axis.size)),
         total_buzz=sum(cell.charged_buzz for cell in cells),
+        thumb_px=thumb,
     )
 
 

@@ -43,12 +43,28 @@ table.grid{border-collapse:collapse;table-layout:fixed}
 .cell{display:contents}
 [hidden]{display:none!important}
 .pos img{display:block;width:100%;height:auto;cursor:pointer;background:#eee}
+.shot{margin:0;min-width:0}
+.shot figcaption{font-size:11px;color:#666;text-align:center;white-space:nowrap;
+  overflow:hidden;text-overflow:ellipsis}
 .missing{display:flex;align-items:center;justify-content:center;aspect-ratio:1;
   background:#eee;color:#888;font-size:12px;text-align:center}
 #info{position:fixed;right:12px;bottom:12px;max-width:520px;max-height:70vh;overflow:auto;
   background:#fff;border:1px solid #bbb;box-shadow:0 2px 12px #0003;padding:8px 12px}
 #info pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:6px 0 0;font-size:12px}
-""".replace("CELL", str(CELL_PX)).replace("MIN", str(MIN_IMAGE_PX))
+"""
+GAP_PX = 2  # .pos's gap
+
+
+def css(grid: Grid) -> str:
+    """The page's style: a position CELL_PX wide shared by its images, or with --thumb PX
+    each image PX wide and a position as wide as the widest one needs."""
+    if grid.thumb_px is None:
+        return CSS.replace("CELL", str(CELL_PX)).replace("MIN", str(MIN_IMAGE_PX))
+    columns = grid.widest_position()
+    cell = columns * grid.thumb_px + (columns - 1) * GAP_PX
+    fixed = CSS.replace("auto-fit,minmax(MINpx,1fr)", f"auto-fill,{grid.thumb_px}px")
+    return fixed.replace("CELL", str(cell))
+
 
 # Filters hide cells; sums follow what is visible. Hash `#axis=value&...` sets the filters.
 SCRIPT = """
@@ -197,9 +213,12 @@ def _cell(grid: Grid, n: int) -> str:
     for image in shown:
         size = f' width="{image.width}" height="{image.height}"' if image.width else ""
         if image.path:
+            label = grid.image_label(n, image)
+            caption = f"<figcaption>{esc(label)}</figcaption>" if label else ""
             parts.append(
-                f'<img src="{esc(image_src(image))}"{size} alt="{esc(cell.key)} image '
-                f'{image.index}" title="{esc(details(grid, cell, image))}" loading="lazy">'
+                f'<figure class="shot"><img src="{esc(image_src(image))}"{size} '
+                f'alt="{esc(cell.key)} image {image.index}" '
+                f'title="{esc(details(grid, cell, image))}" loading="lazy">{caption}</figure>'
             )
         else:
             parts.append(
@@ -257,7 +276,7 @@ def render_page(grid: Grid, sheet_name: str) -> str:
             '<html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{esc(grid.name)} · zbatch gallery</title>",
-            f"<style>{CSS}</style></head><body>",
+            f"<style>{css(grid)}</style></head><body>",
             f"<h1>{esc(grid.name)}</h1>",
             f'<p class="meta">{grid.image_count} images ({esc(shown)}) of {len(grid.cells)} '
             f"cells · {grid.total_buzz} Buzz charged · {esc(layout)} · "

@@ -2,7 +2,8 @@
 
 Column labels (X) across the top, row labels (Y) down the left, each with its Buzz; in each
 grid position the thumbnails of every image it holds (all filter values), side by side in a
-near-square tiling, and the position's Buzz under them. Pillow's default font. A sheet
+near-square tiling, each labelled under it with what tells it apart (its seed), and the
+position's Buzz under them. Pillow's default font. A sheet
 larger than `MAX_SIDE_PX` first gets smaller thumbnails, then shows only the first rows and
 columns and says so at the bottom (the page always has them all).
 """
@@ -92,27 +93,43 @@ class _Layout:
     height: int
 
 
-def _tiles(count: int, thumb: int) -> tuple[int, int, int]:
-    """(columns, rows, side) of `count` square tiles in a position `thumb` wide."""
+def _tiles(count: int, thumb: int, fixed: int | None = None) -> tuple[int, int, int]:
+    """(columns, rows, side) of `count` square tiles in a position `thumb` wide; no wider
+    than `fixed` (--thumb) when given."""
     columns, rows = tiling(count)
-    return columns, rows, (thumb - (columns - 1) * GAP_PX) // columns
+    side = (thumb - (columns - 1) * GAP_PX) // columns
+    return columns, rows, side if fixed is None else min(side, fixed)
+
+
+def _slot(grid: Grid, r: int, c: int) -> list[tuple[GalleryImage, str]]:
+    """The images drawn at grid position (r, c), each with its label (its seed, say)."""
+    return [
+        (image, grid.image_label(n, image))
+        for n in grid.positions[r][c]
+        for image in grid.shown(grid.cells[n])
+        if image.path
+    ]
 
 
 def _tiles_height(grid: Grid, r: int, thumb: int) -> int:
     """How tall row `r`'s thumbnails are: its fullest position's tiling, at least a third."""
     tallest = thumb // 3
-    for slot in grid.positions[r]:
-        count = sum(1 for n in slot for i in grid.shown(grid.cells[n]) if i.path)
-        if count == 0:
+    for c in range(grid.x.size):
+        images = _slot(grid, r, c)
+        if not images:
             tallest = max(tallest, thumb // 2)
             continue
-        _, rows, side = _tiles(count, thumb)
-        tallest = max(tallest, rows * side + (rows - 1) * GAP_PX)
+        _, rows, side = _tiles(len(images), thumb, grid.thumb_px)
+        pitch = side + (LINE_PX if any(label for _, label in images) else 0)
+        tallest = max(tallest, rows * pitch + (rows - 1) * GAP_PX)
     return tallest
 
 
 def _layout(grid: Grid, draw: ImageDraw.ImageDraw) -> _Layout:
     thumb = THUMB_PX
+    if grid.thumb_px is not None:  # --thumb: each image that wide, a position as wide as needed
+        widest = grid.widest_position()
+        thumb = widest * grid.thumb_px + (widest - 1) * GAP_PX
     while thumb > MIN_THUMB_PX and (
         PAD_PX * 2 + LABEL_PX + grid.x.size * (thumb + PAD_PX) > MAX_SIDE_PX
         or grid.y.size * (thumb // 2 + LINE_PX + PAD_PX) > MAX_SIDE_PX
@@ -162,7 +179,7 @@ def _position(
 ) -> dict[str, Box]:
     """Draw grid position (r, c) at `origin`, `t` wide; return where each image went."""
     draw = ImageDraw.Draw(sheet)
-    images = [i for n in grid.positions[r][c] for i in grid.shown(grid.cells[n]) if i.path]
+    images = _slot(grid, r, c)
     boxes: dict[str, Box] = {}
     x0, y0 = origin
     height = t // 2
@@ -172,14 +189,18 @@ def _position(
         for k, line in enumerate(wrap(draw, ", ".join(states), t - 8, 2)):
             draw.text((x0 + 4, y0 + 4 + k * LINE_PX), line, fill=MUTED, font=_font())
     else:
-        columns, rows, side = _tiles(len(images), t)
-        height = rows * side + (rows - 1) * GAP_PX
-        for k, image in enumerate(images):
+        columns, rows, side = _tiles(len(images), t, grid.thumb_px)
+        pitch = side + (LINE_PX if any(label for _, label in images) else 0)
+        height = rows * pitch + (rows - 1) * GAP_PX
+        for k, (image, label) in enumerate(images):
             left = x0 + (k % columns) * (side + GAP_PX)
-            top = y0 + (k // columns) * (side + GAP_PX)
+            top = y0 + (k // columns) * (pitch + GAP_PX)
             box = (left, top, left + side, top + side)
             _paste(sheet, out, image, box)
             boxes[image.path or ""] = box
+            if label:
+                text = wrap(draw, label, side, 1)[0]
+                draw.text((left, top + side), text, fill=MUTED, font=_font())
     buzz = f"{grid.cell_buzz[r][c]} Buzz"
     draw.text((x0, y0 + height + 1), buzz, fill=BUZZ_INK, font=_font())
     return boxes

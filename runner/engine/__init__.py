@@ -12,6 +12,7 @@ from runner.engine._engine import (
     outcome_of,
     reason_of,
 )
+from runner.engine._images import InvalidImage, check_image
 from runner.engine._pacing import DEFAULT_GIVE_UP_AFTER_S, Backoff, retrying
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "EngineConfig",
     "FetchedImage",
     "ImageFetcher",
+    "InvalidImage",
     "RunStats",
     "charge_of",
+    "check_image",
     "image_outcomes",
     "outcome_of",
     "reason_of",

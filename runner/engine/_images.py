@@ -1,19 +1,31 @@
 """What makes downloaded bytes count as the image that was asked for.
 
 `check_image` is the one gate: the requested format and exact size read from the header
-before a pixel is decoded (so a decompression bomb is refused unopened), then a full decode
-within the byte limit (`verify_image`). Blocking by design (Pillow decodes the whole image):
-async callers run these through `anyio.to_thread.run_sync`.
+before a pixel is decoded (so a decompression bomb is refused unopened), then a strict full
+decode within the byte limit (`verify_image`): an image counts only when it decodes without
+an error *or a warning*. JPEG: libjpeg-turbo with its warnings as errors (`_jpeg`), since
+Pillow swallows them and a file with damaged entropy-coded data ("Corrupt JPEG data:
+premature end of data segment") would pass, half grey. PNG: every chunk's CRC (IDAT's too)
+through to IEND (`Image.verify`), then a full decode. WebP: the RIFF sizes must add up to
+the file, then a full decode. The downloader and `zbatch verify` use this one check.
+Blocking by design: async callers run these through `anyio.to_thread.run_sync`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
+import structlog
 from PIL import Image
+
+from runner.engine import _jpeg
+
+log = structlog.get_logger(__name__)
 
 # The formats an image may come in: Pillow parses nothing else (its other plugins are
 # attack surface we have no use for), and it must be the one the request asked for.
@@ -70,26 +82,93 @@ class VerifiedImage:
 def verify_image(
     data: bytes, *, width: int, height: int, max_bytes: int = 64 * 1024 * 1024
 ) -> VerifiedImage:
-    """Check that `data` decodes fully as an image of exactly `width` x `height`.
+    """Check that `data` decodes fully and strictly as an image of exactly `width` x `height`.
 
-    Raises InvalidImage naming what is wrong. Blocking (Pillow decodes the whole image):
-    call it through `anyio.to_thread.run_sync` from async code.
+    Raises InvalidImage naming what is wrong. Blocking (every byte is decoded): call it
+    through `anyio.to_thread.run_sync` from async code.
     """
     if len(data) > max_bytes:
         raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes every byte: truncation and corruption surface here
+        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
             got_w, got_h = img.size
             fmt = (img.format or "").lower()
+            if (got_w, got_h) != (width, height):
+                raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height}")
+            _decode_strictly(img, data)
     except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
+        if isinstance(exc, InvalidImage):
+            raise
         raise InvalidImage(f"bytes do not decode as an image: {exc}") from exc
-    if (got_w, got_h) != (width, height):
-        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height}")
     return VerifiedImage(
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
         width=got_w,
         height=got_h,
         format=fmt,
+    )
+
+
+def _decode_strictly(img: Image.Image, data: bytes) -> None:
+    """Decode every byte of the opened `img`; raise InvalidImage on any damage a strict decoder
+    reports (OSError and friends from Pillow are translated by the caller)."""
+    if img.format == "JPEG":
+        if _jpeg.available():
+            problem = _jpeg.strict_jpeg_problem(data)
+            if problem is not None:
+                raise InvalidImage(f"bytes do not decode as an image: {problem}")
+            return
+        _warn_not_strict()
+        img.load()
+        if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise InvalidImage(
+                "bytes do not decode as an image: JPEG data has no end-of-image marker"
+            )
+    elif img.format == "PNG":
+        _check_png_chunks(data)
+        img.load()
+    else:
+        _check_riff(data)
+        img.load()
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Every chunk's CRC must hold (IDAT's too: Pillow checks none of them), through to IEND,
+    which must end the file."""
+    at = 8
+    while at + 12 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        end = at + 8 + size
+        kind = data[at + 4 : at + 8]
+        if end + 4 > len(data):
+            raise InvalidImage(f"PNG chunk {kind!r} at byte {at} is cut short: truncated")
+        if zlib.crc32(data[at + 4 : end]) != int.from_bytes(data[end : end + 4], "big"):
+            raise InvalidImage(f"PNG chunk {kind!r} at byte {at} fails its CRC: corrupt")
+        at = end + 4
+        if kind == b"IEND":
+            if at != len(data):
+                raise InvalidImage(f"PNG has {len(data) - at} bytes after IEND")
+            return
+    raise InvalidImage("PNG ends before its IEND chunk: truncated")
+
+
+def _check_riff(data: bytes) -> None:
+    """A WebP's RIFF size and its chunks' sizes must add up to the file exactly."""
+    if len(data) < 12 or int.from_bytes(data[4:8], "little") != len(data) - 8:
+        raise InvalidImage(f"WebP RIFF size does not match the file's {len(data)} bytes")
+    at = 12
+    while at < len(data):
+        if at + 8 > len(data):
+            raise InvalidImage(f"WebP chunk header cut short at byte {at}")
+        size = int.from_bytes(data[at + 4 : at + 8], "little")
+        at += 8 + size + (size & 1)
+    if at != len(data):
+        raise InvalidImage("WebP chunks overrun the file: it is truncated")
+
+
+@functools.cache
+def _warn_not_strict() -> None:
+    log.warning(
+        "jpeg_check_not_strict",
+        detail="libturbojpeg is not installed: damaged JPEG data may pass (docs/reliability.md)",
     )

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from runner import contract
+from runner.contract import shown
 from runner.manifest import _prompts as prompts
 from runner.manifest._fields import PROMPT_FIELDS, FieldReader, ReadAxis
 from runner.manifest._yaml import Node, Report, item
@@ -63,6 +64,28 @@ def check_vars(report: Report, reader: FieldReader, var_names: tuple[str, ...]) 
                 f"no prompt uses {{{name}}} (allowed: variables a prompt or negativePrompt uses)"
             )
             report.error(node, path, message)
+
+
+def check_rendered_prompts(report: Report, reader: FieldReader, axes: Sequence[ReadAxis]) -> None:
+    """A prompt that is only variables (``"{subject}"``) must not render empty: when each of
+    its variables has an empty value, the cell that takes them all would be paid for a
+    picture of nothing. Reported where the prompt is written, naming the empty values."""
+    blank: dict[str, tuple[str, str]] = {}  # variable -> (path, value) of its first empty one
+    for axis in axes:
+        if not axis.name.startswith("vars."):
+            continue
+        for value, path in zip(axis.values, axis.paths, strict=True):
+            if isinstance(value, str) and not value.strip():
+                blank[axis.name.removeprefix("vars.")] = (path, value)
+                break
+    for text, names, location, path in reader.bare_prompts:
+        if all(name in blank for name in names):
+            where = ", ".join(f"{blank[n][0]} is {shown(blank[n][1])}" for n in names)
+            message = (
+                f"{shown(text)} renders an empty prompt where {where} (allowed: values that"
+                " leave the prompt at least one visible character)"
+            )
+            report.error_at(location, path, message)
 
 
 def check_prompts(report: Report, grid: Node, sections: Sections) -> None:

@@ -68,6 +68,16 @@ class ReadAxis:
     paths: tuple[str, ...]
 
 
+def empty_prompt(raw: object) -> str | None:
+    """What is wrong with a prompt that is empty or only spaces (the service would take it, and
+    charge for a picture of nothing), or None."""
+    if isinstance(raw, str) and not raw.strip():
+        return (
+            f"{shown(raw)} is an empty prompt (allowed: text with at least one visible character)"
+        )
+    return None
+
+
 def normalize_number(value: int | float) -> int | float:
     """A whole float as an int: ``1.0`` -> ``1``, ``4.5`` stays."""
     if isinstance(value, float) and value.is_integer():
@@ -84,6 +94,8 @@ class FieldReader:
         self.base_dir = base_dir
         self.seed_base = seed_base
         self.var_uses: dict[str, tuple[Location | None, str]] = {}
+        # prompt templates that are only variables and spaces: empty if their values are
+        self.bare_prompts: list[tuple[str, tuple[str, ...], Location | None, str]] = []
         self.var_keys: dict[str, tuple[Node, str]] = {}
 
     # --- single values -------------------------------------------------------------------
@@ -99,11 +111,13 @@ class FieldReader:
         if name == "seed":
             return self._seed(raw, node, path)
         problem = contract.check_field(name, raw)
+        if problem is None and name == "prompt":
+            problem = empty_prompt(raw)
         if problem is not None:
             self.report.error(node, path, problem)
             return BAD
         if name in PROMPT_FIELDS and isinstance(raw, str):
-            self.template(raw, self.report.at(node), path)
+            self.template(raw, self.report.at(node), path, prompt=name == "prompt")
         if name == "size":
             return contract.parse_size(raw)
         if name == "cfgScale":
@@ -150,15 +164,21 @@ class FieldReader:
 
     # --- templates -------------------------------------------------------------------------
 
-    def template(self, text: str, location: Location | None, path: str) -> bool:
-        """Check ``text`` as a template; remember where each variable is first used."""
+    def template(
+        self, text: str, location: Location | None, path: str, *, prompt: bool = False
+    ) -> bool:
+        """Check ``text`` as a template; remember where each variable is first used, and
+        (a ``prompt``) whether it is nothing but variables and spaces."""
         try:
             compiled = prompts.compile_template(text)
         except prompts.TemplateError as exc:
             self.report.error_at(location, path, f"{shown(text)}: {exc}")
             return False
-        for name in prompts.template_names(compiled):
+        names = prompts.template_names(compiled)
+        for name in names:
             self.var_uses.setdefault(name, (location, path))
+        if prompt and names and not prompts.render(compiled, dict.fromkeys(names, "")).strip():
+            self.bare_prompts.append((text, names, location, path))
         return True
 
     # --- axes -----------------------------------------------------------------------------
@@ -302,7 +322,7 @@ class FieldReader:
                 return False
             saved, self.report = self.report, report
             try:
-                return self.template(text, location, path)
+                return self.template(text, location, path, prompt=check_prompt == "prompt")
             finally:
                 self.report = saved
         return True

@@ -187,6 +187,7 @@ class _Parser(SettingsReader):
             return None
         sections = checks.Sections(defaults, models, constants, axes, include)
         checks.check_vars(self.report, self.reader, var_names)
+        checks.check_rendered_prompts(self.report, self.reader, axes)
         checks.check_prompts(self.report, nodes.get("grid", root), sections)
         checks.check_size(self.report, nodes.get("grid", root), sections, repeat)
         if self.report.errors:

@@ -248,7 +248,16 @@ async def drive(
     stops the run as the engine's own errors do, and is raised as `Engine.run` raises them.
     """
     out = engine.config.out_dir
-    companions = [functools.partial(keep_dataset_current, engine.store, out, captions)]
+
+    async def first_image() -> None:
+        while not engine.stats.images_downloaded:
+            changed = engine.changes.notice()  # the downloader notifies after each image
+            if engine.stats.images_downloaded:
+                return
+            await changed.wait()
+
+    keep = functools.partial(keep_dataset_current, engine.store, out, captions, first_image)
+    companions = [keep]
     if progress is not None:
         companions.append(functools.partial(progress, engine, cells))
     stats = await engine.run(handle_signals=handle_signals, companions=companions)
@@ -257,15 +266,26 @@ async def drive(
     return stats
 
 
-async def keep_dataset_current(store: Store, out: Path, captions: str) -> None:
-    """Rewrite the dataset every DATASET_EVERY_S, or 20 times its last duration when longer
-    (a refresh of a million rows takes seconds: it must never crowd out the run).
+async def keep_dataset_current(
+    store: Store,
+    out: Path,
+    captions: str,
+    first_image: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Write the dataset as soon as `first_image` returns (the run's first image is on disk),
+    then every DATASET_EVERY_S, or 20 times its last duration when longer (a refresh of a
+    million rows takes seconds: it must never crowd out the run).
 
     A disk that refuses the refresh (full, read-only) raises, which stops the run as a
     refused image would: images written now could not be listed, and the next would fail
     the same way.
     """
     every_s = DATASET_EVERY_S
+    if first_image is not None:
+        await first_image()
+        started = anyio.current_time()
+        await refresh_dataset(store, out, captions=captions)
+        every_s = max(DATASET_EVERY_S, 20 * (anyio.current_time() - started))
     while True:
         await anyio.sleep(every_s)
         started = anyio.current_time()

@@ -1,15 +1,18 @@
 """`zbatch verify`: re-hash every downloaded image against its record; `--repair` fetches again.
 
 Each downloaded image's file is read in 1 MiB chunks in a worker thread (never on the event
-loop) and its size and sha256 compared with what the downloader recorded. A file that is
-gone is `missing`; one whose bytes differ is `corrupt`. Without `--repair` this only reads
-(the database read-only, no lock: safe during a run). With `--repair` (the batch lock held)
-each damaged image is fetched again through the shared `ImageFetcher` (the workflow's fresh
-URL, else the blob route): bytes with the recorded sha256 are written back atomically
-(`image:repaired`); when the service no longer has them, or gives other bytes, the image
-becomes `lost` with the reason, and `zbatch retry OUT --state lost` remakes its cell. When
-a repair changed anything, the dataset (`metadata.jsonl`, and `.txt` captions when the
-batch's recorded run settings say `captions: txt`) is written again, as a run ends.
+loop) and its size and sha256 compared with what the downloader recorded, then decoded with
+the downloader's own strict check (`engine.check_image`: a JPEG whose entropy-coded data is
+damaged fails it, though its sha256 was recorded before that check was strict). A file that
+is gone is `missing`; one whose bytes differ, or do not decode cleanly, is `corrupt`.
+Without `--repair` this only reads (the database read-only, no lock: safe during a run).
+With `--repair` (the batch lock held) each damaged image is fetched again through the
+shared `ImageFetcher` (the workflow's fresh URL, else the blob route): bytes with the
+recorded sha256 are written back atomically (`image:repaired`); when the service no longer
+has them, or gives other bytes, the image becomes `lost` with the reason, and
+`zbatch retry OUT --state lost` remakes its cell. When a repair changed anything, the
+dataset (`metadata.jsonl`, and `.txt` captions when the batch's recorded run settings say
+`captions: txt`) is written again, as a run ends.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -25,7 +29,7 @@ import structlog
 from runner.api import Client
 from runner.dataset import refresh_dataset
 from runner.disk import OutFolder, atomic_write_bytes
-from runner.engine import Backoff, FetchedImage, ImageFetcher
+from runner.engine import Backoff, FetchedImage, ImageFetcher, InvalidImage, check_image
 from runner.ops._retry import batch_settings
 from runner.store import PendingImage, Store, StoredImage
 
@@ -145,6 +149,28 @@ async def _check(
         results[n] = damage("corrupt", f"{got[1]} bytes, recorded {image.size_bytes}")
     elif got[0] != image.sha256:
         results[n] = damage("corrupt", f"sha256 {got[0][:12]}…, recorded {image.sha256[:12]}…")
+    else:
+        check = functools.partial(decode_problem, out / image.path, image.request)
+        if problem := await anyio.to_thread.run_sync(check, limiter=limiter):
+            results[n] = damage("corrupt", problem)
+
+
+def decode_problem(path: Path, request: dict[str, Any]) -> str | None:
+    """Why the image at `path` fails the downloader's strict check, or None. Blocking."""
+    try:
+        data = path.read_bytes()
+        check_image(
+            data,
+            width=int(request["width"]),
+            height=int(request["height"]),
+            output_format=str(request.get("outputFormat") or "jpeg"),
+            max_bytes=MAX_IMAGE_BYTES,
+        )
+    except InvalidImage as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return None
 
 
 async def _found(

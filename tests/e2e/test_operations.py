@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -11,7 +12,9 @@ import pytest
 import structlog
 
 from runner.api._client import Client
+from runner.dataset import refresh_dataset
 from runner.emulator import EmulatorConfig, FaultProfile, FaultRule, ManualClock, make_app
+from runner.emulator.content import corrupt
 from runner.emulator.ledger import account_id
 from runner.engine._engine import Engine, EngineConfig
 from runner.engine._pacing import Backoff
@@ -20,7 +23,7 @@ from runner.manifest._load import Manifest
 from runner.ops import _retry as retry_module
 from runner.ops._cancel import cancel_batch
 from runner.ops._retry import RetrySettings, retry_batch
-from runner.ops._run import run_batch
+from runner.ops._run import RunOverrides, run_batch
 from runner.ops._verify import verify_batch
 from runner.store._migrations import SCHEMA_VERSION
 from runner.store._store import Store
@@ -386,3 +389,77 @@ def make_schema_3(db: Path) -> None:
         con.executescript("DROP TABLE run_settings; PRAGMA user_version = 3;")
     finally:
         con.close()
+
+
+async def test_a_corrupt_jpeg_blob_is_fetched_again_then_lost_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """Issue 15, item 4: the emulator's corrupt blob (Pillow decodes it, lower half shifted)
+    never counts as downloaded: it is fetched again, then recorded lost with djpeg's reason."""
+    with anyio.fail_after(60):
+        m = manifest(tmp_path, seeds=1, size="512x512")
+        faults = FaultProfile(blob_corrupt=FaultRule(p=1.0))
+        app = make_app(EmulatorConfig(time_scale=0, faults=faults))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+        got = rows(m, "SELECT state, reason, path FROM images ORDER BY path")
+        assert len(got) == 6
+        lost = [reason for state, reason, _ in got if state == "lost"]
+        assert lost
+        assert all("Corrupt JPEG data" in reason for reason in lost)
+        for state, _, path in got:  # what counts passes djpeg's strict decode
+            if state == "downloaded":
+                djpeg = ["djpeg", "-strict", "-outfile", "/dev/null", str(m.out / path)]
+                assert (await anyio.run_process(djpeg, check=False)).returncode == 0
+
+
+async def test_verify_calls_a_recorded_but_undecodable_jpeg_corrupt(tmp_path: Path) -> None:
+    """An image recorded with the sha256 of damaged bytes (before the check was strict) is not
+    intact: verify decodes it with the downloader's check."""
+    with anyio.fail_after(60):
+        m = manifest(tmp_path, seeds=1, size="512x512")
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            await run_batch(m, client, tuning=FAST)
+        path = rows(m, "SELECT path FROM images ORDER BY path LIMIT 1")[0][0]
+        bad = corrupt((m.out / path).read_bytes())
+        (m.out / path).write_bytes(bad)
+        with closing(sqlite3.connect(m.out / "batch.sqlite")) as db, db:
+            db.execute(
+                "UPDATE images SET sha256 = ?, size_bytes = ? WHERE path = ?",
+                (hashlib.sha256(bad).hexdigest(), len(bad), path),
+            )
+        report = await verify_batch(m.out)
+        assert (report.checked, report.corrupt, report.missing) == (6, 1, 0)
+        assert not report.intact
+        assert [d.path for d in report.damage] == [path]
+        assert "Corrupt JPEG data" in report.damage[0].detail
+
+
+async def test_metadata_jsonl_is_written_as_soon_as_the_first_image_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: metadata.jsonl first appeared after ~30 s. With the periodic refresh pushed
+    out of reach, the run still writes it mid-run, once its first image is on disk."""
+    import runner.ops._run as run_module
+
+    written: list[int] = []
+
+    async def recording(store: Store, out: Path, *, captions: str, rebuild: bool = False) -> int:
+        rows_now = await real(store, out, captions=captions, rebuild=rebuild)
+        if not rebuild:
+            written.append(rows_now)
+        return rows_now
+
+    real = refresh_dataset
+    monkeypatch.setattr(run_module, "DATASET_EVERY_S", 1e9)
+    monkeypatch.setattr(run_module, "refresh_dataset", recording)
+    with anyio.fail_after(60):
+        m = manifest(tmp_path, seeds=2)  # 6 cells, 12 images
+        app = make_app(EmulatorConfig(time_scale=0))
+        async with client_for(app) as client:
+            overrides = RunOverrides(submit_per_s=4)  # the run outlasts its first image
+            await run_batch(m, client, overrides=overrides, tuning=FAST)
+    assert len(written) == 1
+    assert 1 <= written[0] < 12, "written mid-run, with the images on disk then"
+    assert len((m.out / "metadata.jsonl").read_text().splitlines()) == 12
