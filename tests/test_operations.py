@@ -257,7 +257,11 @@ def test_an_old_record_warns_once_naming_the_defaults(
     with running_server(EmulatorConfig(time_scale=0)) as url:
         assert main(["run", str(manifest), "--api-url", url, "--quiet"]) == 0
         raw = sqlite3.connect(out / "batch.sqlite")
-        raw.executescript("DROP TABLE run_settings; PRAGMA user_version = 3;")
+        raw.executescript(
+            "DROP TABLE run_settings; ALTER TABLE batch DROP COLUMN manifest_cap_buzz;"
+            " ALTER TABLE batch DROP COLUMN revision; ALTER TABLE cells DROP COLUMN revision;"
+            " ALTER TABLE cells DROP COLUMN standing; PRAGMA user_version = 3;"
+        )  # as migration 3 left it (5 is undone too, so that both run again)
         raw.close()
         capsys.readouterr()
         defaults = "captions none, 8 in flight, 2 submissions/s, 4 downloads, 1 attempt per cell"

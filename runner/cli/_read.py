@@ -82,7 +82,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     hover and click; rows, columns and grid cells show their Buzz. Writes, atomically,
     OUT/gallery/index.html (open it from disk: no server, no network) and
     OUT/gallery/grid-X-Y.png. By default the two axes that make the fullest grid, the one
-    with more values as rows. See docs/gallery.md.
+    with more values as rows. Shows the cells of the current manifest (and those a
+    `run --keep` kept); --all also those a `run --replace` left out. See docs/gallery.md.
 
     Example:
         zbatch gallery out/demo
@@ -93,7 +94,9 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
     states = args.state.split(",")
     result = anyio.run(
-        functools.partial(make_gallery, args.out, x=args.x, y=args.y, states=states),
+        functools.partial(
+            make_gallery, args.out, x=args.x, y=args.y, states=states, all_cells=args.all
+        ),
         backend="asyncio",
     )
     print(render_result(result))
@@ -110,6 +113,16 @@ def _gallery_arguments(p: argparse.ArgumentParser) -> None:
         metavar="STATES",
         help="image states to show, comma-separated: downloaded, pending, lost "
         "(default: %(default)s)",
+    )
+    _add_all(p)
+
+
+def _add_all(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also the cells a `run --replace` left out of the manifest (default: the current"
+        " manifest's cells, and those a `run --keep` kept)",
     )
 
 
@@ -132,7 +145,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     renamed into place, so a reader never sees half an export. --state picks images by
     state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
     Parquet needs pyarrow: pip install 'zbatch[parquet]'. Images missing from disk are
-    left out of a WebDataset, with a warning.
+    left out of a WebDataset, with a warning. Exports the cells of the current manifest (and
+    those a `run --keep` kept); --all also those a `run --replace` left out.
 
     Example:
         zbatch export out/demo --format parquet
@@ -143,8 +157,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(
-        export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size
-    )
+        export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size,
+        all_cells=args.all,
+    )  # fmt: skip
     result = anyio.run(job, backend="asyncio")
     if result.missing:
         print(
@@ -181,6 +196,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="webdataset: samples per tar shard (default: %(default)s)",
     )
+    _add_all(p)
 
 
 EXPORT = Command(

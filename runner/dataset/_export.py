@@ -77,8 +77,11 @@ async def export(
     states: Sequence[str] = ("downloaded",),
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk: int | None = None,
+    all_cells: bool = False,
 ) -> ExportResult:
-    """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default).
+    """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default):
+    those of the current manifest's cells, or with `all_cells` of every cell (also those a
+    `run --replace` left out).
 
     Raises ExportError for a format, state or size that is not allowed, MissingExtra when
     Parquet is asked for without pyarrow, NotABatch when `out` holds no batch.
@@ -95,7 +98,8 @@ async def export(
             functools.partial(_open_writer, fmt, target, names, out, shard_size)
         )
         try:
-            async with aclosing(store.dataset_images(states, chunk=chunk)) as chunks:
+            images_of = store.dataset_images(states, chunk=chunk, all_cells=all_cells)
+            async with aclosing(images_of) as chunks:
                 async for images in chunks:
                     await anyio.to_thread.run_sync(writer.write, images)
             return await anyio.to_thread.run_sync(writer.commit)
@@ -218,6 +222,7 @@ def parquet_schema(names: Sequence[str]) -> Any:
         "quantity": pa.int32(),
         "buzz_charged": pa.float64(),
         "bytes": pa.int64(),
+        "revision": pa.int32(),
     }
     fields = [pa.field(name, types.get(name, pa.string())) for name in COLUMNS]
     fields += [pa.field(name, pa.string()) for name in column_names(names)[len(COLUMNS) :]]

@@ -46,10 +46,11 @@ class GalleryResult:
     total_buzz: int
 
 
-async def read_cells(out: Path) -> tuple[str, list[GalleryCell]]:
-    """The batch's name and cells, from `out/batch.sqlite` opened read-only."""
+async def read_cells(out: Path, *, all_cells: bool = False) -> tuple[str, list[GalleryCell]]:
+    """The batch's name and cells, from `out/batch.sqlite` opened read-only; with
+    `all_cells`, also those a `run --replace` left out."""
     async with read_batch(out) as (store, info):
-        return info.name, await store.gallery_cells()
+        return info.name, await store.gallery_cells(all_cells=all_cells)
 
 
 def sheet_name(grid: Grid) -> str:
@@ -85,9 +86,11 @@ async def make_gallery(
     x: str | None = None,
     y: str | None = None,
     states: Iterable[str] = DEFAULT_STATES,
+    all_cells: bool = False,
 ) -> GalleryResult:
-    """Read the batch in `out`, lay it out on X/Y and write `out/gallery/`."""
-    name, cells = await read_cells(out)
+    """Read the batch in `out`, lay it out on X/Y and write `out/gallery/`: the current
+    manifest's cells, or with `all_cells` also those a `run --replace` left out."""
+    name, cells = await read_cells(out, all_cells=all_cells)
     grid = build_grid(name, cells, x=x, y=y, states=states)
     return await anyio.to_thread.run_sync(functools.partial(write_gallery, out, grid))
 

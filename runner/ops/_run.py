@@ -8,6 +8,7 @@ cap, a stop or a fatal error ends the run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -23,12 +24,12 @@ from runner.api import Client
 from runner.dataset import refresh_dataset
 from runner.disk import OutFolder, sweep_batch_temps
 from runner.engine import Backoff, Engine, EngineConfig, RunStats
-from runner.errors import CapReached
+from runner.errors import CapReached, ManifestChanged, StoreError
 from runner.grid import store_rows
 from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
-from runner.store import Budget, PlanResult, RunSettings, Store
+from runner.store import BatchInfo, Budget, Comparison, PlanResult, RunSettings, Store
 
 log = structlog.get_logger(__name__)
 DATASET_EVERY_S = 30.0
@@ -44,6 +45,9 @@ class RunOverrides:
     submit_per_s: float | None = None
     downloads: int | None = None
     adopt: bool = False  # `--adopt`: record the batch's workflows found on the service first
+    # `--replace` ("replaced") or `--keep` ("kept"): what becomes of the cells the last
+    # manifest listed and this one does not; None refuses such a manifest (ManifestChanged)
+    leftover: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ async def run_batch(
     # (kept) rather than refused (docs/reliability.md, "The local machine").
     async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
         planned, canceled_at = await plan_batch(store, manifest, config.tag, overrides)
+        config = dataclasses.replace(config, tag=(await store.batch_info()).tag)  # a rename
         adopted = None
         if overrides.adopt:  # operations: the workflows the service already has for the batch
             backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
@@ -144,23 +149,36 @@ async def plan_batch(
     store: Store, manifest: Manifest, tag: str, overrides: RunOverrides
 ) -> tuple[PlanResult, str | None]:
     """Record the batch and add the manifest's cells, unless `zbatch cancel` stopped it (then
-    nothing is planned). Returns what was planned and when the batch was canceled."""
+    nothing is planned). Returns what was planned and when the batch was canceled.
+
+    A manifest that leaves cells of the last one behind, or renames the batch, is refused
+    (`ManifestChanged`, before anything is written) unless `overrides.leftover` says what
+    becomes of them."""
+    canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
+    fingerprint = plan_fingerprint(manifest)
+    known = await store.plan_is_current(fingerprint)
+    previous = await recorded_batch(store)
+    if previous is not None and overrides.leftover is None:
+        await refuse_changes(
+            store, manifest, previous, compare=canceled_at is None and known is None
+        )
     await store.init_batch(
         name=manifest.name,
         tag=tag,
-        cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
+        cap_buzz=overrides.budget_buzz,
+        manifest_cap_buzz=manifest.budget_buzz,
         manifest_sha256=manifest_sha256(manifest),
+        rename=overrides.leftover is not None,
     )
     await store.save_run_settings(run_settings(manifest))  # for retry, verify --repair
-    canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
     if canceled_at is None:
-        fingerprint = plan_fingerprint(manifest)
-        known = await store.plan_is_current(fingerprint)
         if known is not None:  # a resume of an unchanged manifest: no cell to add
             planned = known
         else:
             planned = await store.plan_rows(
-                store_rows(manifest), max_attempts=manifest.retries.attempts
+                store_rows(manifest),
+                max_attempts=manifest.retries.attempts,
+                leftover=overrides.leftover,
             )
             await store.set_plan_fingerprint(fingerprint)
     else:
@@ -168,6 +186,46 @@ async def plan_batch(
         log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
     log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
     return planned, canceled_at
+
+
+async def recorded_batch(store: Store) -> BatchInfo | None:
+    """The batch row the record holds, or None for a new record."""
+    try:
+        return await store.batch_info()
+    except StoreError:
+        return None
+
+
+async def compare_batch(store: Store, manifest: Manifest) -> Comparison:
+    """The manifest's cells against the batch's (`zbatch plan`, and `run` before it plans)."""
+    return await store.compare(store_rows(manifest))
+
+
+async def refuse_changes(
+    store: Store, manifest: Manifest, previous: BatchInfo, *, compare: bool
+) -> None:
+    """Raise `ManifestChanged` when `manifest` renames the batch, or (with `compare`) leaves
+    cells the last manifest listed behind; nothing is written either way."""
+    comparison = await compare_batch(store, manifest) if compare else None
+    left = comparison.left_behind if comparison is not None else 0
+    renamed = previous.name != manifest.name
+    if not renamed and not left:
+        return
+    what = []
+    if renamed:
+        what.append(f"it names the batch {manifest.name!r}, and the folder holds {previous.name!r}")
+    if comparison is not None and left:
+        what.append(
+            f"it leaves {left} cells of the last manifest behind and adds {comparison.new}"
+            f" new cells (about {comparison.new_buzz} Buzz)"
+        )
+    raise ManifestChanged(
+        f"{manifest.path} changes the batch in {manifest.out}: {'; '.join(what)}. Nothing"
+        f" was submitted. `zbatch plan {manifest.path}` compares the two. Run again with"
+        " --replace (the cells left behind leave the dataset; their images stay on disk and"
+        " in the record) or --keep (both stay; each dataset row names its manifest"
+        " revision), or give the manifest another `out`"
+    )
 
 
 def run_settings(manifest: Manifest) -> RunSettings:
