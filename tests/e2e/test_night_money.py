@@ -176,4 +176,4 @@ def test_a_renamed_batch_in_the_same_out_is_refused_then_continued(
     text, doc = status(tmp_path, capsys)
     assert (doc["batch"], doc["tag"]) == ("morning", "zbatch:night")
     assert charged(tmp_path, capsys) == 6
-    assert sorted(r["revision"] for r in metadata(tmp_path)) == [1, 1, 1, 2, 2, 2]
+    assert sorted(int(str(r["revision"])) for r in metadata(tmp_path)) == [1, 1, 1, 2, 2, 2]
