@@ -177,3 +177,41 @@ def test_a_renamed_batch_in_the_same_out_is_refused_then_continued(
     assert (doc["batch"], doc["tag"]) == ("morning", "zbatch:night")
     assert charged(tmp_path, capsys) == 6
     assert sorted(int(str(r["revision"])) for r in metadata(tmp_path)) == [1, 1, 1, 2, 2, 2]
+
+
+def test_plan_compares_a_changed_manifest_with_the_batch_in_its_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 1: `zbatch plan` on a manifest whose `out` holds a batch says what a run would
+    add, keep and leave behind, and the Buzz of the new cells; it writes nothing."""
+    m = write(tmp_path, budget=100)
+    capsys.readouterr()
+    assert main(["plan", m]) == 0
+    assert "holds batch" not in capsys.readouterr().out  # no batch yet: nothing to compare
+    assert run(m) == 0
+    capsys.readouterr()
+    assert main(["plan", m]) == 0
+    out = capsys.readouterr().out
+    assert "holds batch 'night' (manifest revision 1): 0 new cells (about 0 Buzz)" in out
+    assert "· 3 kept · 0 left behind" in out
+    assert "refuses" not in out
+    write(tmp_path, budget=100, defaults=", steps: 12")
+    record = (tmp_path / "out" / "batch.sqlite").read_bytes()
+    assert main(["plan", m]) == 0
+    out = capsys.readouterr().out
+    assert "3 new cells (about 3 Buzz) · 0 kept · 3 left behind" in out
+    assert "`zbatch run` refuses it: the 3 cells left behind need --replace" in out
+    assert main(["plan", m, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["batch"] | {"out": ""} == {
+        "out": "", "name": "night", "renamed": False, "revision": 1, "new": 3, "new_buzz": 3,
+        "kept": 0, "left_behind": 3, "set_aside": 0, "needs_replace_or_keep": True,
+    }  # fmt: skip
+    assert (tmp_path / "out" / "batch.sqlite").read_bytes() == record
+    assert run(m, "--replace") == 0
+    write(tmp_path, budget=100, defaults=", steps: 12, cfgScale: 1.5")
+    capsys.readouterr()
+    assert main(["plan", m]) == 0
+    said = capsys.readouterr().out
+    assert "(manifest revision 2): 3 new cells (about 3 Buzz) · 0 kept · 3 left behind" in said
+    assert "· 3 set aside earlier" in said
