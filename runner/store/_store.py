@@ -210,9 +210,16 @@ class Store:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run the read `fn(db, ...)` under the connection's lock."""
+        """Run the read `fn(db, ...)` under the connection's lock. On a writable store, a
+        failure of the machine (a damaged page) is raised as its zbatch error, as in `_tx`."""
         async with self._lock:
-            return await fn(self._db, *args, **kwargs)
+            try:
+                return await fn(self._db, *args, **kwargs)
+            except sqlite3.Error as exc:
+                translated = None if self.read_only else database_error(exc, self.path)
+                if translated is None:
+                    raise
+                raise translated from exc
 
     # -- planning (`_plan.py`) ---------------------------------------------------------------
 
