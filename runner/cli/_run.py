@@ -78,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         downloads=args.downloads,
         adopt=args.adopt,
         leftover="replaced" if args.replace else "kept" if args.keep else None,
+        sample=args.sample,
     )
     try:
         with api_target(args) as target:
@@ -177,6 +178,13 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="BUZZ",
         help="a new Buzz cap, kept for later runs (default: the last cap given, or the"
         " manifest's when its budget changed)",
+    )
+    p.add_argument(
+        "--sample",
+        type=positive_int,
+        metavar="N",
+        help="run only N cells spread across every axis (each value of each axis at least"
+        " once when N allows), under the batch's record: a later full run reuses them",
     )
     changed = p.add_mutually_exclusive_group()
     changed.add_argument(

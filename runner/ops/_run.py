@@ -29,6 +29,7 @@ from runner.grid import store_rows
 from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
+from runner.ops._sample import choose_sample
 from runner.store import BatchInfo, Budget, Comparison, PlanResult, RunSettings, Store
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,7 @@ class RunOverrides:
     # `--replace` ("replaced") or `--keep` ("kept"): what becomes of the cells the last
     # manifest listed and this one does not; None refuses such a manifest (ManifestChanged)
     leftover: str | None = None
+    sample: int | None = None  # `--sample N`: only N cells spread across every axis run
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class RunOutcome:
     adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
     canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
     set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
+    sampled: int | None = None  # --sample: how many cells the sample ran
 
 
 def plan_fingerprint(manifest: Manifest) -> str:
@@ -121,6 +124,9 @@ async def run_batch(
     # (kept) rather than refused (docs/reliability.md, "The local machine").
     async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
         planned, canceled_at = await plan_batch(store, manifest, config.tag, overrides)
+        cells, sampled = planned.added + planned.kept, None
+        if overrides.sample is not None and canceled_at is None:
+            cells = sampled = await focus_sample(store, manifest, overrides.sample)
         config = dataclasses.replace(config, tag=(await store.batch_info()).tag)  # a rename
         adopted = None
         if overrides.adopt:  # operations: the workflows the service already has for the batch
@@ -131,13 +137,13 @@ async def run_batch(
             log.info("stray_temp_files_removed", count=swept)
         stats = await drive(
             Engine(store, client, config),
-            planned.added + planned.kept,
+            cells,
             handle_signals=handle_signals,
             progress=progress,
             captions=manifest.captions,
         )
         outcome = await read_outcome(
-            store, planned, stats, adopted=adopted, canceled_at=canceled_at
+            store, planned, stats, adopted=adopted, canceled_at=canceled_at, sampled=sampled
         )
     capped = cap_reached(outcome, command=f"zbatch run {manifest.path}")
     if capped is not None:
@@ -186,6 +192,15 @@ async def plan_batch(
         log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
     log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
     return planned, canceled_at
+
+
+async def focus_sample(store: Store, manifest: Manifest, n: int) -> int:
+    """`--sample N`: only N cells spread across every axis stay submittable (`choose_sample`);
+    the cells they are, under the same record, so a later full run reuses them."""
+    keys = choose_sample(store_rows(manifest), n)
+    await store.focus(keys)
+    log.info("batch_sampled", cells=len(keys), of=n)
+    return len(keys)
 
 
 async def recorded_batch(store: Store) -> BatchInfo | None:
@@ -248,6 +263,7 @@ async def read_outcome(
     *,
     adopted: AdoptReport | None = None,
     canceled_at: str | None = None,
+    sampled: int | None = None,
 ) -> RunOutcome:
     """How the run ended, read from the store once the engine has stopped."""
     unsubmitted, unsubmitted_buzz = await store.unsubmitted()
@@ -261,6 +277,7 @@ async def read_outcome(
         adopted=adopted,
         canceled_at=canceled_at,
         set_aside=store.set_aside,
+        sampled=sampled,
     )
 
 

@@ -15,7 +15,7 @@ corrupts; a power cut may lose it whole), and FULL is back before anything else 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiosqlite
@@ -26,7 +26,7 @@ from runner.identity import PlanRow, external_id_sql
 from runner.store._open import run
 from runner.store._reads import scalar
 from runner.store._rows import Comparison, PlanResult
-from runner.store._transitions import Tx
+from runner.store._transitions import Tx, event
 
 PLAN_CHUNK = 100_000  # rows merged into the record at a time, in key order
 PLAN_HANDOFF = 10_000  # rows handed from the expansion to SQLite's thread at a time
@@ -122,6 +122,17 @@ async def plan_is_current(db: aiosqlite.Connection, fingerprint: str) -> PlanRes
     if row is None or row[0] != f"{fingerprint}@{row[1]}":
         return None
     return PlanResult(added=0, kept=int(row[2]), removed=int(row[3]))
+
+
+async def focus(tx: Tx, keys: Sequence[str]) -> None:
+    """Only the cells `keys` (of the current generation) stay submittable: they move into a
+    new generation of their own (`run --sample`). The next plan lists every cell again."""
+    await tx.db.execute("UPDATE batch SET generation = generation + 1 WHERE id = 1")
+    await tx.db.executemany(
+        "UPDATE cells SET generation = (SELECT generation FROM batch WHERE id = 1) WHERE key = ?",
+        [(key,) for key in keys],
+    )
+    await event(tx, None, None, "batch:sample", None, f"{len(keys)} cells")
 
 
 async def set_plan_fingerprint(tx: Tx, fingerprint: str) -> None:

@@ -283,6 +283,11 @@ class Store:
         generation (nothing moved cells since: no retry, no cancel); else None."""
         return await self._read(planning.plan_is_current, fingerprint)
 
+    async def focus(self, keys: Sequence[str]) -> None:
+        """Only the cells `keys` stay submittable, in a generation of their own
+        (`zbatch run --sample`); the next full plan lists every cell again."""
+        await self._tx(planning.focus, keys)
+
     async def set_plan_fingerprint(self, fingerprint: str) -> None:
         """Record that a plan of `fingerprint` completed, at the generation it made."""
         await self._tx(planning.set_plan_fingerprint, fingerprint)

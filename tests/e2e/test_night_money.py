@@ -215,3 +215,43 @@ def test_plan_compares_a_changed_manifest_with_the_batch_in_its_out(
     said = capsys.readouterr().out
     assert "(manifest revision 2): 3 new cells (about 3 Buzz) · 0 kept · 3 left behind" in said
     assert "· 3 set aside earlier" in said
+
+
+SAMPLED = """\
+name: sampled
+out: out
+budget: 100
+seed_base: 3
+defaults: {size: 64x64}
+grid:
+  prompt: ["a fox", "a lighthouse", "a bowl of ramen"]
+  cfgScale: [1.0, 1.5]
+  seed: {count: 2}
+"""
+
+
+def test_a_sample_shows_every_axis_value_and_the_full_run_reuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 2: `run --sample 3` of a 12-cell grid runs 3 cells showing each prompt and each
+    cfgScale; the full run after it runs the other 9, never the sampled ones again."""
+    path = tmp_path / "m.yaml"
+    path.write_text(SAMPLED, "utf-8")
+    capsys.readouterr()
+    assert run(str(path), "--sample", "3") == 0
+    assert capsys.readouterr().out.startswith(
+        "Sample: 3 cells across every axis ran; 3 of 12 cells succeeded so far."
+    )
+    rows = metadata(tmp_path)
+    assert len(rows) == 3
+    assert {r["prompt"] for r in rows} == {"a fox", "a lighthouse", "a bowl of ramen"}
+    assert {r["cfgScale"] for r in rows} == {1.0, 1.5}
+    assert charged(tmp_path, capsys) == 3
+    assert run(str(path), "--sample", "3") == 0  # the same sample: nothing new to pay
+    assert charged(tmp_path, capsys) == 3
+    assert run(str(path)) == 0
+    assert charged(tmp_path, capsys) == 12
+    after = metadata(tmp_path)
+    assert len(after) == 12
+    assert all(r["attempt"] == 1 for r in after)
+    assert {str(r["key"]) for r in rows} <= {str(r["key"]) for r in after}
