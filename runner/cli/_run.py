@@ -24,7 +24,7 @@ from runner.log import TOKEN_ENV, configure_logging
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
-    from runner.ops import RetrySettings, RunOutcome
+    from runner.ops import RetrySettings, RunOutcome, RunOverrides
 
 # What `run` and `retry` can end with beyond every command's codes.
 RUN_EXITS = frozenset(
@@ -68,18 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         CIVITAI_API_TOKEN=... zbatch run jobs/dataset-interiors.yaml --concurrency 16
     """
     from runner.cli._progress import show_progress
-    from runner.ops import RunOverrides, execute
+    from runner.ops import execute
 
     manifest = _load_for_run(args)
-    overrides = RunOverrides(
-        budget_buzz=args.budget,
-        in_flight=args.concurrency,
-        submit_per_s=args.rate,
-        downloads=args.downloads,
-        adopt=args.adopt,
-        leftover="replaced" if args.replace else "kept" if args.keep else None,
-        sample=args.sample,
-    )
+    overrides = run_overrides(args)
     try:
         with api_target(args) as target:
             outcome = execute(
@@ -93,6 +85,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     print_run(outcome, out=manifest.out)
     return verdict(outcome)
+
+
+def run_overrides(args: argparse.Namespace) -> RunOverrides:
+    """`zbatch run`'s flags that win over the manifest (or over the batch's record)."""
+    from runner.ops import RunOverrides
+
+    return RunOverrides(
+        budget_buzz=args.budget,
+        in_flight=args.concurrency,
+        submit_per_s=args.rate,
+        downloads=args.downloads,
+        adopt=args.adopt,
+        leftover="replaced" if args.replace else "kept" if args.keep else None,
+        sample=args.sample,
+    )
 
 
 def _load_for_run(args: argparse.Namespace) -> Manifest:

@@ -224,27 +224,16 @@ class Store:
     # -- planning (`_plan.py`) ---------------------------------------------------------------
 
     async def init_batch(
-        self,
-        *,
-        name: str,
-        tag: str,
-        cap_buzz: int | None,
-        manifest_cap_buzz: int | None = None,
-        manifest_sha256: str | None = None,
-        rename: bool = False,
-    ) -> None:
-        """Create the batch row, or update its cap and manifest hash (the name must match).
-        The cap is `cap_buzz` when given, else the last cap given, or the manifest's
-        (`manifest_cap_buzz`) for a new batch or when it changed (`_plan.init_batch`)."""
+        self, *, name: str, tag: str, cap_buzz: int | None, manifest_cap_buzz: int | None = None,
+        manifest_sha256: str | None = None, rename: bool = False,
+    ) -> None:  # fmt: skip
+        """Create the batch row, or update its cap and manifest hash (the name must match,
+        unless `rename`). The cap is `cap_buzz` when given, else the last cap given, or the
+        manifest's (`manifest_cap_buzz`) for a new batch or when it changed (`_plan.py`)."""
         await self._tx(
-            planning.init_batch,
-            name=name,
-            tag=tag,
-            cap_buzz=cap_buzz,
-            manifest_cap_buzz=manifest_cap_buzz,
-            manifest_sha256=manifest_sha256,
-            rename=rename,
-        )
+            planning.init_batch, name=name, tag=tag, cap_buzz=cap_buzz, rename=rename,
+            manifest_cap_buzz=manifest_cap_buzz, manifest_sha256=manifest_sha256,
+        )  # fmt: skip
 
     async def plan_rows(
         self, rows: Iterable[PlanRow], *, max_attempts: int, leftover: str | None = None
@@ -252,11 +241,10 @@ class Store:
         """Record the manifest's cells (idempotent); new cells get a planned first attempt.
 
         Cells already known keep their record; cells no longer in the manifest keep theirs
-        too, and their planned attempts are no longer handed out (`generation` moves on).
-        They take the standing `leftover` (`kept`, `replaced`; None leaves them `listed`).
-        The manifest's revision moves on. A key met twice keeps its later place. `seq` is
-        each row's place in `rows`. One transaction, in bounded memory (`_plan.py`).
-        """
+        too, no longer handed out (`generation` moves on), and take the standing `leftover`
+        (`kept`, `replaced`; None leaves them `listed`); the manifest's revision moves on.
+        A key met twice keeps its later place; `seq` is each row's place in `rows`. One
+        transaction, in bounded memory (`_plan.py`)."""
         batch = await self._read(reads.batch_counters)
         generation, revision = batch[0] + 1, batch[1] + 1
         async with self._lock:
