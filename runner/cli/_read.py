@@ -83,7 +83,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     OUT/gallery/index.html (open it from disk: no server, no network) and
     OUT/gallery/grid-X-Y.png. By default the two axes that make the fullest grid, the one
     with more values as rows. Shows the cells of the current manifest (and those a
-    `run --keep` kept); --all also those a `run --replace` left out. See docs/gallery.md.
+    `run --keep` kept); --all also those a `run --replace` left out; --where model=base
+    only the cells that match. See docs/gallery.md.
 
     Example:
         zbatch gallery out/demo
@@ -95,8 +96,14 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     states = args.state.split(",")
     result = anyio.run(
         functools.partial(
-            make_gallery, args.out, x=args.x, y=args.y, states=states, all_cells=args.all
-        ),
+            make_gallery,
+            args.out,
+            x=args.x,
+            y=args.y,
+            states=states,
+            all_cells=args.all,
+            where=args.where,
+        ),  # fmt: skip
         backend="asyncio",
     )
     print(render_result(result))
@@ -118,6 +125,14 @@ def _gallery_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_all(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="only the cells whose FIELD (model, a request field such as steps, or vars.NAME)"
+        " is VALUE; repeat to require several",
+    )
     p.add_argument(
         "--all",
         action="store_true",
@@ -146,7 +161,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
     Parquet needs pyarrow: pip install 'zbatch[parquet]'. Images missing from disk are
     left out of a WebDataset, with a warning. Exports the cells of the current manifest (and
-    those a `run --keep` kept); --all also those a `run --replace` left out.
+    those a `run --keep` kept); --all also those a `run --replace` left out; --where
+    model=base only the rows that match.
 
     Example:
         zbatch export out/demo --format parquet
@@ -158,7 +174,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(
         export, args.out, args.format, to=args.to, states=states, shard_size=args.shard_size,
-        all_cells=args.all,
+        all_cells=args.all, where=args.where,
     )  # fmt: skip
     result = anyio.run(job, backend="asyncio")
     if result.missing:

@@ -40,6 +40,7 @@ from runner.dataset._metadata import (
     metadata_row,
     open_record,
 )
+from runner.dataset._where import matches, parse_where
 from runner.disk import AtomicFile, OutFolder, fsync_dir
 from runner.errors import ExportError, MissingExtra
 from runner.store import DatasetImage, ImageState
@@ -78,15 +79,18 @@ async def export(
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk: int | None = None,
     all_cells: bool = False,
+    where: Sequence[str] = (),
 ) -> ExportResult:
     """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default):
     those of the current manifest's cells, or with `all_cells` of every cell (also those a
-    `run --replace` left out).
+    `run --replace` left out). `where`: `FIELD=VALUE` conditions every row meets
+    (`_where.py`).
 
     Raises ExportError for a format, state or size that is not allowed, MissingExtra when
     Parquet is asked for without pyarrow, NotABatch when `out` holds no batch.
     """
     check_request(fmt, states, shard_size)
+    conditions = parse_where(where)
     if chunk is None:
         chunk = PARQUET_CHUNK if fmt == "parquet" else DEFAULT_CHUNK
     if fmt == "parquet":
@@ -101,6 +105,10 @@ async def export(
             images_of = store.dataset_images(states, chunk=chunk, all_cells=all_cells)
             async with aclosing(images_of) as chunks:
                 async for images in chunks:
+                    if conditions:
+                        images = [
+                            i for i in images if matches(conditions, i.model, i.request, i.vars)
+                        ]
                     await anyio.to_thread.run_sync(writer.write, images)
             return await anyio.to_thread.run_sync(writer.commit)
         except BaseException:

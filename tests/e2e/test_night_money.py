@@ -255,3 +255,23 @@ def test_a_sample_shows_every_axis_value_and_the_full_run_reuses_it(
     assert len(after) == 12
     assert all(r["attempt"] == 1 for r in after)
     assert {str(r["key"]) for r in rows} <= {str(r["key"]) for r in after}
+
+
+def test_where_filters_the_export_and_the_gallery(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 1: `--where FIELD=VALUE` on export and gallery keeps the cells that match (all
+    conditions); a field that is no input is a usage error naming what is allowed."""
+    m = write(tmp_path, budget=100)
+    assert run(m) == 0
+    write(tmp_path, budget=100, defaults=", steps: 12")
+    assert run(m, "--keep") == 0
+    rows = export_rows(tmp_path, "--where", "steps=12")
+    assert sorted(int(str(r["steps"])) for r in rows) == [12, 12, 12]
+    rows = export_rows(tmp_path, "--where", "steps=9.0", "--where", "prompt=a fox")
+    assert [(r["steps"], r["prompt"]) for r in rows] == [(9, "a fox")]
+    shows = gallery_shows(tmp_path, capsys, "--where", "steps=12")
+    assert shows.startswith("shows       3 images of 3 cells")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "out"), "--format", "jsonl", "--where", "hue=3"]) == 2
+    assert "--where: 'hue' is not a field (allowed: model, " in capsys.readouterr().err
