@@ -30,6 +30,8 @@
   + UsageError                    exit 2   a flag, environment variable or folder is wrong
     - OutFolderError                       `zbatch run`'s output folder is unsafe or unwritable
     - NotABatch                            the folder holds no zbatch batch
+    - ManifestChanged                      the manifest leaves cells of the batch behind
+                                           (or renames it): `--replace` or `--keep`
     - GalleryError                         an axis or state the batch does not have
     - ExportError                          a format, state or target that is not allowed
   + MissingExtra                  exit 1   an optional dependency (`zbatch[parquet]`) is missing
@@ -262,6 +264,11 @@ class OutFolderError(UsageError):
 
 class NotABatch(UsageError):
     """The folder given to a command holds no zbatch batch."""
+
+
+class ManifestChanged(UsageError):
+    """`zbatch run` on a manifest that leaves cells of the batch in its `out` behind, or names
+    it otherwise, without `--replace` or `--keep`: nothing was written or spent."""
 
 
 class GalleryError(UsageError):

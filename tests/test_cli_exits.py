@@ -152,9 +152,11 @@ def _run_damaged(e: Env) -> list[str]:
     return _run(e)
 
 
-def _run_other_batch(e: Env) -> list[str]:
-    other = MANIFEST.format(budget=100).replace("name: exits", "name: other")
-    return ["run", e.write_manifest("o.yaml", other), "--api-url", e.url, "--quiet"]
+def _run_adopt_fails(e: Env) -> list[str]:
+    """The service refuses to list the batch's workflows. (A manifest naming another batch
+    in the same `out` was this case; it is now refused as a usage error, exit 2: issue 15.)"""
+    e.fail("runner.ops._run.adopt_workflows", ApiError("the service refused the listing"))
+    return _run(e, "--adopt")
 
 
 def _retry_disk_full(e: Env) -> list[str]:
@@ -202,7 +204,7 @@ CASES: dict[tuple[str, ExitCode], Case] = {
         e, "runner.manifest.load_manifest", ["plan", str(e.manifest)]
     ),
     ("run", P.OK): lambda e: _run(e),
-    ("run", P.ERROR): _run_other_batch,
+    ("run", P.ERROR): _run_adopt_fails,
     ("run", P.USAGE): lambda e: ["run", _bad_manifest(e)],
     ("run", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["run", str(e.manifest), "--quiet"]),
     ("run", P.CAP_REACHED): lambda e: [

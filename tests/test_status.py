@@ -101,7 +101,7 @@ async def test_status_text_names_every_figure(tmp_path: Path) -> None:
                 " · blocked 1",
                 "images      1 downloaded · 0 pending · 1 lost · 1 files on disk under "
                 f"{tmp_path / 'images'}",
-                "buzz        8 charged + 5 reserved = 13 of 100 cap (13%)",
+                "buzz        8 charged · 5 reserved · cap 100 (87 left)",
                 "failures    2 failed      step failed",
                 "            1 blocked     moderation",
                 "            1 image:lost  the blob is gone from the service",
@@ -166,7 +166,7 @@ def test_status_prints_text_by_default(tmp_path: Path, capsys: pytest.CaptureFix
 
     anyio.run(make, backend="asyncio")
     assert main(["status", str(tmp_path)]) == 0
-    assert "buzz        8 charged + 5 reserved = 13 of 100 cap (13%)" in capsys.readouterr().out
+    assert "buzz        8 charged · 5 reserved · cap 100 (87 left)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

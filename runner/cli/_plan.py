@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runner.cli._command import Command
-from runner.errors import ApiError, ExitCode, UsageError
+from runner.errors import ApiError, ExitCode, StoreError, UsageError
 from runner.log import TOKEN_ENV
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
     from runner.plan import Plan
+    from runner.store import Comparison
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -29,6 +30,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     run would stop), an estimated wall time at the manifest's limits, and the number of
     warnings (the warnings themselves go to stderr). It writes nothing and spends nothing.
 
+    When the manifest's `out` already holds a batch, it compares the two: the new cells and
+    their Buzz, the cells kept, and the cells the manifest no longer lists (which
+    `zbatch run` refuses to leave behind without --replace or --keep).
+
     --whatif also asks the API (CIVITAI_API_TOKEN; CIVITAI_API_BASE_URL, e.g. a running
     `zbatch emulator`) for the exact price once per distinct shape, without any cell's
     externalId, and reports where it differs from the formula.
@@ -39,7 +44,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         CIVITAI_API_TOKEN=... zbatch plan jobs/compare-models.yaml --whatif
     """
     from runner.manifest import load_manifest
-    from runner.plan import make_plan, render_text, to_json
+    from runner.plan import make_plan
 
     if args.whatif and not os.environ.get(TOKEN_ENV, "").strip():
         raise UsageError(f"--whatif needs {TOKEN_ENV} (your Civitai API key)")
@@ -55,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return ExitCode.ERROR
     else:
         plan = make_plan(manifest)
-    print(json.dumps(to_json(plan), indent=2) if args.json else render_text(plan))
+    print(_json(plan, manifest) if args.json else _text(plan, manifest))
     return ExitCode.AUTH_OR_FUNDS if plan.over_budget else ExitCode.OK
 
 
@@ -67,6 +72,47 @@ def _warn_about_out(manifest: Manifest) -> None:
     if problem is not None:
         print(f"zbatch: warning: `zbatch run` would refuse this out folder: {problem}",
               file=sys.stderr)  # fmt: skip
+
+
+def _text(plan: Plan, manifest: Manifest) -> str:
+    from runner.plan import render_text
+
+    comparison = _comparison(manifest)
+    if comparison is None:
+        return render_text(plan)
+    from runner.ops import render_comparison
+
+    return render_text(plan) + "\n" + render_comparison(manifest, comparison)
+
+
+def _json(plan: Plan, manifest: Manifest) -> str:
+    from runner.plan import to_json
+
+    doc = to_json(plan)
+    comparison = _comparison(manifest)
+    if comparison is not None:
+        from runner.ops import comparison_json
+
+        doc["batch"] = comparison_json(manifest, comparison)
+    return json.dumps(doc, indent=2)
+
+
+def _comparison(manifest: Manifest) -> Comparison | None:
+    """The manifest against the batch its `out` holds (None when it holds none: then
+    neither the operations nor the store are loaded). A record that cannot be read is a
+    warning: the plan itself stands."""
+    from runner.disk import OutFolder
+
+    if not OutFolder(manifest.out).db.is_file():
+        return None
+    from runner.ops import compare_out
+
+    try:
+        return compare_out(manifest)
+    except StoreError as exc:
+        print(f"zbatch: warning: cannot compare with the batch in {manifest.out}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return None
 
 
 async def _plan_with_whatif(manifest: Manifest) -> Plan:

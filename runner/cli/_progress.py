@@ -296,6 +296,11 @@ def _headline(outcome: RunOutcome, total: int, succeeded: int, open_cells: int) 
         return f"Stopped at the Buzz cap: {succeeded} of {total} cells succeeded."
     if stats.stop_reason is not None:
         return f"Stopped ({stats.stop_reason}): {succeeded} of {total} cells succeeded."
+    if outcome.sampled is not None:
+        return (
+            f"Sample: {outcome.sampled} cells across every axis ran; {succeeded} of {total}"
+            " cells succeeded so far. Run again without --sample for the rest."
+        )
     if open_cells or outcome.counts.get("image:pending", 0):
         return f"Not finished: {open_cells} of {total} cells still open."
     did = stats.submitted or stats.resubmitted or stats.finished or stats.images_downloaded

@@ -85,7 +85,9 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     with more values as rows. The images of one grid position sit side by side, each
     labelled with what tells it from the others (its seed, say). --thumb PX draws each
     image PX wide (default: a position is 200 px on the page, 160 on the sheet, shared).
-    See docs/gallery.md.
+    Shows the cells of the current manifest (and those a `run --keep` kept); --all also
+    those a `run --replace` left out; --where model=base only the cells that match. See
+    docs/gallery.md.
 
     Example:
         zbatch gallery out/demo
@@ -98,8 +100,15 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     states = args.state.split(",")
     result = anyio.run(
         functools.partial(
-            make_gallery, args.out, x=args.x, y=args.y, states=states, thumb=args.thumb
-        ),
+            make_gallery,
+            args.out,
+            x=args.x,
+            y=args.y,
+            states=states,
+            thumb=args.thumb,
+            all_cells=args.all,
+            where=args.where,
+        ),  # fmt: skip
         backend="asyncio",
     )
     print(render_result(result))
@@ -139,6 +148,24 @@ def _gallery_arguments(p: argparse.ArgumentParser) -> None:
         help="image states to show, comma-separated: downloaded, pending, lost "
         "(default: %(default)s)",
     )
+    _add_all(p)
+
+
+def _add_all(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="only the cells whose FIELD (model, a request field such as steps, or vars.NAME)"
+        " is VALUE; repeat to require several",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also the cells a `run --replace` left out of the manifest (default: the current"
+        " manifest's cells, and those a `run --keep` kept)",
+    )
 
 
 GALLERY = Command(
@@ -162,7 +189,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     renamed into place, so a reader never sees half an export. --state picks images by
     state (comma-separated: downloaded, pending, lost); webdataset takes downloaded only.
     Parquet needs pyarrow: pip install 'zbatch[parquet]'. Images missing from disk are
-    left out of a WebDataset, with a warning.
+    left out of a WebDataset, with a warning. Exports the cells of the current manifest (and
+    those a `run --keep` kept); --all also those a `run --replace` left out; --where
+    model=base only the rows that match.
 
     Example:
         zbatch export out/demo                  # out/demo/export/dataset.jsonl
@@ -175,8 +204,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format or DEFAULT_FORMAT
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(
-        export, args.out, fmt, to=args.to, states=states, shard_size=args.shard_size
-    )
+        export, args.out, fmt, to=args.to, states=states, shard_size=args.shard_size,
+        all_cells=args.all, where=args.where,
+    )  # fmt: skip
     result = anyio.run(job, backend="asyncio")
     if result.missing:
         print(
@@ -220,6 +250,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="webdataset: samples per tar shard (default: %(default)s)",
     )
+    _add_all(p)
 
 
 EXPORT = Command(

@@ -25,7 +25,7 @@ from runner.log import TOKEN_ENV, configure_logging
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
-    from runner.ops import RetrySettings, RunOutcome
+    from runner.ops import RetrySettings, RunOutcome, RunOverrides
 
 # What `run` and `retry` can end with beyond every command's codes.
 RUN_EXITS = frozenset(
@@ -40,9 +40,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     finished are not submitted again, intents a crash left behind are resubmitted with the
     same externalId (so the service never makes a second workflow), running workflows are
     followed, and images not yet on disk are downloaded. The Buzz cap holds throughout.
-    Re-running a finished batch does nothing; an edited manifest adds its new cells. The
-    manifest's captions, limits and retries are recorded with the batch, for `zbatch retry`
-    and `zbatch verify --repair` (docs/operations.md).
+    Re-running a finished batch does nothing; an edited manifest adds its new cells, but one
+    that leaves cells behind (an edited default or name gives every cell a new key) is
+    refused (exit 2, nothing spent; `zbatch plan` compares) unless --replace (the old cells
+    leave the dataset; their images stay) or --keep (both stay). The manifest's captions,
+    limits and retries are recorded with the batch, for `zbatch retry` and `zbatch verify
+    --repair` (docs/operations.md).
 
     Ctrl-C (or SIGTERM) stops new submissions and lets in-flight work finish for a few
     seconds; a second Ctrl-C stops at once. Both are safe, as is kill -9.
@@ -69,17 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         CIVITAI_API_TOKEN=... zbatch run jobs/dataset-interiors.yaml --concurrency 16
     """
     from runner.cli._progress import show_progress
-    from runner.ops import RunOverrides, execute
+    from runner.ops import execute
 
     manifest = _load_for_run(args)
-    overrides = RunOverrides(
-        budget_buzz=args.budget,
-        in_flight=args.concurrency,
-        submit_per_s=args.rate,
-        downloads=args.downloads,
-        adopt=args.adopt,
-        give_up_after_s=args.give_up_after,
-    )
+    overrides = run_overrides(args)
     try:
         with api_target(args) as target:
             outcome = execute(
@@ -93,6 +89,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     print_run(outcome, out=manifest.out)
     return verdict(outcome)
+
+
+def run_overrides(args: argparse.Namespace) -> RunOverrides:
+    """`zbatch run`'s flags that win over the manifest (or over the batch's record)."""
+    from runner.ops import RunOverrides
+
+    return RunOverrides(
+        budget_buzz=args.budget,
+        in_flight=args.concurrency,
+        submit_per_s=args.rate,
+        downloads=args.downloads,
+        adopt=args.adopt,
+        leftover="replaced" if args.replace else "kept" if args.keep else None,
+        sample=args.sample,
+        give_up_after_s=args.give_up_after,
+    )
 
 
 def _load_for_run(args: argparse.Namespace) -> Manifest:
@@ -173,7 +185,31 @@ def check_target(args: argparse.Namespace) -> None:
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the batch's YAML manifest")
     p.add_argument(
-        "--budget", type=positive_int, metavar="BUZZ", help="Buzz cap (default: the manifest's)"
+        "--budget",
+        type=positive_int,
+        metavar="BUZZ",
+        help="a new Buzz cap, kept for later runs (default: the last cap given, or the"
+        " manifest's when its budget changed)",
+    )
+    p.add_argument(
+        "--sample",
+        type=positive_int,
+        metavar="N",
+        help="run only N cells spread across every axis (each value of each axis at least"
+        " once when N allows), under the batch's record: a later full run reuses them",
+    )
+    changed = p.add_mutually_exclusive_group()
+    changed.add_argument(
+        "--replace",
+        action="store_true",
+        help="the manifest leaves cells of the batch behind (or renames it): they leave the"
+        " dataset, gallery and exports; their images stay on disk and in the record",
+    )
+    changed.add_argument(
+        "--keep",
+        action="store_true",
+        help="the manifest leaves cells of the batch behind (or renames it): both stay in the"
+        " dataset, each row naming its manifest revision",
     )
     add_engine_options(p, defaults="the manifest's")
     add_give_up_after(p)

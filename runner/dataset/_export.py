@@ -40,6 +40,7 @@ from runner.dataset._metadata import (
     metadata_row,
     open_record,
 )
+from runner.dataset._where import matches, parse_where
 from runner.disk import AtomicFile, OutFolder, fsync_dir
 from runner.errors import ExportError, MissingExtra
 from runner.store import DatasetImage, ImageState
@@ -81,13 +82,19 @@ async def export(
     states: Sequence[str] = ("downloaded",),
     shard_size: int = DEFAULT_SHARD_SIZE,
     chunk: int | None = None,
+    all_cells: bool = False,
+    where: Sequence[str] = (),
 ) -> ExportResult:
-    """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default).
+    """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default):
+    those of the current manifest's cells, or with `all_cells` of every cell (also those a
+    `run --replace` left out). `where`: `FIELD=VALUE` conditions every row meets
+    (`_where.py`).
 
     Raises ExportError for a format, state or size that is not allowed, MissingExtra when
     Parquet is asked for without pyarrow, NotABatch when `out` holds no batch.
     """
     check_request(fmt, states, shard_size)
+    conditions = parse_where(where)
     if chunk is None:
         chunk = PARQUET_CHUNK if fmt == "parquet" else DEFAULT_CHUNK
     if fmt == "parquet":
@@ -101,8 +108,13 @@ async def export(
             functools.partial(_open_writer, fmt, target, names, out, shard_size)
         )
         try:
-            async with aclosing(store.dataset_images(states, chunk=chunk)) as chunks:
+            images_of = store.dataset_images(states, chunk=chunk, all_cells=all_cells)
+            async with aclosing(images_of) as chunks:
                 async for images in chunks:
+                    if conditions:
+                        images = [
+                            i for i in images if matches(conditions, i.model, i.request, i.vars)
+                        ]
                     await anyio.to_thread.run_sync(writer.write, images)
             return await anyio.to_thread.run_sync(writer.commit)
         except BaseException:
@@ -247,6 +259,7 @@ def parquet_schema(names: Sequence[str]) -> Any:
         "quantity": pa.int32(),
         "buzz_charged": pa.float64(),
         "bytes": pa.int64(),
+        "revision": pa.int32(),
     }
     fields = [pa.field(name, types.get(name, pa.string())) for name in COLUMNS]
     fields += [pa.field(name, pa.string()) for name in column_names(names)[len(COLUMNS) :]]

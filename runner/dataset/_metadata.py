@@ -60,6 +60,7 @@ COLUMNS: tuple[str, ...] = (
     "finished_at",  # when the attempt's outcome was recorded
     "state",  # the image's: downloaded, pending or lost
     "reason",  # why it was lost; "" otherwise
+    "revision",  # the manifest revision that last listed the cell (`run --keep`)
 )
 VAR_PREFIX = "vars."
 
@@ -99,6 +100,7 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "finished_at": image.finished_at,
         "state": image.state,
         "reason": image.reason or "",
+        "revision": image.revision,
     }
     for name in var_names:
         row[VAR_PREFIX + name] = _text(image.vars.get(name))

@@ -88,8 +88,7 @@ def render_status(status: BatchStatus) -> str:
         f"images      {img['downloaded']} downloaded · {img['pending']} pending · "
         f"{img['lost']} lost · {status.files_on_disk} files on disk under "
         f"{status.out / 'images'}",
-        f"buzz        {b.charged_buzz} charged + {b.reserved_buzz} reserved = "
-        f"{b.committed_buzz} of {b.cap_buzz} cap{_percent(b.committed_buzz, b.cap_buzz)}",
+        f"buzz        {buzz_line(b)}",
     ]
     missing = img["downloaded"] - status.files_on_disk
     if missing > 0:
@@ -139,8 +138,14 @@ def _by_state(by_state: dict[str, int]) -> str:
     return f"{total}: " + " · ".join(f"{state} {n}" for state, n in by_state.items())
 
 
-def _percent(part: int, whole: int) -> str:
-    return f" ({100 * part / whole:.0f}%)" if whole > 0 else ""
+def buzz_line(b: Budget) -> str:
+    """`48 charged · 0 reserved · cap 60 (12 left)`: what is charged, what is reserved, the
+    cap, and what is left of it; over a lowered cap, how far over (never a share above 100%)."""
+    head = f"{b.charged_buzz} charged · {b.reserved_buzz} reserved · cap {b.cap_buzz}"
+    left = b.cap_buzz - b.committed_buzz
+    if left >= 0:
+        return f"{head} ({left} left)"
+    return f"{head} (over the cap by {-left}: nothing more is submitted)"
 
 
 def _shorten(text: str) -> str:

@@ -4,6 +4,7 @@ talks to the API through a `Target` the CLI gives it.
 
 from runner.ops._adopt import render_adoption
 from runner.ops._cancel import cancel_out, render_cancel
+from runner.ops._compare import compare_out, comparison_json, render_comparison
 from runner.ops._retry import RetrySettings, execute_retry, render_retry
 from runner.ops._run import RunOutcome, RunOverrides, Target, execute
 from runner.ops._verify import render_verify, verify_out
@@ -15,11 +16,14 @@ __all__ = [
     "RunOverrides",
     "Target",
     "cancel_out",
+    "compare_out",
+    "comparison_json",
     "execute",
     "execute_retry",
     "plan_with_whatif",
     "render_adoption",
     "render_cancel",
+    "render_comparison",
     "render_retry",
     "render_verify",
     "verify_out",

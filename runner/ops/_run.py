@@ -24,12 +24,13 @@ from runner.api import Client
 from runner.dataset import refresh_dataset
 from runner.disk import OutFolder, sweep_batch_temps
 from runner.engine import Backoff, Engine, EngineConfig, RunStats
-from runner.errors import CapReached, ServiceOutage
+from runner.errors import CapReached, ManifestChanged, ServiceOutage, StoreError
 from runner.grid import store_rows
 from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
-from runner.store import Budget, PlanResult, RunSettings, Store
+from runner.ops._sample import choose_sample
+from runner.store import BatchInfo, Budget, Comparison, PlanResult, RunSettings, Store
 
 log = structlog.get_logger(__name__)
 DATASET_EVERY_S = 30.0
@@ -46,6 +47,10 @@ class RunOverrides:
     downloads: int | None = None
     adopt: bool = False  # `--adopt`: record the batch's workflows found on the service first
     give_up_after_s: float | None = None  # `--give-up-after`: how long an outage is waited out
+    # `--replace` ("replaced") or `--keep` ("kept"): what becomes of the cells the last
+    # manifest listed and this one does not; None refuses such a manifest (ManifestChanged)
+    leftover: str | None = None
+    sample: int | None = None  # `--sample N`: only N cells spread across every axis run
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class RunOutcome:
     adopted: AdoptReport | None = None  # with --adopt: what was found under the batch's tag
     canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
     set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
+    sampled: int | None = None  # --sample: how many cells the sample ran
 
 
 def plan_fingerprint(manifest: Manifest) -> str:
@@ -106,22 +112,15 @@ async def run_batch(
     `give_up_after_s`; any other error that stops the run is raised as itself (`Engine.run`).
     """
     out = manifest.out
-    limits = manifest.limits
-    config = EngineConfig(
-        tag=batch_tag(manifest.name),
-        out_dir=out,
-        in_flight=overrides.in_flight or limits.in_flight,
-        submit_per_s=overrides.submit_per_s or limits.submit_per_s,
-        downloads=overrides.downloads or limits.downloads,
-        runtime_scale=runtime_scale,
-        **dict(tuning or {}),
-    )
-    if overrides.give_up_after_s is not None:
-        config = dataclasses.replace(config, give_up_after_s=overrides.give_up_after_s)
+    config = engine_config(manifest, overrides, runtime_scale, tuning)
     # --adopt rebuilds the record from the service, so a damaged database is moved aside
     # (kept) rather than refused (docs/reliability.md, "The local machine").
     async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
         planned, canceled_at = await plan_batch(store, manifest, config.tag, overrides)
+        cells, sampled = planned.added + planned.kept, None
+        if overrides.sample is not None and canceled_at is None:
+            cells = sampled = await focus_sample(store, manifest, overrides.sample)
+        config = dataclasses.replace(config, tag=(await store.batch_info()).tag)  # a rename
         adopted = None
         if overrides.adopt:  # operations: the workflows the service already has for the batch
             backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
@@ -133,7 +132,7 @@ async def run_batch(
         try:
             stats = await drive(
                 engine,
-                planned.added + planned.kept,
+                cells,
                 handle_signals=handle_signals,
                 progress=progress,
                 captions=manifest.captions,
@@ -142,7 +141,7 @@ async def run_batch(
             exc.outcome = await read_outcome(store, planned, engine.stats, adopted=adopted)
             raise
         outcome = await read_outcome(
-            store, planned, stats, adopted=adopted, canceled_at=canceled_at
+            store, planned, stats, adopted=adopted, canceled_at=canceled_at, sampled=sampled
         )
     capped = cap_reached(outcome, command=f"zbatch run {manifest.path}")
     if capped is not None:
@@ -150,27 +149,62 @@ async def run_batch(
     return outcome
 
 
+def engine_config(
+    manifest: Manifest,
+    overrides: RunOverrides,
+    runtime_scale: float,
+    tuning: Mapping[str, Any] | None,
+) -> EngineConfig:
+    """How the engine runs the manifest's batch: its limits, unless a flag overrides them."""
+    limits = manifest.limits
+    config = EngineConfig(
+        tag=batch_tag(manifest.name),
+        out_dir=manifest.out,
+        in_flight=overrides.in_flight or limits.in_flight,
+        submit_per_s=overrides.submit_per_s or limits.submit_per_s,
+        downloads=overrides.downloads or limits.downloads,
+        runtime_scale=runtime_scale,
+        **dict(tuning or {}),
+    )
+    if overrides.give_up_after_s is not None:
+        config = dataclasses.replace(config, give_up_after_s=overrides.give_up_after_s)
+    return config
+
+
 async def plan_batch(
     store: Store, manifest: Manifest, tag: str, overrides: RunOverrides
 ) -> tuple[PlanResult, str | None]:
     """Record the batch and add the manifest's cells, unless `zbatch cancel` stopped it (then
-    nothing is planned). Returns what was planned and when the batch was canceled."""
+    nothing is planned). Returns what was planned and when the batch was canceled.
+
+    A manifest that leaves cells of the last one behind, or renames the batch, is refused
+    (`ManifestChanged`, before anything is written) unless `overrides.leftover` says what
+    becomes of them."""
+    canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
+    fingerprint = plan_fingerprint(manifest)
+    known = await store.plan_is_current(fingerprint)
+    previous = await recorded_batch(store)
+    if previous is not None and overrides.leftover is None:
+        await refuse_changes(
+            store, manifest, previous, compare=canceled_at is None and known is None
+        )
     await store.init_batch(
         name=manifest.name,
         tag=tag,
-        cap_buzz=overrides.budget_buzz or manifest.budget_buzz,
+        cap_buzz=overrides.budget_buzz,
+        manifest_cap_buzz=manifest.budget_buzz,
         manifest_sha256=manifest_sha256(manifest),
+        rename=overrides.leftover is not None,
     )
     await store.save_run_settings(run_settings(manifest))  # for retry, verify --repair
-    canceled_at = await store.canceled_at()  # operations: a canceled batch is not planned
     if canceled_at is None:
-        fingerprint = plan_fingerprint(manifest)
-        known = await store.plan_is_current(fingerprint)
         if known is not None:  # a resume of an unchanged manifest: no cell to add
             planned = known
         else:
             planned = await store.plan_rows(
-                store_rows(manifest), max_attempts=manifest.retries.attempts
+                store_rows(manifest),
+                max_attempts=manifest.retries.attempts,
+                leftover=overrides.leftover,
             )
             await store.set_plan_fingerprint(fingerprint)
     else:
@@ -178,6 +212,55 @@ async def plan_batch(
         log.warning("batch_canceled", canceled_at=canceled_at, lift="zbatch retry OUT")
     log.info("batch_planned", added=planned.added, kept=planned.kept, removed=planned.removed)
     return planned, canceled_at
+
+
+async def focus_sample(store: Store, manifest: Manifest, n: int) -> int:
+    """`--sample N`: only N cells spread across every axis stay submittable (`choose_sample`);
+    the cells they are, under the same record, so a later full run reuses them."""
+    keys = choose_sample(store_rows(manifest), n)
+    await store.focus(keys)
+    log.info("batch_sampled", cells=len(keys), of=n)
+    return len(keys)
+
+
+async def recorded_batch(store: Store) -> BatchInfo | None:
+    """The batch row the record holds, or None for a new record."""
+    try:
+        return await store.batch_info()
+    except StoreError:
+        return None
+
+
+async def compare_batch(store: Store, manifest: Manifest) -> Comparison:
+    """The manifest's cells against the batch's (`zbatch plan`, and `run` before it plans)."""
+    return await store.compare(store_rows(manifest))
+
+
+async def refuse_changes(
+    store: Store, manifest: Manifest, previous: BatchInfo, *, compare: bool
+) -> None:
+    """Raise `ManifestChanged` when `manifest` renames the batch, or (with `compare`) leaves
+    cells the last manifest listed behind; nothing is written either way."""
+    comparison = await compare_batch(store, manifest) if compare else None
+    left = comparison.left_behind if comparison is not None else 0
+    renamed = previous.name != manifest.name
+    if not renamed and not left:
+        return
+    what = []
+    if renamed:
+        what.append(f"it names the batch {manifest.name!r}, and the folder holds {previous.name!r}")
+    if comparison is not None and left:
+        what.append(
+            f"it leaves {left} cells of the last manifest behind and adds {comparison.new}"
+            f" new cells (about {comparison.new_buzz} Buzz)"
+        )
+    raise ManifestChanged(
+        f"{manifest.path} changes the batch in {manifest.out}: {'; '.join(what)}. Nothing"
+        f" was submitted. `zbatch plan {manifest.path}` compares the two. Run again with"
+        " --replace (the cells left behind leave the dataset; their images stay on disk and"
+        " in the record) or --keep (both stay; each dataset row names its manifest"
+        " revision), or give the manifest another `out`"
+    )
 
 
 def run_settings(manifest: Manifest) -> RunSettings:
@@ -200,6 +283,7 @@ async def read_outcome(
     *,
     adopted: AdoptReport | None = None,
     canceled_at: str | None = None,
+    sampled: int | None = None,
 ) -> RunOutcome:
     """How the run ended, read from the store once the engine has stopped."""
     unsubmitted, unsubmitted_buzz = await store.unsubmitted()
@@ -213,6 +297,7 @@ async def read_outcome(
         adopted=adopted,
         canceled_at=canceled_at,
         set_aside=store.set_aside,
+        sampled=sampled,
     )
 
 

@@ -97,6 +97,17 @@ MIGRATIONS: tuple[str, ...] = (
         saved_at TEXT NOT NULL
     );
     """,
+    # 5: the manifest's own budget when the batch last ran, so a plain `zbatch run` keeps the
+    # last cap given (a `--budget`) unless the manifest's budget changed (docs/operations.md);
+    # the manifest's revision, the revision that last listed each cell, and whether a cell the
+    # manifest no longer lists stays in the dataset (`--keep`) or left it (`--replace`).
+    """
+    ALTER TABLE batch ADD COLUMN manifest_cap_buzz INTEGER;
+    ALTER TABLE batch ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE cells ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE cells ADD COLUMN standing TEXT NOT NULL DEFAULT 'listed'
+        CHECK (standing IN ('listed', 'kept', 'replaced'));
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

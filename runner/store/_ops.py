@@ -114,11 +114,14 @@ async def retry_cells(
 async def _retry_candidates(
     tx: Tx, states: Collection[str], cells: Sequence[str]
 ) -> tuple[list[tuple[str, int, str]], dict[str, str]]:
-    """(key, latest attempt, kind) of the cells to retry, and why each named one is not."""
+    """(key, latest attempt, kind) of the cells to retry, and why each named one is not.
+    By state, never a cell a `run --replace` left out of the manifest (naming it retries it)."""
     if not cells:
         marks = ",".join("?" for _ in states) or "NULL"
         async with tx.db.execute(
-            f"SELECT * FROM ({_LATEST}) WHERE kind IN ({marks}) ORDER BY key", tuple(states)
+            f"SELECT * FROM ({_LATEST} AND c.standing <> 'replaced') WHERE kind IN ({marks})"
+            " ORDER BY key",
+            tuple(states),
         ) as cur:
             return [(r[0], int(r[1]), r[2]) for r in await cur.fetchall()], {}
     rows: list[tuple[str, int, str]] = []

@@ -15,7 +15,7 @@ corrupts; a power cut may lose it whole), and FULL is back before anything else 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiosqlite
@@ -25,12 +25,13 @@ from runner.errors import StoreError
 from runner.identity import PlanRow, external_id_sql
 from runner.store._open import run
 from runner.store._reads import scalar
-from runner.store._rows import PlanResult
-from runner.store._transitions import Tx
+from runner.store._rows import Comparison, PlanResult
+from runner.store._transitions import Tx, event
 
 PLAN_CHUNK = 100_000  # rows merged into the record at a time, in key order
 PLAN_HANDOFF = 10_000  # rows handed from the expansion to SQLite's thread at a time
 PLAN_AHEAD = 5  # hand-offs the expansion may run ahead while a chunk is merged
+LEFTOVER = ("kept", "replaced")  # what a plan may make of the cells it leaves behind
 
 _STAGE = (
     "INSERT INTO plan_stage.plan_rows (key, replica, model, request, vars, estimate_buzz)"
@@ -39,24 +40,73 @@ _STAGE = (
 
 
 async def init_batch(
-    tx: Tx, *, name: str, tag: str, cap_buzz: int, manifest_sha256: str | None
+    tx: Tx,
+    *,
+    name: str,
+    tag: str,
+    cap_buzz: int | None,
+    manifest_cap_buzz: int | None,
+    manifest_sha256: str | None,
+    rename: bool = False,
 ) -> None:
-    """Create the batch row, or update its cap and manifest hash (the name must match)."""
-    async with tx.db.execute("SELECT name FROM batch WHERE id = 1") as cur:
+    """Create the batch row, or update its cap and manifest hash (the name must match, unless
+    `rename`: a run told `--replace` or `--keep` takes the manifest's name; the API tag stays).
+
+    The cap is `cap_buzz` (a `--budget`) when given. Otherwise a new batch takes the
+    manifest's, and a known one keeps the last cap given, unless the manifest's budget changed
+    since the last run (a new cap given in the manifest)."""
+    async with tx.db.execute("SELECT name, cap_buzz, manifest_cap_buzz FROM batch") as cur:
         row = await cur.fetchone()
     if row is None:
+        cap = cap_buzz if cap_buzz is not None else manifest_cap_buzz
+        if cap is None:
+            raise StoreError("a new batch needs a Buzz cap")
         await tx.db.execute(
-            "INSERT INTO batch (id, name, tag, cap_buzz, manifest_sha256, created_at)"
-            " VALUES (1, ?, ?, ?, ?, ?)",
-            (name, tag, cap_buzz, manifest_sha256, tx.now),
+            "INSERT INTO batch (id, name, tag, cap_buzz, manifest_cap_buzz, manifest_sha256,"
+            " created_at, revision) VALUES (1, ?, ?, ?, ?, ?, ?, 0)",
+            (name, tag, cap, manifest_cap_buzz, manifest_sha256, tx.now),
         )
-    elif row[0] != name:
+        return
+    if row[0] != name and not rename:
         raise StoreError(f"this database holds batch {row[0]!r}, not {name!r}: use another `out`")
-    else:
-        await tx.db.execute(
-            "UPDATE batch SET cap_buzz = ?, manifest_sha256 = ? WHERE id = 1",
-            (cap_buzz, manifest_sha256),
-        )
+    cap = int(row[1])
+    if cap_buzz is not None:
+        cap = cap_buzz
+    elif manifest_cap_buzz is not None and row[2] is not None and manifest_cap_buzz != row[2]:
+        cap = manifest_cap_buzz
+    await tx.db.execute(
+        "UPDATE batch SET name = ?, cap_buzz = ?,"
+        " manifest_cap_buzz = COALESCE(?, manifest_cap_buzz), manifest_sha256 = ? WHERE id = 1",
+        (name, cap, manifest_cap_buzz, manifest_sha256),
+    )
+
+
+async def compare(db: aiosqlite.Connection, rows: Iterable[PlanRow]) -> Comparison:
+    """`rows` (a manifest's cells) against the cells the batch records; writes nothing.
+
+    The record's keys are read into memory once (about 100 bytes a cell), then the rows are
+    streamed past them."""
+    async with db.execute("SELECT name, revision FROM batch WHERE id = 1") as cur:
+        batch = await cur.fetchone()
+    if batch is None:
+        raise StoreError("the database holds no batch yet (a run stopped before planning)")
+    listed: dict[str, bool] = {}
+    async with db.execute("SELECT key, standing = 'listed' FROM cells") as cur:
+        async for key, is_listed in cur:
+            listed[str(key)] = bool(is_listed)
+    new: dict[str, int] = {}
+    known: set[str] = set()
+    for row in rows:
+        if row.key in listed:
+            known.add(row.key)
+        else:
+            new[row.key] = row.estimate_buzz  # a key met twice keeps one price: the later
+    left = sum(1 for key, is_listed in listed.items() if is_listed and key not in known)
+    aside = sum(1 for key, is_listed in listed.items() if not is_listed and key not in known)
+    return Comparison(
+        name=str(batch[0]), revision=int(batch[1]), new=len(new),
+        new_buzz=sum(new.values()), known=len(known), left_behind=left, set_aside=aside,
+    )  # fmt: skip
 
 
 async def plan_is_current(db: aiosqlite.Connection, fingerprint: str) -> PlanResult | None:
@@ -74,6 +124,17 @@ async def plan_is_current(db: aiosqlite.Connection, fingerprint: str) -> PlanRes
     return PlanResult(added=0, kept=int(row[2]), removed=int(row[3]))
 
 
+async def focus(tx: Tx, keys: Sequence[str]) -> None:
+    """Only the cells `keys` (of the current generation) stay submittable: they move into a
+    new generation of their own (`run --sample`). The next plan lists every cell again."""
+    await tx.db.execute("UPDATE batch SET generation = generation + 1 WHERE id = 1")
+    await tx.db.executemany(
+        "UPDATE cells SET generation = (SELECT generation FROM batch WHERE id = 1) WHERE key = ?",
+        [(key,) for key in keys],
+    )
+    await event(tx, None, None, "batch:sample", None, f"{len(keys)} cells")
+
+
 async def set_plan_fingerprint(tx: Tx, fingerprint: str) -> None:
     """Record that a plan of `fingerprint` completed, at the generation it made."""
     await tx.db.execute(
@@ -86,18 +147,33 @@ async def plan(
     rows: Iterable[PlanRow],
     *,
     generation: int,
+    revision: int,
+    leftover: str | None,
     max_attempts: int,
     now: Callable[[], str],
     commit: Callable[[], Awaitable[None]],
 ) -> tuple[int, int]:
-    """Record `rows` as the cells of `generation` in one transaction (see above), with the
-    connection's lock held by the caller; (new cells, rows). `commit` is `Store._commit`."""
-    staging = _Staging(db, generation, max_attempts, now)
+    """Record `rows` as the cells of `generation` and manifest `revision` in one transaction
+    (see above), with the connection's lock held by the caller; (new cells, rows).
+
+    Cells the last manifest listed and these rows do not take the standing `leftover`
+    (`kept`: they stay in the dataset; `replaced`: they leave it), or stay `listed` when it
+    is None. `commit` is `Store._commit`."""
+    if leftover not in (None, *LEFTOVER):
+        raise ValueError(f"leftover {leftover!r} is not one of {LEFTOVER}")
+    staging = _Staging(db, generation, revision, max_attempts, now)
     await _open_stage(db)
     try:
         await db.execute("BEGIN IMMEDIATE")
         await _stream(rows, staging)
-        await db.execute("UPDATE batch SET generation = ? WHERE id = 1", (generation,))
+        if leftover is not None:
+            await db.execute(
+                "UPDATE cells SET standing = ? WHERE standing = 'listed' AND revision < ?",
+                (leftover, revision),
+            )
+        await db.execute(
+            "UPDATE batch SET generation = ?, revision = ? WHERE id = 1", (generation, revision)
+        )
         with anyio.CancelScope(shield=True):
             await commit()
     except BaseException:
@@ -148,6 +224,7 @@ class _Staging:
 
     db: aiosqlite.Connection
     generation: int
+    revision: int
     max_attempts: int
     now: Callable[[], str]
     added: int = 0
@@ -171,39 +248,41 @@ class _Staging:
         tx = Tx(self.db, self.now())
         self.added += await merge_stage(
             tx, first_seq=self.merged, rows=self.staged, generation=self.generation,
-            max_attempts=self.max_attempts,
+            revision=self.revision, max_attempts=self.max_attempts,
         )  # fmt: skip
         self.merged += self.staged
         self.staged = 0
 
 
 async def merge_stage(
-    tx: Tx, *, first_seq: int, rows: int, generation: int, max_attempts: int
+    tx: Tx, *, first_seq: int, rows: int, generation: int, revision: int, max_attempts: int
 ) -> int:
     """-> planned (attempt 1) for every new cell of the `rows` staged rows (grid places
     `first_seq`...), each with its `planned` event; empty the stage; how many cells were new.
 
     New keys go in in key order (the latest place of a key met twice). When some key was
-    known already (or met twice), every staged key is then moved to `generation` at its
-    latest place: the same as one UPDATE-else-INSERT per row, in bulk.
+    known already (or met twice), every staged key is then moved to `generation` and
+    `revision` at its latest place, listed again: the same as one UPDATE-else-INSERT per
+    row, in bulk.
     """
     db = tx.db
     last_cell = await scalar(db, "SELECT COALESCE(MAX(rowid), 0) FROM cells")
     last_attempt = await scalar(db, "SELECT COALESCE(MAX(id), 0) FROM attempts")
     cur = await db.execute(
         "INSERT INTO cells (key, seq, replica, model, request, vars, estimate_buzz,"
-        " max_attempts, generation) SELECT key, ? + rowid - 1, replica, model, request,"
-        " vars, estimate_buzz, ?, ? FROM plan_stage.plan_rows WHERE true"
+        " max_attempts, generation, revision) SELECT key, ? + rowid - 1, replica, model,"
+        " request, vars, estimate_buzz, ?, ?, ? FROM plan_stage.plan_rows WHERE true"
         " ORDER BY key, rowid DESC ON CONFLICT (key) DO NOTHING",
-        (first_seq, max_attempts, generation),
+        (first_seq, max_attempts, generation, revision),
     )
     new = cur.rowcount
     if new < rows:
         await db.execute(
-            "UPDATE cells SET generation = ?, max_attempts = ?, seq = staged.seq FROM"
+            "UPDATE cells SET generation = ?, revision = ?, standing = 'listed',"
+            " max_attempts = ?, seq = staged.seq FROM"
             " (SELECT key, ? + MAX(rowid) - 1 AS seq FROM plan_stage.plan_rows"
             " GROUP BY key) AS staged WHERE cells.key = staged.key",
-            (generation, max_attempts, first_seq),
+            (generation, revision, max_attempts, first_seq),
         )
     # Every cell past the last rowid, and every attempt past the last id, before this
     # merge is one it just inserted: the transaction holds the write lock.

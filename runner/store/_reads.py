@@ -221,6 +221,14 @@ async def downloaded_images(db: Db, after: tuple[int, int], limit: int) -> list[
 # -- `zbatch status` (offline, often through `open(read_only=True)`) -------------------------
 
 
+async def batch_counters(db: Db) -> tuple[int, int]:
+    """The batch's generation and manifest revision."""
+    row = await _one(db, "SELECT generation, revision FROM batch WHERE id = 1")
+    if row is None:
+        raise StoreError("the batch is not initialised")
+    return int(row[0]), int(row[1])
+
+
 async def batch_info(db: Db) -> BatchInfo:
     """The batch row: its name, API tag, cap and when it was created."""
     row = await _one(db, "SELECT name, tag, cap_buzz, created_at FROM batch WHERE id = 1")
@@ -276,20 +284,22 @@ async def database_file(db: Db) -> str | None:
     return str(row[0]) if row is not None and row[0] else None
 
 
-def dataset_images_sql(states: Sequence[str]) -> str:
+def dataset_images_sql(states: Sequence[str], *, all_cells: bool = False) -> str:
     """The query of `Store.dataset_images`: images in `states` (bound in that order) with
     their attempt and cell, ordered by path, then attempt and index (images not on disk
-    first): the order `refresh_dataset` merges its previous file by."""
+    first): the order `refresh_dataset` merges its previous file by. Cells a `--replace`
+    left out of the manifest are left out too, unless `all_cells`."""
     marks = ",".join("?" for _ in states)
+    standing = "" if all_cells else " AND c.standing != 'replaced'"
     return (
         "SELECT i.attempt_id, i.idx, i.state, i.path, i.sha256, i.size_bytes, i.width,"
         " i.height, i.reason, a.cell_key, a.attempt, a.workflow_id, a.charged_buzz,"
-        " a.updated_at AS finished_at, c.model, c.request, c.vars, t.created_at"
+        " a.updated_at AS finished_at, c.model, c.request, c.vars, t.created_at, c.revision"
         " FROM images i JOIN attempts a ON a.id = i.attempt_id"
         " JOIN cells c ON c.key = a.cell_key"
         " LEFT JOIN (SELECT attempt_id, MIN(at) AS created_at FROM events"
         "  WHERE to_state = 'running' GROUP BY attempt_id) t ON t.attempt_id = i.attempt_id"
-        f" WHERE i.state IN ({marks}) ORDER BY i.path, i.attempt_id, i.idx"
+        f" WHERE i.state IN ({marks}){standing} ORDER BY i.path, i.attempt_id, i.idx"
     )
 
 
@@ -315,6 +325,7 @@ def dataset_images(rows: Iterable[aiosqlite.Row]) -> list[DatasetImage]:
             request_json=r[15],
             vars_json=r[16],
             created_at=r[17],
+            revision=r[18],
         )
         for r in rows
     ]
@@ -372,16 +383,18 @@ async def activity(db: Db) -> Activity:
 # -- `zbatch gallery` ---------------------------------------------------------------------------
 
 
-async def gallery_cells(db: Db) -> list[GalleryCell]:
+async def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
     """Cells of the current manifest and any older cell with images, in grid order, each
-    with its latest attempt's state and every image of every attempt."""
+    with its latest attempt's state and every image of every attempt. Cells a `--replace`
+    left out of the manifest are left out too, unless `all_cells`."""
+    standing = "" if all_cells else "c.standing != 'replaced' AND "
     cells = await _all(
         db,
         "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
         " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
-        f" AS charged FROM cells c WHERE {_CURRENT}"
+        f" AS charged FROM cells c WHERE {standing}({_CURRENT}"
         " OR EXISTS (SELECT 1 FROM attempts b JOIN images i ON i.attempt_id = b.id"
-        " WHERE b.cell_key = c.key)"
+        " WHERE b.cell_key = c.key))"
         " ORDER BY c.seq, c.replica, c.key",
     )
     latest: dict[str, tuple[int, str, str | None]] = {}

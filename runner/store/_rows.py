@@ -94,6 +94,24 @@ class PlanResult:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """A manifest's cells against the batch a folder already holds (`Store.compare`).
+
+    `new`: cells the batch does not know (`new_buzz`: their estimated price); `known`: cells
+    it knows, kept as they are; `left_behind`: cells the last manifest listed that this one
+    does not (a run must be told `--replace` or `--keep`); `set_aside`: cells an earlier
+    `--replace` or `--keep` already left out of the manifest, still not listed."""
+
+    name: str  # the batch's recorded name
+    revision: int  # the manifest revision the batch is at
+    new: int
+    new_buzz: int
+    known: int
+    left_behind: int
+    set_aside: int
+
+
+@dataclass(frozen=True)
 class Budget:
     """The batch's Buzz: cap, committed (charged + reserved), and its two parts."""
 
@@ -144,6 +162,7 @@ class DatasetImage:
     charged_buzz: int  # the whole attempt's charge (every image of it)
     created_at: str | None  # when the service answered with the workflow id
     finished_at: str  # the attempt's last transition: its outcome
+    revision: int = 1  # the manifest revision that last listed the cell
 
     @functools.cached_property
     def request(self) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from runner.store._rows import (
     AttemptState,
     BatchInfo,
     Budget,
+    Comparison,
     DatasetImage,
     FailureReason,
     GalleryCell,
@@ -209,39 +210,49 @@ class Store:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run the read `fn(db, ...)` under the connection's lock."""
+        """Run the read `fn(db, ...)` under the connection's lock. On a writable store, a
+        failure of the machine (a damaged page) is raised as its zbatch error, as in `_tx`."""
         async with self._lock:
-            return await fn(self._db, *args, **kwargs)
+            try:
+                return await fn(self._db, *args, **kwargs)
+            except sqlite3.Error as exc:
+                translated = None if self.read_only else database_error(exc, self.path)
+                if translated is None:
+                    raise
+                raise translated from exc
 
     # -- planning (`_plan.py`) ---------------------------------------------------------------
 
     async def init_batch(
-        self, *, name: str, tag: str, cap_buzz: int, manifest_sha256: str | None = None
-    ) -> None:
-        """Create the batch row, or update its cap and manifest hash (the name must match)."""
+        self, *, name: str, tag: str, cap_buzz: int | None, manifest_cap_buzz: int | None = None,
+        manifest_sha256: str | None = None, rename: bool = False,
+    ) -> None:  # fmt: skip
+        """Create the batch row, or update its cap and manifest hash (the name must match,
+        unless `rename`). The cap is `cap_buzz` when given, else the last cap given, or the
+        manifest's (`manifest_cap_buzz`) for a new batch or when it changed (`_plan.py`)."""
         await self._tx(
-            planning.init_batch,
-            name=name,
-            tag=tag,
-            cap_buzz=cap_buzz,
-            manifest_sha256=manifest_sha256,
-        )
+            planning.init_batch, name=name, tag=tag, cap_buzz=cap_buzz, rename=rename,
+            manifest_cap_buzz=manifest_cap_buzz, manifest_sha256=manifest_sha256,
+        )  # fmt: skip
 
-    async def plan_rows(self, rows: Iterable[PlanRow], *, max_attempts: int) -> PlanResult:
+    async def plan_rows(
+        self, rows: Iterable[PlanRow], *, max_attempts: int, leftover: str | None = None
+    ) -> PlanResult:
         """Record the manifest's cells (idempotent); new cells get a planned first attempt.
 
         Cells already known keep their record; cells no longer in the manifest keep theirs
-        too, and their planned attempts are no longer handed out (`generation` moves on).
-        A key met twice keeps its later place. `seq` is each row's place in `rows`. One
-        transaction, in bounded memory (`_plan.py`).
-        """
-        generation = await self._read(reads.scalar, "SELECT generation FROM batch WHERE id = 1")
-        generation += 1
+        too, no longer handed out (`generation` moves on), and take the standing `leftover`
+        (`kept`, `replaced`; None leaves them `listed`); the manifest's revision moves on.
+        A key met twice keeps its later place; `seq` is each row's place in `rows`. One
+        transaction, in bounded memory (`_plan.py`)."""
+        batch = await self._read(reads.batch_counters)
+        generation, revision = batch[0] + 1, batch[1] + 1
         async with self._lock:
             try:
                 added, total = await planning.plan(
-                    self._db, rows, generation=generation, max_attempts=max_attempts,
-                    now=self._now, commit=self._commit,
+                    self._db, rows, generation=generation, revision=revision,
+                    leftover=leftover, max_attempts=max_attempts, now=self._now,
+                    commit=self._commit,
                 )  # fmt: skip
             except sqlite3.Error as exc:
                 raise database_error(exc, self.path) or exc from exc
@@ -250,10 +261,20 @@ class Store:
         )
         return PlanResult(added=added, kept=total - added, removed=removed)
 
+    async def compare(self, rows: Iterable[PlanRow]) -> Comparison:
+        """A manifest's cells (`rows`) against the batch's: new, known, left behind. Reads
+        only (`zbatch plan`, and `zbatch run` before it plans)."""
+        return await self._read(planning.compare, rows)
+
     async def plan_is_current(self, fingerprint: str) -> PlanResult | None:
         """What the last complete plan recorded, if it planned `fingerprint` at the current
         generation (nothing moved cells since: no retry, no cancel); else None."""
         return await self._read(planning.plan_is_current, fingerprint)
+
+    async def focus(self, keys: Sequence[str]) -> None:
+        """Only the cells `keys` stay submittable, in a generation of their own
+        (`zbatch run --sample`); the next full plan lists every cell again."""
+        await self._tx(planning.focus, keys)
 
     async def set_plan_fingerprint(self, fingerprint: str) -> None:
         """Record that a plan of `fingerprint` completed, at the generation it made."""
@@ -428,9 +449,10 @@ class Store:
         """Refunds and the first and last event, from the events table."""
         return await self._read(reads.activity)
 
-    async def gallery_cells(self) -> list[GalleryCell]:
-        """Cells of the current manifest and any older cell with images, in grid order."""
-        return await self._read(reads.gallery_cells)
+    async def gallery_cells(self, *, all_cells: bool = False) -> list[GalleryCell]:
+        """Cells of the current manifest and any older cell with images, in grid order;
+        with `all_cells`, also those a `--replace` left out."""
+        return await self._read(reads.gallery_cells, all_cells)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Store]:
@@ -447,7 +469,11 @@ class Store:
             yield store
 
     async def dataset_images(
-        self, states: Sequence[str] = ("downloaded",), *, chunk: int = 2_000
+        self,
+        states: Sequence[str] = ("downloaded",),
+        *,
+        chunk: int = 2_000,
+        all_cells: bool = False,
     ) -> AsyncGenerator[list[DatasetImage], None]:
         """Images in `states` with their attempt and cell, in chunks, ordered by path.
 
@@ -455,9 +481,10 @@ class Store:
         `refresh_dataset` merges its previous file by. One statement streamed `chunk` rows
         at a time, so a million images never sit in memory. It holds this connection until
         the iteration ends (close it with `contextlib.aclosing`): during a run, call it on
-        `reader()`, not on the engine's store.
+        `reader()`, not on the engine's store. Cells a `--replace` left out of the manifest
+        are left out, unless `all_cells`.
         """
-        sql = reads.dataset_images_sql(states)
+        sql = reads.dataset_images_sql(states, all_cells=all_cells)
         async with self._lock, self._db.execute(sql, tuple(states)) as cur:
             while rows := await cur.fetchmany(chunk):
                 yield reads.dataset_images(rows)

@@ -386,7 +386,11 @@ def make_schema_3(db: Path) -> None:
     """Turn `db` into the record a zbatch of schema 3 made: no run settings kept."""
     con = sqlite3.connect(db)
     try:
-        con.executescript("DROP TABLE run_settings; PRAGMA user_version = 3;")
+        con.executescript(
+            "DROP TABLE run_settings; ALTER TABLE batch DROP COLUMN manifest_cap_buzz;"
+            " ALTER TABLE batch DROP COLUMN revision; ALTER TABLE cells DROP COLUMN revision;"
+            " ALTER TABLE cells DROP COLUMN standing; PRAGMA user_version = 3;"
+        )  # migration 5 is undone too, so that 4 and 5 both run again
     finally:
         con.close()
 
