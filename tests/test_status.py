@@ -208,3 +208,28 @@ async def test_read_status_raises_not_a_batch_with_exit_code_2(tmp_path: Path) -
         await read_status(tmp_path / "nowhere")
     assert exc.value.exit_code == 2
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_manifest_stands_for_its_out_folder(tmp_path: Path, capsys) -> None:
+    """`zbatch status MANIFEST` reads the batch in the manifest's `out`; a file that is no
+    manifest is a usage error (exit 2) naming it."""
+    out = tmp_path / "out" / "b"
+
+    async def make() -> None:
+        async with await build(out):
+            pass
+
+    anyio.run(make)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "name: b\nout: out/b\nbudget: 100\ngrid: {model: [turbo], prompt: [a fox]}\n",
+        encoding="utf-8",
+    )
+    assert main(["status", str(manifest), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not: [a manifest", encoding="utf-8")
+    with pytest.raises(SystemExit) as refused:
+        main(["status", str(junk)])
+    assert refused.value.code == 2
+    assert "is a file but not a manifest" in capsys.readouterr().err

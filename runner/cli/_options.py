@@ -132,8 +132,30 @@ def add_give_up_after(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def out_folder(text: str) -> Path:
+    """OUT: a batch's output folder, or the manifest that names it (its `out`)."""
+    path = Path(text)
+    if not path.is_file():
+        return path  # a folder, or nothing: the command says which it wanted
+    from runner.errors import ManifestError
+    from runner.manifest import load_manifest
+
+    try:
+        return load_manifest(path).out
+    except ManifestError as exc:
+        first = str(exc).splitlines()[0]
+        raise argparse.ArgumentTypeError(
+            f"{text} is a file but not a manifest whose `out` could be read: {first}"
+        ) from None
+
+
 def add_out(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    parser.add_argument(
+        "out",
+        type=out_folder,
+        metavar="OUT",
+        help="the batch's output folder, or its manifest (whose `out` is used)",
+    )
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

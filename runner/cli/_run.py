@@ -13,6 +13,7 @@ from runner.cli._emulator import api_target, check_faults
 from runner.cli._options import (
     add_engine_options,
     add_give_up_after,
+    add_out,
     add_quiet,
     add_target_options,
     captions_mode,
@@ -321,7 +322,7 @@ def _retry_states(text: str) -> tuple[str, ...]:
 
 
 def _retry_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, metavar="OUT", help="the batch's output folder")
+    add_out(p)
     p.add_argument(
         "--state",
         type=_retry_states,
