@@ -131,7 +131,7 @@ def print_run(outcome: RunOutcome | None, *, out: Path) -> None:
     """What `zbatch run` prints on stdout once the run ends: its summary and notes."""
     if outcome is None:
         return
-    from runner.cli._progress import render_summary
+    from runner.cli._summary import render_summary
 
     if outcome.set_aside is not None:
         print(
@@ -260,7 +260,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         zbatch retry out/demo --state canceled --budget 500
         zbatch retry out/demo --cell 3f2a9c0d11e4b7a85c6d2e1f0a9b8c7d
     """
-    from runner.cli._progress import render_summary, show_progress
+    from runner.cli._progress import show_progress
+    from runner.cli._summary import render_summary
     from runner.ops import execute_retry, render_retry
 
     configure_logging(
