@@ -76,10 +76,27 @@ async def test_status_counts_cells_attempts_images_and_buzz(tmp_path: Path) -> N
 
 
 async def test_status_groups_failures_by_reason_most_frequent_first(tmp_path: Path) -> None:
+    """Failures are counted by each cell's latest attempt: a failed attempt whose retry waits
+    is no failure; once the retries fail too, both cells count, most frequent reason first."""
     with anyio.fail_after(10):
         store = await build(tmp_path)
-        await store.close()
+        try:
+            waiting = [(f.kind, f.reason, f.count) for f in (await read_status(tmp_path)).failures]
+            retries = [a for a in await store.next_planned(10) if a.attempt == 2]
+            assert len(retries) == 2
+            for retry in retries:
+                assert await store.reserve(retry.id, 5)
+                await store.mark_running(retry.id, f"wf-retry-{retry.id}", charged_buzz=0)
+                await store.mark_finished(
+                    retry.id, AttemptState.FAILED, charged_buzz=0, reason="step failed"
+                )
+        finally:
+            await store.close()
         failures = [(f.kind, f.reason, f.count) for f in (await read_status(tmp_path)).failures]
+        assert waiting == [
+            ("blocked", "moderation", 1),
+            ("image:lost", "the blob is gone from the service", 1),
+        ]
         assert failures == [
             ("failed", "step failed", 2),
             ("blocked", "moderation", 1),
@@ -102,9 +119,10 @@ async def test_status_text_names_every_figure(tmp_path: Path) -> None:
                 "images      1 downloaded · 0 pending · 1 lost · 1 files on disk under "
                 f"{tmp_path / 'images'}",
                 "buzz        8 charged · 5 reserved · cap 100 (87 left)",
-                "failures    2 failed      step failed",
-                "            1 blocked     moderation",
-                "            1 image:lost  the blob is gone from the service",
+                "failures    1 blocked by moderation (reason: moderation) — not retried;"
+                f" `zbatch report {tmp_path}` lists them",
+                "            1 image lost (the blob is gone from the service) —"
+                f" `zbatch retry {tmp_path}` fetches them again",
                 f"last event  {NOW}",
             ]
         )
@@ -154,7 +172,7 @@ def test_status_json_for_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert doc["attempts"]["total"] == 9
     assert doc["images"] == {"pending": 0, "downloaded": 1, "lost": 1, "on_disk": 1}
     assert doc["buzz"] == {"cap": 100, "charged": 8, "reserved": 5, "committed": 13}
-    assert doc["failures"][0] == {"kind": "failed", "reason": "step failed", "count": 2}
+    assert doc["failures"][0] == {"kind": "blocked", "reason": "moderation", "count": 1}
     assert doc["last_event_at"] == NOW
     assert doc == status_json(anyio.run(read_status, tmp_path, backend="asyncio"))
 

@@ -7,11 +7,28 @@ from pathlib import Path
 from runner.cli._summary import render_summary
 from runner.engine._engine import RunStats
 from runner.ops._run import RunOutcome
-from runner.store._rows import Budget, PlanResult
+from runner.store._rows import Budget, FailureReason, PlanResult
+from runner.store._tally import Tally
+
+
+def tally(cells: dict[str, int], images: dict[str, int], *failures: FailureReason) -> Tally:
+    ended = ("failed", "expired", "canceled", "blocked", "rejected")
+    return Tally(
+        cells=cells,
+        images={"pending": 0, "downloaded": 0, "lost": 0} | images,
+        failures=list(failures),
+        failed_cells=sum(n for s, n in cells.items() if s in ended),
+        lost_images=sum(f.count for f in failures if f.kind == "image:lost"),
+    )
 
 
 def outcome(
-    *, counts: dict[str, int], stats: RunStats, unsubmitted: int = 0, unsubmitted_buzz: int = 0
+    *,
+    counts: dict[str, int],
+    stats: RunStats,
+    by_cell: Tally,
+    unsubmitted: int = 0,
+    unsubmitted_buzz: int = 0,
 ) -> RunOutcome:
     charged = 12
     return RunOutcome(
@@ -21,6 +38,7 @@ def outcome(
         counts=counts,
         unsubmitted=unsubmitted,
         unsubmitted_buzz=unsubmitted_buzz,
+        tally=by_cell,
     )
 
 
@@ -28,6 +46,11 @@ def test_summary_of_a_finished_run_says_where_everything_is(tmp_path: Path) -> N
     done = outcome(
         counts={"succeeded": 11, "blocked": 1, "image:downloaded": 22},
         stats=RunStats(submitted=12, finished={"succeeded": 11, "blocked": 1}, retries=2),
+        by_cell=tally(
+            {"succeeded": 11, "blocked": 1},
+            {"downloaded": 22},
+            FailureReason("blocked", "blocked", 1),
+        ),
     )
     assert render_summary(done, out=tmp_path) == "\n".join(
         [
@@ -41,6 +64,8 @@ def test_summary_of_a_finished_run_says_where_everything_is(tmp_path: Path) -> N
             " (their record is kept)",
             f"images in   {tmp_path / 'images'}",
             f"record      {tmp_path / 'batch.sqlite'}  (zbatch status {tmp_path})",
+            "failures    1 blocked by moderation (reason: blocked) — not retried;"
+            f" `zbatch report {tmp_path}` lists them",
         ]
     )
 
@@ -49,6 +74,7 @@ def test_summary_when_the_cap_stops_the_run_names_the_budget_that_finishes_it() 
     capped = outcome(
         counts={"succeeded": 5, "planned": 7, "image:downloaded": 10},
         stats=RunStats(submitted=5, finished={"succeeded": 5}, cap_reached=True),
+        by_cell=tally({"succeeded": 5, "planned": 7}, {"downloaded": 10}),
         unsubmitted=7,
         unsubmitted_buzz=9,
     )
@@ -69,6 +95,7 @@ def test_summary_of_a_rerun_of_a_finished_batch_says_nothing_to_do() -> None:
         counts={"succeeded": 12, "image:downloaded": 24},
         unsubmitted=0,
         unsubmitted_buzz=0,
+        tally=tally({"succeeded": 12}, {"downloaded": 24}),
     )
     summary = render_summary(again)
     assert summary.splitlines()[0] == (
@@ -81,6 +108,7 @@ def test_summary_of_a_stopped_run_says_how_to_continue() -> None:
     stopped = outcome(
         counts={"succeeded": 4, "planned": 8},
         stats=RunStats(submitted=4, stop_reason="SIGTERM: finishing in-flight work"),
+        by_cell=tally({"succeeded": 4, "planned": 8}, {}),
         unsubmitted=8,
         unsubmitted_buzz=8,
     )

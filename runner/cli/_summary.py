@@ -1,38 +1,45 @@
-"""The summary `zbatch run` and `zbatch retry` print on stdout once the run ends.
+"""The summary `zbatch run` and `zbatch retry` print on stdout once the run ends: what
+happened, counted by cell as `zbatch status` and `zbatch report` count it, and what to do.
 
-Counts, Buzz and what the run did, with where the images and the record are: no token, no
-URL.
+Cells by their latest attempt (a retried cell counts once), images once per cell and index,
+Buzz against the cap, what this run did, where the images and the record are; then every
+reason cells ended without success, with its count and the next command (`zbatch retry`,
+or why not). No token, no URL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from runner.cli._progress import OPEN_STATES, _images, _states
+from runner.dataset import failure_lines
 from runner.disk import OutFolder
 from runner.ops import RunOutcome
-from runner.store import AttemptState
+from runner.store import AttemptState, Tally
+
+OPEN_STATES = (AttemptState.PLANNED, AttemptState.SUBMITTING, AttemptState.RUNNING)
+LABEL = 12  # the width of the label column
 
 
 def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
     """The final human summary `zbatch run` prints to stdout.
 
-    Cells and attempts by state, images, Buzz against the cap, what this run did, and with
-    `out` where the images and the record are; when the cap stopped the run, how many cells
-    were not submitted and what budget would finish them.
+    Cells by state, attempts, images, Buzz against the cap, what this run did, and with
+    `out` where the images and the record are; the failures by reason with what to do;
+    when the cap stopped the run, how many cells were not submitted and what budget would
+    finish them.
     """
-    counts, b, stats, plan = outcome.counts, outcome.budget, outcome.stats, outcome.plan
-    total = plan.added + plan.kept + plan.removed  # every cell the record holds
-    succeeded = counts.get(AttemptState.SUCCEEDED.value, 0)
-    open_cells = sum(counts.get(s.value, 0) for s in OPEN_STATES)
-    ended = max(0, total - succeeded - open_cells)
+    t, b, stats, plan = _tally(outcome), outcome.budget, outcome.stats, outcome.plan
+    total = t.total
+    succeeded = t.count(AttemptState.SUCCEEDED)
+    open_cells = sum(t.count(s) for s in OPEN_STATES)
     lines = [_headline(outcome, total, succeeded, open_cells)]
     lines.append(
-        f"cells       {total}: {succeeded} succeeded · {ended} ended without success"
+        f"cells       {total}: {succeeded} succeeded · {t.failed_cells} ended without success"
         f" · {open_cells} not finished"
     )
-    lines.append("attempts    " + (_states(counts) or "none"))
-    lines.append("images      " + _images(counts))
+    lines.append("attempts    " + (_states(outcome.counts) or "none"))
+    lines.append("images      " + _images(t.images))
     lines.append(
         f"Buzz        {b.charged_buzz} charged of a {b.cap_buzz} cap"
         + (f" ({b.reserved_buzz} still reserved)" if b.reserved_buzz else "")
@@ -41,6 +48,11 @@ def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
         f"this run    {stats.submitted} submitted · {stats.resubmitted} resubmitted after a stop"
         f" · {stats.retries} API retries"
     )
+    if outcome.refetched:
+        lines.append(
+            f"missing     {outcome.refetched} images were missing from disk: fetched again"
+            f" ({stats.images_downloaded} downloaded this run, {stats.images_lost} lost)"
+        )
     if plan.added or plan.removed:
         lines.append(
             f"manifest    {plan.added} new cells · {plan.kept} already known"
@@ -49,6 +61,7 @@ def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
     if out is not None:
         lines.append(f"images in   {out / 'images'}")
         lines.append(f"record      {OutFolder(out).db}  (zbatch status {out})")
+    lines.extend(_failures(t, out))
     if outcome.unsubmitted and stats.cap_reached:
         finish_buzz = b.committed_buzz + outcome.unsubmitted_buzz
         lines.append(
@@ -63,6 +76,20 @@ def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def _tally(outcome: RunOutcome) -> Tally:
+    if outcome.tally is None:  # `read_outcome` always reads it
+        raise ValueError("a run's outcome without its tally cannot be summarised")
+    return outcome.tally
+
+
+def _failures(t: Tally, out: Path | None) -> list[str]:
+    """`failures    60 blocked by moderation (reason: ...) — not retried; ...`, a line each."""
+    shown = sum(f.count for f in t.failures)
+    more = t.failed_cells + t.lost_images - shown
+    said = failure_lines(t.failures, out if out is not None else "OUT", more=more)
+    return [("failures" if n == 0 else "").ljust(LABEL) + line for n, line in enumerate(said)]
+
+
 def _headline(outcome: RunOutcome, total: int, succeeded: int, open_cells: int) -> str:
     stats = outcome.stats
     if stats.cap_reached:
@@ -74,9 +101,21 @@ def _headline(outcome: RunOutcome, total: int, succeeded: int, open_cells: int) 
             f"Sample: {outcome.sampled} cells across every axis ran; {succeeded} of {total}"
             " cells succeeded so far. Run again without --sample for the rest."
         )
-    if open_cells or outcome.counts.get("image:pending", 0):
+    pending = _tally(outcome).images.get("pending", 0)
+    if open_cells or pending:
         return f"Not finished: {open_cells} of {total} cells still open."
     did = stats.submitted or stats.resubmitted or stats.finished or stats.images_downloaded
-    if not (did or outcome.plan.added):
+    if not (did or outcome.plan.added or outcome.refetched):
         return f"Nothing to do: the batch was already finished ({succeeded} of {total} succeeded)."
     return f"Done: {succeeded} of {total} cells succeeded."
+
+
+def _states(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{s.value} {counts[s.value]}" for s in AttemptState if counts.get(s.value))
+
+
+def _images(images: Mapping[str, int]) -> str:
+    return (
+        f"{images.get('downloaded', 0)} on disk,"
+        f" {images.get('pending', 0)} pending, {images.get('lost', 0)} lost"
+    )

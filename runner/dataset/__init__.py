@@ -3,6 +3,7 @@
 """
 
 from runner.dataset._export import DEFAULT_FORMAT, describe, export
+from runner.dataset._failures import failure_line, failure_lines
 from runner.dataset._gallery import make_gallery, render_result
 from runner.dataset._metadata import refresh_dataset
 from runner.dataset._report import read_report, render_report, report_json
@@ -12,6 +13,8 @@ __all__ = [
     "DEFAULT_FORMAT",
     "describe",
     "export",
+    "failure_line",
+    "failure_lines",
     "make_gallery",
     "read_report",
     "read_status",

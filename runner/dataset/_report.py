@@ -11,16 +11,21 @@ resumed runs included.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.dataset._failures import failure_line, shorten
 from runner.dataset._metadata import read_batch
-from runner.store import AttemptState, Budget, FailureReason, ImageState
+from runner.store import Budget, EndedCell, FailureReason, ImageState, ended_cells, tally
 
 TOP_REASONS = 5
 REASON_WIDTH = 72
+ENDED_SHOWN = 20  # cells that ended without success, listed in text
+ENDED_JSON = 1_000  # ... and in --json
+PROMPT_WIDTH = 48
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Report:
     refunded_attempts: int
     first_event_at: str | None
     last_event_at: str | None
+    ended: list[EndedCell] = dataclasses.field(default_factory=list)  # the first ENDED_JSON
+    ended_total: int = 0  # cells whose latest attempt ended without success
 
     @property
     def usable_images(self) -> int:
@@ -63,17 +70,17 @@ class Report:
 async def read_report(out: Path, *, top_reasons: int = TOP_REASONS) -> Report:
     """Read `out/batch.sqlite` read-only; NotABatch when `out` holds no batch."""
     async with read_batch(out) as (store, info):
-        counts = await store.counts()
-        cells = await store.cell_counts()
+        by_cell = await tally(store, top_reasons)
         budget = await store.budget()
-        failures = await store.failure_reasons(top_reasons)
         activity = await store.activity()
-    order = [s.value for s in AttemptState]
+        ended = await ended_cells(store, ENDED_JSON)
     return Report(
         name=info.name,
-        cells={s: cells[s] for s in sorted(cells, key=order.index) if cells[s]},
-        images={s.value: counts.get(f"image:{s.value}", 0) for s in ImageState},
-        failures=failures,
+        cells=by_cell.cells,
+        images=by_cell.images,
+        failures=by_cell.failures,
+        ended=ended,
+        ended_total=by_cell.failed_cells,
         budget=budget,
         refunded_buzz=activity.refunded_buzz,
         refunded_attempts=activity.refunded_attempts,
@@ -103,10 +110,24 @@ def render_report(r: Report) -> str:
     if r.failures:
         for n, f in enumerate(r.failures):
             head = "failures  " if n == 0 else "          "
-            lines.append(f"{head}{f.count} {f.kind}: {_shorten(f.reason)}")
+            lines.append(head + failure_line(f, width=REASON_WIDTH))
     else:
         lines.append("failures  none")
+    lines.extend(_ended(r))
     return "\n".join(lines)
+
+
+def _ended(r: Report) -> list[str]:
+    """The cells that ended without success: key, state and prompt, the first ENDED_SHOWN."""
+    lines = []
+    for n, cell in enumerate(r.ended[:ENDED_SHOWN]):
+        head = "ended     " if n == 0 else "          "
+        prompt = shorten(cell.prompt, PROMPT_WIDTH)
+        lines.append(f"{head}{cell.key}  {cell.state:<8}  {prompt}")
+    more = r.ended_total - min(len(r.ended), ENDED_SHOWN)
+    if more > 0:
+        lines.append(f"          … {more} more (--json lists up to {ENDED_JSON})")
+    return lines
 
 
 def report_json(r: Report) -> dict[str, Any]:
@@ -117,6 +138,13 @@ def report_json(r: Report) -> dict[str, Any]:
         "cells": {"total": sum(r.cells.values()), "by_state": r.cells},
         "images": {**r.images, "usable": r.usable_images},
         "failures": [{"kind": f.kind, "reason": f.reason, "count": f.count} for f in r.failures],
+        "ended": {
+            "total": r.ended_total,
+            "cells": [
+                {"cell": c.key, "state": c.state, "reason": c.reason, "prompt": c.prompt}
+                for c in r.ended
+            ],
+        },
         "buzz": {
             "charged": b.charged_buzz,
             "refunded": r.refunded_buzz,
@@ -159,8 +187,3 @@ def _percent(part: int, whole: int) -> str:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _shorten(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= REASON_WIDTH else flat[: REASON_WIDTH - 1] + "…"

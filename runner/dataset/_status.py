@@ -14,12 +14,12 @@ from typing import Any
 
 import anyio
 
+from runner.dataset._failures import failure_lines
 from runner.dataset._metadata import read_batch
 from runner.disk import OutFolder
-from runner.store import AttemptState, Budget, FailureReason, ImageState
+from runner.store import AttemptState, Budget, FailureReason, tally
 
 TOP_REASONS = 10
-REASON_WIDTH = 100  # characters of a reason shown in text; --json has them whole
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,20 @@ class BatchStatus:
     created_at: str
     cells: dict[str, int]  # by the state of each cell's latest attempt
     attempts: dict[str, int]  # every attempt by state
-    images: dict[str, int]  # pending / downloaded / lost
+    images: dict[str, int]  # pending / downloaded / lost: each (cell, index) once
     files_on_disk: int  # image files under OUT/images (temp files not counted)
     budget: Budget
-    failures: list[FailureReason]
+    failures: list[FailureReason]  # cells by their latest attempt, and lost images
     last_event_at: str | None
+    more_failures: int = 0  # cells and images that ended for reasons not in `failures`
 
 
 async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
     """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
     async with read_batch(out) as (store, info):
         counts = await store.counts()
-        cells = await store.cell_counts()
+        by_cell = await tally(store, top_reasons)
         budget = await store.budget()
-        failures = await store.failure_reasons(top_reasons)
         last = await store.last_event_at()
     files = await anyio.to_thread.run_sync(functools.partial(count_image_files, out / "images"))
     return BatchStatus(
@@ -53,13 +53,16 @@ async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStat
         name=info.name,
         tag=info.tag,
         created_at=info.created_at,
-        cells=_ordered(cells),
+        cells=_ordered(by_cell.cells),
         attempts=_ordered({k: v for k, v in counts.items() if not k.startswith("image:")}),
-        images={s.value: counts.get(f"image:{s.value}", 0) for s in ImageState},
+        images=by_cell.images,
         files_on_disk=files,
         budget=budget,
-        failures=failures,
+        failures=by_cell.failures,
         last_event_at=last,
+        more_failures=by_cell.failed_cells
+        + by_cell.lost_images
+        - sum(f.count for f in by_cell.failures),
     )
 
 
@@ -93,15 +96,9 @@ def render_status(status: BatchStatus) -> str:
     missing = img["downloaded"] - status.files_on_disk
     if missing > 0:
         lines.append(f"            {missing} recorded images are missing from disk")
-    if status.failures:
-        width = max(len(str(f.count)) for f in status.failures)
-        kind_width = max(len(f.kind) for f in status.failures)
-        for n, failure in enumerate(status.failures):
-            head = "failures   " if n == 0 else "           "
-            reason = _shorten(failure.reason)
-            lines.append(f"{head} {failure.count:>{width}} {failure.kind:<{kind_width}}  {reason}")
-    else:
-        lines.append("failures    none")
+    said = failure_lines(status.failures, status.out, more=status.more_failures)
+    for n, line in enumerate(said or ["none"]):
+        lines.append(("failures    " if n == 0 else "            ") + line)
     lines.append(f"last event  {status.last_event_at or 'none yet'}")
     return "\n".join(lines)
 
@@ -146,8 +143,3 @@ def buzz_line(b: Budget) -> str:
     if left >= 0:
         return f"{head} ({left} left)"
     return f"{head} (over the cap by {-left}: nothing more is submitted)"
-
-
-def _shorten(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= REASON_WIDTH else flat[: REASON_WIDTH - 1] + "…"

@@ -32,6 +32,7 @@ from runner.ops._run import (
     Target,
     cap_reached,
     drive,
+    read_outcome,
     with_client,
 )
 from runner.store import PlanResult, RetryPlan, RunSettings, Store
@@ -126,15 +127,8 @@ async def retry_batch(
             progress=progress,
             captions=using.captions,
         )
-        unsubmitted, unsubmitted_buzz = await store.unsubmitted()
-        run = RunOutcome(
-            plan=PlanResult(added=0, kept=await store.cell_total(), removed=0),
-            stats=stats,
-            budget=await store.budget(),
-            counts=await store.counts(),
-            unsubmitted=unsubmitted,
-            unsubmitted_buzz=unsubmitted_buzz,
-        )
+        planned = PlanResult(added=0, kept=await store.cell_total(), removed=0)
+        run = await read_outcome(store, planned, stats)  # counted by cell, as `run`'s
     capped = cap_reached(run, command=f"zbatch retry {out}")
     if capped is not None:
         raise capped

@@ -30,10 +30,22 @@ from runner.identity import KEY_VERSION, batch_tag
 from runner.manifest import Manifest
 from runner.ops._adopt import AdoptReport, adopt_workflows
 from runner.ops._sample import choose_sample
-from runner.store import BatchInfo, Budget, Comparison, PlanResult, RunSettings, Store
+from runner.store import (
+    BatchInfo,
+    Budget,
+    Comparison,
+    PlanResult,
+    RunSettings,
+    Store,
+    Tally,
+    fetch_again,
+    recorded_files,
+    tally,
+)
 
 log = structlog.get_logger(__name__)
 DATASET_EVERY_S = 30.0
+FILES_PAGE = 5_000  # recorded images whose files one thread call stats
 ProgressHook = Callable[[Engine, int], Coroutine[Any, Any, None]]  # (engine, cells in the manifest)
 
 
@@ -67,6 +79,10 @@ class RunOutcome:
     canceled_at: str | None = None  # `zbatch cancel` stopped the batch: nothing was submitted
     set_aside: Path | None = None  # --adopt: where a damaged batch.sqlite was moved
     sampled: int | None = None  # --sample: how many cells the sample ran
+    # The batch counted by cell (`store.tally`): what the summary counts, as status does.
+    # None only in a RunOutcome made by hand; `read_outcome` always reads it.
+    tally: Tally | None = None
+    refetched: int = 0  # images of succeeded cells missing from disk, fetched again
 
 
 def plan_fingerprint(manifest: Manifest) -> str:
@@ -128,6 +144,7 @@ async def run_batch(
         swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
         if swept:
             log.info("stray_temp_files_removed", count=swept)
+        refetched = await missing_images(store, out)
         engine = Engine(store, client, config)
         try:
             stats = await drive(
@@ -138,15 +155,44 @@ async def run_batch(
                 captions=manifest.captions,
             )
         except ServiceOutage as exc:  # resumable: the summary says what the run did
-            exc.outcome = await read_outcome(store, planned, engine.stats, adopted=adopted)
+            exc.outcome = await read_outcome(
+                store, planned, engine.stats, adopted=adopted, refetched=refetched
+            )
             raise
         outcome = await read_outcome(
-            store, planned, stats, adopted=adopted, canceled_at=canceled_at, sampled=sampled
+            store,
+            planned,
+            stats,
+            adopted=adopted,
+            canceled_at=canceled_at,
+            sampled=sampled,
+            refetched=refetched,
         )
     capped = cap_reached(outcome, command=f"zbatch run {manifest.path}")
     if capped is not None:
         raise capped
     return outcome
+
+
+async def missing_images(store: Store, out: Path) -> int:
+    """Images the record says are on disk whose file is gone (deleted, a folder moved): they
+    become pending again, so this run's downloaders fetch them from the service (the
+    workflow's blob), or record them lost with the reason. A stat per recorded image, in a
+    worker thread, a page at a time. Returns how many were missing."""
+    missing = 0
+    after = (0, -1)
+    while page := await recorded_files(store, after, FILES_PAGE):
+        after = page[-1][:2]
+        gone = await anyio.to_thread.run_sync(_files_gone, out, page)
+        if gone:
+            missing += await fetch_again(store, gone)
+    if missing:
+        log.warning("images_missing_from_disk", count=missing, action="fetching them again")
+    return missing
+
+
+def _files_gone(out: Path, page: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
+    return [(attempt_id, index) for attempt_id, index, path in page if not (out / path).is_file()]
 
 
 def engine_config(
@@ -284,6 +330,7 @@ async def read_outcome(
     adopted: AdoptReport | None = None,
     canceled_at: str | None = None,
     sampled: int | None = None,
+    refetched: int = 0,
 ) -> RunOutcome:
     """How the run ended, read from the store once the engine has stopped."""
     unsubmitted, unsubmitted_buzz = await store.unsubmitted()
@@ -298,6 +345,8 @@ async def read_outcome(
         canceled_at=canceled_at,
         set_aside=store.set_aside,
         sampled=sampled,
+        tally=await tally(store),
+        refetched=refetched,
     )
 
 

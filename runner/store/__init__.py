@@ -23,9 +23,11 @@ from runner.store._rows import (
 )
 from runner.store._settings import RunSettings
 from runner.store._store import Store
+from runner.store._tally import EndedCell, Tally, ended_cells, fetch_again, recorded_files, tally
 
 __all__ = [
     "Attempt",
+    "EndedCell",
     "AttemptState",
     "BatchInfo",
     "Budget",
@@ -43,4 +45,9 @@ __all__ = [
     "RunSettings",
     "Store",
     "StoredImage",
+    "Tally",
+    "ended_cells",
+    "fetch_again",
+    "recorded_files",
+    "tally",
 ]

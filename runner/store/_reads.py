@@ -33,6 +33,10 @@ from runner.store._rows import (
 
 Db = aiosqlite.Connection
 _CURRENT = "c.generation = (SELECT generation FROM batch WHERE id = 1)"
+# `a` is its cell's latest attempt: the one a cell counts as (`cell_counts`, failures).
+LATEST = "a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
+# The states a cell's latest attempt ends in without success, whose reasons are failures.
+ENDED_WITHOUT_SUCCESS = ("failed", "expired", "canceled", "blocked", "rejected")
 
 
 async def scalar(db: Db, sql: str, *params: Any) -> int:
@@ -249,23 +253,23 @@ async def cell_counts(db: Db) -> dict[str, int]:
 
 
 async def failure_reasons(db: Db, limit: int) -> list[FailureReason]:
-    """The most frequent reasons attempts ended without success and images were lost.
-
-    Attempts count as their state (`failed`, `blocked`, ...), lost images as `image:lost`;
-    an attempt with no recorded reason counts under its state's name.
-    """
-    rows = await _all(
-        db,
-        "SELECT state AS kind, COALESCE(reason, state) AS reason, COUNT(*) AS n"
-        " FROM attempts WHERE state NOT IN ('planned', 'submitting', 'running',"
-        " 'succeeded') GROUP BY state, COALESCE(reason, state)"
+    """The most frequent reasons cells ended without success (by their latest attempt) and
+    images of latest attempts were lost; a cell with no recorded reason counts under its
+    state's name. A failed attempt that was retried is not a failure: its retry stands."""
+    marks = ",".join("?" for _ in ENDED_WITHOUT_SUCCESS)
+    async with db.execute(
+        "SELECT a.state AS kind, COALESCE(a.reason, a.state) AS reason, COUNT(*) AS n"
+        f" FROM attempts a WHERE a.state IN ({marks}) AND {LATEST}"
+        " GROUP BY a.state, COALESCE(a.reason, a.state)"
         " UNION ALL"
-        " SELECT 'image:lost' AS kind, COALESCE(reason, 'no reason recorded') AS reason,"
-        " COUNT(*) AS n FROM images WHERE state = 'lost'"
-        " GROUP BY COALESCE(reason, 'no reason recorded')"
+        " SELECT 'image:lost' AS kind, COALESCE(i.reason, 'no reason recorded') AS reason,"
+        " COUNT(*) AS n FROM images i JOIN attempts a ON a.id = i.attempt_id"
+        f" WHERE i.state = 'lost' AND {LATEST}"
+        " GROUP BY COALESCE(i.reason, 'no reason recorded')"
         " ORDER BY n DESC, kind, reason LIMIT ?",
-        limit,
-    )
+        (*ENDED_WITHOUT_SUCCESS, limit),
+    ) as cur:
+        rows = await cur.fetchall()
     return [FailureReason(kind=r[0], reason=r[1], count=int(r[2])) for r in rows]
 
 

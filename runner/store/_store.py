@@ -434,7 +434,7 @@ class Store:
         return await self._read(reads.cell_counts)
 
     async def failure_reasons(self, limit: int) -> list[FailureReason]:
-        """The most frequent reasons attempts ended without success and images were lost."""
+        """The most frequent reasons cells (by latest attempt) ended without success."""
         return await self._read(reads.failure_reasons, limit)
 
     async def last_event_at(self) -> str | None:
