@@ -221,6 +221,8 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ("status", P.OK): lambda e: ["status", str(e.out)],
     ("status", P.USAGE): lambda e: ["status", str(e.tmp / "nowhere")],
     ("status", P.BATCH_UNUSABLE): lambda e: ["status", e.damaged_pages()],
+    ("list", P.OK): lambda e: ["list", str(e.tmp)],
+    ("list", P.USAGE): lambda e: ["list", str(e.tmp / "nowhere")],
     ("report", P.OK): lambda e: ["report", str(e.out)],
     ("report", P.USAGE): lambda e: ["report", str(e.tmp / "nowhere")],
     ("report", P.BATCH_UNUSABLE): lambda e: ["report", e.damaged_pages()],

@@ -7,6 +7,7 @@ import argparse
 from runner import __version__
 from runner.cli._command import Command, add_command, exit_codes_help
 from runner.cli._emulator import EMULATOR
+from runner.cli._list import LIST
 from runner.cli._ops import CANCEL, VERIFY
 from runner.cli._plan import PLAN
 from runner.cli._read import EXPORT, GALLERY, REPORT, STATUS
@@ -18,6 +19,7 @@ COMMANDS: tuple[Command, ...] = (
     PLAN,
     RUN,
     STATUS,
+    LIST,
     GALLERY,
     EXPORT,
     REPORT,

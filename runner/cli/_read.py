@@ -34,8 +34,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         zbatch status out/demo
         zbatch status out/demo --json | jq .buzz
     """
+    from runner.cli._list import listed_instead
     from runner.dataset import read_status, render_status, status_json
 
+    if listed_instead(args.out, as_json=args.json):  # a folder of batches: `zbatch list`
+        return ExitCode.OK
     status = anyio.run(read_status, args.out, backend="asyncio")
     print(json.dumps(status_json(status), indent=2) if args.json else render_status(status))
     return ExitCode.OK

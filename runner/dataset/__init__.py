@@ -2,6 +2,7 @@
 (JSONL, CSV, Parquet, WebDataset), the gallery, the report and the status.
 """
 
+from runner.dataset._batches import batches_json, find_batches, list_batches, render_batches
 from runner.dataset._export import DEFAULT_FORMAT, describe, export
 from runner.dataset._failures import failure_line, failure_lines
 from runner.dataset._gallery import make_gallery, render_result
@@ -10,15 +11,19 @@ from runner.dataset._report import read_report, render_report, report_json
 from runner.dataset._status import read_status, render_status, status_json
 
 __all__ = [
+    "batches_json",
     "DEFAULT_FORMAT",
     "describe",
     "export",
     "failure_line",
     "failure_lines",
+    "find_batches",
+    "list_batches",
     "make_gallery",
     "read_report",
     "read_status",
     "refresh_dataset",
+    "render_batches",
     "render_report",
     "render_result",
     "render_status",

@@ -141,10 +141,7 @@ async def run_batch(
         if overrides.adopt:  # operations: the workflows the service already has for the batch
             backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
             adopted = await adopt_workflows(store, client, config.tag, backoff=backoff)
-        swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
-        if swept:
-            log.info("stray_temp_files_removed", count=swept)
-        refetched = await missing_images(store, out)
+        refetched = await tidy_out(store, out)
         engine = Engine(store, client, config)
         try:
             stats = await drive(
@@ -160,18 +157,22 @@ async def run_batch(
             )
             raise
         outcome = await read_outcome(
-            store,
-            planned,
-            stats,
-            adopted=adopted,
-            canceled_at=canceled_at,
-            sampled=sampled,
+            store, planned, stats, adopted=adopted, canceled_at=canceled_at, sampled=sampled,
             refetched=refetched,
-        )
+        )  # fmt: skip
     capped = cap_reached(outcome, command=f"zbatch run {manifest.path}")
     if capped is not None:
         raise capped
     return outcome
+
+
+async def tidy_out(store: Store, out: Path) -> int:
+    """Before the engine starts: the temp files an interrupted write left are removed, and
+    images whose file is gone are fetched again (`missing_images`); returns how many."""
+    swept = await anyio.to_thread.run_sync(sweep_batch_temps, out)
+    if swept:
+        log.info("stray_temp_files_removed", count=swept)
+    return await missing_images(store, out)
 
 
 async def missing_images(store: Store, out: Path) -> int:
