@@ -18,7 +18,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +47,8 @@ _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "pas
 
 _secrets: tuple[str, ...] = ()
 _file_sink: _JsonlFileSink | None = None
+# While a live display owns the terminal, rendered log lines go through it (see `console_sink`).
+_console_write: Callable[[str], None] | None = None
 
 
 def redact(text: str) -> str:
@@ -145,6 +148,39 @@ class _JsonlFileSink:
             pass  # the flush failed again; nothing more can be kept
 
 
+class _StderrLogger:
+    """structlog's logger: one rendered line to stderr, or through a live display's console."""
+
+    def msg(self, message: str) -> None:
+        write = _console_write
+        if write is not None:
+            write(message)
+        else:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
+@contextmanager
+def console_sink(write: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, rendered log lines go to `write` instead of stderr.
+
+    A live display (rich's Live panel) passes its console's print here, so a warning is
+    printed as whole lines above the panel instead of being written under it.
+    """
+    global _console_write
+    before, _console_write = _console_write, write
+    try:
+        yield
+    finally:
+        _console_write = before
+
+
 class _DropBelow:
     """A processor that drops events under a level (after the file sink has kept them)."""
 
@@ -212,7 +248,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # httpx logs every request URL (with its signature) through stdlib logging at INFO.
