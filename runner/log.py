@@ -166,19 +166,63 @@ def _stderr_logger(*args: Any) -> _StderrLogger:
     return _StderrLogger()
 
 
+class _LineStream:
+    """A file that hands each complete line written to it to `write` (for stdlib handlers)."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._write(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._write(self._partial)
+            self._partial = ""
+
+
+def _stderr_handlers() -> list[logging.StreamHandler[Any]]:
+    """The stdlib logging handlers that write to stderr (uvicorn's, in the embedded emulator)."""
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)
+    ]
+    return [
+        h
+        for logger in loggers
+        for h in logger.handlers
+        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stderr, sys.__stderr__)
+    ]
+
+
 @contextmanager
 def console_sink(write: Callable[[str], None]) -> Iterator[None]:
     """Within the block, rendered log lines go to `write` instead of stderr.
 
     A live display (rich's Live panel) passes its console's print here, so a warning is
-    printed as whole lines above the panel instead of being written under it.
+    printed as whole lines above the panel instead of being written under it. The stdlib
+    logging handlers that write to stderr (and Python's last-resort handler) are routed
+    there too for the block, one line at a time.
     """
     global _console_write
     before, _console_write = _console_write, write
+    stream = _LineStream(write)
+    handlers = [(h, h.setStream(stream)) for h in _stderr_handlers()]
+    last_resort = logging.lastResort
+    logging.lastResort = logging.StreamHandler(stream)
+    logging.lastResort.setLevel(logging.WARNING)
     try:
         yield
     finally:
         _console_write = before
+        logging.lastResort = last_resort
+        for handler, old in handlers:
+            handler.setStream(old)
+        stream.flush()
 
 
 class _DropBelow:
