@@ -16,6 +16,7 @@ from runner.api._client import Client
 from runner.cli._progress import (
     InFlight,
     RateWindow,
+    Sampler,
     Snapshot,
     render_line,
     render_panel,
@@ -337,3 +338,23 @@ async def test_progress_and_summary_of_a_real_run_show_no_token(tmp_path: Path) 
         assert summary.splitlines()[0] == "Stopped at the Buzz cap: 5 of 12 cells succeeded."
         assert "7 cells not submitted, about 7 Buzz: a cap of 12 would finish them" in summary
         assert SENTINEL_TOKEN not in screen.getvalue() + summary
+
+
+async def test_sampler_ages_the_workflows_in_flight_from_when_it_first_saw_them(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(anyio, "current_time", lambda: clock[0])
+    sampler = Sampler(engine.store, 4, engine=engine)
+    first, second = await engine.store.next_planned(2)
+    for attempt in (first, second):
+        assert await engine.store.reserve(attempt.id, 3)
+    await engine.store.mark_running(first.id, "wf-1", 3)
+    assert [w.age_s for w in (await sampler.snapshot()).in_flight] == [0.0, 0.0]
+    clock[0] = 130.0
+    await engine.store.release(second.id)  # no longer in flight: it leaves the list
+    engine.stats.cap_reached = True  # nothing more is submitted: only the running one is left
+    snap = await sampler.snapshot()
+    assert [w.age_s for w in snap.in_flight] == [30.0]
+    assert snap.eta_s is not None
+    assert snap.eta_s >= snap.in_flight[0].left_s > 0  # an overdue workflow is never 0 s away

@@ -68,7 +68,7 @@ class Snapshot:
     counts: Mapping[str, int]  # attempts by state, images as `image:<state>` (Store.counts)
     budget: Budget
     submitted: int  # this run, resubmissions of a crash's intents included
-    retries: int  # API calls retried this run
+    retries: int | None  # API calls retried this run (None: not known, `status --watch`)
     cap_reached: bool
     stop_reason: str | None
     submit_per_s: float | None  # None until the window spans some time
@@ -173,7 +173,7 @@ class Sampler:
             counts=counts,
             budget=budget,
             submitted=submitted,
-            retries=0 if stats is None else stats.retries,
+            retries=None if stats is None else stats.retries,
             cap_reached=False if stats is None else stats.cap_reached,
             stop_reason=None if stats is None else stats.stop_reason,
             submit_per_s=None if stats is None else self.submits.per_s(),
@@ -292,7 +292,7 @@ def render_line(snap: Snapshot) -> str:
         f"{_rate(snap.submit_per_s)} submits/s",
         f"{_rate(snap.cells_per_min)} cells/min",
         f"ETA {_eta(snap)}",
-        f"{snap.retries} retries",
+        f"{'-' if snap.retries is None else snap.retries} retries",
     ]
     if snap.service is not None:
         parts.append(snap.service)
@@ -328,7 +328,7 @@ def render_panel(snap: Snapshot, *, width: int = PANEL_WIDTH, title: str = "zbat
         grid.add_row("ETA", Text("stopping", style="bold yellow"))
     else:
         grid.add_row("ETA", _eta(snap))
-    grid.add_row("retries", str(snap.retries))
+    grid.add_row("retries", "-" if snap.retries is None else str(snap.retries))
     if snap.service is not None:
         grid.add_row("service", Text(snap.service, style="bold yellow"))
     if snap.cap_reached:
