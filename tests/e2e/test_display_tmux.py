@@ -53,6 +53,16 @@ class Tmux:
         text = self("capture-pane", "-p", "-J", *extra, "-t", "zb")
         return [line.rstrip() for line in text.splitlines()]
 
+    def settled(self) -> list[str]:
+        """The visible screen once two captures in a row agree (not halfway through a frame)."""
+        before = self.capture(scrollback=False)
+        for _ in range(100):
+            now = self.capture(scrollback=False)
+            if now == before:
+                return now
+            before = now
+        return before
+
     def wait_for(self, found: str, *, timeout_s: float = 120) -> list[str]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -109,7 +119,7 @@ def test_run_on_a_rough_night_keeps_an_80_column_display_readable(
 
     during = tmux.wait_for("zbatch run ·")
     if not any(DONE in line for line in during):  # caught while running: the screen is sound
-        screen = tmux.capture(scrollback=False)
+        screen = tmux.settled()
         assert len(panels(screen)) <= 1
         check_screen(screen)
 
