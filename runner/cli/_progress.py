@@ -235,7 +235,7 @@ async def show_progress(
     )
 
 
-async def show_samples(  # long: the plain loop, the Live loop and its last frame
+async def show_samples(
     sampler: Sampler,
     *,
     console: Console,
