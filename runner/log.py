@@ -195,7 +195,9 @@ def _stderr_handlers() -> list[logging.StreamHandler[Any]]:
         h
         for logger in loggers
         for h in logger.handlers
-        if isinstance(h, logging.StreamHandler) and h.stream in (sys.stderr, sys.__stderr__)
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(getattr(type(h), "stream", None), property)  # Python's last resort
+        and h.stream in (sys.stderr, sys.__stderr__)
     ]
 
 
