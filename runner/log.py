@@ -18,7 +18,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +47,8 @@ _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "pas
 
 _secrets: tuple[str, ...] = ()
 _file_sink: _JsonlFileSink | None = None
+# While a live display owns the terminal, rendered log lines go through it (see `console_sink`).
+_console_write: Callable[[str], None] | None = None
 
 
 def redact(text: str) -> str:
@@ -145,6 +148,85 @@ class _JsonlFileSink:
             pass  # the flush failed again; nothing more can be kept
 
 
+class _StderrLogger:
+    """structlog's logger: one rendered line to stderr, or through a live display's console."""
+
+    def msg(self, message: str) -> None:
+        write = _console_write
+        if write is not None:
+            write(message)
+        else:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
+class _LineStream:
+    """A file that hands each complete line written to it to `write` (for stdlib handlers)."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._write(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._write(self._partial)
+            self._partial = ""
+
+
+def _stderr_handlers() -> list[logging.StreamHandler[Any]]:
+    """The stdlib logging handlers that write to stderr (uvicorn's, in the embedded emulator)."""
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)
+    ]
+    return [
+        h
+        for logger in loggers
+        for h in logger.handlers
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(getattr(type(h), "stream", None), property)  # Python's last resort
+        and h.stream in (sys.stderr, sys.__stderr__)
+    ]
+
+
+@contextmanager
+def console_sink(write: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, rendered log lines go to `write` instead of stderr.
+
+    A live display (rich's Live panel) passes its console's print here, so a warning is
+    printed as whole lines above the panel instead of being written under it. The stdlib
+    logging handlers that write to stderr (and Python's last-resort handler) are routed
+    there too for the block, one line at a time.
+    """
+    global _console_write
+    before, _console_write = _console_write, write
+    stream = _LineStream(write)
+    handlers = [(h, h.setStream(stream)) for h in _stderr_handlers()]
+    last_resort = logging.lastResort
+    logging.lastResort = logging.StreamHandler(stream)
+    logging.lastResort.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        _console_write = before
+        logging.lastResort = last_resort
+        for handler, old in handlers:
+            handler.setStream(old)
+        stream.flush()
+
+
 class _DropBelow:
     """A processor that drops events under a level (after the file sink has kept them)."""
 
@@ -212,7 +294,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # httpx logs every request URL (with its signature) through stdlib logging at INFO.

@@ -167,3 +167,33 @@ def test_console_level_quiets_stderr_but_not_the_file(tmp_path, capsys) -> None:
     text = log_file.read_text()
     assert "quiet_event" in text
     assert "loud_event" in text
+
+
+def test_console_sink_takes_log_lines_and_stderr_handlers_for_its_block(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """While a live display is up, every line meant for stderr goes through it, whole."""
+    import logging
+    import sys
+
+    from runner.log import console_sink
+
+    configure_logging(json=True, console_level="warning")
+    emulator_log = logging.getLogger("test.embedded.server")
+    handler = logging.StreamHandler(sys.stderr)
+    emulator_log.addHandler(handler)
+    emulator_log.propagate = False
+    shown: list[str] = []
+    try:
+        with console_sink(shown.append):
+            structlog.get_logger().warning("retry", tries=1)
+            structlog.get_logger().info("cell_submitted")  # below stderr's level: nowhere
+            emulator_log.error("Exception in ASGI application\nTraceback (most recent call last):")
+        assert capsys.readouterr().err == ""
+        assert [json.loads(shown[0])["event"]] == ["retry"]
+        assert shown[1:] == ["Exception in ASGI application", "Traceback (most recent call last):"]
+        assert handler.stream is sys.stderr  # given back after the block
+        structlog.get_logger().warning("after")
+        assert _lines(capsys.readouterr().err)[0]["event"] == "after"
+    finally:
+        emulator_log.removeHandler(handler)

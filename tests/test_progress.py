@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import pytest
 from rich.console import Console
 
 from runner.api._client import Client
-from runner.cli._progress import RateWindow, Snapshot, render_line, show_progress
+from runner.cli._progress import (
+    InFlight,
+    RateWindow,
+    Sampler,
+    Snapshot,
+    render_line,
+    render_panel,
+    show_progress,
+)
 from runner.cli._summary import render_summary
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 from runner.engine._engine import Engine, EngineConfig
@@ -105,6 +114,72 @@ def test_plain_line_names_a_stop() -> None:
     assert line.endswith("· stopping: SIGINT: finishing in-flight work")
 
 
+# -- the ETA (issue 15, item 9) ---------------------------------------------------------
+
+TIMING_OUT = {"running": 2, "succeeded": 518}  # the last two workflows hang until timeout
+
+
+def test_eta_of_the_last_workflows_counts_their_age_not_the_recent_rate() -> None:
+    # 518 cells finished fast (600/min): the rate alone says the last two end in 0.2 s.
+    fast = snapshot(counts=TIMING_OUT, cells_per_min=600.0)
+    assert fast.eta_s == pytest.approx(0.2)
+    # Seen in flight for 150 s and 120 s, expected to take 10 s: overdue, a quarter of the
+    # oldest one's age is left, and it grows while they hang instead of staying at 0.
+    hanging = snapshot(
+        counts=TIMING_OUT,
+        cells_per_min=600.0,
+        in_flight=(InFlight(age_s=150, expected_s=10), InFlight(age_s=120, expected_s=10)),
+    )
+    assert hanging.eta_s == pytest.approx(37.5)
+    later = snapshot(counts=TIMING_OUT, cells_per_min=600.0, in_flight=(InFlight(200, 10),))
+    assert later.eta_s == pytest.approx(50)
+    assert "ETA 50s" in render_line(later)
+
+
+def test_eta_of_a_young_workflow_is_its_expected_runtime_minus_its_age() -> None:
+    young = snapshot(counts={"running": 1}, cells_per_min=None, in_flight=(InFlight(4, 30),))
+    assert young.eta_s == pytest.approx(26)
+    assert InFlight(age_s=0, expected_s=30).left_s == 30
+    assert InFlight(age_s=30, expected_s=30).left_s == pytest.approx(7.5)  # never 0
+
+
+def test_eta_with_cells_still_planned_takes_the_longer_of_rate_and_ages() -> None:
+    # 120 open cells at 30 a minute: 4 minutes, longer than any workflow in flight.
+    snap = snapshot(in_flight=(InFlight(age_s=5, expected_s=20),))
+    assert snap.eta_s == pytest.approx(240)
+    # No rate yet and cells still planned: unknown, whatever the ages say.
+    assert snapshot(cells_per_min=None, in_flight=(InFlight(5, 20),)).eta_s is None
+
+
+def test_no_eta_while_stopping_the_display_says_stopping() -> None:
+    stopping = snapshot(stop_reason="SIGINT: finishing in-flight work")
+    assert stopping.eta_s is None
+    assert "· ETA stopping ·" in render_line(stopping)
+    console = Console(width=80, force_terminal=True, color_system=None, record=True)
+    console.print(render_panel(stopping, width=80))
+    screen = console.export_text()
+    assert re.search(r"│ ETA +stopping +│", screen), screen
+    assert all(len(line) <= 80 for line in screen.splitlines())
+
+
+@pytest.mark.parametrize("width", [80, 60, 40])
+def test_the_panel_fits_the_terminal_and_keeps_its_eta_whole(width: int) -> None:
+    big = snapshot(
+        total_cells=50000,
+        counts={"planned": 10000, "submitting": 40, "running": 160, "succeeded": 39800,
+                "failed": 300, "blocked": 200, "image:downloaded": 79600, "image:pending": 300},
+        budget=Budget(cap_buzz=1000000, committed_buzz=430000, charged_buzz=412000,
+                      reserved_buzz=18000),
+        service="service unreachable since 02:13, retrying",
+    )  # fmt: skip
+    console = Console(width=width, force_terminal=True, color_system=None, record=True)
+    console.print(render_panel(big, width=width))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) == width
+    assert any(re.fullmatch(r"│ ETA +5h40m +│", line) for line in lines), lines
+    assert any("39800/50000 done" in line for line in lines)  # the numbers stay whole
+
+
 # -- show_progress on an engine ------------------------------------------------------------
 
 
@@ -184,3 +259,23 @@ async def test_progress_and_summary_of_a_real_run_show_no_token(tmp_path: Path) 
         assert summary.splitlines()[0] == "Stopped at the Buzz cap: 5 of 12 cells succeeded."
         assert "7 cells not submitted, about 7 Buzz: a cap of 12 would finish them" in summary
         assert SENTINEL_TOKEN not in screen.getvalue() + summary
+
+
+async def test_sampler_ages_the_workflows_in_flight_from_when_it_first_saw_them(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(anyio, "current_time", lambda: clock[0])
+    sampler = Sampler(engine.store, 4, engine=engine)
+    first, second = await engine.store.next_planned(2)
+    for attempt in (first, second):
+        assert await engine.store.reserve(attempt.id, 3)
+    await engine.store.mark_running(first.id, "wf-1", 3)
+    assert [w.age_s for w in (await sampler.snapshot()).in_flight] == [0.0, 0.0]
+    clock[0] = 130.0
+    await engine.store.release(second.id)  # no longer in flight: it leaves the list
+    engine.stats.cap_reached = True  # nothing more is submitted: only the running one is left
+    snap = await sampler.snapshot()
+    assert [w.age_s for w in snap.in_flight] == [30.0]
+    assert snap.eta_s is not None
+    assert snap.eta_s >= snap.in_flight[0].left_s > 0  # an overdue workflow is never 0 s away

@@ -35,7 +35,9 @@ STRICT_EXIT_CODES = False
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `zbatch`; return the process exit code."""
     args = build_parser().parse_args(argv)
-    configure_logging(level="info")  # logs to stderr (JSON when not a TTY); stdout is results
+    # stderr: warnings and errors only (a command with a batch folder sends every event from
+    # info up to its log.jsonl); human lines on a terminal, JSON lines otherwise.
+    configure_logging(level="info", console_level="warning")
     command: Command = args.command
     return checked(command, dispatch(command, args))
 

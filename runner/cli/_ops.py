@@ -79,6 +79,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """
     from runner.ops import render_verify, verify_out
 
+    if OutFolder(args.out).db.is_file():  # its events to log.jsonl, the report says the rest
+        configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
     report = anyio.run(
         functools.partial(verify_out, args.out, repair=args.repair, api_url=args.api_url),
         backend="asyncio",

@@ -25,16 +25,35 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.contract import runtime_s
 from runner.engine import Engine
-from runner.store import AttemptState, Budget
+from runner.log import console_sink
+from runner.store import Attempt, AttemptState, Budget, Store
 
 WINDOW_S = 120.0  # rates are averaged over this much recent time
 PLAIN_EVERY_S = 10.0  # one plain line this often when stderr is not a terminal
-BAR_WIDTH = 24
+BAR_WIDTH = 24  # the widest a bar gets; narrower on a narrow terminal
+MIN_BAR_WIDTH = 6
+PANEL_WIDTH = 80  # the panel never gets wider (and is narrower on a narrower terminal)
+LABEL_WIDTH = 8  # "attempts"
 FINAL_READ_S = 2.0  # how long the last frame may take once the run has ended
 SLOW_READ_FACTOR = 10  # never spend more than 1/10 of the store's time on the display
+OVERDUE_FRACTION = 0.25  # a workflow past its expected runtime: this share of its age is left
 OPEN_STATES = (AttemptState.PLANNED, AttemptState.SUBMITTING, AttemptState.RUNNING)
 IN_FLIGHT_STATES = (AttemptState.SUBMITTING, AttemptState.RUNNING)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A workflow in flight: how long it has been seen in flight, and how long it should take."""
+
+    age_s: float
+    expected_s: float
+
+    @property
+    def left_s(self) -> float:
+        """Its expected runtime minus its age; once overdue, a share of its age (never 0)."""
+        return max(self.expected_s - self.age_s, OVERDUE_FRACTION * self.age_s)
 
 
 @dataclass(frozen=True)
@@ -46,12 +65,13 @@ class Snapshot:
     counts: Mapping[str, int]  # attempts by state, images as `image:<state>` (Store.counts)
     budget: Budget
     submitted: int  # this run, resubmissions of a crash's intents included
-    retries: int  # API calls retried this run
+    retries: int | None  # API calls retried this run (None: not known, `status --watch`)
     cap_reached: bool
     stop_reason: str | None
     submit_per_s: float | None  # None until the window spans some time
     cells_per_min: float | None
     service: str | None = None  # "service unreachable since 02:13, retrying" in an outage
+    in_flight: tuple[InFlight, ...] = ()  # the workflows in flight, by age (when known)
 
     @property
     def open_cells(self) -> int:
@@ -68,14 +88,24 @@ class Snapshot:
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds until the open cells (only those in flight, once submitting is over) end."""
+        """Seconds until the open cells (only those in flight, once submitting is over) end.
+
+        The longer of two estimates: what is left at the recent rate of finished cells, and
+        the longest time left of a workflow in flight (`InFlight.left_s`), so a few slow
+        workflows at the end are not shown as seconds away. None while no rate is known and
+        no workflow in flight says more; None while stopping (the display says "stopping").
+        """
+        if self.stop_reason is not None:
+            return None
         states = IN_FLIGHT_STATES if self.submitting_over else OPEN_STATES
         remaining = sum(self.counts.get(s.value, 0) for s in states)
         if remaining == 0:
             return 0.0
-        if not self.cells_per_min:
-            return None
-        return remaining / self.cells_per_min * 60
+        by_age = max((w.left_s for w in self.in_flight), default=None)
+        by_rate = remaining / self.cells_per_min * 60 if self.cells_per_min else None
+        if by_rate is None:
+            return by_age if by_age is not None and remaining <= len(self.in_flight) else None
+        return by_rate if by_age is None else max(by_rate, by_age)
 
 
 class RateWindow:
@@ -99,22 +129,39 @@ class RateWindow:
 
 
 class Sampler:
-    """Takes snapshots of a running engine, keeping the rate windows between them."""
+    """Takes snapshots of a batch's store (and of a running engine, when there is one),
+    keeping the rate windows and the ages of the workflows in flight between them.
 
-    def __init__(self, engine: Engine, total_cells: int, *, window_s: float = WINDOW_S) -> None:
+    `status --watch` samples a store another process writes: no engine, so no stats of the
+    run (submitted, retries, the cap or a stop as the runner saw them)."""
+
+    def __init__(
+        self,
+        store: Store,
+        total_cells: int,
+        *,
+        engine: Engine | None = None,
+        runtime_scale: float = 1.0,
+        window_s: float = WINDOW_S,
+    ) -> None:
+        self.store = store
         self.engine = engine
         self.total_cells = total_cells
+        self.runtime_scale = engine.config.runtime_scale if engine is not None else runtime_scale
         self.started_s = anyio.current_time()
         self.submits = RateWindow(window_s)
         self.done = RateWindow(window_s)
+        self._seen: dict[int, tuple[float, float]] = {}  # attempt id: (first seen, expected s)
 
     async def snapshot(self) -> Snapshot:
-        counts = await self.engine.store.counts()
-        budget = await self.engine.store.budget()
-        stats = self.engine.stats
+        counts = await self.store.counts()
+        budget = await self.store.budget()
+        in_flight = await self._in_flight()
         now = anyio.current_time()
         done = max(0, self.total_cells - sum(counts.get(s.value, 0) for s in OPEN_STATES))
-        self.submits.add(now, stats.submitted + stats.resubmitted)
+        stats = self.engine.stats if self.engine is not None else None
+        submitted = 0 if stats is None else stats.submitted + stats.resubmitted
+        self.submits.add(now, submitted)
         self.done.add(now, done)
         cells_per_s = self.done.per_s()
         return Snapshot(
@@ -122,14 +169,44 @@ class Sampler:
             total_cells=self.total_cells,
             counts=counts,
             budget=budget,
-            submitted=stats.submitted + stats.resubmitted,
-            retries=stats.retries,
-            cap_reached=stats.cap_reached,
-            stop_reason=stats.stop_reason,
-            submit_per_s=self.submits.per_s(),
+            submitted=submitted,
+            retries=None if stats is None else stats.retries,
+            cap_reached=False if stats is None else stats.cap_reached,
+            stop_reason=None if stats is None else stats.stop_reason,
+            submit_per_s=None if stats is None else self.submits.per_s(),
             cells_per_min=None if cells_per_s is None else cells_per_s * 60,
-            service=self.engine.outage.describe(),
+            service=None if self.engine is None else self.engine.outage.describe(),
+            in_flight=in_flight,
         )
+
+    async def _in_flight(self) -> tuple[InFlight, ...]:
+        """The workflows in flight, aged from when this display first saw them."""
+        now = anyio.current_time()
+        active = await self.store.active()
+        seen: dict[int, tuple[float, float]] = {}
+        for attempt in active:
+            if attempt.id in self._seen:
+                seen[attempt.id] = self._seen[attempt.id]
+            else:
+                seen[attempt.id] = (now, _expected_runtime_s(attempt) * self.runtime_scale)
+        self._seen = seen
+        return tuple(InFlight(age_s=now - first, expected_s=exp) for first, exp in seen.values())
+
+
+def _expected_runtime_s(attempt: Attempt) -> float:
+    """The seed table's high runtime for an attempt's request (0 when it names no size)."""
+    r = attempt.request
+    try:
+        _, high = runtime_s(
+            model=attempt.model,
+            width=int(r["width"]),
+            height=int(r["height"]),
+            steps=int(r["steps"]),
+            quantity=int(r["quantity"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return high
 
 
 async def show_progress(
@@ -145,32 +222,57 @@ async def show_progress(
     A rich Live panel when the console is a terminal, else a plain line every
     `plain_every_s`. When reading the store gets slow (a huge batch), it reads less often.
     """
-    console = console or Console(stderr=True)
-    sampler = Sampler(engine, total_cells)
+    sampler = Sampler(engine.store, total_cells, engine=engine)
+    await show_samples(
+        sampler,
+        console=console or Console(stderr=True),
+        interval_s=interval_s,
+        plain_every_s=plain_every_s,
+        title="zbatch run",
+    )
+
+
+async def show_samples(
+    sampler: Sampler,
+    *,
+    console: Console,
+    interval_s: float,
+    plain_every_s: float,
+    title: str,
+) -> None:
+    """Show `sampler`'s snapshots on `console` until cancelled: plain lines off a terminal,
+    else a Live panel, with every log line printed above it (`runner.log.console_sink`)."""
     if not console.is_terminal:
         while True:
             console.print(
                 render_line(await sampler.snapshot()), markup=False, highlight=False, soft_wrap=True
             )
             await anyio.sleep(plain_every_s)
-    with Live(
-        render_panel(await sampler.snapshot()),
-        console=console,
-        auto_refresh=False,
-        redirect_stdout=False,  # stdout is for results
-        redirect_stderr=False,
-    ) as live:
+
+    def panel(snap: Snapshot) -> Panel:
+        return render_panel(snap, width=console.width, title=title)
+
+    with (
+        Live(
+            panel(await sampler.snapshot()),
+            console=console,
+            auto_refresh=False,
+            redirect_stdout=False,  # stdout is for results
+            redirect_stderr=False,
+        ) as live,
+        console_sink(lambda line: live.console.print(Text.from_ansi(line))),
+    ):
         try:
             while True:
                 took_s = anyio.current_time()
-                panel = render_panel(await sampler.snapshot())
+                frame = panel(await sampler.snapshot())
                 took_s = anyio.current_time() - took_s
-                live.update(panel, refresh=True)
+                live.update(frame, refresh=True)
                 await anyio.sleep(max(interval_s, SLOW_READ_FACTOR * took_s))
         finally:
             # Cancelled when the run ends: leave its final state on screen, not a stale frame.
             with anyio.move_on_after(FINAL_READ_S, shield=True):
-                live.update(render_panel(await sampler.snapshot()), refresh=True)
+                live.update(panel(await sampler.snapshot()), refresh=True)
 
 
 # -- rendering (pure) -------------------------------------------------------------------
@@ -187,7 +289,7 @@ def render_line(snap: Snapshot) -> str:
         f"{_rate(snap.submit_per_s)} submits/s",
         f"{_rate(snap.cells_per_min)} cells/min",
         f"ETA {_eta(snap)}",
-        f"{snap.retries} retries",
+        f"{'-' if snap.retries is None else snap.retries} retries",
     ]
     if snap.service is not None:
         parts.append(snap.service)
@@ -198,44 +300,51 @@ def render_line(snap: Snapshot) -> str:
     return " · ".join(parts)
 
 
-def render_panel(snap: Snapshot) -> Panel:
-    """The Live panel: the same facts as `render_line`, with bars for cells and Buzz."""
+def render_panel(snap: Snapshot, *, width: int = PANEL_WIDTH, title: str = "zbatch run") -> Panel:
+    """The Live panel: the same facts as `render_line`, with bars for cells and Buzz.
+
+    At most `width` (and PANEL_WIDTH) columns wide: one fact a row, the bars shrinking to
+    leave their numbers whole, longer rows wrapping between words on a narrow terminal.
+    """
     b = snap.budget
+    width = max(20, min(width, PANEL_WIDTH))
+    text_width = width - 4 - LABEL_WIDTH - 2  # borders and padding, the label, the gap
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(width=BAR_WIDTH)
-    grid.add_column(min_width=48)  # a steady width while the numbers grow
+    grid.add_column(style="bold", no_wrap=True, width=LABEL_WIDTH)
+    grid.add_column()
+    done = f"{snap.done_cells}/{snap.total_cells} done"
+    grid.add_row("cells", _bar(max(snap.total_cells, 1), snap.done_cells, done, text_width))
+    grid.add_row("attempts", _states(snap.counts) or "none")
+    grid.add_row("images", _images(snap.counts))
+    buzz = f"{b.charged_buzz} charged + {b.reserved_buzz} reserved of {b.cap_buzz}"
+    grid.add_row("Buzz", _bar(max(b.cap_buzz, 1), b.committed_buzz, buzz, text_width, "yellow"))
     grid.add_row(
-        "cells",
-        ProgressBar(total=max(snap.total_cells, 1), completed=snap.done_cells, width=BAR_WIDTH),
-        f"{snap.done_cells}/{snap.total_cells} done",
+        "rate", f"{_rate(snap.submit_per_s)} submits/s · {_rate(snap.cells_per_min)} cells/min"
     )
-    grid.add_row("attempts", "", _states(snap.counts) or "none")
-    grid.add_row("images", "", _images(snap.counts))
-    grid.add_row(
-        "Buzz",
-        ProgressBar(
-            total=max(b.cap_buzz, 1),
-            completed=b.committed_buzz,
-            width=BAR_WIDTH,
-            complete_style="yellow",
-        ),
-        f"{b.charged_buzz} charged + {b.reserved_buzz} reserved of {b.cap_buzz}",
-    )
-    grid.add_row(
-        "rate",
-        "",
-        f"{_rate(snap.submit_per_s)} submits/s · {_rate(snap.cells_per_min)} cells/min"
-        f" · ETA {_eta(snap)}",
-    )
-    grid.add_row("retries", "", str(snap.retries))
+    if snap.stop_reason is not None:
+        grid.add_row("ETA", Text("stopping", style="bold yellow"))
+    else:
+        grid.add_row("ETA", _eta(snap))
+    grid.add_row("retries", "-" if snap.retries is None else str(snap.retries))
     if snap.service is not None:
-        grid.add_row("service", "", Text(snap.service, style="bold yellow"))
+        grid.add_row("service", Text(snap.service, style="bold yellow"))
     if snap.cap_reached:
-        grid.add_row("cap", "", Text("reached: nothing more is submitted", style="bold red"))
+        grid.add_row("cap", Text("reached: nothing more is submitted", style="bold red"))
     elif snap.stop_reason is not None:
-        grid.add_row("stopping", "", Text(snap.stop_reason, style="bold yellow"))
-    return Panel(grid, title=f"zbatch run · {_duration(snap.elapsed_s)}", expand=False)
+        grid.add_row("stopping", Text(snap.stop_reason, style="bold yellow"))
+    return Panel(grid, title=f"{title} · {_duration(snap.elapsed_s)}", width=width)
+
+
+def _bar(total: int, completed: int, text: str, room: int, style: str = "bar.complete") -> Table:
+    """A bar and its numbers on one row: the bar takes what the numbers leave of `room`."""
+    bar_width = max(MIN_BAR_WIDTH, min(BAR_WIDTH, room - len(text) - 1))
+    row = Table.grid(padding=(0, 1))
+    row.add_column(width=bar_width, no_wrap=True)
+    row.add_column()
+    row.add_row(
+        ProgressBar(total=total, completed=completed, width=bar_width, complete_style=style), text
+    )
+    return row
 
 
 def _states(counts: Mapping[str, int]) -> str:
@@ -254,6 +363,8 @@ def _rate(value: float | None) -> str:
 
 
 def _eta(snap: Snapshot) -> str:
+    if snap.stop_reason is not None:
+        return "stopping"
     eta = snap.eta_s
     return "-" if eta is None else _duration(eta)
 

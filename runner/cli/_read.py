@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 
 from runner.cli._command import Command
-from runner.cli._options import add_json, add_out, positive_int
+from runner.cli._options import add_json, add_out, positive_float, positive_int
 from runner.errors import ExitCode
 
 # A record that cannot be read (locked past busy_timeout, damaged pages) and a disk that
@@ -30,13 +30,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     on disk, Buzz charged / reserved / cap, the top failure reasons with their counts, and
     the time of the last recorded transition. --json prints the same as one document.
 
+    --watch follows a batch that `zbatch run` is running in another terminal: the run's
+    live panel, read from the record every --interval seconds, until the batch has no open
+    cell and no run holds it (or Ctrl-C; both exit 0).
+
     Example:
         zbatch status out/demo
         zbatch status out/demo --json | jq .buzz
+        zbatch status out/demo --watch --interval 5
     """
     from runner.cli._list import listed_instead
     from runner.dataset import read_status, render_status, status_json
 
+    if args.watch:
+        from runner.cli._watch import watch
+
+        try:
+            anyio.run(
+                functools.partial(watch, args.out, interval_s=args.interval), backend="asyncio"
+            )
+        except KeyboardInterrupt:
+            pass  # watching ends on Ctrl-C; the batch is untouched
+        return ExitCode.OK
     if listed_instead(args.out, as_json=args.json):  # a folder of batches: `zbatch list`
         return ExitCode.OK
     status = anyio.run(read_status, args.out, backend="asyncio")
@@ -49,7 +64,23 @@ def _status_arguments(p: argparse.ArgumentParser) -> None:
     add_json(p)
 
 
-STATUS = Command("status", cmd_status, _status_arguments, exits=READ_EXITS, notes=NO_BATCH)
+def _status_only_arguments(p: argparse.ArgumentParser) -> None:
+    _status_arguments(p)
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow a running batch until it has nothing open and no run holds it (Ctrl-C ends)",
+    )
+    p.add_argument(
+        "--interval",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="with --watch, read the record every S seconds (default: %(default)s)",
+    )
+
+
+STATUS = Command("status", cmd_status, _status_only_arguments, exits=READ_EXITS, notes=NO_BATCH)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -187,7 +187,8 @@ async def _found(
         report.corrupt += 1
     if len(report.damage) < LISTED:
         report.damage.append(damage)
-    log.warning("image_damaged", cell=image.cell_key, index=image.index, problem=damage.problem)
+    # info, not warning: the report lists the damaged and the lost images (issue 15, item 12)
+    log.info("image_damaged", cell=image.cell_key, index=image.index, problem=damage.problem)
     if fetcher is None:
         return
     item = PendingImage(
@@ -209,7 +210,7 @@ async def _found(
     reason = got if isinstance(got, str) else "the service's bytes differ from the recorded sha256"
     await store.mark_image_missing(image.attempt_id, image.index, f"{damage.problem}: {reason}")
     report.lost += 1
-    log.error("image_lost", cell=image.cell_key, index=image.index, reason=reason)
+    log.info("image_lost", cell=image.cell_key, index=image.index, reason=reason)
 
 
 def render_verify(report: VerifyReport, *, out: Path) -> str:

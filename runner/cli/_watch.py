@@ -1,0 +1,82 @@
+"""`zbatch status --watch`: follow a batch that a `zbatch run` in another terminal is running.
+
+Reads OUT/batch.sqlite read-only every `--interval` seconds and shows the live panel of
+`zbatch run` (plain lines when stdout is not a terminal), on stdout. Ends when the batch has
+no open cell (planned, submitting, running) and no process holds the batch lock; Ctrl-C
+ends it too, with exit 0. Knows only what the record says: not the run's retries, nor the
+rates of submissions (the panel shows "-" for them).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+
+from runner.cli._progress import OPEN_STATES, Sampler, render_line, show_samples
+from runner.disk import OutFolder
+from runner.errors import NotABatch, StoreError
+from runner.store import Store
+
+
+def lock_held(out: Path) -> bool:
+    """Whether a process (a `zbatch run`, `retry`, `cancel`) holds the batch lock of `out`.
+
+    Probes with a shared, non-blocking flock released at once: a runner starting in that
+    instant could find the batch in use, so `watch` probes only once nothing is open.
+    """
+    path = OutFolder(out).db.with_name(OutFolder.DB_NAME + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # closing releases a lock it got
+    return False
+
+
+async def watch(out: Path, *, interval_s: float, console: Console | None = None) -> None:
+    """Show the batch at `out` every `interval_s` until it has nothing open and no runner."""
+    db = await anyio.to_thread.run_sync(OutFolder(out).existing_db)
+    try:
+        store = await Store.open(db, read_only=True)
+    except StoreError as exc:
+        raise NotABatch(str(exc)) from exc
+    console = console or Console()
+    async with store:
+        sampler = Sampler(store, await store.cell_total())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_until_finished, store, out, interval_s, tg.cancel_scope)
+            await show_samples(
+                sampler,
+                console=console,
+                interval_s=interval_s,
+                plain_every_s=interval_s,
+                title="zbatch status --watch",
+            )
+        if not console.is_terminal:  # the Live panel ends on its final frame; lines need one
+            line = render_line(await sampler.snapshot())
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+async def _until_finished(
+    store: Store, out: Path, interval_s: float, scope: anyio.CancelScope
+) -> None:
+    while True:
+        await anyio.sleep(interval_s)
+        counts = await store.counts()
+        if any(counts.get(s.value, 0) for s in OPEN_STATES):
+            continue
+        if not await anyio.to_thread.run_sync(lock_held, out):
+            scope.cancel()
+            return
