@@ -138,3 +138,7 @@ async def test_a_save_is_atomic_and_leaves_no_temp_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
     assert persist.load(path) == persist.snapshot(emulator)
     assert persist.load(tmp_path / "none.json") is None
+    stray = path.parent / ".state.json.k1ll3d.tmp"  # what a save killed midway leaves
+    stray.write_text("{")
+    assert persist.load(path) == persist.snapshot(emulator)
+    assert not stray.exists()

@@ -94,7 +94,11 @@ def _record(data: dict[str, Any]) -> WorkflowRecord:
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    """The state saved at `path`, None when there is none; StateError when it is unusable."""
+    """The state saved at `path`, None when there is none; StateError when it is unusable.
+    Temp files a save killed midway left beside it are removed (only `save` writes there)."""
+    if path.parent.is_dir():
+        for stray in path.parent.glob(f".{path.name}.*.tmp"):
+            stray.unlink(missing_ok=True)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
