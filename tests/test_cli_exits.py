@@ -175,6 +175,23 @@ def _no_token(e: Env, argv: list[str]) -> list[str]:
     return argv
 
 
+def _in_flight(e: Env) -> str:
+    """The batch with one workflow in flight, as a killed run leaves it: `cancel` needs the
+    service for it (issue 15: without one, nothing needs a token)."""
+    db = sqlite3.connect(e.out / "batch.sqlite")
+    with db:
+        db.execute(
+            "UPDATE attempts SET state = 'running' WHERE id = (SELECT MIN(id) FROM attempts)"
+        )
+    db.close()
+    return str(e.out)
+
+
+def _deleted_image(e: Env) -> str:
+    _delete_an_image(e)
+    return str(e.out)
+
+
 def _damaged_image(e: Env) -> list[str]:
     _delete_an_image(e)
     return ["verify", str(e.out)]
@@ -241,7 +258,7 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ("export", P.BATCH_UNUSABLE): lambda e: ["export", e.damaged_pages(), "--format", "jsonl"],
     ("retry", P.OK): lambda e: ["retry", str(e.out), "--api-url", e.url, "--quiet"],
     ("retry", P.USAGE): lambda e: ["retry", str(e.out), "--cell", "f" * 32, "--api-url", e.url],
-    ("retry", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["retry", str(e.out), "--quiet"]),
+    ("retry", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["retry", _failed_batch(e), "--quiet"]),
     ("retry", P.CAP_REACHED): _retry_at_the_cap,
     ("retry", P.DISK): _retry_disk_full,
     ("retry", P.BATCH_UNUSABLE): lambda e: ["retry", e.garbage_record(), "--api-url", e.url],
@@ -250,14 +267,14 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ),
     ("cancel", P.OK): lambda e: ["cancel", str(e.out), "--api-url", e.url],
     ("cancel", P.USAGE): lambda e: ["cancel", str(e.tmp / "nowhere")],
-    ("cancel", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["cancel", str(e.out)]),
+    ("cancel", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["cancel", _in_flight(e)]),
     ("cancel", P.DISK): lambda e: e.disk_full(
         "runner.ops._cancel.cancel_batch", ["cancel", str(e.out)]
     ),
     ("cancel", P.BATCH_UNUSABLE): lambda e: ["cancel", e.garbage_record()],
     ("verify", P.OK): lambda e: ["verify", str(e.out)],
     ("verify", P.USAGE): lambda e: ["verify", str(e.tmp / "nowhere")],
-    ("verify", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["verify", str(e.out), "--repair"]),
+    ("verify", P.AUTH_OR_FUNDS): lambda e: _no_token(e, ["verify", _deleted_image(e), "--repair"]),
     ("verify", P.DAMAGED): _damaged_image,
     ("verify", P.DISK): _repair_disk_full,
     ("verify", P.BATCH_UNUSABLE): lambda e: ["verify", e.garbage_record(), "--repair"],

@@ -1,5 +1,6 @@
 """`zbatch emulator`: serve the local emulator of Civitai's orchestration API; and the
-embedded emulator `zbatch run --emulator` (and `retry --emulator`) run against.
+embedded emulator `zbatch run --emulator` (and `retry`, `cancel`, `verify --repair` with
+`--emulator`) run against, its state kept in the batch folder (`OUT/.emulator/state.json`).
 
 The one module outside `runner/emulator/` that imports the emulator (lazily, when a command
 needs it; pyproject's import-linter contracts keep it so).
@@ -8,8 +9,9 @@ needs it; pyproject's import-linter contracts keep it so).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,26 +26,46 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 EMBEDDED_TOKEN = "zbatch-embedded-emulator"  # the emulator accepts any bearer token
+EMULATOR_STATE = Path(".emulator") / "state.json"  # in the batch folder
+
+
+def emulator_state(out: Path) -> Path:
+    """Where the embedded emulator of the batch in `out` keeps its state."""
+    return out / EMULATOR_STATE
 
 
 @contextmanager
-def api_target(args: argparse.Namespace) -> Iterator[Target]:
-    """Where a run's calls go: `--api-url` (or the environment's) with the token from the
+def api_target(args: argparse.Namespace, out: Path | None = None) -> Iterator[Target]:
+    """Where a command's calls go: `--api-url` (or the environment's) with the token from the
     environment; with `--emulator`, an embedded emulator on a free loopback port, with its
-    `--time-scale`, `--seed` and `--faults`, served for the block and always stopped after."""
+    `--time-scale`, `--seed` and `--faults`, served for the block and always stopped after.
+
+    With `out` (the batch folder), the embedded emulator starts from the state a command
+    left in `OUT/.emulator/state.json` (its workflows, blobs, ledger and idempotency), and
+    keeps it there: saved every second while it changes and when it stops, so `retry`,
+    `cancel` and `verify --repair` with `--emulator` meet the service the run met."""
     from runner.ops import Target
 
     if not args.emulator:
         yield Target(base_url=args.api_url)
         return
-    from runner.emulator import EmulatorConfig, running_server
+    from runner.emulator import EmulatorConfig, StateError, running_server
 
-    config = EmulatorConfig.from_flags(
-        seed=getattr(args, "seed", 0),
-        time_scale=args.time_scale,
-        faults_path=getattr(args, "faults", None),
+    config = dataclasses.replace(
+        EmulatorConfig.from_flags(
+            seed=getattr(args, "seed", 0),
+            time_scale=args.time_scale,
+            faults_path=getattr(args, "faults", None),
+        ),
+        state_path=None if out is None else emulator_state(out),
     )
-    with running_server(config) as base_url:
+    with ExitStack() as stack:
+        try:
+            base_url = stack.enter_context(running_server(config))
+        except StateError as exc:
+            raise UsageError(
+                f"--emulator: {exc}; move it aside to start an emulator that knows no workflow"
+            ) from None
         log.info("emulator_started", url=base_url, time_scale=args.time_scale)
         yield Target(base_url=base_url, token=EMBEDDED_TOKEN, runtime_scale=args.time_scale)
 

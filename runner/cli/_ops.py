@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+from typing import TYPE_CHECKING
 
 import anyio
 
 from runner.cli._command import Command
-from runner.cli._options import add_out
+from runner.cli._emulator import api_target
+from runner.cli._options import add_out, add_target_options
 from runner.disk import OutFolder
 from runner.errors import ExitCode
 from runner.log import configure_logging
+
+if TYPE_CHECKING:
+    from runner.ops import VerifyReport
 
 # Both can meet a token that is refused, a disk that refuses a write (cancel's record,
 # verify's repaired image) and a batch.sqlite in use, locked, damaged or newer.
@@ -28,25 +33,29 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     finish, and `zbatch run` still downloads their images. The batch stays canceled, so
     `zbatch run` submits nothing, until `zbatch retry OUT --state canceled` resumes it.
 
-    Needs CIVITAI_API_TOKEN.
+    Needs CIVITAI_API_TOKEN when workflows are in flight; without one and none in flight, it
+    cancels the record alone and says so (exit 0). --emulator cancels on the embedded
+    emulator the batch was made on (its state is kept in OUT/.emulator/).
 
     Example:
         zbatch cancel out/demo
+        zbatch cancel out/demo --emulator         # a batch made with run --emulator
         zbatch retry out/demo --state canceled    # resume it later
     """
     from runner.ops import cancel_out, render_cancel
 
     configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
-    report = anyio.run(
-        functools.partial(cancel_out, args.out, api_url=args.api_url), backend="asyncio"
-    )
+    with api_target(args, out=args.out) as target:
+        report = anyio.run(
+            functools.partial(cancel_out, args.out, target=target), backend="asyncio"
+        )
     print(render_cancel(report, out=str(args.out)))
     return ExitCode.OK
 
 
 def _cancel_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p)
-    p.add_argument("--api-url", metavar="URL", help="the orchestration API")
+    add_target_options(p, faults=False)
 
 
 CANCEL = Command(
@@ -71,20 +80,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     workflow and blob routes and writes it back when the bytes hash as recorded; an image
     the service no longer has is marked lost (`zbatch retry OUT --state lost` remakes it).
     When a repair changed anything, metadata.jsonl is written again, with the .txt captions
-    when the batch's recorded settings say `captions: txt`.
+    when the batch's recorded settings say `captions: txt`. An image whose recorded sha256
+    is of bytes that do not decode is fetched again too: good bytes are written and
+    recorded, bad ones again make it lost, with the reason.
+
+    Without a token, --repair needs none when every image is intact (it says so, exit 0).
+    --emulator repairs from the embedded emulator the batch was made on (its state is kept
+    in OUT/.emulator/).
 
     Example:
         zbatch verify out/demo
         zbatch verify out/demo --repair
+        zbatch verify out/demo --repair --emulator    # a batch made with run --emulator
     """
-    from runner.ops import render_verify, verify_out
+    from runner.ops import Target, render_verify, verify_out
 
     if OutFolder(args.out).db.is_file():  # its events to log.jsonl, the report says the rest
         configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
-    report = anyio.run(
-        functools.partial(verify_out, args.out, repair=args.repair, api_url=args.api_url),
-        backend="asyncio",
-    )
+
+    def verify(target: Target) -> VerifyReport:
+        return anyio.run(
+            functools.partial(verify_out, args.out, repair=args.repair, target=target),
+            backend="asyncio",
+        )
+
+    if args.repair:
+        with api_target(args, out=args.out) as target:
+            report = verify(target)
+    else:
+        report = verify(Target())
     print(render_verify(report, out=args.out))
     return ExitCode.OK if report.intact else ExitCode.DAMAGED
 
@@ -94,7 +118,7 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repair", action="store_true", help="fetch damaged images again, else mark them lost"
     )
-    p.add_argument("--api-url", metavar="URL", help="the orchestration API (with --repair)")
+    add_target_options(p, faults=False)
 
 
 VERIFY = Command(

@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = _load_for_run(args)
     overrides = run_overrides(args)
     try:
-        with api_target(args) as target:
+        with api_target(args, out=manifest.out) as target:
             outcome = execute(
                 manifest,
                 overrides=overrides,
@@ -252,8 +252,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     --captions, --concurrency, --rate, --downloads and --attempts override them. A batch
     recorded by an older zbatch keeps that zbatch's defaults, and a warning names them.
 
-    Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator (a demo: it knows
-    none of the batch's earlier workflows).
+    --give-up-after bounds how long an outage of the service is waited out, as in `zbatch
+    run` (default 6h; then exit 130, resumable).
+
+    Needs CIVITAI_API_TOKEN when a cell is chosen; without one and nothing to retry, it says
+    so and exits 0. --emulator runs the embedded emulator instead, from the state the run
+    kept in OUT/.emulator/ (it knows the batch's earlier workflows).
 
     Example:
         zbatch retry out/demo
@@ -270,7 +274,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
     )
     try:
-        with api_target(args) as target:
+        with api_target(args, out=args.out) as target:
             outcome = execute_retry(
                 args.out,
                 _retry_settings(args),
@@ -303,6 +307,7 @@ def _retry_settings(args: argparse.Namespace) -> RetrySettings:
         submit_per_s=args.rate,
         downloads=args.downloads,
         captions=args.captions,
+        give_up_after_s=args.give_up_after,
     )
 
 
@@ -350,6 +355,7 @@ def _retry_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MODE",
         help="none or txt: write a .txt caption beside each image (default: the batch's)",
     )
+    add_give_up_after(p)
     add_target_options(p, faults=False)
     add_quiet(p)
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         load_faults,
     )
     from runner.emulator.ledger import account_id
+    from runner.emulator.persist import StateError
     from runner.emulator.server import Hosts, running_hosts, running_server, serve
     from runner.emulator.service import Emulator
     from runner.emulator.transport import EmulatorTransport
@@ -41,6 +42,7 @@ _HOME = {
     "ManualClock": "clock",
     "MonotonicClock": "clock",
     "RateLimit": "config",
+    "StateError": "persist",
     "account_id": "ledger",
     "load_faults": "config",
     "make_app": "app",
@@ -61,6 +63,7 @@ __all__ = [
     "ManualClock",
     "MonotonicClock",
     "RateLimit",
+    "StateError",
     "account_id",
     "load_faults",
     "make_app",

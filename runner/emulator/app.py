@@ -9,8 +9,12 @@ one service method and renders its answer. Every error is a `Problem` rendered a
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -19,8 +23,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner.emulator import binding, content, hostile
-from runner.emulator.clock import Clock, ManualClock
+from runner.emulator import binding, content, hostile, persist
+from runner.emulator.clock import Clock, ManualClock, MonotonicClock
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.problems import Problem, validation_problem
 from runner.emulator.query import QueryParams, query_workflows
@@ -275,14 +279,46 @@ ROUTES = [
 
 
 def make_app(config: EmulatorConfig | None = None, *, clock: Clock | None = None) -> Starlette:
-    """The emulator as an ASGI app; its service model is `app.state.emulator`."""
+    """The emulator as an ASGI app; its service model is `app.state.emulator`.
+
+    With `config.state_path`, the state saved there is loaded first (the clock, unless one is
+    given, goes on from where the saved one stood) and kept saved while the app is served
+    (`app.state.saver`; persist.py). StateError when the file is not an emulator's state.
+    """
+    config = config or EmulatorConfig()
+    saved = persist.load(config.state_path) if config.state_path is not None else None
+    if clock is None and saved is not None:
+        clock = MonotonicClock(start_s=persist.saved_now_s(saved))
+    emulator = Emulator(config, clock)
+    if saved is not None:
+        persist.restore(emulator, saved)
+    lifespan = None
+    if config.state_path is not None:
+        saver = persist.Saver(emulator, config.state_path)
+        lifespan = functools.partial(_keep_saved, saver, config.save_every_s)
     app = Starlette(
         routes=ROUTES,
         exception_handlers={Problem: problem_handler, HTTPException: http_error_handler},
         middleware=[Middleware(RequestCounter)],
+        lifespan=lifespan,
     )
     # No 307 to the path without its trailing slash: an id holding an encoded "/" is simply
     # not found, as on the service (which never redirects an API call).
     app.router.redirect_slashes = False
-    app.state.emulator = Emulator(config, clock)
+    app.state.emulator = emulator
+    if config.state_path is not None:
+        app.state.saver = saver
     return app
+
+
+@asynccontextmanager
+async def _keep_saved(saver: persist.Saver, every_s: float, app: Starlette) -> AsyncIterator[None]:
+    """While the app is served: its state saved every `every_s` s, and once more at the end."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(saver.keep_saved, every_s)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        await saver.checkpoint()

@@ -32,10 +32,11 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """Real time: `time.monotonic()` since construction, `anyio.sleep` to wait."""
+    """Real time: `time.monotonic()` since construction, plus `start_s` (where a restored
+    emulator's clock stood when it was saved); `anyio.sleep` to wait."""
 
-    def __init__(self) -> None:
-        self._start_s = time.monotonic()
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._start_s = time.monotonic() - start_s
 
     def now(self) -> float:
         return time.monotonic() - self._start_s

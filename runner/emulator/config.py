@@ -179,6 +179,9 @@ class EmulatorConfig:
     - `cdn_base_url`: another origin (a CDN, as Civitai's blob URLs redirect to one) that
       content URLs and the `read_redirect_other_host` fault point at; None = the API's own
       origin for content, `OTHER_HOST_URL` for the fault. The app answers on any host.
+    - `state_path`: a file the emulator's state is kept in (`persist`): loaded at start when
+      it exists, written every `save_every_s` seconds while it changes and when the app
+      stops. None (the default): state in memory only.
     """
 
     seed: int = 0
@@ -198,6 +201,8 @@ class EmulatorConfig:
     epoch_unix_s: float = DEFAULT_EPOCH_UNIX_S
     image_cache_entries: int = 64
     cdn_base_url: str | None = None
+    state_path: Path | None = None
+    save_every_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.time_scale < 0:

@@ -61,7 +61,13 @@ def running_hosts(
     sockets = [_listening_socket(host, 0), _listening_socket(host, 0)]
     api, cdn = (f"http://{host}:{sock.getsockname()[1]}" for sock in sockets)
     config = dataclasses.replace(config or EmulatorConfig(), cdn_base_url=cdn)
-    with _serving(make_app(config, clock=clock), sockets):
+    try:
+        app = make_app(config, clock=clock)
+    except BaseException:  # a state file that is not one (persist.StateError)
+        for sock in sockets:
+            sock.close()
+        raise
+    with _serving(app, sockets):
         yield Hosts(api=api, cdn=cdn)
 
 
@@ -78,8 +84,9 @@ def running_server(
     With a `ManualClock`, move time over HTTP (`POST /_emulator/advance?seconds=N`), not by
     calling `advance()` from the test's thread: the clock belongs to the server's event loop.
     """
+    app = make_app(config or EmulatorConfig(), clock=clock)  # before the socket: it may raise
     sock = _listening_socket(host, port)
-    with _serving(make_app(config or EmulatorConfig(), clock=clock), [sock]):
+    with _serving(app, [sock]):
         yield f"http://{host}:{sock.getsockname()[1]}"
 
 

@@ -70,6 +70,7 @@ class Emulator:
         self._refunds: list[tuple[float, int, str]] = []
         self._seq = itertools.count(1)
         self.submit_attempts: Counter[str] = Counter()
+        self.revision = 0  # moves with every change of the durable state (persist.Saver)
         self.requests: Counter[tuple[str, int]] = Counter()
         self.authorized_requests: Counter[str] = Counter()  # route -> with Authorization
         self.host_requests: Counter[str] = Counter()  # Host header -> requests
@@ -124,6 +125,7 @@ class Emulator:
     def _refund(self, record: WorkflowRecord) -> None:
         record.transactions.extend(self.ledger.refund(record.account, record.transactions))
         record.refunded = True
+        self.revision += 1
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Emulator:
         )
         if external_id:
             self._by_key[(account, external_id)] = preview
+            self.revision += 1
         return Reply(200, preview)
 
     def _create(self, account: str, body: dict[str, Any]) -> WorkflowRecord:
@@ -220,6 +223,7 @@ class Emulator:
             self._blobs[blob_id] = (wf_id, index)
         if record.refund_due():
             heapq.heappush(self._refunds, (record.terminal_s, seq, wf_id))
+        self.revision += 1
         self.settle()
         return record
 
@@ -380,6 +384,7 @@ class Emulator:
         """UpdateWorkflow (already validated): cancel, and replace metadata / tags."""
         self.settle()
         record = self.visible(account, wf_id)
+        self.revision += 1
         if changes.get("metadata") is not None:
             record.metadata = dict(changes["metadata"])
         if changes.get("tags") is not None:
@@ -398,6 +403,7 @@ class Emulator:
         record = self.visible(account, wf_id)
         self.cancel(record)
         record.deleted_s = self.clock.now()
+        self.revision += 1
 
     # -- introspection --------------------------------------------------------------------
 

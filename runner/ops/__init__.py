@@ -7,7 +7,7 @@ from runner.ops._cancel import cancel_out, render_cancel
 from runner.ops._compare import compare_out, comparison_json, render_comparison
 from runner.ops._retry import RetrySettings, execute_retry, render_retry
 from runner.ops._run import RunOutcome, RunOverrides, Target, execute
-from runner.ops._verify import render_verify, verify_out
+from runner.ops._verify import VerifyReport, render_verify, verify_out
 from runner.ops._whatif import plan_with_whatif
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "RunOutcome",
     "RunOverrides",
     "Target",
+    "VerifyReport",
     "cancel_out",
     "compare_out",
     "comparison_json",

@@ -31,6 +31,8 @@ from runner.disk import OutFolder
 from runner.engine import Backoff, charge_of, retrying
 from runner.errors import NotFoundError
 from runner.ops._adopt import record_terminal, tagged_workflows
+from runner.ops._run import Target
+from runner.ops._token import has_token, no_token
 from runner.store import Attempt, AttemptState, Store
 
 log = structlog.get_logger(__name__)
@@ -51,6 +53,7 @@ class CancelReport:
     finished: int = 0  # workflows that had already ended: their outcome recorded
     vanished: int = 0  # workflows the service no longer knows: recorded canceled, as charged
     started: list[str] = field(default_factory=list)  # processing: left to finish (paid)
+    offline: bool = False  # no token, and no workflow in flight: the service was not asked
 
 
 async def cancel_batch(store: Store, client: Client, tag: str, *, backoff: Backoff) -> CancelReport:
@@ -140,17 +143,28 @@ def render_cancel(report: CancelReport, *, out: str) -> str:
             f"running     {len(report.started)} already processing: paid, left to finish;"
             f" `zbatch run` downloads their images"
         )
+    if report.offline:
+        lines.append("service     not asked: no workflow was in flight (no token needed)")
     lines.append(f"resume      zbatch retry {out} --state canceled")
     return "\n".join(lines)
 
 
-async def cancel_out(out: Path, *, api_url: str | None = None) -> CancelReport:
-    """`zbatch cancel OUT`: take the batch lock, then cancel through the API.
+async def cancel_out(out: Path, *, target: Target = Target()) -> CancelReport:
+    """`zbatch cancel OUT`: take the batch lock, then cancel through the API at `target`.
 
-    A running `zbatch run` holds the lock: StoreError names it. The token comes from the
-    environment.
+    A running `zbatch run` holds the lock: StoreError names it. The token is the target's or
+    the environment's. Without one, a batch with no workflow in flight (no intent, nothing
+    running) is canceled offline (`offline`); one with workflows in flight raises the
+    missing token, having changed nothing.
     """
     async with await Store.open(OutFolder(out).existing_db()) as store:
         info = await store.batch_info()
-        async with Client(base_url=api_url) as client:
+        if not has_token(target):
+            in_flight = len(await store.active())
+            if in_flight:
+                raise no_token("zbatch cancel", f"{in_flight} workflows in flight to cancel")
+            report = CancelReport(unsubmitted=await store.cancel_batch(REASON), offline=True)
+            log.info("batch_canceled", unsubmitted=report.unsubmitted, offline=True)
+            return report
+        async with Client(base_url=target.base_url, token=target.token) as client:
             return await cancel_batch(store, client, info.tag, backoff=Backoff())

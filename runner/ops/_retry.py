@@ -35,7 +35,8 @@ from runner.ops._run import (
     read_outcome,
     with_client,
 )
-from runner.store import PlanResult, RetryPlan, RunSettings, Store
+from runner.ops._token import has_token, no_token
+from runner.store import PlanResult, RetryPlan, RunSettings, Store, retry_preview
 
 log = structlog.get_logger(__name__)
 DEFAULT_STATES = ("failed", "expired", "lost")
@@ -64,6 +65,7 @@ class RetrySettings:
     submit_per_s: float | None = None
     downloads: int | None = None
     captions: str | None = None
+    give_up_after_s: float | None = None  # `--give-up-after`, as `zbatch run` has it
 
     def over(self, recorded: RunSettings) -> RunSettings:
         """The settings this retry runs with: `recorded`, with each flag given in its place."""
@@ -117,6 +119,8 @@ async def retry_batch(
             runtime_scale=runtime_scale,
             **dict(tuning or {}),
         )
+        if settings.give_up_after_s is not None:
+            config = replace(config, give_up_after_s=settings.give_up_after_s)
         log.info("retry_settings", **asdict(using))
         await anyio.to_thread.run_sync(sweep_batch_temps, out)
         engine = Engine(store, client, config)
@@ -152,6 +156,16 @@ async def batch_settings(store: Store, command: str) -> RunSettings:
     return LEGACY_SETTINGS
 
 
+async def _offline_retry(out: Path, settings: RetrySettings) -> RetryOutcome:
+    """A retry without a token: nothing chosen, or the missing token raised."""
+    states = settings.states or (() if settings.cells else DEFAULT_STATES)
+    async with await Store.open(OutFolder(out).existing_db(), read_only=True) as store:
+        chosen, plan = await retry_preview(store, states=states, cells=settings.cells)
+    if chosen:
+        raise no_token("zbatch retry", f"{chosen} cells to submit again")
+    return RetryOutcome(plan, None)
+
+
 def render_retry(plan: RetryPlan, *, listed: int = 20) -> str:
     """What the retry chose and left alone, before the run's summary."""
     kinds: dict[str, int] = {}
@@ -180,9 +194,13 @@ def execute_retry(
 ) -> RetryOutcome:
     """`zbatch retry` against `target`. Blocking, like `execute`: it owns the event loop.
 
-    An embedded emulator (the CLI's `--emulator`) knows none of the batch's earlier
-    workflows; it suits the demo, not a real batch.
+    Without a token it asks the record first (`retry_preview`, read only): when no cell would
+    be chosen it returns that, having touched nothing; otherwise it raises the missing token
+    (`no_token`). The CLI's `--emulator` restores the emulator the batch was made on, when
+    its state was kept in the batch folder (docs/emulator.md).
     """
+    if not has_token(target):
+        return anyio.run(_offline_retry, out, settings, backend="asyncio")
 
     async def work(client: Client, runtime_scale: float) -> RetryOutcome:
         return await retry_batch(

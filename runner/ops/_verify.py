@@ -31,7 +31,9 @@ from runner.dataset import refresh_dataset
 from runner.disk import OutFolder, atomic_write_bytes
 from runner.engine import Backoff, FetchedImage, ImageFetcher, InvalidImage, check_image
 from runner.ops._retry import batch_settings
-from runner.store import PendingImage, Store, StoredImage
+from runner.ops._run import Target
+from runner.ops._token import has_token, no_token
+from runner.store import PendingImage, Store, StoredImage, mark_image_refetched
 
 log = structlog.get_logger(__name__)
 CHUNK_BYTES = 1024 * 1024
@@ -50,6 +52,7 @@ class Damage:
     path: str
     problem: str  # missing | corrupt
     detail: str
+    recorded_bad: bool = False  # the file hashes as recorded, but does not decode
 
 
 @dataclass
@@ -63,6 +66,7 @@ class VerifyReport:
     lost: int = 0  # marked lost by --repair: the service no longer has them
     damage: list[Damage] = field(default_factory=list)  # the first LISTED found
     repair: bool = False
+    offline: bool = False  # --repair without a token found nothing to repair
 
     @property
     def damaged(self) -> int:
@@ -138,8 +142,8 @@ async def _check(
 ) -> None:
     got = await anyio.to_thread.run_sync(hash_file, out / image.path, limiter=limiter)
 
-    def damage(problem: str, detail: str) -> Damage:
-        return Damage(image.cell_key, image.index, image.path, problem, detail)
+    def damage(problem: str, detail: str, recorded_bad: bool = False) -> Damage:
+        return Damage(image.cell_key, image.index, image.path, problem, detail, recorded_bad)
 
     if got is None:
         results[n] = damage("missing", "no such file")
@@ -152,7 +156,7 @@ async def _check(
     else:
         check = functools.partial(decode_problem, out / image.path, image.request)
         if problem := await anyio.to_thread.run_sync(check, limiter=limiter):
-            results[n] = damage("corrupt", problem)
+            results[n] = damage("corrupt", problem, recorded_bad=True)
 
 
 def decode_problem(path: Path, request: dict[str, Any]) -> str | None:
@@ -199,11 +203,16 @@ async def _found(
         workflow_id=image.workflow_id,
         request=image.request,
     )
-    got = await fetcher.fetch(item)
-    if isinstance(got, FetchedImage) and got.info.sha256 == image.sha256:
+    got = await fetcher.fetch(item)  # bytes that pass the strict check, or why none did
+    if isinstance(got, FetchedImage) and (damage.recorded_bad or got.info.sha256 == image.sha256):
         write = functools.partial(atomic_write_bytes, out / image.path, got.content)
         await anyio.to_thread.run_sync(write)
-        await store.mark_image_repaired(image.attempt_id, image.index, image.sha256)
+        if got.info.sha256 == image.sha256:
+            await store.mark_image_repaired(image.attempt_id, image.index, image.sha256)
+        else:  # the recorded sha256 was of the bad bytes: the good ones are recorded now
+            await mark_image_refetched(
+                store, image.attempt_id, image.index, got.info.sha256, got.info.size_bytes
+            )
         report.repaired += 1
         log.info("image_repaired", cell=image.cell_key, index=image.index)
         return
@@ -239,15 +248,27 @@ def render_verify(report: VerifyReport, *, out: Path) -> str:
         )
         if report.lost:
             lines.append(f"remake      zbatch retry {out} --state lost")
+    elif report.offline:
+        lines.append("repair      nothing to repair: the service was not asked (no token needed)")
     elif report.damaged:
         lines.append(f"repair      zbatch verify {out} --repair")
     return "\n".join(lines)
 
 
-async def verify_out(out: Path, *, repair: bool, api_url: str | None = None) -> VerifyReport:
-    """`zbatch verify OUT [--repair]`: with repair, through the API (token from the environment)."""
+async def verify_out(out: Path, *, repair: bool, target: Target = Target()) -> VerifyReport:
+    """`zbatch verify OUT [--repair]`: with repair, through the API at `target` (its token or
+    the environment's). Without a token, --repair first only checks: every image intact needs
+    no service (the report says so: `offline`); a damaged one raises the missing token."""
     OutFolder(out).existing_db()  # NotABatch before asking for a token
     if not repair:
         return await verify_batch(out)
-    async with Client(base_url=api_url) as client:
+    if not has_token(target):
+        report = await verify_batch(out)
+        if report.damaged:
+            raise no_token(
+                "zbatch verify --repair", f"{report.damaged} damaged images to fetch again"
+            )
+        report.offline = True
+        return report
+    async with Client(base_url=target.base_url, token=target.token) as client:
         return await verify_batch(out, client=client)

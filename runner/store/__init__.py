@@ -3,6 +3,7 @@ state transition and read as a function of it; the rows it hands out; its migrat
 docs/states.md draws the state machine and names where each transition lives.
 """
 
+from runner.store._more import mark_image_refetched, retry_preview
 from runner.store._ops import RETRY_STATES
 from runner.store._rows import (
     Attempt,
@@ -48,6 +49,8 @@ __all__ = [
     "Tally",
     "ended_cells",
     "fetch_again",
+    "mark_image_refetched",
     "recorded_files",
+    "retry_preview",
     "tally",
 ]

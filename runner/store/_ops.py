@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import aiosqlite
+
 from runner.errors import StoreError
 from runner.identity import external_id
 from runner.store._rows import Adoption, AttemptState, RetryChoice, RetryPlan
@@ -86,7 +88,7 @@ async def retry_cells(
     if unknown:
         allowed = ", ".join(RETRY_STATES)
         raise StoreError(f"cannot retry state(s) {', '.join(sorted(unknown))} ({allowed})")
-    rows, skipped = await _retry_candidates(tx, states, cells)
+    rows, skipped = await retry_candidates(tx.db, states, cells)
     if not rows:
         return RetryPlan(chosen=[], skipped=skipped)
     async with tx.db.execute("SELECT generation, canceled_at FROM batch WHERE id = 1") as cur:
@@ -111,14 +113,15 @@ async def retry_cells(
     return RetryPlan(chosen=chosen, skipped=skipped, canceled_lifted=batch[1] is not None)
 
 
-async def _retry_candidates(
-    tx: Tx, states: Collection[str], cells: Sequence[str]
+async def retry_candidates(
+    db: aiosqlite.Connection, states: Collection[str], cells: Sequence[str]
 ) -> tuple[list[tuple[str, int, str]], dict[str, str]]:
     """(key, latest attempt, kind) of the cells to retry, and why each named one is not.
-    By state, never a cell a `run --replace` left out of the manifest (naming it retries it)."""
+    By state, never a cell a `run --replace` left out of the manifest (naming it retries it).
+    A read: `retry_cells` acts on it; `zbatch retry` without a token asks it first."""
     if not cells:
         marks = ",".join("?" for _ in states) or "NULL"
-        async with tx.db.execute(
+        async with db.execute(
             f"SELECT * FROM ({_LATEST} AND c.standing <> 'replaced') WHERE kind IN ({marks})"
             " ORDER BY key",
             tuple(states),
@@ -127,7 +130,7 @@ async def _retry_candidates(
     rows: list[tuple[str, int, str]] = []
     skipped: dict[str, str] = {}
     for key in dict.fromkeys(cells):
-        async with tx.db.execute(f"{_LATEST} AND c.key = ?", (key,)) as cur:
+        async with db.execute(f"{_LATEST} AND c.key = ?", (key,)) as cur:
             row = await cur.fetchone()
         if row is None:
             skipped[key] = "no such cell in this batch"
@@ -216,6 +219,17 @@ async def _supersede(tx: Tx, cell_key: str, attempt: int) -> None:
 async def mark_image_repaired(tx: Tx, attempt_id: int, index: int, sha256: str) -> None:
     """image downloaded -> downloaded: the file was damaged and is whole again (same sha256)."""
     await _verified(tx, attempt_id, index, "image:repaired", "", (), " AND sha256 = ?", (sha256,))
+
+
+async def mark_image_refetched(
+    tx: Tx, attempt_id: int, index: int, sha256: str, size_bytes: int
+) -> None:
+    """image downloaded -> downloaded, with new bytes: its recorded sha256 was of bytes that
+    do not decode (recorded before the strict check), and the service's fresh ones do."""
+    await _verified(
+        tx, attempt_id, index, "image:refetched", ", sha256 = ?, size_bytes = ?",
+        (sha256, size_bytes), "", (),
+    )  # fmt: skip
 
 
 async def mark_image_missing(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
