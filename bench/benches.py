@@ -18,31 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness as h
+from bench.figure import Figure
+from bench.versus import bench_versus_script
 from runner.emulator.workflows import plan_jobs, queue_phases
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One row of the table and of bench/results.json."""
-
-    benchmark: str
-    figure: str
-    value: float
-    unit: str
-    target: str = ""
-    met: bool | None = None
-    command: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "benchmark": self.benchmark,
-            "figure": self.figure,
-            "value": self.value,
-            "unit": self.unit,
-            "target": self.target,
-            "met": self.met,
-            "command": self.command,
-        }
 
 
 @dataclass(frozen=True)
@@ -66,6 +44,8 @@ class Sizes:
     memory_time_scale: float = 25.0
     memory_watch_s: float = 40.0
     export_rows: int = 200_000
+    versus_cells: int = 3_000  # issue 14: zbatch against the aiohttp script (c), 64x64
+    versus_big_cells: int = 1_000  # the same at 1024x1024 (issue: 3,000)
 
 
 FULL = Sizes()
@@ -87,6 +67,8 @@ TINY = Sizes(
     memory_time_scale=5.0,
     memory_watch_s=4.0,
     export_rows=300,
+    versus_cells=24,
+    versus_big_cells=8,
 )
 
 Bench = Callable[[Sizes, Path], list[Figure]]
@@ -481,6 +463,7 @@ BENCHES: dict[str, Bench] = {
     "expand": bench_expand,
     "plan": bench_plan,
     "end_to_end": bench_end_to_end,
+    "versus_script": bench_versus_script,
     "slot_use": bench_slot_use,
     "rate": bench_rate,
     "resume": bench_resume,

@@ -68,11 +68,15 @@ class EmulatorProcess:
 
 
 @contextmanager
-def emulator(*, time_scale: float, seed: int = 1) -> Iterator[EmulatorProcess]:
+def emulator(
+    *, time_scale: float, seed: int = 1, image_cache: int | None = None
+) -> Iterator[EmulatorProcess]:
     """Start `python -m bench.serve` on a free loopback port; always stop it."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.serve", "--port", str(port)]
     cmd += ["--time-scale", str(time_scale), "--seed", str(seed)]
+    if image_cache is not None:
+        cmd += ["--image-cache", str(image_cache)]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -104,9 +108,14 @@ def write_manifest(
     in_flight: int = 64,
     submit_per_s: float = 1000,
     downloads: int = 16,
+    first_seed: int | None = None,
 ) -> Path:
-    """A `cells`-cell turbo manifest (one prompt, `cells` seeds) at size x size, one image each."""
+    """A `cells`-cell turbo manifest (one prompt, `cells` seeds) at size x size, one image each;
+    seeds `first_seed`.. when given (the baselines' seeds), else the manifest's own."""
     path = folder / f"{name}.yaml"
+    seeds = f"{{count: {cells}}}"
+    if first_seed is not None:
+        seeds = f"{{range: [{first_seed}, {first_seed + cells - 1}]}}"
     path.write_text(
         f"name: {name}\n"
         f"out: {name}-out\n"
@@ -115,7 +124,7 @@ def write_manifest(
         "grid:\n"
         "  model: [turbo]\n"
         '  prompt: "A bench cabin at dusk"\n'
-        f"  seed: {{count: {cells}}}\n"
+        f"  seed: {seeds}\n"
         f"limits: {{in_flight: {in_flight}, submit_per_s: {submit_per_s}, "
         f"downloads: {downloads}}}\n"
         "retries: {attempts: 1}\n",

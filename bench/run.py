@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.benches import BENCHES, FULL, Figure, Sizes
+from bench.benches import BENCHES, FULL, Sizes
+from bench.figure import Figure
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -22,9 +22,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--time-scale", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-cache", type=int, default=EmulatorConfig().image_cache_entries,
+        help="rendered images kept (a run warmed with as many cells renders none again)",
+    )  # fmt: skip
     args = parser.parse_args()
     config = EmulatorConfig(
-        seed=args.seed, time_scale=args.time_scale, submit_limit=None, read_limit=None
+        seed=args.seed,
+        time_scale=args.time_scale,
+        submit_limit=None,
+        read_limit=None,
+        image_cache_entries=args.image_cache,
     )
     serve(config, host=args.host, port=args.port)
 

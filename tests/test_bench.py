@@ -13,6 +13,7 @@ import pytest
 
 from bench.benches import BENCHES, TINY, request_kinds
 from bench.run import render
+from bench.versus import side_by_side
 from runner.api._client import Client
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 
@@ -56,3 +57,16 @@ async def test_request_kinds_sorts_the_emulators_own_route_labels() -> None:
     async with httpx.AsyncClient(transport=EmulatorTransport(app)) as plain:
         state = (await plain.get("http://emulator/_emulator/state")).json()
     assert request_kinds(state) == {"submit": 1, "poll": 1, "download": 1, "redirect": 1}
+
+
+def test_versus_script_measures_both_runners_on_a_warm_emulator(tmp_path: Path) -> None:
+    """Baseline (c) and zbatch ask the emulator for the same images: after the warm-up run
+    neither makes it render one (the cache is keyed by what an image is drawn from), so the
+    ratios measure the runners; both ratios carry the issue's targets."""
+    figures = {f.figure: f for f in side_by_side(tmp_path, cells=6, size=64)}
+    rendered = "images the emulator rendered while measured (0: not its ceiling)"
+    assert figures[rendered].value == 0
+    assert figures["cells/s ratio zbatch / script"].target == ">= 1.0"
+    assert figures["CPU per 1,000 cells ratio zbatch / script"].target == "<= 1.5"
+    assert figures["script CPU per 1,000 cells"].value > 0
+    assert figures["zbatch CPU per 1,000 cells"].value > 0

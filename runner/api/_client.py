@@ -39,7 +39,7 @@ import httpx
 import structlog
 
 from runner import __version__
-from runner.api import _errors
+from runner.api import _errors, _http
 from runner.api._errors import TOKEN_ENV, body_error, parse_body, scrub, translate
 from runner.api._http import REDIRECT_STATUSES, BearerAuth, exchange, is_loopback, origin
 from runner.api._models import (
@@ -138,13 +138,13 @@ class Client:
             "follow_redirects": False,
             "headers": {"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
         }
-        self._http = httpx.AsyncClient(transport=transport, **settings)
+        self._http = _http.AiohttpClient(transport=transport, **settings)
         # Loopback goes direct, never through $HTTP_PROXY (runner/api/_http.py); a given
         # transport (a test's) is used for everything, as httpx then reads no proxy anyway.
         self._direct = (
             self._http
             if transport is not None
-            else httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(), **settings)
+            else _http.AiohttpClient(trust_env=False, **settings)  # no proxy from the environment
         )
 
     def __repr__(self) -> str:

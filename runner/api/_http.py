@@ -6,21 +6,62 @@ that loopback never goes through a proxy.
 a loopback host (`localhost`, 127.0.0.0/8, `::1`) is sent directly, whatever `NO_PROXY`
 says: a proxy elsewhere cannot reach this machine's loopback, so the embedded emulator (or a
 local `zbatch emulator`) would only ever answer through it with errors (`is_loopback`).
+
+The bytes move through aiohttp (`AiohttpClient`: httpx's API and rules on top, httpx-aiohttp's
+transport underneath): httpx's own transport spent ~10x the CPU per request (issue 14,
+docs/performance.md). Every rule here is httpx's (auth flow, redirects, timeouts, limits);
+aiohttp only carries the request, with no cookie jar of its own, no proxy from the
+environment but the one httpx picked, and certificates verified.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Generator
-from typing import Final
+from typing import Any, Final
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from runner.api._errors import body_error, read_limited
 from runner.log import redact_url
 
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 REDIRECT_BODY_MAX_BYTES: Final = 64 * 1024  # a redirect body read to keep its connection
+
+
+def aiohttp_transport(*, proxy: httpx.Proxy | None = None) -> AiohttpTransport:
+    """An httpx transport over an aiohttp session made on first use (inside the event loop):
+    certificates verified, no cookie jar, no proxy but `proxy`, no connection limit (the
+    engine's slots are the limit)."""
+
+    def session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=transport.ssl_context),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            auto_decompress=False,
+        )
+
+    # its `ssl_context` is httpx's verifying one (certifi, SSL_CERT_FILE), which every
+    # connection of the session uses
+    transport = AiohttpTransport(client=session, proxy=proxy)
+    return transport
+
+
+class AiohttpClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` whose transports (the direct one and each proxy's that httpx
+    mounts from the environment) are `aiohttp_transport`s; a given transport is kept."""
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
+        given: httpx.AsyncBaseTransport | None = kwargs.get("transport")
+        return given if given is not None else aiohttp_transport()
+
+    def _init_proxy_transport(
+        self, proxy: httpx.Proxy, *args: Any, **kwargs: Any
+    ) -> httpx.AsyncBaseTransport:
+        return aiohttp_transport(proxy=proxy)
 
 
 class BearerAuth(httpx.Auth):
