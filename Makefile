@@ -8,16 +8,17 @@ STAMP  := $(VENV)/.installed-stamp
 
 all: $(STAMP)
 
-# Reinstall only when the project's declared dependencies change.
+# Reinstall only when the project's declared dependencies change. The dev tools are a PEP 735
+# dependency group (pyproject's [dependency-groups]), not an extra: pip >= 25.1 installs it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group dev -e .
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check runner tests bench
-	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff format --check runner zbatch tests bench
+	$(BIN)/ruff check runner zbatch tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
