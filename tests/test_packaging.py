@@ -78,6 +78,12 @@ def test_the_wheel_metadata_declares_license_platforms_and_no_dev_extra(
         names = set(whl.namelist())
     assert "zbatch-0.1.0.dist-info/licenses/LICENSE" in names
     assert {"zbatch/__main__.py", "runner/__main__.py", "runner/cli/__main__.py"} <= names
+    examples = "runner/cli/examples/"
+    assert {
+        f"{examples}demo.yaml",
+        f"{examples}prompts.txt",
+        f"{examples}faults/flaky.yaml",
+    } <= names
     assert not {name for name in names if name.startswith(("tests/", "jobs/", "bench/"))}
 
 
