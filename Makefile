@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint demo bench torture fuzz-emulator emulator clean
+.PHONY: all test lint demo wheel bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
@@ -28,6 +28,11 @@ test: lint
 # The main job on the embedded emulator: no token, no network. A second run does nothing.
 demo: $(STAMP)
 	$(BIN)/zbatch run jobs/demo.yaml --emulator
+
+# The sdist and the wheel, as the index would serve them, into build/dist/ (tests/test_wheel.py
+# installs the wheel in a fresh venv and runs it from an empty folder; `make test` runs it).
+wheel: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir build/dist .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -1,8 +1,5 @@
-"""What is published: the sdist carries what its tests need, the wheel what a user runs.
-
-Both are built here as `python -m build` builds them (the sdist, then the wheel from the
-unpacked sdist), without build isolation: the dev group brings setuptools and build.
-"""
+"""What is published: the sdist carries what its tests need, the wheel what a user runs
+(tests/dists.py builds both). tests/test_wheel.py installs the wheel and uses it."""
 
 from __future__ import annotations
 
@@ -15,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.dists import ROOT, build_dists
+
 # What a packager needs beside the code to run `pytest` from the unpacked sdist.
 SDIST_TREES = ("tests", "jobs", "docs", "bench", "scripts")
 
@@ -23,15 +21,7 @@ SDIST_TREES = ("tests", "jobs", "docs", "bench", "scripts")
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The sdist and the wheel of this checkout."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
-    (sdist,) = out.glob("zbatch-*.tar.gz")
-    (wheel,) = out.glob("zbatch-*.whl")
-    return sdist, wheel
+    return build_dists(tmp_path_factory.mktemp("dist"))
 
 
 def _repo_files(tree: str) -> set[str]:
