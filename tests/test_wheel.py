@@ -5,7 +5,8 @@ system site-packages, no pip of its own: this venv's pip installs into it with `
 the dependencies from the configured index). Then, from an empty folder with no repository
 above it, with every proxy variable pointing at a port nothing listens on and no NO_PROXY,
 the first steps a user takes succeed: `zbatch init`, `zbatch run demo.yaml --emulator`
-(the emulator is on loopback, which never goes through the proxy), `zbatch export`.
+(the emulator is on loopback, which never goes through the proxy), `zbatch export` as JSON
+Lines and as a trainer's folder.
 """
 
 from __future__ import annotations
@@ -92,3 +93,6 @@ def test_the_installed_wheel_starts_runs_and_exports_from_an_empty_folder(
     rows = (work / "out" / "demo" / "export" / "dataset.jsonl").read_text().splitlines()
     assert len(rows) == 12
     assert {json.loads(row)["model"] for row in rows} == {"turbo", "base"}
+    zbatch("export", "out/demo", "--format", "folder", "--to", "train")
+    assert len(list((work / "train").glob("*.jpg"))) == len(list((work / "train").glob("*.txt")))
+    assert len(list((work / "train").glob("*.jpg"))) == 12
