@@ -103,8 +103,9 @@ async def test_the_flat_folder_is_what_kohya_globs(tmp_path: Path) -> None:
 async def test_subset_folders_are_kohya_subsets_with_their_repeats(tmp_path: Path) -> None:
     with anyio.fail_after(60):
         m, _ = await run_small_batch(tmp_path)
-        result = await export(m.out, "folder", subsets="vars.animal", repeats=10)
-    assert result.path == m.out / "export" / "folder"
+        to = tmp_path / "train"
+        result = await export(m.out, "folder", to=to, subsets="vars.animal", repeats=10)
+    assert result.path == to
     assert result.files == 3
     subsets = kohya_subsets(result.path)
     assert sorted(subsets.values()) == [(10, "café cat"), (10, "fox"), (10, "owl")]
@@ -190,13 +191,19 @@ def test_subset_names_are_one_safe_folder_name() -> None:
         ("folder", {"subsets": "colour"}, "'colour' is not a field"),
         ("folder", {"repeats": 0}, "at least 1"),
         ("folder", {"states": ("pending",)}, "only --state downloaded"),
+        ("folder", {"to": None}, "needs --to DIR outside OUT: loading OUT"),
+        ("folder", {"to": Path("export/train")}, "is inside"),
     ],
 )
 async def test_a_folder_export_that_cannot_be_made_is_refused(
     tmp_path: Path, fmt: str, kwargs: dict[str, Any], says: str
 ) -> None:
+    kwargs = {"to": tmp_path / "elsewhere", **kwargs}
+    if kwargs["to"] is not None and not kwargs["to"].is_absolute():
+        kwargs["to"] = tmp_path / "out" / kwargs["to"]
     with pytest.raises(ExportError, match=says):
-        await export(tmp_path, fmt, **kwargs)
+        await export(tmp_path / "out", fmt, **kwargs)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 async def test_the_cli_writes_subset_folders(

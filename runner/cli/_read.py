@@ -238,7 +238,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="the file (the folder for webdataset and folder) to write (default: under "
-        "OUT/export/)",
+        "OUT/export/; folder: required, outside OUT)",
     )
     p.add_argument(
         "--state",

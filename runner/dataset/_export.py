@@ -75,8 +75,8 @@ class ExportResult:
 
 
 def default_target(out: Path, fmt: str) -> Path:
-    """`OUT/export/dataset.<ext>`, or the folder `OUT/export/webdataset/` for shards, or
-    `OUT/export/folder/`."""
+    """`OUT/export/dataset.<ext>`, or the folder `OUT/export/webdataset/` for shards (a
+    folder export has no default: `check_folder_target`)."""
     return OutFolder(out).export / (fmt if fmt in FOLDER_FORMATS else f"dataset.{fmt}")
 
 
@@ -106,6 +106,8 @@ async def export(
     if fmt != "folder" and (subsets is not None or repeats is not None):
         raise ExportError("--subsets and --repeats make folders: they go with --format folder")
     layout = Subsets.of(subsets, repeats)
+    if fmt == "folder":
+        check_folder_target(out, to)
     conditions = parse_where(where)
     if chunk is None:
         chunk = PARQUET_CHUNK if fmt == "parquet" else DEFAULT_CHUNK
@@ -160,6 +162,18 @@ def prepare_folder(target: Path, fmt: str) -> None:
         pass  # made meanwhile: fine
     except OSError as exc:
         raise ExportError(f"--to {target}: cannot create {folder} ({exc.strerror})") from exc
+
+
+def check_folder_target(out: Path, to: Path | None) -> None:
+    """A folder export goes outside OUT: inside it, `imagefolder` loading OUT would find its
+    images and metadata.jsonl and count every image twice. Raises ExportError."""
+    inside = to is not None and Path(os.path.abspath(to)).is_relative_to(os.path.abspath(out))
+    if to is None or inside:
+        where = "" if to is None else f" ({to} is inside {out})"
+        raise ExportError(
+            f"--format folder needs --to DIR outside OUT{where}: loading OUT as an imagefolder"
+            " would count its images twice"
+        )
 
 
 def check_request(fmt: str, states: Sequence[str], shard_size: int) -> None:

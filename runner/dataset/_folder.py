@@ -1,6 +1,6 @@
 """`zbatch export --format folder`: the images and their captions side by side, for trainers.
 
-One folder (`--to`, default `OUT/export/folder/`) holds every downloaded image as
+One folder (`--to`, outside OUT: `_export.check_folder_target`) holds every downloaded image as
 `<cell key>_<index>.<ext>` (the name it has under `OUT/images/`: stable across exports and
 unique in the batch), its caption `<cell key>_<index>.txt` (one line: `metadata.caption_text`
 of the prompt), and `metadata.jsonl` (the rows, `file_name` relative to the folder, with the
