@@ -4,20 +4,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint demo bench torture fuzz-emulator emulator clean
+.PHONY: all test lint demo wheel bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
-# Reinstall only when the project's declared dependencies change.
+# Reinstall only when the project's declared dependencies change. The dev tools are a PEP 735
+# dependency group (pyproject's [dependency-groups]), not an extra: pip >= 25.1 installs it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --group dev -e .
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check runner tests bench
-	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff format --check runner zbatch tests bench
+	$(BIN)/ruff check runner zbatch tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -27,6 +28,11 @@ test: lint
 # The main job on the embedded emulator: no token, no network. A second run does nothing.
 demo: $(STAMP)
 	$(BIN)/zbatch run jobs/demo.yaml --emulator
+
+# The sdist and the wheel, as the index would serve them, into build/dist/ (tests/test_wheel.py
+# installs the wheel in a fresh venv and runs it from an empty folder; `make test` runs it).
+wheel: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir build/dist .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -210,6 +210,9 @@ def _parquet_without_pyarrow(e: Env) -> list[str]:
 P = ExitCode
 Case = Callable[[Env], list[str]]
 CASES: dict[tuple[str, ExitCode], Case] = {
+    ("init", P.OK): lambda e: ["init", str(e.tmp / "starter")],
+    ("init", P.USAGE): lambda e: ["init", str(e.manifest)],  # a file, not a folder
+    ("init", P.DISK): lambda e: e.disk_full("runner.disk.atomic_write_bytes", ["init", str(e.tmp)]),
     ("plan", P.OK): lambda e: ["plan", str(e.manifest)],
     ("plan", P.ERROR): _whatif_fails,
     ("plan", P.USAGE): lambda e: ["plan", _bad_manifest(e)],

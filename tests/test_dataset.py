@@ -149,13 +149,16 @@ def test_metadata_row_has_every_column_with_stable_types() -> None:
     assert row["cfgScale"] == 1.0
     assert isinstance(row["cfgScale"], float)
     assert row["buzz_charged"] == 1.5
-    assert row["loras"] == {LORA: 1.0}
+    assert row["loras"] == [{"urn": LORA, "strength": 1.0}]
+    assert row["text"] == row["prompt"] == "a fox"
     assert row["vars.animal"] == "fox"
     assert row["vars.place"] == ""
     assert row["nsfwLevel"] is None
     assert row["reason"] == ""
     assert row["workflow_id"] == "wf-1"
-    assert flat_row(row)["loras"] == json.dumps({LORA: 1.0}, separators=(",", ":"))
+    assert flat_row(row)["loras"] == json.dumps(
+        [{"strength": 1.0, "urn": LORA}], separators=(",", ":")
+    )
 
 
 def test_metadata_row_of_a_lost_image_has_no_file() -> None:
@@ -196,7 +199,8 @@ async def test_refresh_writes_one_row_per_downloaded_image_and_captions(tmp_path
             assert row["prompt"] == f"A {row['vars.animal']} in the snow"
             assert caption_path(m.out, row["file_name"]).read_text() == row["prompt"]
             assert row["negativePrompt"] == ("blurry, watermark" if row["model"] == "base" else "")
-            assert json.loads(row["loras"]) in ({}, {LORA: 0.8})
+            assert json.loads(row["loras"]) in ([], [{"urn": LORA, "strength": 0.8}])
+            assert row["text"] == row["prompt"]
             assert row["created_at"] <= row["finished_at"]
             assert row["workflow_id"]
             assert row["state"] == "downloaded"

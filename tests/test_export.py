@@ -54,7 +54,10 @@ async def test_jsonl_round_trips_every_row(tmp_path: Path) -> None:
         rows = read_jsonl(result.path)
         assert rows == await expected_rows(m.out)
         assert list(rows[0]) == COLUMNS
-        assert {json.dumps(r["loras"]) for r in rows} == {"{}", json.dumps({LORA: 0.8})}
+        assert {json.dumps(r["loras"]) for r in rows} == {
+            "[]",
+            json.dumps([{"urn": LORA, "strength": 0.8}]),
+        }
 
 
 async def test_csv_round_trips_text_with_commas_and_accents(tmp_path: Path) -> None:
@@ -90,7 +93,11 @@ async def test_parquet_is_typed_and_written_in_row_groups(tmp_path: Path) -> Non
         want = await expected_rows(m.out)
         got = table.to_pylist()
         assert [r["sha256"] for r in got] == [r["sha256"] for r in want]
-        assert [json.loads(r["loras"]) for r in got] == [r["loras"] for r in want]
+        assert str(table.schema.field("loras").type) == (
+            "list<element: struct<urn: string, strength: double>>"
+        )
+        assert [r["loras"] for r in got] == [r["loras"] for r in want]
+        assert [r["text"] for r in got] == [r["prompt"] for r in want]
 
 
 async def test_webdataset_shards_read_back_with_the_webdataset_package(tmp_path: Path) -> None:
@@ -119,7 +126,7 @@ async def test_webdataset_shards_read_back_with_the_webdataset_package(tmp_path:
             row = json.loads(sample["json"])
             assert row == want[sample["__key__"]]
             assert hashlib.sha256(sample["jpg"]).hexdigest() == row["sha256"]
-            assert sample["txt"].decode() == row["prompt"]
+            assert sample["txt"].decode() == row["prompt"] == row["text"]
 
 
 async def test_a_smaller_webdataset_export_removes_the_extra_old_shards(tmp_path: Path) -> None:

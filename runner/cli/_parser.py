@@ -7,6 +7,7 @@ import argparse
 from runner import __version__
 from runner.cli._command import Command, add_command, exit_codes_help
 from runner.cli._emulator import EMULATOR
+from runner.cli._init import INIT
 from runner.cli._list import LIST
 from runner.cli._ops import CANCEL, VERIFY
 from runner.cli._plan import PLAN
@@ -16,6 +17,7 @@ from runner.errors import EXIT_CODES
 
 # In `zbatch --help` order.
 COMMANDS: tuple[Command, ...] = (
+    INIT,
     PLAN,
     RUN,
     STATUS,

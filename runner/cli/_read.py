@@ -225,13 +225,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     Parquet needs pyarrow: pip install 'zbatch[parquet]'. Images missing from disk are
     left out of a WebDataset, with a warning. Exports the cells of the current manifest (and
     those a `run --keep` kept); --all also those a `run --replace` left out; --where
-    model=base only the rows that match.
+    model=base only the rows that match. --format folder: every image beside its one-line
+    .txt caption in one folder, for trainers (kohya-ss, OneTrainer, diffusers' imagefolder);
+    --subsets FIELD --repeats N: kohya-ss subset folders N_<value> (docs/dataset.md).
 
     Example:
         zbatch export out/demo                  # out/demo/export/dataset.jsonl
         zbatch export out/demo --format parquet
         zbatch export out/demo --format webdataset --shard-size 500 --to /data/demo-wds
         zbatch export out/demo --format csv --state lost --to lost.csv
+        zbatch export out/demo --format folder --to train --subsets model --repeats 10
     """
     from runner.dataset import DEFAULT_FORMAT, describe, export
 
@@ -239,7 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     states = tuple(s.strip() for s in args.state.split(",") if s.strip())
     job = functools.partial(
         export, args.out, fmt, to=args.to, states=states, shard_size=args.shard_size,
-        all_cells=args.all, where=args.where,
+        all_cells=args.all, where=args.where, subsets=args.subsets, repeats=args.repeats,
     )  # fmt: skip
     result = anyio.run(job, backend="asyncio")
     if result.missing:
@@ -262,13 +265,14 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         metavar="FORMAT",
-        help="jsonl, csv, parquet or webdataset (default: jsonl, JSON Lines)",
+        help="jsonl, csv, parquet, webdataset or folder (default: jsonl, JSON Lines)",
     )
     p.add_argument(
         "--to",
         type=Path,
         metavar="PATH",
-        help="the file (the shard folder for webdataset) to write (default: under OUT/export/)",
+        help="the file (the folder for webdataset and folder) to write (default: under "
+        "OUT/export/; folder: required, outside OUT)",
     )
     p.add_argument(
         "--state",
@@ -283,6 +287,19 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
         default=1000,
         metavar="N",
         help="webdataset: samples per tar shard (default: %(default)s)",
+    )
+    p.add_argument(
+        "--subsets",
+        metavar="FIELD",
+        help="folder: kohya-ss subset folders REPEATS_<value>, one per value of FIELD "
+        "(vars.NAME, model or a request field)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        metavar="N",
+        help="folder: the repeats in the subset folders' names (default: 1; alone: one "
+        "subset folder N_<batch name>)",
     )
     _add_all(p)
 

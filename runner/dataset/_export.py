@@ -1,4 +1,4 @@
-"""`zbatch export`: a batch's images and their metadata as JSONL, CSV, Parquet or WebDataset.
+"""`zbatch export`: a batch's images and metadata as JSONL, CSV, Parquet, WebDataset or a folder.
 
 Rows are `metadata_row`s (`_metadata.py`) read from the record (`OUT/batch.sqlite`, read-only,
 safe during a run) in one statement streamed a chunk at a time, and written a chunk at a
@@ -6,13 +6,15 @@ time in a worker thread: memory stays flat however many rows there are (measured
 docs/dataset.md). Every file is written under a temp name beside its target, fsynced and
 renamed into place, so a reader sees the previous export or the new one, never half.
 
-* `jsonl`: one JSON object per image (`loras` as an object).
+* `jsonl`: one JSON object per image (`loras` as a list of `{urn, strength}`).
 * `csv`: a header, then one line per image (`loras` as JSON text; absent values empty).
-* `parquet`: a typed schema, one row group per chunk of 5,000 rows (needs pyarrow:
-  `zbatch[parquet]`).
+* `parquet`: a typed schema (`loras` a list of structs), one row group per chunk of 5,000
+  rows (needs pyarrow: `zbatch[parquet]`).
 * `webdataset`: tar shards `shard-000000.tar`... of `shard_size` samples, each sample
-  `KEY.jpg` (or `.png`/`.webp`), `KEY.json` (its row) and `KEY.txt` (its prompt), where KEY
+  `KEY.jpg` (or `.png`/`.webp`), `KEY.json` (its row) and `KEY.txt` (its caption), where KEY
   is `<cell key>_<index>`. Only downloaded images: a sample needs its file.
+* `folder`: the images and their captions side by side in one folder, for trainers
+  (`_folder.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from runner.dataset._folder import FolderWriter, Subsets
 from runner.dataset._metadata import (
     COLUMNS,
     column_names,
@@ -45,9 +48,11 @@ from runner.disk import AtomicFile, OutFolder, fsync_dir
 from runner.errors import ExportError, MissingExtra
 from runner.store import DatasetImage, ImageState
 
-FORMATS = ("jsonl", "csv", "parquet", "webdataset")
+FORMATS = ("jsonl", "csv", "parquet", "webdataset", "folder")
+# The formats that are a folder of files (images), not one file: downloaded images only.
+FOLDER_FORMATS = ("webdataset", "folder")
 # Without --format: JSON Lines, the one most users want. It needs no extra (Parquet needs
-# pyarrow), keeps every column typed as it is (`loras` as an object, numbers as numbers),
+# pyarrow), keeps every column typed as it is (`loras` as a list, numbers as numbers),
 # and is read by `datasets.load_dataset("json")`, pandas, DuckDB, jq and Polars alike.
 DEFAULT_FORMAT = "jsonl"
 IMAGE_STATES = tuple(s.value for s in ImageState)
@@ -63,15 +68,16 @@ class ExportResult:
     """What an export wrote."""
 
     format: str
-    path: Path  # the file, or the WebDataset shard folder
-    rows: int  # rows (samples) written
-    files: int  # files written: 1, or the number of shards
-    missing: int  # downloaded images not found on disk, left out of a WebDataset
+    path: Path  # the file, or the WebDataset shard folder, or the folder
+    rows: int  # rows (samples, images) written
+    files: int  # files written: 1, or the number of shards (folder: of subset folders)
+    missing: int  # downloaded images not found on disk, left out of a WebDataset or folder
 
 
 def default_target(out: Path, fmt: str) -> Path:
-    """`OUT/export/dataset.<ext>`, or the folder `OUT/export/webdataset/` for shards."""
-    return OutFolder(out).export / ("webdataset" if fmt == "webdataset" else f"dataset.{fmt}")
+    """`OUT/export/dataset.<ext>`, or the folder `OUT/export/webdataset/` for shards (a
+    folder export has no default: `check_folder_target`)."""
+    return OutFolder(out).export / (fmt if fmt in FOLDER_FORMATS else f"dataset.{fmt}")
 
 
 async def export(
@@ -84,16 +90,24 @@ async def export(
     chunk: int | None = None,
     all_cells: bool = False,
     where: Sequence[str] = (),
+    subsets: str | None = None,
+    repeats: int | None = None,
 ) -> ExportResult:
     """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default):
     those of the current manifest's cells, or with `all_cells` of every cell (also those a
     `run --replace` left out). `where`: `FIELD=VALUE` conditions every row meets
-    (`_where.py`).
+    (`_where.py`). `subsets` (a field) and `repeats`: kohya-ss subset folders in a `folder`
+    export (`_folder.py`).
 
     Raises ExportError for a format, state or size that is not allowed, MissingExtra when
     Parquet is asked for without pyarrow, NotABatch when `out` holds no batch.
     """
     check_request(fmt, states, shard_size)
+    if fmt != "folder" and (subsets is not None or repeats is not None):
+        raise ExportError("--subsets and --repeats make folders: they go with --format folder")
+    layout = Subsets.of(subsets, repeats)
+    if fmt == "folder":
+        check_folder_target(out, to)
     conditions = parse_where(where)
     if chunk is None:
         chunk = PARQUET_CHUNK if fmt == "parquet" else DEFAULT_CHUNK
@@ -104,9 +118,14 @@ async def export(
         await anyio.to_thread.run_sync(prepare_folder, target, fmt)
     async with await open_record(out) as store:
         names = await store.var_names()
-        writer = await anyio.to_thread.run_sync(
-            functools.partial(_open_writer, fmt, target, names, out, shard_size)
-        )
+        batch = (await store.batch_info()).name if fmt == "folder" else ""
+        if fmt == "folder":
+            folder = functools.partial(FolderWriter, target, names, out, layout, batch)
+            writer: _Writer = _FolderExport(await anyio.to_thread.run_sync(folder))
+        else:
+            writer = await anyio.to_thread.run_sync(
+                functools.partial(_open_writer, fmt, target, names, out, shard_size)
+            )
         try:
             images_of = store.dataset_images(states, chunk=chunk, all_cells=all_cells)
             async with aclosing(images_of) as chunks:
@@ -123,10 +142,10 @@ async def export(
 
 
 def prepare_folder(target: Path, fmt: str) -> None:
-    """Make the folder a `--to` export goes into (the shard folder itself for webdataset)
+    """Make the folder a `--to` export goes into (the folder itself for webdataset, folder)
     when it is missing but its parent is there: only that last folder, never a whole path
     (a typo in `--to /mnt/dats/x.csv` must not create `/mnt/dats`). Raises ExportError."""
-    folder = target if fmt == "webdataset" else target.parent
+    folder = target if fmt in FOLDER_FORMATS else target.parent
     folder = Path(os.path.abspath(folder))
     if folder.is_dir():
         return
@@ -145,6 +164,18 @@ def prepare_folder(target: Path, fmt: str) -> None:
         raise ExportError(f"--to {target}: cannot create {folder} ({exc.strerror})") from exc
 
 
+def check_folder_target(out: Path, to: Path | None) -> None:
+    """A folder export goes outside OUT: inside it, `imagefolder` loading OUT would find its
+    images and metadata.jsonl and count every image twice. Raises ExportError."""
+    inside = to is not None and Path(os.path.abspath(to)).is_relative_to(os.path.abspath(out))
+    if to is None or inside:
+        where = "" if to is None else f" ({to} is inside {out})"
+        raise ExportError(
+            f"--format folder needs --to DIR outside OUT{where}: loading OUT as an imagefolder"
+            " would count its images twice"
+        )
+
+
 def check_request(fmt: str, states: Sequence[str], shard_size: int) -> None:
     """Raise ExportError naming what is allowed when the request cannot be honoured."""
     if fmt not in FORMATS:
@@ -154,8 +185,8 @@ def check_request(fmt: str, states: Sequence[str], shard_size: int) -> None:
     for state in states:
         if state not in IMAGE_STATES:
             raise ExportError(f"state {state!r} is not one of {', '.join(IMAGE_STATES)}")
-    if fmt == "webdataset" and set(states) != {"downloaded"}:
-        raise ExportError("webdataset holds image files: only --state downloaded can be exported")
+    if fmt in FOLDER_FORMATS and set(states) != {"downloaded"}:
+        raise ExportError(f"{fmt} holds image files: only --state downloaded can be exported")
     if shard_size < 1:
         raise ExportError(f"shard size must be at least 1, not {shard_size}")
 
@@ -246,7 +277,8 @@ class _CsvWriter:
 
 
 def parquet_schema(names: Sequence[str]) -> Any:
-    """The Parquet schema (a `pyarrow.Schema`): the fixed columns typed, `vars.*` as strings."""
+    """The Parquet schema (a `pyarrow.Schema`): the fixed columns typed (`loras` a list of
+    `{urn, strength}` structs), `vars.*` as strings."""
     pa, _ = arrow()
     types: dict[str, Any] = {
         "index": pa.int32(),
@@ -260,6 +292,7 @@ def parquet_schema(names: Sequence[str]) -> Any:
         "buzz_charged": pa.float64(),
         "bytes": pa.int64(),
         "revision": pa.int32(),
+        "loras": pa.list_(pa.struct([("urn", pa.string()), ("strength", pa.float64())])),
     }
     fields = [pa.field(name, types.get(name, pa.string())) for name in COLUMNS]
     fields += [pa.field(name, pa.string()) for name in column_names(names)[len(COLUMNS) :]]
@@ -288,9 +321,7 @@ class _ParquetWriter:
         such conversion pyarrow imports pandas when pandas is installed, 50 MB for nothing."""
         from pyarrow import json as arrow_json
 
-        data = "\n".join(
-            _json(flat_row(metadata_row(image, self.names))) for image in images
-        ).encode()
+        data = "\n".join(_json(metadata_row(image, self.names)) for image in images).encode()
         return arrow_json.read_json(
             io.BytesIO(data),
             read_options=arrow_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
@@ -343,7 +374,7 @@ class _WebDatasetWriter:
             tar = self._shard()
             _add(tar, key + ext, data)
             _add(tar, key + ".json", _json(row).encode())
-            _add(tar, key + ".txt", str(row["prompt"]).encode())
+            _add(tar, key + ".txt", str(row["text"]).encode())
             self.in_shard += 1
             self.rows += 1
             if self.in_shard >= self.shard_size:
@@ -381,6 +412,21 @@ class _WebDatasetWriter:
             self.file.abort()
 
 
+class _FolderExport:
+    def __init__(self, writer: FolderWriter) -> None:
+        self.writer = writer
+
+    def write(self, images: list[DatasetImage]) -> None:
+        self.writer.write(images)
+
+    def commit(self) -> ExportResult:
+        folder, rows, subsets, missing = self.writer.commit()
+        return ExportResult("folder", folder, rows, subsets, missing)
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
 def shard_urls(folder: Path, shards: int) -> str:
     """The brace pattern `webdataset.WebDataset` takes for `shards` shards in `folder`."""
     last = SHARD_NAME.format(max(shards - 1, 0))[len("shard-") : -len(".tar")]
@@ -401,6 +447,10 @@ def _json(row: dict[str, Any]) -> str:
 
 def describe(result: ExportResult) -> str:
     """One line saying what was written, and for shards how to load them."""
+    if result.format == "folder":
+        plural = "folder" if result.files == 1 else "folders"
+        where = f"{result.files} subset {plural} of " if result.files else ""
+        return f"wrote {result.rows} images and their captions to {where}{result.path}"
     if result.format != "webdataset":
         return f"wrote {result.rows} rows to {result.path} ({result.format})"
     shards = "shard" if result.files == 1 else "shards"

@@ -9,8 +9,10 @@ and renamed over the old one, so a reader sees the previous file or the new one,
 
 Column types never change from row to row: `imagefolder` fixes each column's type from the
 first ~10 MB of the file, so a column that starts null and later holds text fails to load.
-Text is `""` when absent, `loras` is its JSON text, and `nsfwLevel` is always null (the
-store does not keep the service's level yet). See docs/dataset.md.
+Text is `""` when absent, `loras` is the JSON text of its list of `{urn, strength}`, and
+`nsfwLevel` is always null (the store does not keep the service's level yet). `text` is the
+caption: the prompt on one line, its whitespace normalised (the column diffusers'
+`train_text_to_image` reads by default, and what a caption file holds). See docs/dataset.md.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ COLUMNS: tuple[str, ...] = (
     "workflow_id",
     "model",
     "prompt",
+    "text",  # the caption: the prompt on one line, whitespace normalised (`caption_text`)
     "negativePrompt",
     "seed",
     "width",
@@ -51,7 +54,7 @@ COLUMNS: tuple[str, ...] = (
     "sampleMethod",
     "schedule",
     "quantity",
-    "loras",  # {AIR URN: strength}; JSON text in metadata.jsonl, CSV and Parquet
+    "loras",  # [{urn, strength}] sorted by urn; JSON text in metadata.jsonl and CSV
     "buzz_charged",  # the attempt's charge / quantity: this image's share
     "sha256",
     "bytes",
@@ -68,12 +71,15 @@ VAR_PREFIX = "vars."
 def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any]:
     """The dataset row of one image: `COLUMNS`, then `vars.<name>` for each of `var_names`.
 
-    Pure. `loras` is a dict here; `flat_row` turns it into JSON text for flat formats.
-    Text fields are `""` when absent, never None, so a column keeps one type.
+    Pure. `loras` is a list of `{"urn", "strength"}` here (every reader keeps every LoRA:
+    an object keyed by URN is one struct field per LoRA to DuckDB and Arrow); `flat_row`
+    turns it into JSON text for flat formats. Text fields are `""` when absent, never None,
+    so a column keeps one type.
     """
     request = image.request
     quantity = int(request.get("quantity") or 1)
     loras = request.get("loras") or {}
+    prompt = _text(request.get("prompt"))
     row: dict[str, Any] = {
         "file_name": image.path,
         "key": image.cell_key,
@@ -81,7 +87,8 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "attempt": image.attempt,
         "workflow_id": image.workflow_id or "",
         "model": image.model,
-        "prompt": _text(request.get("prompt")),
+        "prompt": prompt,
+        "text": caption_text(prompt),
         "negativePrompt": _text(request.get("negativePrompt")),
         "seed": _int(request.get("seed")),
         "width": image.width if image.width is not None else _int(request.get("width")),
@@ -91,7 +98,10 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "sampleMethod": _text(request.get("sampleMethod")),
         "schedule": _text(request.get("schedule")),
         "quantity": quantity,
-        "loras": {str(air): float(weight) for air, weight in sorted(dict(loras).items())},
+        "loras": [
+            {"urn": str(air), "strength": float(weight)}
+            for air, weight in sorted(dict(loras).items())
+        ],
         "buzz_charged": round(image.charged_buzz / quantity, 4),
         "sha256": image.sha256,
         "bytes": image.size_bytes,
@@ -108,8 +118,15 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
 
 
 def flat_row(row: dict[str, Any]) -> dict[str, Any]:
-    """`row` with `loras` as canonical JSON text: for metadata.jsonl, CSV and Parquet."""
+    """`row` with `loras` as canonical JSON text: for metadata.jsonl and CSV."""
     return {**row, "loras": json.dumps(row["loras"], sort_keys=True, separators=(",", ":"))}
+
+
+def caption_text(prompt: str) -> str:
+    """A caption: `prompt` on one line, every run of whitespace (newlines, tabs, the
+    Unicode spaces) one space, none at either end. kohya-ss reads only a caption file's
+    first line."""
+    return " ".join(prompt.split())
 
 
 def column_names(var_names: Sequence[str]) -> list[str]:
@@ -126,7 +143,8 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
     """Rewrite `out/metadata.jsonl` from the store atomically; return the rows written.
 
     One row per downloaded image, ordered by path. With `captions == "txt"`, also write
-    `NAME.txt` beside each image holding its prompt, when it is missing or different.
+    `NAME.txt` beside each image holding its caption (`text`: the prompt on one line), when
+    it is missing or different.
     Idempotent, and safe to call while the engine runs on `store`: rows are read from a
     read-only snapshot of their own (`Store.reader`), and every blocking write runs in a
     worker thread, one chunk of rows at a time.
@@ -210,7 +228,7 @@ def _write_chunk(
         row = metadata_row(image, names)
         lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
         if captions == "txt":
-            write_caption(caption_path(out, image.path), row["prompt"])
+            write_caption(caption_path(out, image.path), row["text"])
     writer.text().write("".join(lines))
     return len(lines)
 

@@ -1,0 +1,1 @@
+"""`python -m zbatch`: the `zbatch` command under its own name (the code lives in `runner`)."""
