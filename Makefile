@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint demo wheel bench torture fuzz-emulator emulator clean
+.PHONY: all test lint system demo wheel bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
@@ -22,8 +22,20 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint system
 	$(BIN)/pytest -q
+
+# The Debian packages the tests use (.ci/run installs them): said up front, not as 30 failures.
+system:
+	@missing=""; \
+	command -v djpeg >/dev/null || missing="$$missing libjpeg-turbo-progs"; \
+	command -v dwebp >/dev/null || missing="$$missing webp"; \
+	ldconfig -p 2>/dev/null | grep -q "libturbojpeg.so.0 " || missing="$$missing libturbojpeg0"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make test needs these Debian packages:$$missing"; \
+	  echo "  apt-get install -y$$missing   (or run .ci/run, which installs them)"; exit 1; fi
 
 # The main job on the embedded emulator: no token, no network. A second run does nothing.
 demo: $(STAMP)
