@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from rich.console import Console
@@ -28,7 +28,7 @@ from rich.text import Text
 from runner.contract import runtime_s
 from runner.engine import Engine
 from runner.log import console_sink
-from runner.store import Attempt, AttemptState, Budget, Store
+from runner.store import Attempt, AttemptState, Budget, Store, tally
 
 WINDOW_S = 120.0  # rates are averaged over this much recent time
 PLAIN_EVERY_S = 10.0  # one plain line this often when stderr is not a terminal
@@ -38,6 +38,7 @@ PANEL_WIDTH = 80  # the panel never gets wider (and is narrower on a narrower te
 LABEL_WIDTH = 8  # "attempts"
 FINAL_READ_S = 2.0  # how long the last frame may take once the run has ended
 SLOW_READ_FACTOR = 10  # never spend more than 1/10 of the store's time on the display
+TALLY_EVERY_S = 2.0  # the by-cell image counts are re-read at most this often (see Sampler)
 OVERDUE_FRACTION = 0.25  # a workflow past its expected runtime: this share of its age is left
 OPEN_STATES = (AttemptState.PLANNED, AttemptState.SUBMITTING, AttemptState.RUNNING)
 IN_FLIGHT_STATES = (AttemptState.SUBMITTING, AttemptState.RUNNING)
@@ -62,7 +63,7 @@ class Snapshot:
 
     elapsed_s: float
     total_cells: int
-    counts: Mapping[str, int]  # attempts by state, images as `image:<state>` (Store.counts)
+    counts: Mapping[str, int]  # attempts by state (Store.counts; its `image:*` are not shown)
     budget: Budget
     submitted: int  # this run, resubmissions of a crash's intents included
     retries: int | None  # API calls retried this run (None: not known, `status --watch`)
@@ -72,6 +73,8 @@ class Snapshot:
     cells_per_min: float | None
     service: str | None = None  # "service unreachable since 02:13, retrying" in an outage
     in_flight: tuple[InFlight, ...] = ()  # the workflows in flight, by age (when known)
+    # Images by state, each (cell, index) once as the run summary counts them (`tally`).
+    images: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def open_cells(self) -> int:
@@ -133,7 +136,16 @@ class Sampler:
     keeping the rate windows and the ages of the workflows in flight between them.
 
     `status --watch` samples a store another process writes: no engine, so no stats of the
-    run (submitted, retries, the cap or a stop as the runner saw them)."""
+    run (submitted, retries, the cap or a stop as the runner saw them).
+
+    Cells and images are counted by cell, as the run summary counts them (docs/states.md):
+    the done cells are those without an open attempt (a cell has at most one, and it is its
+    latest), and the images come from the store's `tally`, each (cell, index) once, so after
+    `verify --repair` and `retry` the panel shows what the summary will. The tally's queries
+    cost more than `Store.counts` on a big batch, so they are re-read at most every
+    TALLY_EVERY_S (longer when they are slow: SLOW_READ_FACTOR times what they took), not at
+    every frame; `snapshot(fresh=True)` re-reads them (the final frame).
+    """
 
     def __init__(
         self,
@@ -152,9 +164,15 @@ class Sampler:
         self.submits = RateWindow(window_s)
         self.done = RateWindow(window_s)
         self._seen: dict[int, tuple[float, float]] = {}  # attempt id: (first seen, expected s)
+        self._images: dict[str, int] = {}
+        self._images_at: float | None = None  # when the tally was last read
+        self._images_every_s = TALLY_EVERY_S
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, *, fresh: bool = False) -> Snapshot:
+        """The batch now; the by-cell image counts as of at most TALLY_EVERY_S ago, or now
+        when `fresh`."""
         counts = await self.store.counts()
+        images = await self._read_images(fresh)
         budget = await self.store.budget()
         in_flight = await self._in_flight()
         now = anyio.current_time()
@@ -177,7 +195,17 @@ class Sampler:
             cells_per_min=None if cells_per_s is None else cells_per_s * 60,
             service=None if self.engine is None else self.engine.outage.describe(),
             in_flight=in_flight,
+            images=images,
         )
+
+    async def _read_images(self, fresh: bool) -> dict[str, int]:
+        now = anyio.current_time()
+        if fresh or self._images_at is None or now - self._images_at >= self._images_every_s:
+            self._images = dict((await tally(self.store, top_reasons=0)).images)
+            took_s = anyio.current_time() - now
+            self._images_at = anyio.current_time()
+            self._images_every_s = max(TALLY_EVERY_S, SLOW_READ_FACTOR * took_s)
+        return self._images
 
     async def _in_flight(self) -> tuple[InFlight, ...]:
         """The workflows in flight, aged from when this display first saw them."""
@@ -272,7 +300,7 @@ async def show_samples(
         finally:
             # Cancelled when the run ends: leave its final state on screen, not a stale frame.
             with anyio.move_on_after(FINAL_READ_S, shield=True):
-                live.update(panel(await sampler.snapshot()), refresh=True)
+                live.update(panel(await sampler.snapshot(fresh=True)), refresh=True)
 
 
 # -- rendering (pure) -------------------------------------------------------------------
@@ -284,7 +312,7 @@ def render_line(snap: Snapshot) -> str:
     parts = [
         f"[{_duration(snap.elapsed_s)}] cells {snap.done_cells}/{snap.total_cells} done",
         "attempts " + (_states(snap.counts) or "none"),
-        "images " + _images(snap.counts),
+        "images " + _images(snap.images),
         f"Buzz {b.charged_buzz} charged + {b.reserved_buzz} reserved of {b.cap_buzz}",
         f"{_rate(snap.submit_per_s)} submits/s",
         f"{_rate(snap.cells_per_min)} cells/min",
@@ -315,7 +343,7 @@ def render_panel(snap: Snapshot, *, width: int = PANEL_WIDTH, title: str = "zbat
     done = f"{snap.done_cells}/{snap.total_cells} done"
     grid.add_row("cells", _bar(max(snap.total_cells, 1), snap.done_cells, done, text_width))
     grid.add_row("attempts", _states(snap.counts) or "none")
-    grid.add_row("images", _images(snap.counts))
+    grid.add_row("images", _images(snap.images))
     buzz = f"{b.charged_buzz} charged + {b.reserved_buzz} reserved of {b.cap_buzz}"
     grid.add_row("Buzz", _bar(max(b.cap_buzz, 1), b.committed_buzz, buzz, text_width, "yellow"))
     grid.add_row(
@@ -351,10 +379,10 @@ def _states(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{s.value} {counts[s.value]}" for s in AttemptState if counts.get(s.value))
 
 
-def _images(counts: Mapping[str, int]) -> str:
+def _images(images: Mapping[str, int]) -> str:
     return (
-        f"{counts.get('image:downloaded', 0)} on disk,"
-        f" {counts.get('image:pending', 0)} pending, {counts.get('image:lost', 0)} lost"
+        f"{images.get('downloaded', 0)} on disk,"
+        f" {images.get('pending', 0)} pending, {images.get('lost', 0)} lost"
     )
 
 

@@ -65,7 +65,7 @@ async def watch(out: Path, *, interval_s: float, console: Console | None = None)
                 title="zbatch status --watch",
             )
         if not console.is_terminal:  # the Live panel ends on its final frame; lines need one
-            line = render_line(await sampler.snapshot())
+            line = render_line(await sampler.snapshot(fresh=True))
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -38,11 +38,18 @@ BLOB = "/v2/consumer/blobs/{blobId}"
 
 
 class ConnectionDropped(Exception):
-    """Raised after a deliberately partial response: the connection is to be cut."""
+    """Raised after a deliberately partial response: the connection is to be cut. `kind`
+    names the fault (`submit_drop_after`); the server logs it as one line, no traceback."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"emulated fault {kind}: connection dropped mid-response")
+        self.kind = kind
 
 
 class DroppedResponse(Response):
     """Announces the whole body's Content-Length, sends half of it, then drops the connection."""
+
+    kind = "submit_drop_after"  # the one fault that drops a connection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytes(self.body)
@@ -54,7 +61,7 @@ class DroppedResponse(Response):
         await send(
             {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
         )
-        raise ConnectionDropped("emulated fault: connection dropped mid-response")
+        raise ConnectionDropped(self.kind)
 
 
 def _service(request: Request) -> Emulator:

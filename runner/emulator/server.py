@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 import threading
 import time
@@ -13,17 +14,44 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 
-from runner.emulator.app import make_app
+from runner.emulator.app import ConnectionDropped, make_app
 from runner.emulator.clock import Clock
 from runner.emulator.config import EmulatorConfig
 
 STARTUP_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
+log = logging.getLogger("runner.emulator")
+
+
+class EmulatedFaults(logging.Filter):
+    """On uvicorn's error logger: an emulated dropped connection (`ConnectionDropped`) is a
+    fault the emulator meant, not an error of the application. Instead of uvicorn's
+    "Exception in ASGI application" and its traceback on the user's terminal, it is one
+    debug line on the emulator's logger (`runner.emulator`) naming the fault's kind."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ConnectionDropped):
+            log.debug("emulated fault %s: connection dropped mid-response", exc.kind)
+            return False
+        return True
+
+
+def quiet_emulated_faults() -> None:
+    """Install `EmulatedFaults` on uvicorn's error logger (once; after uvicorn's own logging
+    configuration, which `uvicorn.Config` applies)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, EmulatedFaults) for f in logger.filters):
+        logger.addFilter(EmulatedFaults())
 
 
 def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the emulator until interrupted (blocking); `zbatch emulator` calls this."""
-    uvicorn.run(make_app(config), host=host, port=port, log_level="info", access_log=False)
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(config), host=host, port=port, log_level="info", access_log=False)
+    )
+    quiet_emulated_faults()
+    server.run()
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -94,6 +122,7 @@ def running_server(
 def _serving(app: Starlette, sockets: list[socket.socket]) -> Iterator[None]:
     """Run one uvicorn server over the bound `sockets` in a thread; always stop it."""
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    quiet_emulated_faults()
     name = "emulator-" + "-".join(str(sock.getsockname()[1]) for sock in sockets)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": sockets}, name=name, daemon=True

@@ -9,7 +9,8 @@ asked (`Retry-After`) or an exponentially growing, fully jittered delay.
 
 An outage is waited out, but not forever: `Outage` keeps when the service last stopped
 answering (every call failing with a transport error, 408 or 5xx, none succeeding in
-between). The display and log.jsonl say "service unreachable since HH:MM, retrying"; after
+between). Once that has lasted 30 s (a flaky service's odd failed call is no outage), the
+display and log.jsonl say "service unreachable since HH:MM, retrying"; after
 `give_up_after_s` without a success the run stops with `ServiceOutage` (exit 130,
 resumable). 429 is no outage: the service is there, asking us to slow down.
 """
@@ -30,6 +31,7 @@ from runner.errors import RetryableError, ServiceOutage
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 DEFAULT_GIVE_UP_AFTER_S = 6 * 3600.0  # an outage longer than this ends a run (resumable)
+DECLARE_OUTAGE_AFTER_S = 30.0  # calls failing this long, none succeeding, make an outage
 
 
 class RateLimiter:
@@ -123,10 +125,14 @@ def is_outage(exc: RetryableError) -> bool:
 class Outage:
     """How long the service has failed every call, and the end of waiting for it.
 
-    `failed` starts the clock at the first failure in a row (and logs it once);
-    `succeeded` stops it. A failure `give_up_after_s` or more after the start raises
-    `ServiceOutage`. `clock` (monotonic seconds) and `now` (the wall time shown) are
-    anyio's and the local time by default; tests pass fakes.
+    `failed` starts the clock at the first failure in a row; `succeeded` stops it. A few
+    failures in a row are no outage (a flaky service fails a call now and then, and its
+    retry goes through): an outage is declared, logged once as `service_unreachable` and
+    shown by `describe`, only once calls have kept failing, none succeeding, for
+    `declare_after_s` (30 s; sooner if `give_up_after_s` is shorter). `succeeded` logs
+    `service_reachable_again` only after a declared outage. A failure `give_up_after_s` or
+    more after the first one raises `ServiceOutage`. `clock` (monotonic seconds) and `now`
+    (the wall time shown) are anyio's and the local time by default; tests pass fakes.
     """
 
     def __init__(
@@ -135,17 +141,23 @@ class Outage:
         *,
         clock: Callable[[], float] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        declare_after_s: float = DECLARE_OUTAGE_AFTER_S,
     ) -> None:
         self.give_up_after_s = give_up_after_s
+        self.declare_after_s = min(declare_after_s, give_up_after_s)
         self._clock = clock or anyio.current_time
         self._now = now
-        self.since: datetime | None = None  # wall time of the outage's first failure
+        self.since: datetime | None = None  # wall time of the first failure in a row
         self._started_s = 0.0
+        self.declared = False  # whether `service_unreachable` was logged for this outage
         self.last_error = ""
 
     def describe(self) -> str | None:
-        """`service unreachable since 02:13, retrying`, or None while the service answers."""
+        """`service unreachable since 02:13, retrying` once calls have failed for
+        `declare_after_s` with none succeeding, else None."""
         if self.since is None:
+            return None
+        if not self.declared and self._clock() - self._started_s < self.declare_after_s:
             return None
         return f"service unreachable since {self.since:%H:%M}, retrying"
 
@@ -157,14 +169,15 @@ class Outage:
         self.last_error = str(exc)
         if self.since is None:
             self.since, self._started_s = self._now(), now_s
+        down_s = now_s - self._started_s
+        if not self.declared and down_s >= self.declare_after_s:
+            self.declared = True
             log.warning(
                 "service_unreachable",
                 since=f"{self.since:%H:%M}",
                 give_up_after_s=self.give_up_after_s,
                 error=self.last_error,
             )
-            return
-        down_s = now_s - self._started_s
         if down_s >= self.give_up_after_s:
             raise ServiceOutage(
                 f"the service has been unreachable since {self.since:%H:%M} ({_hours(down_s)},"
@@ -177,14 +190,14 @@ class Outage:
             )
 
     def succeeded(self) -> None:
-        """A call went through: the outage, if any, is over."""
-        if self.since is not None:
+        """A call went through: the failures in a row, and the outage if declared, are over."""
+        if self.since is not None and self.declared:
             log.warning(
                 "service_reachable_again",
                 since=f"{self.since:%H:%M}",
                 down_s=round(self._clock() - self._started_s, 1),
             )
-            self.since = None
+        self.since, self.declared = None, False
 
 
 def _hours(seconds: float) -> str:
