@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from runner.api._client import Client
 from runner.emulator import EmulatorTransport, ManualClock
+from runner.emulator.ledger import account_id
 from runner.emulator.service import Emulator
 from runner.manifest._load import Manifest, parse_manifest
 
@@ -80,6 +81,19 @@ def rows(m: Manifest, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return list(db.execute(sql, params).fetchall())
     finally:
         db.close()
+
+
+def lose_an_image(m: Manifest, app: Starlette) -> str:
+    """Delete the first recorded image's file and its workflow on the service (its blobs go
+    with it), so a repair can only record it lost. Returns the image's path in OUT."""
+    path, workflow = rows(
+        m,
+        "SELECT i.path, a.workflow_id FROM images i JOIN attempts a ON a.id = i.attempt_id"
+        " ORDER BY i.path LIMIT 1",
+    )[0]
+    (m.out / path).unlink()
+    emulator_of(app).delete(account_id(TOKEN), workflow)
+    return str(path)
 
 
 def running(m: Manifest) -> int:

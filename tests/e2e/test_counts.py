@@ -29,6 +29,7 @@ from tests.e2e.ops_harness import (
     cell_states,
     client_for,
     emulator_of,
+    lose_an_image,
     manifest,
     rows,
     running,
@@ -60,13 +61,7 @@ async def test_repair_then_retry_counts_each_cell_once(tmp_path: Path) -> None:
         app = make_app(EmulatorConfig(time_scale=0))
         async with client_for(app) as client:
             await run_batch(m, client, tuning=FAST)
-            path, workflow = rows(
-                m,
-                "SELECT i.path, a.workflow_id FROM images i JOIN attempts a ON a.id = i.attempt_id"
-                " ORDER BY i.path LIMIT 1",
-            )[0]
-            (m.out / path).unlink()
-            emulator_of(app).delete(account_id(TOKEN), workflow)
+            lose_an_image(m, app)  # its file, and its workflow on the service
             repaired = await verify_batch(m.out, client=client, backoff=BACKOFF)
             assert repaired.lost == 1
             retried = await retry_batch(m.out, client, RetrySettings(), tuning=FAST)

@@ -35,6 +35,7 @@ from tests.e2e.ops_harness import (
     emulator_of,
     ids_by_external_id,
     images_on_disk_match,
+    lose_an_image,
     manifest,
     rows,
     running,
@@ -191,13 +192,7 @@ async def test_repair_marks_lost_what_the_service_no_longer_has(tmp_path: Path) 
         app = make_app(EmulatorConfig(time_scale=0))
         async with client_for(app) as client:
             await run_batch(m, client, tuning=FAST)
-            path, workflow = rows(
-                m,
-                "SELECT i.path, a.workflow_id FROM images i JOIN attempts a ON a.id = i.attempt_id"
-                " ORDER BY i.path LIMIT 1",
-            )[0]
-            (m.out / path).unlink()
-            emulator_of(app).delete(account_id(TOKEN), workflow)  # gone, blobs with it
+            path = lose_an_image(m, app)  # its file, and its workflow on the service
             report = await verify_batch(m.out, client=client, backoff=BACKOFF)
         assert (report.missing, report.repaired, report.lost) == (1, 0, 1)
         assert not report.intact

@@ -14,13 +14,12 @@ from runner.cli._progress import Sampler, render_line, render_panel
 from runner.cli._summary import render_summary
 from runner.disk import OutFolder
 from runner.emulator import EmulatorConfig, make_app
-from runner.emulator.ledger import account_id
 from runner.engine._pacing import Backoff
 from runner.ops._retry import RetrySettings, retry_batch
 from runner.ops._run import run_batch
 from runner.ops._verify import verify_batch
 from runner.store._store import Store
-from tests.e2e.ops_harness import FAST, TOKEN, client_for, emulator_of, manifest, rows
+from tests.e2e.ops_harness import FAST, client_for, lose_an_image, manifest
 
 
 async def test_panel_after_repair_and_retry_shows_the_summary_numbers(tmp_path: Path) -> None:
@@ -29,13 +28,7 @@ async def test_panel_after_repair_and_retry_shows_the_summary_numbers(tmp_path: 
         app = make_app(EmulatorConfig(time_scale=0))
         async with client_for(app) as client:
             await run_batch(m, client, tuning=FAST)
-            path, workflow = rows(
-                m,
-                "SELECT i.path, a.workflow_id FROM images i JOIN attempts a ON a.id = i.attempt_id"
-                " ORDER BY i.path LIMIT 1",
-            )[0]
-            (m.out / path).unlink()
-            emulator_of(app).delete(account_id(TOKEN), workflow)
+            lose_an_image(m, app)  # its file, and its workflow on the service
             assert (
                 await verify_batch(m.out, client=client, backoff=Backoff(base_s=0.001, cap_s=0.01))
             ).lost
