@@ -25,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.cli._summary import images_text, states_text
 from runner.contract import runtime_s
 from runner.engine import Engine
 from runner.log import console_sink
@@ -311,8 +312,8 @@ def render_line(snap: Snapshot) -> str:
     b = snap.budget
     parts = [
         f"[{_duration(snap.elapsed_s)}] cells {snap.done_cells}/{snap.total_cells} done",
-        "attempts " + (_states(snap.counts) or "none"),
-        "images " + _images(snap.images),
+        "attempts " + (states_text(snap.counts) or "none"),
+        "images " + images_text(snap.images),
         f"Buzz {b.charged_buzz} charged + {b.reserved_buzz} reserved of {b.cap_buzz}",
         f"{_rate(snap.submit_per_s)} submits/s",
         f"{_rate(snap.cells_per_min)} cells/min",
@@ -342,8 +343,8 @@ def render_panel(snap: Snapshot, *, width: int = PANEL_WIDTH, title: str = "zbat
     grid.add_column()
     done = f"{snap.done_cells}/{snap.total_cells} done"
     grid.add_row("cells", _bar(max(snap.total_cells, 1), snap.done_cells, done, text_width))
-    grid.add_row("attempts", _states(snap.counts) or "none")
-    grid.add_row("images", _images(snap.images))
+    grid.add_row("attempts", states_text(snap.counts) or "none")
+    grid.add_row("images", images_text(snap.images))
     buzz = f"{b.charged_buzz} charged + {b.reserved_buzz} reserved of {b.cap_buzz}"
     grid.add_row("Buzz", _bar(max(b.cap_buzz, 1), b.committed_buzz, buzz, text_width, "yellow"))
     grid.add_row(
@@ -373,17 +374,6 @@ def _bar(total: int, completed: int, text: str, room: int, style: str = "bar.com
         ProgressBar(total=total, completed=completed, width=bar_width, complete_style=style), text
     )
     return row
-
-
-def _states(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{s.value} {counts[s.value]}" for s in AttemptState if counts.get(s.value))
-
-
-def _images(images: Mapping[str, int]) -> str:
-    return (
-        f"{images.get('downloaded', 0)} on disk,"
-        f" {images.get('pending', 0)} pending, {images.get('lost', 0)} lost"
-    )
 
 
 def _rate(value: float | None) -> str:

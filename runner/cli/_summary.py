@@ -38,8 +38,8 @@ def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
         f"cells       {total}: {succeeded} succeeded · {t.failed_cells} ended without success"
         f" · {open_cells} not finished"
     )
-    lines.append("attempts    " + (_states(outcome.counts) or "none"))
-    lines.append("images      " + _images(t.images))
+    lines.append("attempts    " + (states_text(outcome.counts) or "none"))
+    lines.append("images      " + images_text(t.images))
     lines.append(
         f"Buzz        {b.charged_buzz} charged of a {b.cap_buzz} cap"
         + (f" ({b.reserved_buzz} still reserved)" if b.reserved_buzz else "")
@@ -110,11 +110,13 @@ def _headline(outcome: RunOutcome, total: int, succeeded: int, open_cells: int) 
     return f"Done: {succeeded} of {total} cells succeeded."
 
 
-def _states(counts: Mapping[str, int]) -> str:
+def states_text(counts: Mapping[str, int]) -> str:
+    """Attempts by state, in the states' order (`running 2, succeeded 10`); the panel too."""
     return ", ".join(f"{s.value} {counts[s.value]}" for s in AttemptState if counts.get(s.value))
 
 
-def _images(images: Mapping[str, int]) -> str:
+def images_text(images: Mapping[str, int]) -> str:
+    """Images by state, counted by cell (`store.tally`); the panel says them the same way."""
     return (
         f"{images.get('downloaded', 0)} on disk,"
         f" {images.get('pending', 0)} pending, {images.get('lost', 0)} lost"
