@@ -9,7 +9,7 @@ Record one (the emulator in its own process, so it is not in the profile):
 
 Each sample's stack is read from its leaf to its root; the first frame that names a
 component gives the sample to it (so httpx called from the engine counts as httpx). Samples
-waiting (the selector, aiosqlite's idle queue, a condition) are dropped. py-spy samples a
+waiting (the selector, the store writer's idle queue, a condition) are dropped. py-spy samples a
 thread that is in a system call as busy, so fsync time counts under its component although
 it is not CPU: the shares are of busy thread time. `--cpu-ms-per-cell` (the run's CPU
 seconds per 1,000 cells) turns each share into milliseconds of a cell.
@@ -27,9 +27,8 @@ OTHER = "event loop, other"
 RULES: list[tuple[str, str]] = [  # (component, regex on one frame)
     (
         IDLE,
-        r"^(EpollSelector\.select|Condition\.wait) |_connection_worker_thread \(.*core\.py:59\)",
+        r"^(EpollSelector\.select|Condition\.wait) |^Writer\._next_jobs |^_next_jobs ",
     ),
-    ("SQLite itself (statements, commits, fsync)", r"_connection_worker_thread \(.*core\.py:63\)"),
     ("JSON (json, orjson)", r"/json/|orjson"),
     ("logging (structlog, runner/log.py)", r"structlog/|runner/log\.py"),
     ("image check (strict decode)", r"runner/engine/_jpeg\.py|PIL/"),
@@ -37,8 +36,8 @@ RULES: list[tuple[str, str]] = [  # (component, regex on one frame)
     ("hashing (sha256)", r"hashlib|sha256"),
     ("display (rich, progress)", r"rich/|runner/cli/_progress"),
     (
-        "aiosqlite round trips (queue, thread hand-off)",
-        r"aiosqlite/|call_soon_threadsafe|_write_to_self|_read_from_self|queue\.py|Condition\.notify",
+        "store round trips (the writer's queue, thread hand-off)",
+        r"runner/store/_writer\.py|call_soon_threadsafe|_write_to_self|_read_from_self|queue\.py|Condition\.notify",
     ),
     (
         "HTTP transport (httpx, httpcore, h11, aiohttp, sockets)",
@@ -46,7 +45,9 @@ RULES: list[tuple[str, str]] = [  # (component, regex on one frame)
         r"|anyio/abc/_sockets|anyio/streams",
     ),
     ("runner/api (request building, parsing, errors)", r"runner/api/"),
-    ("runner/store (SQL building, rows)", r"runner/store/"),
+    # on the writer's thread, a statement or a COMMIT (its fsync) shows as the store's frame
+    # that runs it: SQLite itself counts here
+    ("runner/store (SQLite statements, commits, fsync; SQL building, rows)", r"runner/store/"),
     ("runner/engine (scheduling, pacing)", r"runner/engine/"),
     ("start-up (imports, plan, open)", r"importlib|runner/plan|runner/grid|runner/manifest"),
 ]

@@ -1,4 +1,5 @@
-"""Shared fixtures: every async test runs on anyio's asyncio backend (aiosqlite needs it),
+"""Shared fixtures: every async test runs on anyio's asyncio backend (the store's writer thread
+hands results back on asyncio futures),
 and every test starts with structlog's defaults.
 
 `runner.cli._main.main` configures logging for the process; under pytest that points structlog at

@@ -140,13 +140,13 @@ class SmallDisk:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             write_all(fd, data)
 
-        async def failing_commit(store: Store) -> None:
+        def failing_commit(store: Store, db: sqlite3.Connection) -> None:
             if store.path is not None and self.under(store.path):
                 if self.ro:
                     raise _sqlite_error("attempt to write a readonly database", "SQLITE_READONLY")
                 if self.full:
                     raise _sqlite_error("database or disk is full", "SQLITE_FULL")
-            await commit(store)
+            commit(store, db)
 
         def fake_statvfs(path: Any) -> Any:
             got = statvfs(path)

@@ -32,7 +32,7 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_zbatch_plan_loads_no_server_and_no_database() -> None:
-    """`zbatch plan` loads neither the emulator's server (Starlette, uvicorn) nor aiosqlite."""
+    """`zbatch plan` loads neither the emulator's server (Starlette, uvicorn) nor the store."""
     loaded = _loaded_after(
         "from runner.cli import main\n"
         "import contextlib, io\n"
@@ -40,7 +40,7 @@ def test_zbatch_plan_loads_no_server_and_no_database() -> None:
         "    main(['plan', 'jobs/demo.yaml'])"
     )
     assert "runner.manifest" in loaded  # the probe did plan
-    assert not loaded & {"starlette", "uvicorn", "aiosqlite", "runner.emulator", "runner.store"}
+    assert not loaded & {"starlette", "uvicorn", "runner.emulator", "runner.store"}
 
 
 def test_the_store_loads_no_manifest_parser() -> None:

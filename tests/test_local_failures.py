@@ -130,7 +130,7 @@ async def test_a_database_made_read_only_during_a_run_stops_at_the_next_commit(
             attempt = (await store.next_planned(1))[0]
             real_commit = Store._commit
 
-            async def read_only_commit(self: Store) -> None:
+            def read_only_commit(self: Store, db: sqlite3.Connection) -> None:
                 exc = sqlite3.OperationalError("attempt to write a readonly database")
                 exc.sqlite_errorname = "SQLITE_READONLY"
                 raise exc

@@ -154,8 +154,7 @@ async def test_a_plan_that_fails_half_way_leaves_nothing_and_the_next_one_plans_
 
 
 async def _one(store: Store, sql: str) -> object:
-    async with store._db.execute(sql) as cur:
-        row = await cur.fetchone()
+    row = await store._read(lambda db: db.execute(sql).fetchone())
     assert row is not None
     return row[0]
 

@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-import anyio
 import structlog
 
 from runner.disk import (
@@ -93,83 +91,86 @@ def disk_refusal(exc: OSError, path: Path, doing: str) -> LocalDiskError | OSErr
     return disk_error(exc, path.parent, doing) or exc
 
 
-async def run(db: aiosqlite.Connection, sql: str) -> list[Any]:
+def run(db: sqlite3.Connection, sql: str) -> list[Any]:
     """Run `sql` and close its statement at once (fetching every row).
 
     A statement left open until the garbage collector finalizes it counts as a write in
     progress, which makes a later COMMIT fail ("SQL statements in progress"); `journal_mode`
     answers a row.
     """
-    async with db.execute(sql) as cur:
-        return list(await cur.fetchall())
+    cur = db.execute(sql)
+    try:
+        return list(cur.fetchall())
+    finally:
+        cur.close()
 
 
-async def connect_or_set_aside(
+def connect_or_set_aside(
     path: Path, *, set_aside_damaged: bool
-) -> tuple[aiosqlite.Connection, Path | None]:
+) -> tuple[sqlite3.Connection, Path | None]:
     """The connection to the database at `path` (`connect`), and None.
 
     With `set_aside_damaged` (`zbatch run --adopt`) every page is checked too, and a damaged
     database is renamed aside (`set_aside`, never deleted): then the connection is to a new
     database in its place, and the second value is where the damaged one went.
     """
-    problem = await anyio.to_thread.run_sync(header_problem, path)
+    problem = header_problem(path)
     if problem is None:
         try:
-            return await connect(path, check=set_aside_damaged), None
+            return connect(path, check=set_aside_damaged), None
         except DatabaseDamaged as exc:
             if not set_aside_damaged:
                 raise
             problem = exc.detail
     elif not set_aside_damaged:
         raise damaged(str(path), problem)
-    aside = await anyio.to_thread.run_sync(set_aside, path)
+    aside = set_aside(path)
     log.warning("damaged_database_set_aside", problem=problem, moved_to=str(aside))
-    return await connect(path, check=False), aside
+    return connect(path, check=False), aside
 
 
-async def connect(path: Path, *, check: bool) -> aiosqlite.Connection:
+def connect(path: Path, *, check: bool) -> sqlite3.Connection:
     """Connect to the database at `path` (creating it, 0600), refuse a newer schema before
     changing anything, check every page when asked (`PRAGMA quick_check`), set the pragmas,
     migrate. SQLite's errors are raised as their zbatch error."""
-    db: aiosqlite.Connection | None = None
+    db: sqlite3.Connection | None = None
     try:
         try:
             create_private(path)  # 0600; SQLite gives -wal and -shm the same mode
         except OSError as exc:
             raise disk_refusal(exc, path, f"creating {path.name}") from exc
-        db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = aiosqlite.Row
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
         # First only reads: the schema version (a newer zbatch's file is left untouched)
         # and, when asked, every page.
-        await run(db, _BUSY_TIMEOUT)
-        version = int((await run(db, "PRAGMA user_version"))[0][0])
+        run(db, _BUSY_TIMEOUT)
+        version = int((run(db, "PRAGMA user_version"))[0][0])
         if version > SCHEMA_VERSION:
             raise newer_schema(path, version)
         if check:
-            verdict = [str(r[0]) for r in await run(db, "PRAGMA quick_check(5)")]
+            verdict = [str(r[0]) for r in run(db, "PRAGMA quick_check(5)")]
             if verdict != ["ok"]:
                 raise damaged(str(path), "; ".join(verdict))
         for pragma in _PRAGMAS:
-            await run(db, pragma)
-        await migrate(db, path)
+            run(db, pragma)
+        migrate(db, path)
     except sqlite3.Error as exc:
         if db is not None:
-            await db.close()
+            db.close()
         translated = database_error(exc, path)
         if translated is None:
             raise
         raise translated from exc
     except BaseException:
         if db is not None:
-            await db.close()
+            db.close()
         raise
     return db
 
 
-async def migrate(db: aiosqlite.Connection, path: Path) -> None:
+def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Apply the migrations past the database's `PRAGMA user_version`, each whole or not at all."""
-    version = int((await run(db, "PRAGMA user_version"))[0][0])
+    version = int((run(db, "PRAGMA user_version"))[0][0])
     if version > SCHEMA_VERSION:  # another zbatch upgraded it since `connect` looked
         raise newer_schema(path, version)
     for number in range(version, SCHEMA_VERSION):
@@ -178,37 +179,36 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> None:
         bump = f"PRAGMA user_version = {number + 1};"
         script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n{bump}\nCOMMIT;"
         try:
-            await db.executescript(script)
+            db.executescript(script)
         except BaseException:
             if db.in_transaction:
-                await db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             raise
 
 
-async def connect_read_only(path: Path) -> aiosqlite.Connection:
+def connect_read_only(path: Path) -> sqlite3.Connection:
     """Connect to an existing database as a reader only: no lock, no migration, no write.
 
     It works while a run holds the batch. StoreError for a file that is not a zbatch
     database, or one at another schema version (an older one: `zbatch run` migrates it).
     """
-    apath = anyio.Path(path)
-    if not await apath.is_file():
+    if not path.is_file():
         raise StoreError(f"{path} does not exist")
-    uri = (await apath.resolve()).as_uri() + "?mode=ro"
-    db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    uri = path.resolve().as_uri() + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
-        db.row_factory = aiosqlite.Row
-        await run(db, _BUSY_TIMEOUT)
-        rows = await run(db, "PRAGMA user_version")
+        db.row_factory = sqlite3.Row
+        run(db, _BUSY_TIMEOUT)
+        rows = run(db, "PRAGMA user_version")
     except sqlite3.DatabaseError as exc:
-        await db.close()
+        db.close()
         raise StoreError(f"{path} is not a zbatch batch database ({exc})") from exc
     except BaseException:
-        await db.close()
+        db.close()
         raise
     version = int(rows[0][0]) if rows else 0
     if version != SCHEMA_VERSION:
-        await db.close()
+        db.close()
         if version == 0:
             raise StoreError(f"{path} is not a zbatch batch database (no zbatch schema)")
         if version > SCHEMA_VERSION:

@@ -13,14 +13,14 @@ opens an empty one, so nothing is submitted until a retry lifts it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
-
-import aiosqlite
 
 from runner.errors import StoreError
 from runner.identity import external_id
 from runner.store._rows import Adoption, AttemptState, RetryChoice, RetryPlan
+from runner.store._sql import cursor
 from runner.store._transitions import Tx, commit_delta, event, insert_attempt, move, reserved
 
 # The kinds of cell a retry may pick; blocked and rejected only when named with --cell.
@@ -41,38 +41,38 @@ _LATEST = (
 # -- cancel -------------------------------------------------------------------------------
 
 
-async def cancel_batch(tx: Tx, reason: str) -> int:
+def cancel_batch(tx: Tx, reason: str) -> int:
     """every planned -> canceled, and the batch stops submitting; how many it canceled.
 
     `batch.canceled_at` is set (kept if already set), the generation moves to an empty one
     (so a retry planned later by a finishing workflow is not handed out either), and every
     `planned` attempt becomes `canceled` with no charge. Idempotent.
     """
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         "UPDATE batch SET canceled_at = COALESCE(canceled_at, ?),"
         " generation = generation + 1 WHERE id = 1",
         (tx.now,),
     )
     if cur.rowcount != 1:
         raise StoreError("the database holds no batch yet: nothing to cancel")
-    await tx.db.execute(
+    tx.db.execute(
         "INSERT INTO events (at, attempt_id, from_state, to_state, buzz, detail)"
         " SELECT ?, id, 'planned', 'canceled', 0, ? FROM attempts WHERE state = 'planned'",
         (tx.now, reason),
     )
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         "UPDATE attempts SET state = 'canceled', reason = ?, updated_at = ?"
         " WHERE state = 'planned'",
         (reason, tx.now),
     )
-    await event(tx, None, None, "batch:canceled", None, reason)
+    event(tx, None, None, "batch:canceled", None, reason)
     return int(cur.rowcount)
 
 
 # -- retry --------------------------------------------------------------------------------
 
 
-async def retry_cells(
+def retry_cells(
     tx: Tx, states: Collection[str], cells: Sequence[str], attempts: int, cap_buzz: int | None
 ) -> RetryPlan:
     """-> planned (attempt n+1) for the chosen cells, and only they become submittable.
@@ -88,50 +88,51 @@ async def retry_cells(
     if unknown:
         allowed = ", ".join(RETRY_STATES)
         raise StoreError(f"cannot retry state(s) {', '.join(sorted(unknown))} ({allowed})")
-    rows, skipped = await retry_candidates(tx.db, states, cells)
+    rows, skipped = retry_candidates(tx.db, states, cells)
     if not rows:
         return RetryPlan(chosen=[], skipped=skipped)
-    async with tx.db.execute("SELECT generation, canceled_at FROM batch WHERE id = 1") as cur:
-        batch = await cur.fetchone()
+    with cursor(tx.db, "SELECT generation, canceled_at FROM batch WHERE id = 1") as cur:
+        batch = cur.fetchone()
     assert batch is not None  # rows exist, so the batch does
     generation = int(batch[0]) + 1
     chosen: list[RetryChoice] = []
     for key, last, kind in rows:
         number = last + 1
-        await insert_attempt(tx, key, number, f"retry of {kind}")
-        await tx.db.execute(
+        insert_attempt(tx, key, number, f"retry of {kind}")
+        tx.db.execute(
             "UPDATE cells SET generation = ?, max_attempts = ? WHERE key = ?",
             (generation, number - 1 + attempts, key),
         )
         chosen.append(RetryChoice(key, number, kind))
-    await tx.db.execute(
+    tx.db.execute(
         "UPDATE batch SET generation = ?, canceled_at = NULL,"
         " cap_buzz = COALESCE(?, cap_buzz) WHERE id = 1",
         (generation, cap_buzz),
     )
-    await event(tx, None, None, "batch:retry", cap_buzz, f"{len(chosen)} cells")
+    event(tx, None, None, "batch:retry", cap_buzz, f"{len(chosen)} cells")
     return RetryPlan(chosen=chosen, skipped=skipped, canceled_lifted=batch[1] is not None)
 
 
-async def retry_candidates(
-    db: aiosqlite.Connection, states: Collection[str], cells: Sequence[str]
+def retry_candidates(
+    db: sqlite3.Connection, states: Collection[str], cells: Sequence[str]
 ) -> tuple[list[tuple[str, int, str]], dict[str, str]]:
     """(key, latest attempt, kind) of the cells to retry, and why each named one is not.
     By state, never a cell a `run --replace` left out of the manifest (naming it retries it).
     A read: `retry_cells` acts on it; `zbatch retry` without a token asks it first."""
     if not cells:
         marks = ",".join("?" for _ in states) or "NULL"
-        async with db.execute(
+        with cursor(
+            db,
             f"SELECT * FROM ({_LATEST} AND c.standing <> 'replaced') WHERE kind IN ({marks})"
             " ORDER BY key",
             tuple(states),
         ) as cur:
-            return [(r[0], int(r[1]), r[2]) for r in await cur.fetchall()], {}
+            return [(r[0], int(r[1]), r[2]) for r in cur.fetchall()], {}
     rows: list[tuple[str, int, str]] = []
     skipped: dict[str, str] = {}
     for key in dict.fromkeys(cells):
-        async with db.execute(f"{_LATEST} AND c.key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        with cursor(db, f"{_LATEST} AND c.key = ?", (key,)) as cur:
+            row = cur.fetchone()
         if row is None:
             skipped[key] = "no such cell in this batch"
         elif row[2] == "intact":
@@ -148,7 +149,7 @@ async def retry_candidates(
 # -- adopt --------------------------------------------------------------------------------
 
 
-async def adopt_workflow(
+def adopt_workflow(
     tx: Tx, cell_key: str, attempt: int, workflow_id: str, charged_buzz: int
 ) -> Adoption:
     """(none) | planned | submitting -> running: a workflow found on the service recorded as
@@ -160,53 +161,54 @@ async def adopt_workflow(
     spent. Planned attempts of the cell numbered below it never reached the service and are
     canceled. Nothing changes for a known or conflicting one.
     """
-    async with tx.db.execute("SELECT 1 FROM cells WHERE key = ?", (cell_key,)) as cur:
-        if await cur.fetchone() is None:
+    with cursor(tx.db, "SELECT 1 FROM cells WHERE key = ?", (cell_key,)) as cur:
+        if cur.fetchone() is None:
             return Adoption("unknown", detail="no such cell in this batch")
-    async with tx.db.execute(
+    with cursor(
+        tx.db,
         "SELECT id, state, workflow_id FROM attempts WHERE cell_key = ? AND attempt = ?",
         (cell_key, attempt),
     ) as cur:
-        row = await cur.fetchone()
+        row = cur.fetchone()
     detail = f"adopted {workflow_id}"
     if row is None:
-        cur = await tx.db.execute(
+        cur = tx.db.execute(
             "INSERT INTO attempts (cell_key, attempt, external_id, state, charged_buzz,"
             " workflow_id, updated_at) VALUES (?, ?, ?, 'running', ?, ?, ?)",
             (cell_key, attempt, external_id(cell_key, attempt), charged_buzz, workflow_id,
              tx.now),
         )  # fmt: skip
         attempt_id = int(cur.lastrowid or 0)
-        await commit_delta(tx.db, charged_buzz)
-        await event(tx, attempt_id, None, "running", charged_buzz, detail)
+        commit_delta(tx.db, charged_buzz)
+        event(tx, attempt_id, None, "running", charged_buzz, detail)
     elif row["state"] in ("planned", "submitting"):
         attempt_id = int(row["id"])
-        before = await reserved(tx.db, attempt_id)
-        await move(
+        before = reserved(tx.db, attempt_id)
+        move(
             tx, attempt_id, [AttemptState(row["state"])], AttemptState.RUNNING,
             ", workflow_id = ?, reserved_buzz = 0, charged_buzz = ?", (workflow_id, charged_buzz),
         )  # fmt: skip
-        await commit_delta(tx.db, charged_buzz - before)
-        await event(tx, attempt_id, row["state"], "running", charged_buzz, detail)
+        commit_delta(tx.db, charged_buzz - before)
+        event(tx, attempt_id, row["state"], "running", charged_buzz, detail)
     elif row["workflow_id"] == workflow_id:
         return Adoption("known", int(row["id"]))
     else:
         found = row["workflow_id"] or "no workflow"
         return Adoption("conflict", int(row["id"]), f"recorded {row['state']}, {found}")
-    await _supersede(tx, cell_key, attempt)
+    _supersede(tx, cell_key, attempt)
     return Adoption("adopted", attempt_id)
 
 
-async def _supersede(tx: Tx, cell_key: str, attempt: int) -> None:
+def _supersede(tx: Tx, cell_key: str, attempt: int) -> None:
     """planned -> canceled for the cell's attempts numbered below `attempt`."""
     reason = f"superseded by attempt {attempt}, adopted from the service"
     where = " FROM attempts WHERE cell_key = ? AND attempt < ? AND state = 'planned'"
-    await tx.db.execute(
+    tx.db.execute(
         "INSERT INTO events (at, attempt_id, from_state, to_state, buzz, detail)"
         " SELECT ?, id, 'planned', 'canceled', 0, ?" + where,
         (tx.now, reason, cell_key, attempt),
     )
-    await tx.db.execute(
+    tx.db.execute(
         "UPDATE attempts SET state = 'canceled', reason = ?, updated_at = ?"
         " WHERE cell_key = ? AND attempt < ? AND state = 'planned'",
         (reason, tx.now, cell_key, attempt),
@@ -216,30 +218,28 @@ async def _supersede(tx: Tx, cell_key: str, attempt: int) -> None:
 # -- verify --repair ------------------------------------------------------------------------
 
 
-async def mark_image_repaired(tx: Tx, attempt_id: int, index: int, sha256: str) -> None:
+def mark_image_repaired(tx: Tx, attempt_id: int, index: int, sha256: str) -> None:
     """image downloaded -> downloaded: the file was damaged and is whole again (same sha256)."""
-    await _verified(tx, attempt_id, index, "image:repaired", "", (), " AND sha256 = ?", (sha256,))
+    _verified(tx, attempt_id, index, "image:repaired", "", (), " AND sha256 = ?", (sha256,))
 
 
-async def mark_image_refetched(
-    tx: Tx, attempt_id: int, index: int, sha256: str, size_bytes: int
-) -> None:
+def mark_image_refetched(tx: Tx, attempt_id: int, index: int, sha256: str, size_bytes: int) -> None:
     """image downloaded -> downloaded, with new bytes: its recorded sha256 was of bytes that
     do not decode (recorded before the strict check), and the service's fresh ones do."""
-    await _verified(
+    _verified(
         tx, attempt_id, index, "image:refetched", ", sha256 = ?, size_bytes = ?",
         (sha256, size_bytes), "", (),
     )  # fmt: skip
 
 
-async def mark_image_missing(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
+def mark_image_missing(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
     """image downloaded -> lost: the file is gone or damaged and the service no longer has it."""
-    await _verified(
+    _verified(
         tx, attempt_id, index, "image:lost", ", state = 'lost', reason = ?", (reason,), "", ()
     )
 
 
-async def _verified(
+def _verified(
     tx: Tx,
     attempt_id: int,
     index: int,
@@ -249,11 +249,11 @@ async def _verified(
     guard: str,
     guard_params: Sequence[Any],
 ) -> None:
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         f"UPDATE images SET updated_at = ?{sets}"
         f" WHERE attempt_id = ? AND idx = ? AND state = 'downloaded'{guard}",
         (tx.now, *params, attempt_id, index, *guard_params),
     )
     if cur.rowcount != 1:
         raise StoreError(f"image {attempt_id}/{index}: not downloaded, cannot become {to}")
-    await event(tx, attempt_id, "downloaded", to, None, str(index))
+    event(tx, attempt_id, "downloaded", to, None, str(index))

@@ -10,10 +10,9 @@ takes its SQL and its rows from here (`dataset_images_sql`, `dataset_images`).
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
-
-import aiosqlite
 
 from runner.errors import StoreError
 from runner.store._rows import (
@@ -30,8 +29,9 @@ from runner.store._rows import (
     PendingImage,
     StoredImage,
 )
+from runner.store._sql import cursor, fetchall
 
-Db = aiosqlite.Connection
+Db = sqlite3.Connection
 _CURRENT = "c.generation = (SELECT generation FROM batch WHERE id = 1)"
 # `a` is its cell's latest attempt: the one a cell counts as (`cell_counts`, failures).
 LATEST = "a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
@@ -39,29 +39,29 @@ LATEST = "a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = 
 ENDED_WITHOUT_SUCCESS = ("failed", "expired", "canceled", "blocked", "rejected")
 
 
-async def scalar(db: Db, sql: str, *params: Any) -> int:
+def scalar(db: Db, sql: str, *params: Any) -> int:
     """The first column of the first row of `sql` as an int (0 when there is none)."""
-    async with db.execute(sql, params) as cur:
-        row = await cur.fetchone()
+    with cursor(db, sql, params) as cur:
+        row = cur.fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
-async def _one(db: Db, sql: str, *params: Any) -> Any:
-    async with db.execute(sql, params) as cur:
-        return await cur.fetchone()
+def _one(db: Db, sql: str, *params: Any) -> Any:
+    with cursor(db, sql, params) as cur:
+        return cur.fetchone()
 
 
-async def _all(db: Db, sql: str, *params: Any) -> list[Any]:
-    async with db.execute(sql, params) as cur:
-        return list(await cur.fetchall())
+def _all(db: Db, sql: str, *params: Any) -> list[Any]:
+    with cursor(db, sql, params) as cur:
+        return list(cur.fetchall())
 
 
 # -- the engine ---------------------------------------------------------------------------
 
 
-async def attempts(db: Db, where: str, *params: Any) -> list[Attempt]:
+def attempts(db: Db, where: str, *params: Any) -> list[Attempt]:
     """The attempts `where` picks (a condition on `a`, the attempt, and `c`, its cell)."""
-    rows = await _all(
+    rows = _all(
         db,
         "SELECT a.id, a.cell_key, a.attempt, a.external_id, a.state, a.reserved_buzz,"
         " a.charged_buzz, a.workflow_id, c.model, c.request, c.estimate_buzz"
@@ -86,35 +86,34 @@ async def attempts(db: Db, where: str, *params: Any) -> list[Attempt]:
     ]
 
 
-async def next_planned(db: Db, limit: int) -> list[Attempt]:
+def next_planned(db: Db, limit: int) -> list[Attempt]:
     """Up to `limit` planned attempts of cells in the current manifest, in grid order."""
-    return await attempts(
+    return attempts(
         db,
         f"a.state = 'planned' AND {_CURRENT} ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
         limit,
     )
 
 
-async def active(db: Db) -> list[Attempt]:
+def active(db: Db) -> list[Attempt]:
     """Attempts the API may know of and that are not finished: submitting and running."""
-    return await attempts(db, "a.state IN ('submitting', 'running') ORDER BY a.id")
+    return attempts(db, "a.state IN ('submitting', 'running') ORDER BY a.id")
 
 
-async def attempt(db: Db, attempt_id: int) -> Attempt:
+def attempt(db: Db, attempt_id: int) -> Attempt:
     """The attempt `attempt_id`; StoreError when there is none."""
-    found = await attempts(db, "a.id = ?", attempt_id)
+    found = attempts(db, "a.id = ?", attempt_id)
     if not found:
         raise StoreError(f"attempt {attempt_id} does not exist")
     return found[0]
 
 
-async def pending_images(
-    db: Db, limit: int, skip: Container[tuple[int, int]] = ()
-) -> list[PendingImage]:
+def pending_images(db: Db, limit: int, skip: Container[tuple[int, int]] = ()) -> list[PendingImage]:
     """Up to `limit` images delivered by the service and not yet on disk, but those whose
     (attempt id, index) is in `skip` (the downloader's in-flight ones: their requests are
     not parsed again each time the downloader looks for more)."""
-    rows = await db.execute_fetchall(
+    rows = fetchall(
+        db,
         "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
         " FROM images i JOIN attempts a ON a.id = i.attempt_id"
         " JOIN cells c ON c.key = a.cell_key"
@@ -135,9 +134,9 @@ async def pending_images(
     ]
 
 
-async def budget(db: Db) -> Budget:
+def budget(db: Db) -> Budget:
     """The cap, what is committed, and how much of it is charged vs only reserved."""
-    row = await _one(
+    row = _one(
         db,
         "SELECT cap_buzz, committed_buzz,"
         " (SELECT COALESCE(SUM(charged_buzz), 0) FROM attempts),"
@@ -149,19 +148,19 @@ async def budget(db: Db) -> Budget:
     return Budget(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
-async def counts(db: Db) -> dict[str, int]:
+def counts(db: Db) -> dict[str, int]:
     """Attempts by state and images by state (`image:<state>`)."""
     out: dict[str, int] = {}
-    for state, n in await _all(db, "SELECT state, COUNT(*) FROM attempts GROUP BY state"):
+    for state, n in _all(db, "SELECT state, COUNT(*) FROM attempts GROUP BY state"):
         out[state] = n
-    for state, n in await _all(db, "SELECT state, COUNT(*) FROM images GROUP BY state"):
+    for state, n in _all(db, "SELECT state, COUNT(*) FROM images GROUP BY state"):
         out[f"image:{state}"] = n
     return out
 
 
-async def unsubmitted(db: Db) -> tuple[int, int]:
+def unsubmitted(db: Db) -> tuple[int, int]:
     """Planned attempts of current cells and the sum of their estimates (Buzz)."""
-    row = await _one(
+    row = _one(
         db,
         "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
         f" JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned' AND {_CURRENT}",
@@ -172,25 +171,25 @@ async def unsubmitted(db: Db) -> tuple[int, int]:
 # -- the operations -----------------------------------------------------------------------
 
 
-async def canceled_at(db: Db) -> str | None:
+def canceled_at(db: Db) -> str | None:
     """When `zbatch cancel` stopped the batch (ISO 8601, UTC), or None."""
-    row = await _one(db, "SELECT canceled_at FROM batch WHERE id = 1")
+    row = _one(db, "SELECT canceled_at FROM batch WHERE id = 1")
     return None if row is None or row[0] is None else str(row[0])
 
 
-async def cell_estimate(db: Db, cell_key: str) -> int | None:
+def cell_estimate(db: Db, cell_key: str) -> int | None:
     """The cell's estimated price in Buzz, or None when the batch has no such cell."""
-    row = await _one(db, "SELECT estimate_buzz FROM cells WHERE key = ?", cell_key)
+    row = _one(db, "SELECT estimate_buzz FROM cells WHERE key = ?", cell_key)
     return None if row is None else int(row[0])
 
 
-async def downloaded_images(db: Db, after: tuple[int, int], limit: int) -> list[StoredImage]:
+def downloaded_images(db: Db, after: tuple[int, int], limit: int) -> list[StoredImage]:
     """Up to `limit` downloaded images after `(attempt id, index)`, in that order.
 
     Only the current file of each path: an image a later attempt of the same cell
     downloaded again (a retry of lost images) replaces the older row's claim on it.
     """
-    rows = await _all(
+    rows = _all(
         db,
         "SELECT i.attempt_id, i.idx, i.path, i.sha256, i.size_bytes, i.blob_id,"
         " a.cell_key, a.workflow_id, c.request"
@@ -225,25 +224,25 @@ async def downloaded_images(db: Db, after: tuple[int, int], limit: int) -> list[
 # -- `zbatch status` (offline, often through `open(read_only=True)`) -------------------------
 
 
-async def batch_counters(db: Db) -> tuple[int, int]:
+def batch_counters(db: Db) -> tuple[int, int]:
     """The batch's generation and manifest revision."""
-    row = await _one(db, "SELECT generation, revision FROM batch WHERE id = 1")
+    row = _one(db, "SELECT generation, revision FROM batch WHERE id = 1")
     if row is None:
         raise StoreError("the batch is not initialised")
     return int(row[0]), int(row[1])
 
 
-async def batch_info(db: Db) -> BatchInfo:
+def batch_info(db: Db) -> BatchInfo:
     """The batch row: its name, API tag, cap and when it was created."""
-    row = await _one(db, "SELECT name, tag, cap_buzz, created_at FROM batch WHERE id = 1")
+    row = _one(db, "SELECT name, tag, cap_buzz, created_at FROM batch WHERE id = 1")
     if row is None:
         raise StoreError("the database holds no batch yet (a run stopped before planning)")
     return BatchInfo(name=row[0], tag=row[1], cap_buzz=int(row[2]), created_at=row[3])
 
 
-async def cell_counts(db: Db) -> dict[str, int]:
+def cell_counts(db: Db) -> dict[str, int]:
     """Cells by the state of their latest attempt: a retried cell counts once, as its retry."""
-    rows = await _all(
+    rows = _all(
         db,
         "SELECT a.state, COUNT(*) FROM attempts a WHERE a.attempt ="
         " (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
@@ -252,12 +251,13 @@ async def cell_counts(db: Db) -> dict[str, int]:
     return {state: int(n) for state, n in rows}
 
 
-async def failure_reasons(db: Db, limit: int) -> list[FailureReason]:
+def failure_reasons(db: Db, limit: int) -> list[FailureReason]:
     """The most frequent reasons cells ended without success (by their latest attempt) and
     images of latest attempts were lost; a cell with no recorded reason counts under its
     state's name. A failed attempt that was retried is not a failure: its retry stands."""
     marks = ",".join("?" for _ in ENDED_WITHOUT_SUCCESS)
-    async with db.execute(
+    with cursor(
+        db,
         "SELECT a.state AS kind, COALESCE(a.reason, a.state) AS reason, COUNT(*) AS n"
         f" FROM attempts a WHERE a.state IN ({marks}) AND {LATEST}"
         " GROUP BY a.state, COALESCE(a.reason, a.state)"
@@ -269,22 +269,22 @@ async def failure_reasons(db: Db, limit: int) -> list[FailureReason]:
         " ORDER BY n DESC, kind, reason LIMIT ?",
         (*ENDED_WITHOUT_SUCCESS, limit),
     ) as cur:
-        rows = await cur.fetchall()
+        rows = cur.fetchall()
     return [FailureReason(kind=r[0], reason=r[1], count=int(r[2])) for r in rows]
 
 
-async def last_event_at(db: Db) -> str | None:
+def last_event_at(db: Db) -> str | None:
     """When the last transition was recorded (ISO 8601, UTC), or None before any."""
-    row = await _one(db, "SELECT at FROM events ORDER BY id DESC LIMIT 1")
+    row = _one(db, "SELECT at FROM events ORDER BY id DESC LIMIT 1")
     return str(row[0]) if row else None
 
 
 # -- the dataset, `zbatch export` and `zbatch report` ----------------------------------------
 
 
-async def database_file(db: Db) -> str | None:
+def database_file(db: Db) -> str | None:
     """The file the connection's main database is in (None for an in-memory one)."""
-    row = await _one(db, "SELECT file FROM pragma_database_list WHERE name = 'main'")
+    row = _one(db, "SELECT file FROM pragma_database_list WHERE name = 'main'")
     return str(row[0]) if row is not None and row[0] else None
 
 
@@ -307,7 +307,7 @@ def dataset_images_sql(states: Sequence[str], *, all_cells: bool = False) -> str
     )
 
 
-def dataset_images(rows: Iterable[aiosqlite.Row]) -> list[DatasetImage]:
+def dataset_images(rows: Iterable[sqlite3.Row]) -> list[DatasetImage]:
     """Rows of `dataset_images_sql` as records; JSON columns are parsed on first use."""
     return [
         DatasetImage(
@@ -335,17 +335,17 @@ def dataset_images(rows: Iterable[aiosqlite.Row]) -> list[DatasetImage]:
     ]
 
 
-async def var_names(db: Db) -> list[str]:
+def var_names(db: Db) -> list[str]:
     """Every template variable name any cell has, sorted."""
     names: set[str] = set()
-    async with db.execute("SELECT DISTINCT vars FROM cells") as cur:
-        while rows := await cur.fetchmany(1_000):
+    with cursor(db, "SELECT DISTINCT vars FROM cells") as cur:
+        while rows := cur.fetchmany(1_000):
             for (text,) in rows:
                 names.update(json.loads(text))
     return sorted(names)
 
 
-async def activity(db: Db) -> Activity:
+def activity(db: Db) -> Activity:
     """Refunds and the first and last event, from the events table.
 
     Every transition records its Buzz: `submitting` the price reserved, `running` what
@@ -358,7 +358,7 @@ async def activity(db: Db) -> Activity:
     unsuccessful = ("failed", "expired", "canceled", "blocked")
     finals = ",".join("?" for _ in FINAL_WORKFLOW_STATES)
     lost = ",".join("?" for _ in unsuccessful)
-    refund = await _one(
+    refund = _one(
         db,
         "SELECT COALESCE(SUM(refund), 0), COUNT(*) FROM ("
         f" SELECT CASE WHEN fin_state IN ({lost}) THEN"
@@ -375,7 +375,7 @@ async def activity(db: Db) -> Activity:
         *FINAL_WORKFLOW_STATES,
         *FINAL_WORKFLOW_STATES,
     )
-    span = await _one(db, "SELECT MIN(at), MAX(at) FROM events")
+    span = _one(db, "SELECT MIN(at), MAX(at) FROM events")
     return Activity(
         refunded_buzz=int(refund[0]) if refund else 0,
         refunded_attempts=int(refund[1]) if refund else 0,
@@ -387,12 +387,12 @@ async def activity(db: Db) -> Activity:
 # -- `zbatch gallery` ---------------------------------------------------------------------------
 
 
-async def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
+def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
     """Cells of the current manifest and any older cell with images, in grid order, each
     with its latest attempt's state and every image of every attempt. Cells a `--replace`
     left out of the manifest are left out too, unless `all_cells`."""
     standing = "" if all_cells else "c.standing != 'replaced' AND "
-    cells = await _all(
+    cells = _all(
         db,
         "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
         " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
@@ -402,12 +402,12 @@ async def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
         " ORDER BY c.seq, c.replica, c.key",
     )
     latest: dict[str, tuple[int, str, str | None]] = {}
-    for key, number, state, workflow in await _all(
+    for key, number, state, workflow in _all(
         db, "SELECT cell_key, attempt, state, workflow_id FROM attempts"
     ):
         if key not in latest or number > latest[key][0]:
             latest[key] = (number, state, workflow)
-    images = await _gallery_images(db)
+    images = _gallery_images(db)
     return [
         GalleryCell(
             key=r[0],
@@ -426,10 +426,10 @@ async def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
     ]
 
 
-async def _gallery_images(db: Db) -> dict[str, list[GalleryImage]]:
+def _gallery_images(db: Db) -> dict[str, list[GalleryImage]]:
     """Every image of every attempt, by cell key, in attempt and index order."""
     images: dict[str, list[GalleryImage]] = {}
-    for r in await _all(
+    for r in _all(
         db,
         "SELECT a.cell_key, a.attempt, a.workflow_id, i.idx, i.state, i.path, i.sha256,"
         " i.size_bytes, i.width, i.height FROM images i"

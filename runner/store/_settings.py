@@ -12,10 +12,10 @@ store calls them (`Store.save_run_settings`, `Store.run_settings`).
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
-import aiosqlite
-
+from runner.store._sql import cursor
 from runner.store._transitions import Tx
 
 
@@ -38,9 +38,9 @@ class RunSettings:
         )
 
 
-async def save_run_settings(tx: Tx, settings: RunSettings) -> None:
+def save_run_settings(tx: Tx, settings: RunSettings) -> None:
     """Record `settings` as the batch's (replacing what an earlier run saved)."""
-    await tx.db.execute(
+    tx.db.execute(
         "INSERT INTO run_settings"
         " (id, captions, in_flight, submit_per_s, downloads, attempts, saved_at)"
         " VALUES (1, ?, ?, ?, ?, ?, ?)"
@@ -59,13 +59,14 @@ async def save_run_settings(tx: Tx, settings: RunSettings) -> None:
     )
 
 
-async def read_run_settings(db: aiosqlite.Connection) -> RunSettings | None:
+def read_run_settings(db: sqlite3.Connection) -> RunSettings | None:
     """The batch's recorded settings, or None for a record made before they were kept."""
-    async with db.execute(
+    with cursor(
+        db,
         "SELECT captions, in_flight, submit_per_s, downloads, attempts FROM run_settings"
-        " WHERE id = 1"
+        " WHERE id = 1",
     ) as cur:
-        row = await cur.fetchone()
+        row = cur.fetchone()
     if row is None:
         return None
     return RunSettings(

@@ -1,8 +1,9 @@
-"""The batch database: one `Store` owns the connection, its lock and every transaction.
+"""The batch database: one `Store` owns the connection (its writer thread) and every transaction.
 
-The database is the single source of truth of a batch. Each transition is one short
-`BEGIN IMMEDIATE` transaction with a guard on the current state, so a crash between any two
-transitions leaves a state the next `zbatch run` knows how to continue (docs/states.md).
+The database is the single source of truth of a batch. Each transition is one synchronous
+function run whole with a guard on the current state, committed before its caller goes on,
+so a crash between any two transitions leaves a state the next `zbatch run` knows how to
+continue (docs/states.md).
 
 ```
 attempt:  planned -> submitting -> running -> succeeded | failed | expired | canceled
@@ -15,8 +16,9 @@ Where things are: the transitions are functions of one open transaction, `fn(tx,
 (datasette's manner), in `_transitions.py` (the run's), `_ops.py` (retry, cancel, adopt,
 verify --repair) and `_plan.py` (the batch row, the cells, the fingerprint); the reads are
 functions of the connection in `_reads.py`; the rows they return are in `_rows.py`; opening
-and migrating is `_open.py`. Only this class runs them: `_tx(fn, ...)` inside one shielded
-`BEGIN IMMEDIATE`, `_read(fn, ...)` under the connection's lock.
+and migrating is `_open.py`. Only this class runs them, on the writer's thread (`_writer.py`, by
+way of `Connected` in `_connected.py`): `_tx(fn, ...)` in a group transaction, each in a
+savepoint of its own, `_read(fn, ...)` between them.
 
 Why thin methods rather than `store.tx(transitions.reserve, ...)` at the call sites: the
 engine, the operations, the CLI and the tests call `await store.reserve(a.id, estimate)`,
@@ -28,10 +30,10 @@ is one line that names the function doing the work.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
     Container,
@@ -41,10 +43,8 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Concatenate, ParamSpec, Self, TypeVar
+from typing import ParamSpec, TypeVar
 
-import aiosqlite
 import anyio
 
 from runner.disk import BatchLock, database_error
@@ -54,6 +54,7 @@ from runner.store import _ops as ops
 from runner.store import _plan as planning
 from runner.store import _reads as reads
 from runner.store import _transitions as transitions
+from runner.store._connected import Connected
 from runner.store._open import connect_or_set_aside, connect_read_only, disk_refusal
 from runner.store._rows import (
     Activity,
@@ -73,7 +74,6 @@ from runner.store._rows import (
     StoredImage,
 )
 from runner.store._settings import RunSettings, read_run_settings, save_run_settings
-from runner.store._transitions import Tx
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -83,23 +83,8 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class Store:
+class Store(Connected):
     """The batch database. Open with `await Store.open(path)`; use as an async context manager."""
-
-    def __init__(
-        self,
-        db: aiosqlite.Connection,
-        lock: BatchLock | None,
-        now: Callable[[], str],
-        path: Path | None = None,
-    ) -> None:
-        self._db = db
-        self._path = path
-        self._batch_lock = lock
-        self._lock = anyio.Lock()  # one connection: one transaction or read at a time
-        self._now = now
-        self.set_aside: Path | None = None  # where a damaged database was moved (--adopt)
-        self.read_only = False  # a reader (`open(read_only=True)`): a write is a bug here
 
     @classmethod
     async def open(
@@ -123,8 +108,9 @@ class Store:
         a new one is made.
         """
         if read_only:
-            reader = cls(await connect_read_only(path), None, now, path)
+            reader = cls(None, now, path)
             reader.read_only = True
+            await reader._connect(lambda: (connect_read_only(path), None))
             return reader
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,93 +119,16 @@ class Store:
         batch_lock = BatchLock(path) if lock else None
         if batch_lock is not None:
             batch_lock.acquire()
+        store = cls(batch_lock, now, path)
         try:
-            db, aside = await connect_or_set_aside(path, set_aside_damaged=set_aside_damaged)
+            await store._connect(
+                lambda: connect_or_set_aside(path, set_aside_damaged=set_aside_damaged)
+            )
         except BaseException:
             if batch_lock is not None:
                 batch_lock.release()
             raise
-        store = cls(db, batch_lock, now, path)
-        store.set_aside = aside
         return store
-
-    async def close(self) -> None:
-        """Close the connection and release the batch lock, even when the caller is cancelled."""
-        try:
-            with anyio.move_on_after(10, shield=True):
-                await self._db.close()
-        finally:
-            if self._batch_lock is not None:
-                self._batch_lock.release()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def path(self) -> Path | None:
-        """The database file (None for an in-memory one)."""
-        return self._path
-
-    # -- running a transaction or a read ---------------------------------------------------
-
-    async def _tx(
-        self, fn: Callable[Concatenate[Tx, P], Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Run `fn(tx, ...)` inside one BEGIN IMMEDIATE transaction; roll back on any error.
-
-        Shielded from cancellation: a transition that has begun commits or rolls back whole,
-        even when Ctrl-C cancels the task that asked for it. A failure of the machine (the
-        disk full at COMMIT, another program's lock past busy_timeout, a damaged page)
-        leaves nothing of the transaction and is raised as its zbatch error
-        (runner/disk/_faults.py): a caller that records an intent before a network call
-        never makes that call unless the intent is on disk.
-        """
-        with anyio.CancelScope(shield=True):
-            async with self._lock:
-                try:
-                    await self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = await fn(Tx(self._db, self._now()), *args, **kwargs)
-                        await self._commit()
-                    except BaseException:
-                        if self._db.in_transaction:  # SQLite may have rolled back already
-                            await self._db.execute("ROLLBACK")
-                        raise
-                except sqlite3.Error as exc:
-                    translated = None if self.read_only else database_error(exc, self.path)
-                    if translated is None:
-                        raise
-                    raise translated from exc
-        return result
-
-    async def _commit(self) -> None:
-        """COMMIT: the write boundary of the database (tests inject SQLITE_FULL here)."""
-        await self._db.execute("COMMIT")
-
-    async def _read(
-        self,
-        fn: Callable[Concatenate[aiosqlite.Connection, P], Awaitable[T]],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """Run the read `fn(db, ...)` under the connection's lock. On a writable store, a
-        failure of the machine (a damaged page) is raised as its zbatch error, as in `_tx`."""
-        async with self._lock:
-            try:
-                return await fn(self._db, *args, **kwargs)
-            except sqlite3.Error as exc:
-                translated = None if self.read_only else database_error(exc, self.path)
-                if translated is None:
-                    raise
-                raise translated from exc
 
     # -- planning (`_plan.py`) ---------------------------------------------------------------
 
@@ -247,15 +156,21 @@ class Store:
         transaction, in bounded memory (`_plan.py`)."""
         batch = await self._read(reads.batch_counters)
         generation, revision = batch[0] + 1, batch[1] + 1
-        async with self._lock:
-            try:
-                added, total = await planning.plan(
-                    self._db, rows, generation=generation, revision=revision,
-                    leftover=leftover, max_attempts=max_attempts, now=self._now,
-                    commit=self._commit,
-                )  # fmt: skip
-            except sqlite3.Error as exc:
-                raise database_error(exc, self.path) or exc from exc
+        stop = threading.Event()
+
+        def job(db: sqlite3.Connection) -> tuple[int, int]:
+            return planning.plan(
+                db, rows, generation=generation, revision=revision, leftover=leftover,
+                max_attempts=max_attempts, now=self._now, commit=self._commit, stop=stop,
+            )  # fmt: skip
+
+        try:
+            added, total = await self._writer.call(job, transition=False)
+        except sqlite3.Error as exc:
+            raise database_error(exc, self.path) or exc from exc
+        except BaseException:
+            stop.set()  # cancelled: the plan rolls back at its next rows
+            raise
         removed = await self._read(
             reads.scalar, "SELECT COUNT(*) FROM cells WHERE generation < ?", generation
         )
@@ -485,9 +400,13 @@ class Store:
         are left out, unless `all_cells`.
         """
         sql = reads.dataset_images_sql(states, all_cells=all_cells)
-        async with self._lock, self._db.execute(sql, tuple(states)) as cur:
-            while rows := await cur.fetchmany(chunk):
+        cur: sqlite3.Cursor = await self._read(lambda db: db.execute(sql, tuple(states)))
+        try:
+            while rows := await self._read(lambda _: cur.fetchmany(chunk)):
                 yield reads.dataset_images(rows)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._read(lambda _: cur.close())
 
     # -- the run settings (`_settings.py`) -----------------------------------------------------
 

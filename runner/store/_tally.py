@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from runner.store import _reads as reads
 from runner.store._rows import AttemptState, FailureReason, ImageState
+from runner.store._sql import cursor
 from runner.store._store import Store
 from runner.store._transitions import Tx, event
 
@@ -56,15 +57,16 @@ async def tally(store: Store, top_reasons: int = TOP_REASONS) -> Tally:
     return await store._read(_tally, top_reasons)
 
 
-async def _tally(db: Db, top_reasons: int) -> Tally:
+def _tally(db: Db, top_reasons: int) -> Tally:
     order = {s.value: n for n, s in enumerate(AttemptState)}
-    cells = await reads.cell_counts(db)
+    cells = reads.cell_counts(db)
     images = {s.value: 0 for s in ImageState}
-    async with db.execute(
+    with cursor(
+        db,
         "SELECT i.state, COUNT(*) FROM images i JOIN attempts a ON a.id = i.attempt_id"
-        f" WHERE {_CURRENT_IMAGE} GROUP BY i.state"
+        f" WHERE {_CURRENT_IMAGE} GROUP BY i.state",
     ) as cur:
-        for state, n in await cur.fetchall():
+        for state, n in cur.fetchall():
             images[state] = int(n)
     failed = sum(n for state, n in cells.items() if state in ENDED_WITHOUT_SUCCESS)
     return Tally(
@@ -72,14 +74,14 @@ async def _tally(db: Db, top_reasons: int) -> Tally:
             s: cells[s] for s in sorted(cells, key=lambda s: order.get(s, len(order))) if cells[s]
         },
         images=images,
-        failures=await reads.failure_reasons(db, top_reasons),
+        failures=reads.failure_reasons(db, top_reasons),
         failed_cells=failed,
-        lost_images=await _lost_images(db),
+        lost_images=_lost_images(db),
     )
 
 
-async def _lost_images(db: Db) -> int:
-    return await reads.scalar(
+def _lost_images(db: Db) -> int:
+    return reads.scalar(
         db,
         "SELECT COUNT(*) FROM images i JOIN attempts a ON a.id = i.attempt_id"
         f" WHERE i.state = 'lost' AND {_LATEST}",
@@ -97,14 +99,15 @@ async def recorded_files(
     return await store._read(_recorded_files, after, limit)
 
 
-async def _recorded_files(db: Db, after: tuple[int, int], limit: int) -> list[tuple[int, int, str]]:
-    async with db.execute(
+def _recorded_files(db: Db, after: tuple[int, int], limit: int) -> list[tuple[int, int, str]]:
+    with cursor(
+        db,
         "SELECT i.attempt_id, i.idx, i.path FROM images i JOIN attempts a ON a.id = i.attempt_id"
         " WHERE i.state = 'downloaded' AND (i.attempt_id > ? OR (i.attempt_id = ? AND i.idx > ?))"
         f" AND {_CURRENT_IMAGE} ORDER BY i.attempt_id, i.idx LIMIT ?",
         (after[0], after[0], after[1], limit),
     ) as cur:
-        return [(int(r[0]), int(r[1]), str(r[2])) for r in await cur.fetchall()]
+        return [(int(r[0]), int(r[1]), str(r[2])) for r in cur.fetchall()]
 
 
 async def fetch_again(store: Store, images: Sequence[tuple[int, int]]) -> int:
@@ -113,10 +116,10 @@ async def fetch_again(store: Store, images: Sequence[tuple[int, int]]) -> int:
     return await store._tx(_fetch_again, images)
 
 
-async def _fetch_again(tx: Tx, images: Sequence[tuple[int, int]]) -> int:
+def _fetch_again(tx: Tx, images: Sequence[tuple[int, int]]) -> int:
     moved = 0
     for attempt_id, index in images:
-        cur = await tx.db.execute(
+        cur = tx.db.execute(
             "UPDATE images SET state = 'pending', path = NULL, sha256 = NULL,"
             " size_bytes = NULL, updated_at = ?"
             " WHERE attempt_id = ? AND idx = ? AND state = 'downloaded'",
@@ -125,7 +128,7 @@ async def _fetch_again(tx: Tx, images: Sequence[tuple[int, int]]) -> int:
         if cur.rowcount == 1:
             moved += 1
             detail = f"{index}: the file was missing from disk; fetched again"
-            await event(tx, attempt_id, "downloaded", "image:pending", None, detail)
+            event(tx, attempt_id, "downloaded", "image:pending", None, detail)
     return moved
 
 
@@ -147,15 +150,16 @@ async def ended_cells(store: Store, limit: int) -> list[EndedCell]:
     return await store._read(_ended_cells, limit)
 
 
-async def _ended_cells(db: Db, limit: int) -> list[EndedCell]:
+def _ended_cells(db: Db, limit: int) -> list[EndedCell]:
     marks = ",".join("?" for _ in ENDED_WITHOUT_SUCCESS)
-    async with db.execute(
+    with cursor(
+        db,
         "SELECT a.cell_key, a.state, a.reason, c.request FROM attempts a"
         " JOIN cells c ON c.key = a.cell_key"
         f" WHERE a.state IN ({marks}) AND {_LATEST} ORDER BY c.seq, c.replica, c.key LIMIT ?",
         (*ENDED_WITHOUT_SUCCESS, limit),
     ) as cur:
-        rows = await cur.fetchall()
+        rows = cur.fetchall()
     return [
         EndedCell(key=r[0], state=r[1], reason=r[2], prompt=str(json.loads(r[3]).get("prompt", "")))
         for r in rows

@@ -15,11 +15,10 @@ across crashes. Values are always bound parameters; the SQL stays portable to Po
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from runner.errors import StoreError
 from runner.identity import external_id
@@ -29,6 +28,7 @@ from runner.store._rows import (
     ImageOutcome,
     ImageState,
 )
+from runner.store._sql import cursor, fetchall
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +36,14 @@ class Tx:
     """One open `BEGIN IMMEDIATE` transaction: its connection, and when it began (ISO 8601,
     UTC), the time of every row it writes."""
 
-    db: aiosqlite.Connection
+    db: sqlite3.Connection
     now: str
 
 
 # -- the helpers every transition is built from ----------------------------------------
 
 
-async def event(
+def event(
     tx: Tx,
     attempt_id: int | None,
     from_state: str | None,
@@ -52,14 +52,14 @@ async def event(
     detail: str | None = None,
 ) -> None:
     """Append the `events` row of a transition."""
-    await tx.db.execute(
+    tx.db.execute(
         "INSERT INTO events (at, attempt_id, from_state, to_state, buzz, detail)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (tx.now, attempt_id, from_state, to_state, buzz, detail),
     )
 
 
-async def move(
+def move(
     tx: Tx,
     attempt_id: int,
     expected: Sequence[AttemptState],
@@ -69,98 +69,96 @@ async def move(
 ) -> None:
     """Guarded transition: raise StoreError unless the attempt is in one of `expected`."""
     marks = ",".join("?" for _ in expected)
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         f"UPDATE attempts SET state = ?, updated_at = ?{sets} WHERE id = ? AND state IN ({marks})",
         (to.value, tx.now, *params, attempt_id, *(s.value for s in expected)),
     )
     if cur.rowcount != 1:
-        async with tx.db.execute("SELECT state FROM attempts WHERE id = ?", (attempt_id,)) as c:
-            row = await c.fetchone()
+        with cursor(tx.db, "SELECT state FROM attempts WHERE id = ?", (attempt_id,)) as c:
+            row = c.fetchone()
         now = row[0] if row else "missing"
         allowed = "/".join(s.value for s in expected)
         raise StoreError(f"attempt {attempt_id}: cannot move {now} -> {to} (needs {allowed})")
 
 
-async def reserved(db: aiosqlite.Connection, attempt_id: int) -> int:
+def reserved(db: sqlite3.Connection, attempt_id: int) -> int:
     """The Buzz the attempt holds reserved; StoreError when there is no such attempt."""
     # execute_fetchall: one trip to SQLite's thread, where execute + fetch + close is three
-    rows = await db.execute_fetchall(
-        "SELECT reserved_buzz FROM attempts WHERE id = ?", (attempt_id,)
-    )
+    rows = fetchall(db, "SELECT reserved_buzz FROM attempts WHERE id = ?", (attempt_id,))
     if not rows:
         raise StoreError(f"attempt {attempt_id} does not exist")
     return int(list(rows)[0][0])
 
 
-async def commit_delta(db: aiosqlite.Connection, delta_buzz: int) -> None:
+def commit_delta(db: sqlite3.Connection, delta_buzz: int) -> None:
     """Move the ledger's committed Buzz by `delta_buzz`."""
     if delta_buzz:
-        await db.execute(
+        db.execute(
             "UPDATE batch SET committed_buzz = committed_buzz + ? WHERE id = 1", (delta_buzz,)
         )
 
 
-async def insert_attempt(tx: Tx, cell_key: str, number: int, detail: str | None = None) -> int:
+def insert_attempt(tx: Tx, cell_key: str, number: int, detail: str | None = None) -> int:
     """-> planned: attempt `number` of the cell, with its externalId; its id."""
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         "INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
         " VALUES (?, ?, ?, ?, ?)",
         (cell_key, number, external_id(cell_key, number), "planned", tx.now),
     )
     attempt_id = int(cur.lastrowid or 0)
-    await event(tx, attempt_id, None, AttemptState.PLANNED, None, detail)
+    event(tx, attempt_id, None, AttemptState.PLANNED, None, detail)
     return attempt_id
 
 
 # -- submitter ----------------------------------------------------------------------------
 
 
-async def reserve(tx: Tx, attempt_id: int, estimate_buzz: int) -> bool:
+def reserve(tx: Tx, attempt_id: int, estimate_buzz: int) -> bool:
     """planned -> submitting: record the intent to submit and reserve `estimate_buzz`, if
     the cap allows it. False (nothing changed) when `committed + estimate` would exceed it."""
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         "UPDATE batch SET committed_buzz = committed_buzz + ?"
         " WHERE id = 1 AND committed_buzz + ? <= cap_buzz",
         (estimate_buzz, estimate_buzz),
     )
     if cur.rowcount != 1:
         return False
-    await move(
+    move(
         tx, attempt_id, [AttemptState.PLANNED], AttemptState.SUBMITTING,
         ", reserved_buzz = ?", (estimate_buzz,),
     )  # fmt: skip
-    await event(tx, attempt_id, "planned", "submitting", estimate_buzz)
+    event(tx, attempt_id, "planned", "submitting", estimate_buzz)
     return True
 
 
-async def mark_running(tx: Tx, attempt_id: int, workflow_id: str, charged_buzz: int) -> None:
+def mark_running(tx: Tx, attempt_id: int, workflow_id: str, charged_buzz: int) -> None:
     """submitting -> running: the API answered with a workflow; the reservation becomes
     what was charged."""
-    before = await reserved(tx.db, attempt_id)
-    await move(
+    before = reserved(tx.db, attempt_id)
+    move(
         tx, attempt_id, [AttemptState.SUBMITTING], AttemptState.RUNNING,
         ", workflow_id = ?, reserved_buzz = 0, charged_buzz = ?", (workflow_id, charged_buzz),
     )  # fmt: skip
-    await commit_delta(tx.db, charged_buzz - before)
-    await event(tx, attempt_id, "submitting", "running", charged_buzz, workflow_id)
+    commit_delta(tx.db, charged_buzz - before)
+    event(tx, attempt_id, "submitting", "running", charged_buzz, workflow_id)
 
 
-async def drop_intent(tx: Tx, attempt_id: int, to: AttemptState, reason: str | None) -> None:
+def drop_intent(tx: Tx, attempt_id: int, to: AttemptState, reason: str | None) -> None:
     """submitting -> `to` with the reservation released: the service charged nothing
     (`rejected` on a 400, `planned` for a request never sent, `canceled` by `withdraw`)."""
-    before = await reserved(tx.db, attempt_id)
-    await move(
+    before = reserved(tx.db, attempt_id)
+    move(
         tx, attempt_id, [AttemptState.SUBMITTING], to,
         ", reserved_buzz = 0, reason = ?", (reason,),
     )  # fmt: skip
-    await commit_delta(tx.db, -before)
-    await event(tx, attempt_id, "submitting", to, -before, reason)
+    commit_delta(tx.db, -before)
+    event(tx, attempt_id, "submitting", to, -before, reason)
 
 
 # -- poller ------------------------------------------------------------------------------
 
 
-async def mark_finished(
+def mark_finished(
     tx: Tx,
     attempt_id: int,
     outcome: AttemptState,
@@ -174,7 +172,8 @@ async def mark_finished(
     if not outcome.is_final or outcome is AttemptState.REJECTED:
         raise StoreError(f"attempt {attempt_id}: {outcome} is not a workflow outcome")
     rows = list(
-        await tx.db.execute_fetchall(
+        fetchall(
+            tx.db,
             "SELECT a.state, a.charged_buzz, a.reserved_buzz, a.attempt, a.cell_key,"
             " c.max_attempts FROM attempts a JOIN cells c ON c.key = a.cell_key WHERE a.id = ?",
             (attempt_id,),
@@ -184,23 +183,23 @@ async def mark_finished(
         raise StoreError(f"attempt {attempt_id} does not exist")
     row = rows[0]
     before = int(row["charged_buzz"]) + int(row["reserved_buzz"])
-    await move(
+    move(
         tx, attempt_id, [AttemptState.SUBMITTING, AttemptState.RUNNING], outcome,
         ", reserved_buzz = 0, charged_buzz = ?, reason = ?", (charged_buzz, reason),
     )  # fmt: skip
-    await commit_delta(tx.db, charged_buzz - before)
-    await event(tx, attempt_id, row["state"], outcome, charged_buzz, reason)
+    commit_delta(tx.db, charged_buzz - before)
+    event(tx, attempt_id, row["state"], outcome, charged_buzz, reason)
     if outcome is AttemptState.SUCCEEDED:
         for image in images:
-            await _insert_image(tx, attempt_id, image)
+            _insert_image(tx, attempt_id, image)
     if outcome in RETRYABLE_OUTCOMES and row["attempt"] < row["max_attempts"]:
-        return await insert_attempt(tx, row["cell_key"], row["attempt"] + 1)
+        return insert_attempt(tx, row["cell_key"], row["attempt"] + 1)
     return None
 
 
-async def _insert_image(tx: Tx, attempt_id: int, image: ImageOutcome) -> None:
+def _insert_image(tx: Tx, attempt_id: int, image: ImageOutcome) -> None:
     state = ImageState.PENDING if image.deliverable else ImageState.LOST
-    await tx.db.execute(
+    tx.db.execute(
         "INSERT INTO images (attempt_id, idx, blob_id, state, reason, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (attempt_id, image.index, image.blob_id, state.value, image.reason, tx.now),
@@ -210,7 +209,7 @@ async def _insert_image(tx: Tx, attempt_id: int, image: ImageOutcome) -> None:
 # -- downloader ----------------------------------------------------------------------------
 
 
-async def mark_downloaded(
+def mark_downloaded(
     tx: Tx,
     attempt_id: int,
     index: int,
@@ -222,26 +221,26 @@ async def mark_downloaded(
     height: int,
 ) -> None:
     """image pending -> downloaded: on disk (written atomically) and verified."""
-    await _image_move(
+    _image_move(
         tx, attempt_id, index, ImageState.DOWNLOADED,
         ", path = ?, sha256 = ?, size_bytes = ?, width = ?, height = ?",
         (path, sha256, size_bytes, width, height),
     )  # fmt: skip
 
 
-async def mark_lost(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
+def mark_lost(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
     """image pending -> lost: the service no longer has it (or never delivered it)."""
-    await _image_move(tx, attempt_id, index, ImageState.LOST, ", reason = ?", (reason,))
+    _image_move(tx, attempt_id, index, ImageState.LOST, ", reason = ?", (reason,))
 
 
-async def _image_move(
+def _image_move(
     tx: Tx, attempt_id: int, index: int, to: ImageState, sets: str, params: Sequence[Any]
 ) -> None:
-    cur = await tx.db.execute(
+    cur = tx.db.execute(
         f"UPDATE images SET state = ?, updated_at = ?{sets}"
         " WHERE attempt_id = ? AND idx = ? AND state = 'pending'",
         (to.value, tx.now, *params, attempt_id, index),
     )
     if cur.rowcount != 1:
         raise StoreError(f"image {attempt_id}/{index}: not pending, cannot become {to}")
-    await event(tx, attempt_id, "pending", f"image:{to}", None, str(index))
+    event(tx, attempt_id, "pending", f"image:{to}", None, str(index))

@@ -8,6 +8,7 @@ write boundary (tests/diskfull.py); docs/reliability.md, "The local machine", sa
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,7 +149,7 @@ async def test_sqlite_full_at_an_intent_sends_nothing_and_the_next_run_sends_it(
             failing.add(attempt_id)
         return await reserve(self, attempt_id, estimate_buzz)
 
-    async def full_commit(self: Store) -> None:
+    def full_commit(self: Store, db: sqlite3.Connection) -> None:
         if failing:
             import sqlite3
 
@@ -156,7 +157,7 @@ async def test_sqlite_full_at_an_intent_sends_nothing_and_the_next_run_sends_it(
             exc.sqlite_errorname = "SQLITE_FULL"
             failing.clear()
             raise exc
-        await commit(self)
+        commit(self, db)
 
     monkeypatch.setattr(Store, "reserve", counting_reserve)
     monkeypatch.setattr(Store, "_commit", full_commit)
