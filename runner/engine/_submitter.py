@@ -1,11 +1,13 @@
 """The submitter: each planned attempt gets its budget and a slot, then is sent exactly once.
 
-An attempt is sent only after `Store.reserve` has written its intent (state `submitting`, its
-estimate reserved under the cap) and a slot of `in_flight` is held for it; the slot is
-released when the attempt ends (`Outcomes`). The submit carries the attempt's externalId, so
-resubmitting an intent a crash left behind hands back the workflow the service already made.
-An error it cannot retry (auth, funds, an unexpected answer; the database refusing a record)
-is raised: the engine's task group ends the run with it, and the intent stays on disk.
+An attempt is sent only after `Store.reserve_many` has written its intent (state `submitting`,
+its estimate reserved under the cap) and a slot of `in_flight` is held for it. The free slots
+are taken together and their intents reserved in one transaction (one commit for them all).
+A slot is released when its attempt ends (`Outcomes`). The submit carries the attempt's
+externalId, so resubmitting an intent a crash left behind hands back the workflow the
+service already made. An error it cannot retry (auth, funds, an unexpected answer; the
+database refusing a record) is raised: the engine's task group ends the run with it, and
+the intent stays on disk.
 """
 
 from __future__ import annotations
@@ -82,9 +84,11 @@ class Submitter:
                     continue
                 await changed.wait()  # an attempt that ends may plan its cell's retry
                 continue
-            for attempt in batch:
-                if not await self._start_one(tg, attempt):
+            while batch:
+                started = await self._start_some(tg, batch)
+                if not started:
                     return
+                batch = batch[started:]
 
     async def _resume(self, tg: TaskGroup) -> None:
         """Resubmit the intents a previous run left; poll its running workflows."""
@@ -106,24 +110,43 @@ class Submitter:
     def _submits_in_flight(self) -> bool:
         return self.slots.borrowed_tokens > self.poller.watched()
 
-    async def _start_one(self, tg: TaskGroup, attempt: Attempt) -> bool:
-        """Reserve budget and a slot for `attempt` and submit it; False ends submitting."""
-        await self.slots.acquire_on_behalf_of(attempt.id)
+    async def _start_some(self, tg: TaskGroup, attempts: list[Attempt]) -> int:
+        """Reserve budget and slots for the first of `attempts` and as many more as slots are
+        free now, in one transaction (`Store.reserve_many`), then submit them; how many
+        started (0 ends submitting). Each is sent only after `reserve_many` returned, that
+        is after the COMMIT that made its intent durable."""
+        first = attempts[0]
+        await self.slots.acquire_on_behalf_of(first.id)
+        taken = [first]
+        for attempt in attempts[1:]:
+            try:
+                self.slots.acquire_on_behalf_of_nowait(attempt.id)
+            except anyio.WouldBlock:
+                break
+            taken.append(attempt)
         while True:
             if self.stopping:
-                self.slots.release_on_behalf_of(attempt.id)
-                return False
+                self._release(taken)
+                return 0
             changed = self.changes.notice()
-            if await self.store.reserve(attempt.id, await self.estimate(attempt)):
-                break
+            items = [(a.id, await self.estimate(a)) for a in taken]
+            reserved = len(await self.store.reserve_many(items))
+            self._release(taken[max(reserved, 1) :])  # the first keeps its slot while it waits
+            if reserved:
+                for attempt in taken[:reserved]:
+                    await self.limiter.acquire()
+                    tg.start_soon(self._submit, attempt)
+                return reserved
+            taken = [first]
             if self.slots.borrowed_tokens <= 1:  # nothing in flight can free budget
-                self.slots.release_on_behalf_of(attempt.id)
+                self._release(taken)
                 self.stats.cap_reached = True
-                return False
+                return 0
             await changed.wait()  # a refund or a cheaper charge may free budget
-        await self.limiter.acquire()
-        tg.start_soon(self._submit, attempt)
-        return True
+
+    def _release(self, attempts: list[Attempt]) -> None:
+        for attempt in attempts:
+            self.slots.release_on_behalf_of(attempt.id)
 
     async def estimate(self, attempt: Attempt) -> int:
         """What to reserve for `attempt`: the higher of the formula and the service's price.

@@ -201,6 +201,12 @@ class Store(Connected):
         """planned -> submitting with `estimate_buzz` reserved, if the cap allows (else False)."""
         return await self._tx(transitions.reserve, attempt_id, estimate_buzz)
 
+    async def reserve_many(self, items: Sequence[tuple[int, int]]) -> list[int]:
+        """`reserve` each (attempt id, estimate) in order in ONE transaction; the ids
+        reserved, in order: the first the cap refuses ends them (it and the rest stay
+        planned). The submitter's way: one trip and one commit for a batch of intents."""
+        return await self._tx(transitions.reserve_many, items)
+
     async def mark_running(self, attempt_id: int, workflow_id: str, charged_buzz: int) -> None:
         """submitting -> running: the reservation becomes what was charged."""
         await self._tx(transitions.mark_running, attempt_id, workflow_id, charged_buzz)

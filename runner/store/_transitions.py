@@ -131,6 +131,17 @@ def reserve(tx: Tx, attempt_id: int, estimate_buzz: int) -> bool:
     return True
 
 
+def reserve_many(tx: Tx, items: Sequence[tuple[int, int]]) -> list[int]:
+    """`reserve` each (attempt id, estimate) in order, in this one transaction, until the
+    cap refuses one; the ids reserved."""
+    reserved: list[int] = []
+    for attempt_id, estimate_buzz in items:
+        if not reserve(tx, attempt_id, estimate_buzz):
+            break
+        reserved.append(attempt_id)
+    return reserved
+
+
 def mark_running(tx: Tx, attempt_id: int, workflow_id: str, charged_buzz: int) -> None:
     """submitting -> running: the API answered with a workflow; the reservation becomes
     what was charged."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -135,19 +135,20 @@ async def test_a_full_disk_under_the_database_is_refused_before_any_submit(
 async def test_sqlite_full_at_an_intent_sends_nothing_and_the_next_run_sends_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """INJECTED: SQLITE_FULL at the COMMIT of the third `reserve`. The run stops; the
+    """INJECTED: SQLITE_FULL at the COMMIT of the intents holding the third. The run stops; the
     attempt stays planned and the service never saw its externalId; the next run sends it."""
     m = manifest(tmp_path)
     app = make_app(EmulatorConfig(time_scale=0))
-    reserve, commit = Store.reserve, Store._commit
-    calls = {"reserve": 0}
+    reserve_many, commit = Store.reserve_many, Store._commit
+    calls = {"intents": 0}
     failing: set[int] = set()
 
-    async def counting_reserve(self: Store, attempt_id: int, estimate_buzz: int) -> bool:
-        calls["reserve"] += 1
-        if calls["reserve"] == 3:
-            failing.add(attempt_id)
-        return await reserve(self, attempt_id, estimate_buzz)
+    async def counting_reserve(self: Store, items: Sequence[tuple[int, int]]) -> list[int]:
+        before = calls["intents"]
+        calls["intents"] += len(items)
+        if before < 3 <= calls["intents"]:  # the group holding the third intent
+            failing.add(items[2 - before][0])
+        return await reserve_many(self, items)
 
     def full_commit(self: Store, db: sqlite3.Connection) -> None:
         if failing:
@@ -159,7 +160,7 @@ async def test_sqlite_full_at_an_intent_sends_nothing_and_the_next_run_sends_it(
             raise exc
         commit(self, db)
 
-    monkeypatch.setattr(Store, "reserve", counting_reserve)
+    monkeypatch.setattr(Store, "reserve_many", counting_reserve)
     monkeypatch.setattr(Store, "_commit", full_commit)
     with anyio.fail_after(60):
         async with client_for(app) as client:
