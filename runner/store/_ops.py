@@ -1,9 +1,9 @@
 """The operations' transitions: `zbatch retry`, `cancel`, `verify --repair` and `run --adopt`.
 
 Functions of one open transaction (`Tx`), like the run's in `_transitions.py` and built from
-its helpers: each runs inside one `BEGIN IMMEDIATE` (`Store._tx`) with a guard on the
-current state and an `events` row. docs/states.md ("Transitions of the operations") names
-each edge and who calls it; docs/operations.md tells the commands.
+its helpers: each runs whole in a group transaction of the writer (`Store._tx`) with a guard
+on the current state and an `events` row. docs/states.md ("Transitions of the operations")
+names each edge and who calls it; docs/operations.md tells the commands.
 
 `batch.generation` decides which cells may be submitted (`next_planned` hands out only
 planned attempts of cells in the current generation). `zbatch run` puts the manifest's

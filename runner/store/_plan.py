@@ -1,8 +1,9 @@
 """Planning: the batch row, the manifest's cells recorded in bulk, and the plan's fingerprint.
 
 `Store.plan_rows` records the manifest's cells (`PlanRow`s, from `grid.store_rows`) in one
-transaction, in bounded memory: the rows go into a scratch table (an attached in-memory
-database) `PLAN_HANDOFF` at a time while the caller's iterator makes the next ones, and every
+transaction, in bounded memory, as one job of the store's writer thread (alone: no other
+transition runs meanwhile), which also runs the caller's iterator: the rows go into a
+scratch table (an attached in-memory database) `PLAN_HANDOFF` at a time, and every
 `PLAN_CHUNK` rows are merged into the record in key order (`merge_stage`). The keys are
 hashes: in grid order every insert would land on a random page of each key index; sorted, a
 merge walks each index once, and into a new batch it appends. One transaction writes each
@@ -29,7 +30,7 @@ from runner.store._sql import cursor
 from runner.store._transitions import Tx, event
 
 PLAN_CHUNK = 100_000  # rows merged into the record at a time, in key order
-PLAN_HANDOFF = 10_000  # rows handed from the expansion to SQLite's thread at a time
+PLAN_HANDOFF = 10_000  # rows taken from the expansion at a time
 LEFTOVER = ("kept", "replaced")  # what a plan may make of the cells it leaves behind
 
 _STAGE = (
@@ -213,7 +214,7 @@ class _Staging:
         """Stage `part`; merge the stage once it holds `PLAN_CHUNK` rows."""
         # As exact tuples: SQLite binds a tuple subclass through the slower sequence
         # protocol (200,000 rows: 0.31 s so against 0.39 s as PlanRows, 0.27 s as tuples made
-        # by the grid; the conversion runs on SQLite's thread).
+        # by the grid).
         self.db.executemany(_STAGE, map(tuple, part))
         self.staged += len(part)
         if self.staged >= PLAN_CHUNK:

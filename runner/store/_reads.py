@@ -1,10 +1,11 @@
 """The store's reads: what the engine, the operations, `zbatch status`, the dataset, the report
 and the gallery ask of a batch.
 
-Functions of the connection, run by `Store._read` under the connection's lock (so a read
-never sees a transaction of another task half done); each returns rows of `_rows.py`. The
-one read that streams, `Store.dataset_images`, holds the lock for its whole iteration and
-takes its SQL and its rows from here (`dataset_images_sql`, `dataset_images`).
+Synchronous functions of the connection, run by `Store._read` on the store's writer thread
+between its group transactions (so a read never sees a transition half done, nor one not
+yet committed); each returns rows of `_rows.py`. The one read that streams,
+`Store.dataset_images`, fetches a chunk per trip and takes its SQL and its rows from here
+(`dataset_images_sql`, `dataset_images`).
 """
 
 from __future__ import annotations

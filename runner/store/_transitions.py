@@ -1,7 +1,8 @@
 """The run's transitions: an attempt from planned to its outcome, an image to disk or lost.
 
-Each is a function of one open transaction (`Tx`), run by `Store._tx` inside one
-`BEGIN IMMEDIATE` (datasette's manner: `task.fn(conn)`): a guard on the current state
+Each is a synchronous function of one open transaction (`Tx`), run whole by `Store._tx` on
+the store's writer thread, in a savepoint of the group transaction it commits with
+(`_writer.py`; datasette's manner: `task.fn(conn)`): a guard on the current state
 (`move`: `WHERE state IN (...)`, then a row-count check that raises StoreError naming both
 states), the budget ledger's change, and an `events` row. docs/states.md draws the edges
 and names, for each, the function here and who calls it; `_ops.py` holds the transitions of
@@ -33,8 +34,9 @@ from runner.store._sql import cursor, fetchall
 
 @dataclass(frozen=True, slots=True)
 class Tx:
-    """One open `BEGIN IMMEDIATE` transaction: its connection, and when it began (ISO 8601,
-    UTC), the time of every row it writes."""
+    """One open transaction (the writer's group, this transition's savepoint): its
+    connection, and when the transition was asked for (ISO 8601, UTC), the time of every row
+    it writes."""
 
     db: sqlite3.Connection
     now: str
@@ -83,7 +85,6 @@ def move(
 
 def reserved(db: sqlite3.Connection, attempt_id: int) -> int:
     """The Buzz the attempt holds reserved; StoreError when there is no such attempt."""
-    # execute_fetchall: one trip to SQLite's thread, where execute + fetch + close is three
     rows = fetchall(db, "SELECT reserved_buzz FROM attempts WHERE id = ?", (attempt_id,))
     if not rows:
         raise StoreError(f"attempt {attempt_id} does not exist")
