@@ -54,7 +54,8 @@ def _settle(job: _Job) -> None:
 
 
 class Writer:
-    """The thread that owns one connection. `open` makes the connection on it."""
+    """The thread that owns one connection; `Store` opens it there with a plain job, then
+    sets `db`."""
 
     def __init__(self, name: str, commit: Commit) -> None:
         self.db: sqlite3.Connection | None = None
