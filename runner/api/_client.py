@@ -24,6 +24,7 @@ downloads follow at most `MAX_REDIRECTS` redirects, never from https to plain ht
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import os
@@ -460,7 +461,9 @@ class Client:
         started_s = anyio.current_time()
         sent: list[httpx.Request] = []  # each hop's request: the last is the one that failed
         try:
-            with anyio.fail_after(deadline_s):
+            # asyncio's own timeout (the runner is anyio on asyncio): anyio's `fail_after`
+            # cost ~7% of a request's CPU (`bench/client_micro.py`); the same TimeoutError
+            async with asyncio.timeout(deadline_s):
                 response, body = await exchange(
                     self._pool_for, request, auth=auth, max_redirects=max_redirects,
                     max_bytes=max_bytes, sent=sent,
@@ -480,7 +483,7 @@ class Client:
         log.debug(
             "api_response",
             method=request.method,
-            url=redact_url(request.url),
+            url=_http.RedactedUrl(request.url),
             status=response.status_code,
             elapsed_ms=round((anyio.current_time() - started_s) * 1000),
         )

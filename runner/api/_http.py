@@ -16,6 +16,7 @@ environment but the one httpx picked, and certificates verified.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Generator
 from typing import Any, Final
@@ -50,9 +51,27 @@ def aiohttp_transport(*, proxy: httpx.Proxy | None = None) -> AiohttpTransport:
     return transport
 
 
+class NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: no request of the client carries a cookie, and no
+    response pays for being read into a jar (httpx's `extract_cookies` built two urllib
+    objects per response: ~8% of a request's CPU, `bench/client_micro.py`)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
 class AiohttpClient(httpx.AsyncClient):
     """`httpx.AsyncClient` whose transports (the direct one and each proxy's that httpx
-    mounts from the environment) are `aiohttp_transport`s; a given transport is kept."""
+    mounts from the environment) are `aiohttp_transport`s; a given transport is kept.
+    It has no cookie jar (`NoCookies`): the service's API sets none, and a download carries
+    none."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cookies = NoCookies()
 
     def _init_transport(self, *args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
         given: httpx.AsyncBaseTransport | None = kwargs.get("transport")
@@ -106,6 +125,22 @@ def next_hop(response: httpx.Response, hop: int, max_redirects: int) -> httpx.UR
     return target
 
 
+class RedactedUrl:
+    """A URL for a log line, redacted (`redact_url`) only when a line is written: a debug
+    event that no handler keeps costs no redaction."""
+
+    __slots__ = ("_url",)
+
+    def __init__(self, url: object) -> None:
+        self._url = url
+
+    def __str__(self) -> str:
+        return redact_url(self._url)
+
+    def __repr__(self) -> str:
+        return repr(redact_url(self._url))
+
+
 async def drain(response: httpx.Response) -> None:
     """Read a redirect's (small) body, so that its connection goes back to the pool: a
     response closed unread closes its connection, and every download paid a new one."""
@@ -123,6 +158,7 @@ def origin(url: httpx.URL) -> tuple[str, str, int]:
     return url.scheme, url.host.lower(), url.port or default_port
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     """`localhost` (and `*.localhost`), 127.0.0.0/8 or ::1: this machine, never a proxy's."""
     name = host.strip("[]").rstrip(".").lower()
