@@ -62,6 +62,11 @@ class EmulatorProcess:
         items = response.json()["items"]
         return sorted(datetime.fromisoformat(i["createdAt"]).timestamp() for i in items)
 
+    def cpu_s(self) -> float:
+        """The emulator's CPU seconds so far (user + system, from `/proc/<pid>/stat`)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def requests_by_route(self) -> dict[str, int]:
         routes: dict[str, int] = self.state()["requests"]["by_route"]
         return routes

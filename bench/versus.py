@@ -49,9 +49,17 @@ def side_by_side(folder: Path, *, cells: int, size: int) -> list[Figure]:
     with h.emulator(time_scale=0, image_cache=cells + 100) as emu:
         run_script(emu.url, folder, cells=cells, size=size, run="warm")
         rendered = emu.state()["images_rendered"]
+        emu_cpu0 = emu.cpu_s()
         script = run_script(emu.url, folder, cells=cells, size=size, run="script")
+        emu_cpu1 = emu.cpu_s()
         zbatch = h.zbatch_run(manifest, emu.url).wait()
+        emu_cpu2 = emu.cpu_s()
         renders = emu.state()["images_rendered"] - rendered
+    # the emulator's share of one core while it served each runner: near 1.0, its ceiling
+    emu_script, emu_zbatch = (
+        (emu_cpu1 - emu_cpu0) / script.wall_s,
+        (emu_cpu2 - emu_cpu1) / zbatch.wall_s,
+    )
     images = len(list((h.out_of(manifest) / "images").rglob("*.jp*g")))
     if images != cells:
         raise RuntimeError(f"zbatch wrote {images} images for {cells} cells")
@@ -72,6 +80,10 @@ def side_by_side(folder: Path, *, cells: int, size: int) -> list[Figure]:
                rate_ratio >= 1.0, zcmd),
         Figure(name, "CPU per 1,000 cells ratio zbatch / script", cpu_ratio, "x", "<= 1.5",
                cpu_ratio <= 1.5, zcmd),
+        Figure(name, "emulator core use while serving the script (1.0: its ceiling)",
+               emu_script, "cores", "", None, "/proc/<emulator>/stat"),
+        Figure(name, "emulator core use while serving zbatch (1.0: its ceiling)",
+               emu_zbatch, "cores", "", None, "/proc/<emulator>/stat"),
         Figure(name, "images the emulator rendered while measured (0: not its ceiling)",
                renders, "images", "", None, "GET /_emulator/state images_rendered"),
     ]  # fmt: skip

@@ -215,27 +215,26 @@ def parse_body(
     parser: Callable[[object], T],
     secrets: Sequence[str],
 ) -> T:
-    """Decode a success body with `parser`; not JSON or the wrong shape: `UnusableAnswerError`."""
-    method, shown = response.request.method, redact_url(response.request.url)
-    where: dict[str, Any] = {"status": response.status_code, "method": method, "url": shown}
+    """Decode a success body with `parser`; not JSON or the wrong shape: `UnusableAnswerError`.
+    The URL is redacted for the message only when there is one (not on every answer)."""
     try:
         data = json.loads(body)
     except ValueError as exc:
         kind = response.headers.get("Content-Type", "no Content-Type")
-        raise UnusableAnswerError(
-            f"{method} {shown} -> {response.status_code}: the body is not JSON "
-            f"({kind}, {len(body)} bytes)",
-            **where,
-        ) from exc
+        raise _unusable(response, f"the body is not JSON ({kind}, {len(body)} bytes)") from exc
     try:
         return parser(data)
     except ShapeError as exc:
         text = scrub(str(exc), secrets)
-        raise UnusableAnswerError(
-            f"{method} {shown} -> {response.status_code}: unexpected answer: {text}",
-            detail=text,
-            **where,
-        ) from exc
+        raise _unusable(response, f"unexpected answer: {text}", detail=text) from exc
+
+
+def _unusable(response: httpx.Response, what: str, **detail: Any) -> UnusableAnswerError:
+    method, shown = response.request.method, redact_url(response.request.url)
+    return UnusableAnswerError(
+        f"{method} {shown} -> {response.status_code}: {what}",
+        status=response.status_code, method=method, url=shown, **detail,
+    )  # fmt: skip
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
