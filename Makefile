@@ -33,6 +33,8 @@ system:
 	ldconfig -p 2>/dev/null | grep -q "libturbojpeg.so.0 " || missing="$$missing libturbojpeg0"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+	  || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make test needs these Debian packages:$$missing"; \
 	  echo "  apt-get install -y$$missing   (or run .ci/run, which installs them)"; exit 1; fi

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+# real servers (PostgreSQL, moto's S3) as fixtures: tests/services.py
+pytest_plugins = ["tests.services"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
