@@ -27,6 +27,7 @@
   + LocalDiskError                exit 6   the disk refused a write (or a read): an I/O error
     - DiskFull                             ENOSPC, EDQUOT, SQLITE_FULL: free space, run again
     - ReadOnlyDisk                         EROFS, SQLITE_READONLY: remount, or another out
+    - TargetError                          an object store refused a PUT, or kept other bytes
   + UsageError                    exit 2   a flag, environment variable or folder is wrong
     - OutFolderError                       `zbatch run`'s output folder is unsafe or unwritable
     - NotABatch                            the folder holds no zbatch batch
@@ -248,6 +249,12 @@ class DiskFull(LocalDiskError):
 
 class ReadOnlyDisk(LocalDiskError):
     """The folder is on a read-only filesystem (EROFS, SQLITE_READONLY)."""
+
+
+class TargetError(LocalDiskError):
+    """Where the files go (an object store named by `out: s3://...`) refused a file or kept
+    other bytes than those sent: the file is not counted. Names the object, never a
+    credential."""
 
 
 class UsageError(ZbatchError):

@@ -1,6 +1,7 @@
 """The local machine: every file written atomically (`AtomicFile`), the output folder's
-paths (`OutFolder`), the batch lock, private files, and the disk's and SQLite's failures
-translated once into errors.py.
+paths (`OutFolder`), the batch lock, private files, the target files go to when `out` is an
+object store's URL (`open_target`), and the disk's and SQLite's failures translated once
+into errors.py.
 """
 
 from runner.disk._atomic import AtomicFile, atomic_write_bytes, fsync_dir, sweep_batch_temps
@@ -8,12 +9,16 @@ from runner.disk._faults import BUSY_TIMEOUT_MS, damaged, database_error, disk_e
 from runner.disk._lock import BatchLock
 from runner.disk._out_folder import OutFolder, check_out_folder, image_path, out_folder_problem
 from runner.disk._private import create_private, open_private
+from runner.disk._target import LocalTarget, StoreTarget, Target, is_url, open_target
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "AtomicFile",
     "BatchLock",
+    "LocalTarget",
     "OutFolder",
+    "StoreTarget",
+    "Target",
     "atomic_write_bytes",
     "check_out_folder",
     "create_private",
@@ -22,6 +27,8 @@ __all__ = [
     "disk_error",
     "fsync_dir",
     "image_path",
+    "is_url",
+    "open_target",
     "open_private",
     "out_folder_problem",
     "sweep_batch_temps",
