@@ -1,6 +1,6 @@
 """The ways people run a batch without zbatch, written honestly, for `make bench` to beat.
 
-(a) and (b) use zbatch's own HTTP client (`runner.api._client.Client`: the same httpx stack,
+(a) and (b) use zbatch's own HTTP client (`runner.api._client.Client`: the same aiohttp wire,
 the same token handling), so that comparison is the scheduling, not the HTTP library. (c) is
 the script a user would write instead of choosing zbatch: its own `aiohttp.ClientSession`,
 nothing of zbatch's (issue 14). All three write each image to disk, as a script would, but

@@ -13,9 +13,11 @@ import anyio
 import httpx
 import pytest
 import structlog
+import yarl
 
 from runner.api._client import Client
 from runner.api._models import WorkflowStatus, parse_retry_after
+from runner.api._wire import Request
 from runner.errors import (
     ApiError,
     AuthError,
@@ -424,8 +426,8 @@ async def test_auth_only_for_the_api_origin():
         ("https://orchestration.test:8443/v2/x", None),
         ("https://other.test/v2/x", None),
     ]:
-        request = httpx.Request("GET", url)
-        next(api._auth.auth_flow(request))
+        request = Request("GET", yarl.URL(url), {})
+        api._auth.apply(request)
         assert request.headers.get("Authorization") == expected, url
     await api.aclose()
 

@@ -13,7 +13,10 @@ The token goes to the API origin only (`BearerAuth` checks every request), never
 download URLs; API calls do not follow redirects, so it cannot cross to another origin either.
 No message, `str`, `repr` or log line holds it: messages are built from the method, a
 redacted URL, the status and the service's text, scrubbed of the token. TLS certificates are
-always verified (httpx's default; nothing here turns it off, `tests/test_api.py` greps).
+always verified (httpx's verifying context on the aiohttp wire, `_wire.py`; nothing here turns
+it off, `tests/e2e/test_hostile_responses.py` greps). The requests go straight to aiohttp
+(`_wire.AiohttpWire`); `Client(transport=...)` takes an httpx transport instead (the
+in-process emulator, tests' fakes), under the same rules.
 
 Every failure becomes an `ApiError` in one place, `runner/http_errors.py`. Hostile answers
 are refused, not trusted: every call has an overall deadline (body included, so a drip that
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import os
 import re
 import time
@@ -34,15 +38,16 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Map
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import structlog
+from yarl import URL
 
 from runner import __version__
 from runner.api import _errors, _http
 from runner.api._errors import TOKEN_ENV, body_error, parse_body, scrub, translate
-from runner.api._http import REDIRECT_STATUSES, BearerAuth, exchange, is_loopback, origin
+from runner.api._http import REDIRECT_STATUSES, BearerAuth, exchange, origin, parse_url
 from runner.api._models import (
     Blob,
     Workflow,
@@ -52,6 +57,7 @@ from runner.api._models import (
     parse_page,
     parse_workflow,
 )
+from runner.api._wire import AiohttpWire, Answer, HttpxWire, Request, Wire
 from runner.errors import ApiError, AuthError, UnusableAnswerError
 from runner.log import redact_url
 
@@ -74,6 +80,8 @@ PageRetry = Callable[[Callable[[], Awaitable[WorkflowPage]]], Awaitable[Workflow
 
 _EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: safe in a header
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+Params = Sequence[tuple[str, str | int]]
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,8 @@ class Client:
         max_unknown_status: int = DEFAULT_MAX_UNKNOWN_STATUS,
     ) -> None:
         base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
-        url = httpx.URL(base)
-        if url.scheme not in ("http", "https") or not url.host:
+        url = parse_url(base)
+        if url is None or not url.absolute or url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"API base URL {base!r} is not an http:// or https:// URL")
         secret = (token if token is not None else os.environ.get(TOKEN_ENV, "")).strip()
         if not secret:
@@ -134,19 +142,12 @@ class Client:
         # `RetryableError`, which the engine waits out (docs/reliability.md, "The network").
         self.answered = False
         self._auth = BearerAuth(secret, origin(url))
-        settings: dict[str, Any] = {
-            "timeout": timeout_s,
-            "follow_redirects": False,
-            "headers": {"User-Agent": f"zbatch/{__version__}", "Accept": "application/json"},
-        }
-        self._http = _http.AiohttpClient(transport=transport, **settings)
-        # Loopback goes direct, never through $HTTP_PROXY (runner/api/_http.py); a given
-        # transport (a test's) is used for everything, as httpx then reads no proxy anyway.
-        self._direct = (
-            self._http
-            if transport is not None
-            else _http.AiohttpClient(trust_env=False, **settings)  # no proxy from the environment
-        )
+        ua = f"zbatch/{__version__}"
+        self._api_headers = {"User-Agent": ua, "Accept": "application/json"}
+        self._blob_headers = {"User-Agent": ua, "Accept": "*/*"}
+        # aiohttp for a run; a given httpx transport (the in-process emulator, a test's fake)
+        # for everything, with the same rules above it
+        self._wire: Wire = AiohttpWire() if transport is None else HttpxWire(transport)
 
     def __repr__(self) -> str:
         return f"Client(base_url={self.base_url!r})"
@@ -164,25 +165,19 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the connection pool; the client cannot send afterwards."""
-        await self._http.aclose()
-        if self._direct is not self._http:
-            await self._direct.aclose()
+        await self._wire.aclose()
 
     async def check_reachable(self, *, within_s: float = REACH_WITHIN_S) -> None:
         """Raise `ServiceUnreachable` unless the service answers (any status) within
         `within_s`: a request for the base URL, without the token and unread."""
-        url = httpx.URL(self.base_url + "/")
+        request = Request("GET", URL(self.base_url + "/"), dict(self._blob_headers))
         try:
             async with asyncio.timeout(within_s):
-                async with self._pool_for(url).stream("GET", url, headers={"Accept": "*/*"}):
-                    pass
+                answer = await self._wire.send(request, connect_s=within_s, read_s=within_s)
+                await answer.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
             raise _errors.unreachable(self.base_url, exc, secrets=self._secrets) from exc
         self.answered = True
-
-    def _pool_for(self, url: httpx.URL) -> httpx.AsyncClient:
-        """Loopback goes direct; anything else as the environment says (a proxy or not)."""
-        return self._direct if is_loopback(url.host) else self._http
 
     # -- workflows -----------------------------------------------------------------------
 
@@ -224,7 +219,7 @@ class Client:
             body["metadata"] = dict(metadata)
         if currencies is not None:
             body["currencies"] = list(currencies)
-        params = httpx.QueryParams(wait=wait_s, whatif="true" if whatif else "false")
+        params = (("wait", wait_s), ("whatif", "true" if whatif else "false"))
         return await self._parsed(
             parse_workflow,
             "POST",
@@ -237,7 +232,7 @@ class Client:
     async def get(self, workflow_id: str, *, wait_s: int = 0) -> Workflow:
         """Fetch a workflow; with `wait_s` > 0 the service holds the call until it is terminal."""
         _check_wait(wait_s)
-        params = httpx.QueryParams(wait=wait_s) if wait_s else None
+        params = (("wait", wait_s),) if wait_s else None
         path = f"/v2/consumer/workflows/{_segment(workflow_id)}"
         wf = await self._parsed(parse_workflow, "GET", path, params=params, wait_s=wait_s)
         self._check_statuses((wf,))
@@ -261,7 +256,7 @@ class Client:
             raise ValueError("tags must name at least one tag (a list, not a string)")
         if take < 1:
             raise ValueError(f"take must be at least 1, not {take}")
-        params: list[tuple[str, str | int | float | bool | None]] = [("tags", t) for t in tags]
+        params: list[tuple[str, str | int]] = [("tags", t) for t in tags]
         params += [
             ("take", take),
             ("ascending", "true" if ascending else "false"),
@@ -271,7 +266,7 @@ class Client:
         if cursor:
             params.append(("cursor", cursor))
         items, next_cursor = await self._parsed(
-            parse_page, "GET", "/v2/consumer/workflows", params=httpx.QueryParams(params)
+            parse_page, "GET", "/v2/consumer/workflows", params=params
         )
         self._check_statuses(items)
         if len(items) < take:
@@ -327,7 +322,7 @@ class Client:
         location = response.headers.get("Location")
         if not location:
             raise body_error(response, "a redirect without a Location header")
-        return str(response.request.url.join(location))
+        return str(response.request.url.join(URL(location)))
 
     async def refresh_blob(self, blob_id: str) -> Blob:
         """A fresh signed URL for a blob (`POST …/blobs/{id}/refresh`); resets its 30-day TTL."""
@@ -344,12 +339,13 @@ class Client:
         to plain http (or to anything but http/https) `UnusableAnswerError`. Redirects to
         another host are followed (Civitai's blob URLs point at a CDN), never with the token.
         """
-        if httpx.URL(url).scheme not in ("http", "https"):
+        target = parse_url(url)
+        if target is None or target.scheme not in ("http", "https"):
             raise ValueError(f"download URL {redact_url(url)!r} is not http:// or https://")
-        request = self._http.build_request("GET", url, headers={"Accept": "*/*"})
+        request = Request("GET", target, dict(self._blob_headers))
         response, content = await self._send(
             request, auth=None, max_redirects=MAX_REDIRECTS, max_bytes=max_bytes,
-            deadline_s=4 * self.timeout_s,
+            read_s=self.timeout_s, deadline_s=4 * self.timeout_s,
         )  # fmt: skip
         if response.status_code != 200:
             raise translate(response, body=content, secrets=self._secrets, blob_content=True)
@@ -363,7 +359,7 @@ class Client:
         method: str,
         path: str,
         *,
-        params: httpx.QueryParams | None = None,
+        params: Params | None = None,
         json_body: object = None,
         wait_s: int = 0,
     ) -> T:
@@ -425,47 +421,49 @@ class Client:
         method: str,
         path: str,
         *,
-        params: httpx.QueryParams | None = None,
+        params: Params | None = None,
         json_body: object = None,
         wait_s: int = 0,
         ok: Collection[int] = range(200, 300),
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[Answer, bytes]:
         """One API call with the token; raises `translate(...)` unless the status is in `ok`."""
-        query = f"?{params}" if params else ""  # in the URL parsed once, not merged after
-        request = self._http.build_request(
-            method,
-            self.base_url + path + query,
-            json=json_body,
-            timeout=httpx.Timeout(self.timeout_s, read=self.timeout_s + wait_s),
-        )
-        response, body = await self._send(
+        query = f"?{urlencode(params)}" if params else ""  # in the URL, parsed once
+        headers = dict(self._api_headers)
+        body = None
+        if json_body is not None:
+            body = _JSON.encode(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        request = Request(method, URL(self.base_url + path + query), headers, body)
+        response, content = await self._send(
             request, auth=self._auth, max_redirects=0, max_bytes=self.max_response_bytes,
-            deadline_s=wait_s + 2 * self.timeout_s,
+            read_s=self.timeout_s + wait_s, deadline_s=wait_s + 2 * self.timeout_s,
         )  # fmt: skip
         if response.status_code not in ok:
-            raise translate(response, body=body, secrets=self._secrets)
-        return response, body
+            raise translate(response, body=content, secrets=self._secrets)
+        return response, content
 
     async def _send(
         self,
-        request: httpx.Request,
+        request: Request,
         *,
-        auth: httpx.Auth | None,
+        auth: BearerAuth | None,
         max_redirects: int,
         max_bytes: int,
+        read_s: float,
         deadline_s: float,
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[Answer, bytes]:
         """Send, follow up to `max_redirects` redirects (`next_hop` checks each), read at
         most `max_bytes` of the body, all within `deadline_s`: one deadline for the whole
         call, so a body that drips forever is cut, not only a read that stalls."""
         started_s = time.monotonic()
-        sent: list[httpx.Request] = []  # each hop's request: the last is the one that failed
+        sent: list[Request] = []  # each hop's request: the last is the one that failed
         try:
             # asyncio's (anyio runs on it): fail_after cost ~7% of a request's CPU
             async with asyncio.timeout(deadline_s):
                 response, body = await exchange(
-                    self._pool_for, request, auth=auth, max_redirects=max_redirects,
-                    max_bytes=max_bytes, sent=sent,
+                    self._wire, request, auth=auth, headers=self._blob_headers,
+                    max_redirects=max_redirects, max_bytes=max_bytes,
+                    connect_s=self.timeout_s, read_s=read_s, sent=sent,
                 )  # fmt: skip
         except (httpx.HTTPError, TimeoutError) as exc:
             request = sent[-1] if sent else request  # the hop that failed

@@ -1,6 +1,7 @@
 """HTTP failures and answers to `ApiError`s: the one place the API client classifies them.
 
-`translate` maps an httpx exception or a failure status; `parse_body` decodes a success body;
+`translate` maps a transport failure (in httpx's vocabulary, which `_wire.as_httpx` maps
+aiohttp's to) or a failure status; `parse_body` decodes a success body;
 `read_limited` reads a body within a byte limit and checks it against Content-Length.
 
 - Transport: timeouts, connect/read/write errors, a dropped connection (RemoteProtocolError),
@@ -29,8 +30,10 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import httpx
+from yarl import URL
 
 from runner.api._models import ShapeError, parse_http_date, parse_problem, parse_retry_after
+from runner.api._wire import Answer
 from runner.errors import (
     ApiError,
     AuthError,
@@ -52,7 +55,7 @@ _NEVER_HEALS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.TooMa
 _DETAIL_MAX_CHARS: Final = 500
 
 
-async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
+async def read_limited(response: Answer, max_bytes: int) -> bytes:
     """The body, checked against `max_bytes` and Content-Length (error bodies: truncated)."""
     declared = _content_length(response)
     if response.is_success and declared is not None and declared > max_bytes:
@@ -61,7 +64,7 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    while chunk := await response.read_some():
         size += len(chunk)
         if size > max_bytes:
             if response.is_success:
@@ -69,22 +72,19 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
             break  # an error body: its first max_bytes say enough
         chunks.append(chunk)
     else:
-        # Content-Length counts bytes on the wire: the decoded ones unless a Content-Encoding
-        # applies (then httpx's raw count, which a preloaded test body leaves at 0).
-        received = size
-        if "Content-Encoding" in response.headers and response.num_bytes_downloaded:
-            received = response.num_bytes_downloaded
-        if declared is not None and received != declared:
+        # Content-Length counts bytes on the wire: the body's, unless a Content-Encoding
+        # applies (then the wire checks it: aiohttp raises for a body cut short).
+        if declared is not None and size != declared and "Content-Encoding" not in response.headers:
             raise body_error(
                 response,
-                f"the body ended after {received} of {declared} bytes (Content-Length)",
+                f"the body ended after {size} of {declared} bytes (Content-Length)",
                 retryable=True,
             )
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def body_error(
-    response: httpx.Response, text: str, *, retryable: bool = False, unusable: bool = False
+    response: Answer, text: str, *, retryable: bool = False, unusable: bool = False
 ) -> ApiError:
     """An error about `response`'s body: `unusable` (an `UnusableAnswerError`), `retryable`
     (a `RetryableError`), or else a plain `ApiError`."""
@@ -99,22 +99,22 @@ def body_error(
 
 
 def translate(
-    source: httpx.Response | BaseException,
+    source: Answer | BaseException,
     *,
     method: str = "",
-    url: httpx.URL | str = "",
+    url: object = "",
     body: bytes = b"",
     secrets: Sequence[str] = (),
     blob_content: bool = False,
     deadline_s: float | None = None,
 ) -> ApiError:
-    """Map an httpx exception, or a response with a failure status, to the right `ApiError`.
+    """Map a transport failure, or an answer with a failure status, to the right `ApiError`.
 
     For a response, `method` and `url` come from its request and `body` is its (read) body;
     `blob_content` marks a download from a signed URL (401/403 mean the URL expired).
     `secrets` are scrubbed from every text taken from the service. See the module docstring.
     """
-    if not isinstance(source, httpx.Response):
+    if not isinstance(source, Answer):
         shown = redact_url(url)
         where: dict[str, Any] = {"method": method, "url": shown}
         if isinstance(source, TimeoutError):
@@ -154,7 +154,7 @@ def translate(
         return NotFoundError(message, **kw)
     if 300 <= status < 400:
         location = source.headers.get("Location", "")
-        shown_to = redact_url(source.request.url.join(location)) if location else "nowhere"
+        shown_to = redact_url(_join(source, location)) if location else "nowhere"
         return UnusableAnswerError(f"{message} (an unexpected redirect to {shown_to})", **kw)
     return ApiError(message, **kw)
 
@@ -210,7 +210,7 @@ def _errnos(exc: BaseException) -> set[int]:
 
 
 def parse_body(
-    response: httpx.Response,
+    response: Answer,
     body: bytes,
     parser: Callable[[object], T],
     secrets: Sequence[str],
@@ -229,7 +229,7 @@ def parse_body(
         raise _unusable(response, f"unexpected answer: {text}", detail=text) from exc
 
 
-def _unusable(response: httpx.Response, what: str, **detail: Any) -> UnusableAnswerError:
+def _unusable(response: Answer, what: str, **detail: Any) -> UnusableAnswerError:
     method, shown = response.request.method, redact_url(response.request.url)
     return UnusableAnswerError(
         f"{method} {shown} -> {response.status_code}: {what}",
@@ -246,7 +246,14 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def _content_length(response: httpx.Response) -> int | None:
+def _join(response: Answer, location: str) -> object:
+    try:
+        return response.request.url.join(URL(location))
+    except ValueError:
+        return location
+
+
+def _content_length(response: Answer) -> int | None:
     try:
         return int(response.headers["Content-Length"])
     except (KeyError, ValueError):

@@ -316,6 +316,6 @@ async def test_tls_verification_is_never_turned_off() -> None:
     ]
     assert hits == []
     async with Client(base_url="https://orchestration.example", token=SENTINEL) as client:
-        context = client._http._transport.ssl_context  # type: ignore[attr-defined]
+        context = client._wire.ssl_context  # type: ignore[attr-defined]
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
