@@ -145,15 +145,15 @@ def test_metadata_row_has_every_column_with_stable_types() -> None:
     assert list(row) == column_names(["animal", "place"])
     assert list(row)[: len(COLUMNS)] == list(COLUMNS)
     assert row["file_name"] == "images/ab/abcdef0123456789_1.jpg"
-    assert row["negativePrompt"] == ""
-    assert row["cfgScale"] == 1.0
-    assert isinstance(row["cfgScale"], float)
+    assert row["negative_prompt"] == ""
+    assert row["cfg_scale"] == 1.0
+    assert isinstance(row["cfg_scale"], float)
     assert row["buzz_charged"] == 1.5
     assert row["loras"] == [{"urn": LORA, "strength": 1.0}]
     assert row["text"] == row["prompt"] == "a fox"
-    assert row["vars.animal"] == "fox"
-    assert row["vars.place"] == ""
-    assert row["nsfwLevel"] is None
+    assert row["var_animal"] == "fox"
+    assert row["var_place"] == ""
+    assert row["nsfw_level"] is None
     assert row["reason"] == ""
     assert row["workflow_id"] == "wf-1"
     assert flat_row(row)["loras"] == json.dumps(
@@ -196,16 +196,16 @@ async def test_refresh_writes_one_row_per_downloaded_image_and_captions(tmp_path
             file = m.out / row["file_name"]
             assert hashlib.sha256(file.read_bytes()).hexdigest() == row["sha256"]
             assert row["bytes"] == file.stat().st_size
-            assert row["prompt"] == f"A {row['vars.animal']} in the snow"
+            assert row["prompt"] == f"A {row['var_animal']} in the snow"
             assert caption_path(m.out, row["file_name"]).read_text() == row["prompt"]
-            assert row["negativePrompt"] == ("blurry, watermark" if row["model"] == "base" else "")
+            assert row["negative_prompt"] == ("blurry, watermark" if row["model"] == "base" else "")
             assert json.loads(row["loras"]) in ([], [{"urn": LORA, "strength": 0.8}])
             assert row["text"] == row["prompt"]
             assert row["created_at"] <= row["finished_at"]
             assert row["workflow_id"]
             assert row["state"] == "downloaded"
         assert sum(r["buzz_charged"] for r in rows) == outcome.budget.charged_buzz
-        assert {r["vars.animal"] for r in rows} == {"fox", "owl", "café cat"}
+        assert {r["var_animal"] for r in rows} == {"fox", "owl", "café cat"}
         assert not list(m.out.glob(".*.tmp"))
 
 
@@ -336,7 +336,7 @@ async def test_imagefolder_loads_out_with_every_column(tmp_path: Path) -> None:
             assert sample["prompt"] == rows[n]["prompt"]
             with (m.out / rows[n]["file_name"]).open("rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == sample["sha256"]
-        assert train.features["cfgScale"].dtype == "float64"
+        assert train.features["cfg_scale"].dtype == "float64"
         assert train.features["seed"].dtype == "int64"
 
 

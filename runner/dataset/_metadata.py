@@ -29,6 +29,13 @@ import structlog
 
 from runner.disk import AtomicFile, OutFolder, disk_error
 from runner.errors import StoreError
+from runner.manifest import (
+    DEFAULT_CAPTION_TEMPLATE,
+    VAR_COLUMN_PREFIX,
+    Template,
+    compile_caption,
+    render_caption,
+)
 from runner.store import BatchInfo, DatasetImage, Store
 
 log = structlog.get_logger(__name__)
@@ -45,31 +52,37 @@ COLUMNS: tuple[str, ...] = (
     "model",
     "prompt",
     "text",  # the caption: the prompt on one line, whitespace normalised (`caption_text`)
-    "negativePrompt",
+    "negative_prompt",
     "seed",
     "width",
     "height",
-    "cfgScale",
+    "cfg_scale",
     "steps",
-    "sampleMethod",
+    "sample_method",
     "schedule",
     "quantity",
     "loras",  # [{urn, strength}] sorted by urn; JSON text in metadata.jsonl and CSV
     "buzz_charged",  # the attempt's charge / quantity: this image's share
     "sha256",
     "bytes",
-    "nsfwLevel",  # always null: the store does not keep it yet
+    "nsfw_level",  # always null: the store does not keep it yet
     "created_at",  # when the service answered with the workflow id (UTC, ISO 8601)
     "finished_at",  # when the attempt's outcome was recorded
     "state",  # the image's: downloaded, pending or lost
     "reason",  # why it was lost; "" otherwise
     "revision",  # the manifest revision that last listed the cell (`run --keep`)
 )
-VAR_PREFIX = "vars."
+VAR_PREFIX = VAR_COLUMN_PREFIX  # `var_<name>`: a plain identifier in SQL, pandas, Arrow
+PROMPT_CAPTION = compile_caption(DEFAULT_CAPTION_TEMPLATE)
+# What a row is made of: the batch's template variables and its compiled caption template.
+Columns = tuple[Sequence[str], Template]
 
 
-def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any]:
-    """The dataset row of one image: `COLUMNS`, then `vars.<name>` for each of `var_names`.
+def metadata_row(
+    image: DatasetImage, var_names: Sequence[str], template: Template = PROMPT_CAPTION
+) -> dict[str, Any]:
+    """The dataset row of one image: `COLUMNS`, then `var_<name>` for each of `var_names`;
+    `text` is its caption, `template` (a compiled caption template) filled in from the row.
 
     Pure. `loras` is a list of `{"urn", "strength"}` here (every reader keeps every LoRA:
     an object keyed by URN is one struct field per LoRA to DuckDB and Arrow); `flat_row`
@@ -88,14 +101,14 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "workflow_id": image.workflow_id or "",
         "model": image.model,
         "prompt": prompt,
-        "text": caption_text(prompt),
-        "negativePrompt": _text(request.get("negativePrompt")),
+        "text": "",  # rendered from the row below
+        "negative_prompt": _text(request.get("negativePrompt")),
         "seed": _int(request.get("seed")),
         "width": image.width if image.width is not None else _int(request.get("width")),
         "height": image.height if image.height is not None else _int(request.get("height")),
-        "cfgScale": _float(request.get("cfgScale")),
+        "cfg_scale": _float(request.get("cfgScale")),
         "steps": _int(request.get("steps")),
-        "sampleMethod": _text(request.get("sampleMethod")),
+        "sample_method": _text(request.get("sampleMethod")),
         "schedule": _text(request.get("schedule")),
         "quantity": quantity,
         "loras": [
@@ -105,7 +118,7 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "buzz_charged": round(image.charged_buzz / quantity, 4),
         "sha256": image.sha256,
         "bytes": image.size_bytes,
-        "nsfwLevel": None,
+        "nsfw_level": None,
         "created_at": image.created_at,
         "finished_at": image.finished_at,
         "state": image.state,
@@ -114,6 +127,9 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
     }
     for name in var_names:
         row[VAR_PREFIX + name] = _text(image.vars.get(name))
+    row["text"] = (
+        caption_text(prompt) if template is PROMPT_CAPTION else render_caption(template, row)
+    )
     return row
 
 
@@ -132,6 +148,13 @@ def caption_text(prompt: str) -> str:
 def column_names(var_names: Sequence[str]) -> list[str]:
     """Every column of a row, in order."""
     return [*COLUMNS, *(VAR_PREFIX + name for name in var_names)]
+
+
+async def caption_template(store: Store) -> Template:
+    """The batch's caption template, compiled: the manifest's (`captions: {template: ...}`,
+    recorded by `zbatch run`), or `{prompt}` for a batch that recorded none."""
+    settings = await store.run_settings()
+    return compile_caption(settings.caption_template if settings else DEFAULT_CAPTION_TEMPLATE)
 
 
 def caption_path(out: Path, image_path: str) -> Path:
@@ -179,15 +202,16 @@ async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> 
     try:
         async with store.reader() as snapshot:
             names = await snapshot.var_names()
+            template = await caption_template(snapshot)
             if not rebuild:
                 columns = column_names(names)
                 previous = await anyio.to_thread.run_sync(PreviousLines.open, target, columns)
             async with aclosing(snapshot.dataset_images(("downloaded",))) as chunks:
                 async for chunk in chunks:
                     write = functools.partial(
-                        _write_chunk, writer, chunk, names, out, captions, previous, missing
+                        _write_chunk, writer, chunk, (names, template), out, captions, previous
                     )
-                    rows += await anyio.to_thread.run_sync(write)
+                    rows += await anyio.to_thread.run_sync(write, missing)
         await anyio.to_thread.run_sync(writer.commit)
     except BaseException:
         writer.abort()  # close and unlink the temp file: quick, safe while cancelled
@@ -208,12 +232,13 @@ async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> 
 def _write_chunk(
     writer: AtomicFile,
     chunk: list[DatasetImage],
-    names: Sequence[str],
+    columns: Columns,
     out: Path,
     captions: str,
     previous: PreviousLines | None,
     missing: list[int],
 ) -> int:
+    names, template = columns
     lines = []
     for image in chunk:
         if image.path is None:
@@ -225,7 +250,7 @@ def _write_chunk(
         if not (out / image.path).is_file():  # deleted under the run: `verify --repair`
             missing[0] += 1
             continue
-        row = metadata_row(image, names)
+        row = metadata_row(image, names, template)
         lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
         if captions == "txt":
             write_caption(caption_path(out, image.path), row["text"])
