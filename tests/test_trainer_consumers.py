@@ -176,7 +176,7 @@ async def test_a_bad_template_spends_nothing(
 async def test_every_column_is_snake_case_in_every_format(tmp_path: Path) -> None:
     """One naming convention: metadata.jsonl, the folder's metadata.jsonl, JSONL, CSV and
     Parquet have the same columns, each a plain identifier (no quoting in SQL)."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     with anyio.fail_after(90):
         m = await run_consumers_batch(tmp_path)
@@ -234,7 +234,7 @@ async def test_duckdb_keeps_every_lora_and_names_columns_without_quotes(tmp_path
 
 
 def load(kind: str, cache: Path, **kwargs: Any) -> Any:
-    import datasets
+    import datasets  # type: ignore[import-untyped]
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
