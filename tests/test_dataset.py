@@ -232,7 +232,8 @@ async def test_refresh_copies_unchanged_lines_and_drops_images_no_longer_downloa
         metadata = m.out / METADATA_NAME
         lines = metadata.read_text().splitlines(keepends=True)
         kept, gone, changed = (json.loads(lines[n]) for n in (0, 5, 9))
-        lines[0] = lines[0].replace(kept["prompt"], "EDITED")
+        edited = f'"workflow_id":"{kept["workflow_id"]}"'
+        lines[0] = lines[0].replace(edited, '"workflow_id":"EDITED"')
         metadata.write_text("".join(lines))
         db = sqlite3.connect(m.out / "batch.sqlite")
         with db:
@@ -243,12 +244,29 @@ async def test_refresh_copies_unchanged_lines_and_drops_images_no_longer_downloa
         db.close()
         assert await refresh(m.out) == 23
         rows = {r["file_name"]: r for r in read_jsonl(metadata)}
-        assert rows[kept["file_name"]]["prompt"] == "EDITED"
+        assert rows[kept["file_name"]]["workflow_id"] == "EDITED"
         assert gone["file_name"] not in rows
         assert rows[changed["file_name"]]["sha256"] == "f" * 64
         async with await Store.open(m.out / "batch.sqlite", read_only=True) as store:
             assert await refresh_dataset(store, m.out, captions="txt", rebuild=True) == 23
-        assert read_jsonl(metadata)[0]["prompt"] == kept["prompt"]
+        assert read_jsonl(metadata)[0]["workflow_id"] == kept["workflow_id"]
+
+
+async def test_a_changed_caption_template_renders_every_row_again(tmp_path: Path) -> None:
+    """The template a later `zbatch run` records reaches every row and caption file at the
+    next refresh, not only the new images' (the lines kept would hold the old captions)."""
+    with anyio.fail_after(60):
+        m, _ = await run_small_batch(tmp_path)
+        await refresh(m.out)
+        db = sqlite3.connect(m.out / "batch.sqlite")
+        with db:
+            db.execute("UPDATE run_settings SET caption_template = 'zkfox, {var_animal}'")
+        db.close()
+        assert await refresh(m.out) == 24
+        rows = read_jsonl(m.out / METADATA_NAME)
+        assert {r["text"] for r in rows} == {"zkfox, fox", "zkfox, owl", "zkfox, café cat"}
+        for row in rows:
+            assert caption_path(m.out, row["file_name"]).read_text() == row["text"]
 
 
 async def test_refresh_without_captions_writes_no_txt(tmp_path: Path) -> None:

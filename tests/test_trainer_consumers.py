@@ -147,6 +147,23 @@ def test_a_bad_caption_template_is_refused_where_it_is_written(
     assert says in str(caught.value)
 
 
+def test_a_template_that_may_render_empty_is_warned(tmp_path: Path) -> None:
+    """kohya-ss stops on an empty caption file: a template of fields that can be empty only
+    (a variable, the negative prompt) is said when the manifest is read."""
+    for template, warned in [
+        ("{var_style}", True),
+        (" {negative_prompt} ", True),
+        ("zk {var_style}", False),
+        ("{var_style}{model}", False),
+    ]:
+        text = MANIFEST.replace(TEMPLATE, template)
+        m = parse_manifest(text, path=write_manifest(tmp_path, text))
+        said = [str(w) for w in m.warnings if "captions.template" in str(w)]
+        assert bool(said) is warned, (template, said)
+        if warned:
+            assert "may make an empty caption" in said[0]
+
+
 def test_captions_txt_and_a_template_without_files(tmp_path: Path) -> None:
     """`captions: txt` is still the prompt; `files: none` keeps the template for `text` only."""
     for captions, files, template in [

@@ -1,20 +1,20 @@
 """`zbatch export --format folder`: the images and their captions side by side, for trainers.
 
-One folder (`--to`, outside OUT: `_export.check_folder_target`) holds every downloaded image as
-`<cell key>_<index>.<ext>` (the name it has under `OUT/images/`: stable across exports and
-unique in the batch), its caption `<cell key>_<index>.txt` (one line: `metadata.caption_text`
-of the prompt), and `metadata.jsonl` (the rows, `file_name` relative to the folder, with the
-`text` column). What each trainer takes from it:
+One folder (`--to`, outside OUT: `_export.check_folder_target`) holds every downloaded image
+as `<cell key>_<index>.<ext>` (the name it has under `OUT/images/`: stable across exports
+and unique in the batch), its caption `<cell key>_<index>.txt` (one line, the row's `text`:
+the batch's caption template filled in, by default the prompt), and `metadata.jsonl` (the
+rows, `file_name` relative to the folder, with the `text` column). What each trainer takes:
 
 * kohya-ss (DreamBooth-style `train_data_dir`), OneTrainer: a non-recursive glob of image
   files in a folder; the caption is the file of the same stem with `.txt` (its first line).
 * diffusers `train_text_to_image` / `datasets.load_dataset("imagefolder")`: the images and
   `metadata.jsonl`, whose `text` column is the default caption column.
 
-With `subsets` (`vars.NAME`, `model` or a request field) or `repeats`, the images go into
-kohya-ss's subset folders `<repeats>_<value>` (one per value of the field; without a field,
-one named after the batch) inside the folder, each a flat folder as above; `metadata.jsonl`
-stays at the top and names them (`10_fox/<key>_0.jpg`).
+With `subsets` (`var_NAME`, `model` or a request field: `_where.input_field`) or `repeats`,
+the images go into kohya-ss's subset folders `<repeats>_<value>` (one per value of the
+field; without a field, one named after the batch) inside the folder, each a flat folder as
+above; `metadata.jsonl` stays at the top and names them (`10_fox/<key>_0.jpg`).
 
 Every file is written under a temp name and renamed (`disk.AtomicFile`); an image already
 there with the same sha256 is left as it is, so exporting again copies only what changed.

@@ -2,16 +2,18 @@
 
 `OUT` follows the Hugging Face `imagefolder` convention: images under `OUT/images/`, and
 `OUT/metadata.jsonl` with one JSON object per downloaded image whose `file_name` is the
-image's path relative to `OUT`, then its inputs and results (`COLUMNS`, then one `vars.<name>`
-column per template variable). `refresh_dataset` rewrites it from the store atomically: rows
-stream from a read-only snapshot of the database into a temp file beside it, which is fsynced
-and renamed over the old one, so a reader sees the previous file or the new one, never half.
+image's path relative to `OUT`, then its inputs and results (`COLUMNS`, then one
+`var_<name>` column per template variable; every column snake_case, a plain name in SQL).
+`refresh_dataset` rewrites it from the store atomically: rows stream from a read-only
+snapshot of the database into a temp file beside it, which is fsynced and renamed over the
+old one, so a reader sees the previous file or the new one, never half.
 
 Column types never change from row to row: `imagefolder` fixes each column's type from the
 first ~10 MB of the file, so a column that starts null and later holds text fails to load.
 Text is `""` when absent, `loras` is the JSON text of its list of `{urn, strength}`, and
-`nsfwLevel` is always null (the store does not keep the service's level yet). `text` is the
-caption: the prompt on one line, its whitespace normalised (the column diffusers'
+`nsfw_level` is always null (the store does not keep the service's level yet). `text` is the
+caption: the batch's caption template (`runner.manifest._captions`, by default `{prompt}`)
+filled in from the row, on one line, its whitespace normalised (the column diffusers'
 `train_text_to_image` reads by default, and what a caption file holds). See docs/dataset.md.
 """
 
@@ -42,7 +44,7 @@ log = structlog.get_logger(__name__)
 METADATA_NAME = OutFolder.METADATA_NAME
 CAPTIONS = ("none", "txt")
 
-# The fixed columns, in file order; `vars.<name>` columns follow, sorted by name.
+# The fixed columns, in file order; `var_<name>` columns follow, sorted by name.
 COLUMNS: tuple[str, ...] = (
     "file_name",  # relative to OUT: images/<ab>/<cell key>_<index>.<ext>
     "key",  # the cell key
@@ -51,7 +53,7 @@ COLUMNS: tuple[str, ...] = (
     "workflow_id",
     "model",
     "prompt",
-    "text",  # the caption: the prompt on one line, whitespace normalised (`caption_text`)
+    "text",  # the caption: the caption template filled in, one line (`render_caption`)
     "negative_prompt",
     "seed",
     "width",
@@ -166,16 +168,16 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
     """Rewrite `out/metadata.jsonl` from the store atomically; return the rows written.
 
     One row per downloaded image, ordered by path. With `captions == "txt"`, also write
-    `NAME.txt` beside each image holding its caption (`text`: the prompt on one line), when
+    `NAME.txt` beside each image holding its caption (`text`: the batch's template), when
     it is missing or different.
     Idempotent, and safe to call while the engine runs on `store`: rows are read from a
     read-only snapshot of their own (`Store.reader`), and every blocking write runs in a
     worker thread, one chunk of rows at a time.
 
     Cheap to repeat: the line of an image already in the previous file with the same path
-    and sha256 is copied as it was (same columns), so only new images are rendered and
-    have their captions checked. `rebuild=True` renders every row and checks every caption
-    (once at the end of a run, say).
+    and sha256 is copied as it was (same columns, same caption template), so only new
+    images are rendered and have their captions checked. `rebuild=True` renders every row
+    and checks every caption (once at the end of a run, say).
 
     A row is rendered only for an image whose file is there: one deleted under the run is
     left out (a loader would fail on it) with a warning that names `zbatch verify OUT
@@ -244,7 +246,11 @@ def _write_chunk(
         if image.path is None:
             continue
         kept = previous.take(image.path, image.sha256) if previous is not None else None
-        if kept is not None:
+        if (
+            kept is not None
+            and previous is not None
+            and previous.same_captions(kept, image, columns)
+        ):
             lines.append(kept)
             continue
         if not (out / image.path).is_file():  # deleted under the run: `verify --repair`
@@ -270,6 +276,7 @@ class PreviousLines:
         self._handle = handle
         self._line = ""
         self._path: str | None = None
+        self._same_captions: bool | None = None  # None: not checked yet
         self._advance()
 
     @classmethod
@@ -310,6 +317,16 @@ class PreviousLines:
         if sha256 and f'"sha256":"{sha256}"' in line and line.endswith("\n"):
             return line
         return None
+
+    def same_captions(self, line: str, image: DatasetImage, columns: Columns) -> bool:
+        """Whether the previous file's captions are the current caption template's: checked
+        once, on the first line kept (one template makes every row's caption), so a changed
+        template renders every row and writes every caption again."""
+        if self._same_captions is None:
+            names, template = columns
+            now = metadata_row(image, names, template)["text"]
+            self._same_captions = json.loads(line).get("text") == now
+        return self._same_captions
 
     def close(self) -> None:
         self._handle.close()

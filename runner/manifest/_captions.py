@@ -66,6 +66,20 @@ def caption_problem(text: str, var_names: Sequence[str]) -> str | None:
     return None
 
 
+# Fields every cell has, never empty: a template holding one of them (or text) never renders
+# an empty caption, which kohya-ss refuses (an empty caption file stops its loader).
+NEVER_EMPTY = ("prompt", "model", "seed", "width", "height", "steps")
+
+
+def may_render_empty(text: str) -> bool:
+    """Whether good caption template `text` may render empty for some cell: it holds no
+    text but spaces and only fields that can be empty (a variable, `negative_prompt`)."""
+    parts = compile_template(text)
+    return not any(
+        part.strip() if isinstance(part, str) else part.name in NEVER_EMPTY for part in parts
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def compile_caption(text: str) -> Template:
     """A checked caption template, parsed once (`caption_problem` said it is good)."""

@@ -22,7 +22,11 @@ import yaml
 
 from runner import contract
 from runner.contract import shown
-from runner.manifest._captions import DEFAULT_CAPTION_TEMPLATE, caption_problem
+from runner.manifest._captions import (
+    DEFAULT_CAPTION_TEMPLATE,
+    caption_problem,
+    may_render_empty,
+)
 from runner.manifest._fields import FieldReader
 from runner.manifest._yaml import Node, Report, entries, join, known
 
@@ -218,6 +222,12 @@ class SettingsReader:
             self.report.error(template_node, "captions.template", problem)
             return files, DEFAULT_CAPTION_TEMPLATE
         assert isinstance(value, str)
+        if may_render_empty(value):
+            message = (
+                f"{shown(value)} may make an empty caption (a cell whose fields here are empty),"
+                " which kohya-ss refuses; add text or {prompt}"
+            )
+            self.report.warn(template_node, "captions.template", message)
         return files, value
 
     def _caption_files(self, node: Node, path: str) -> str:
