@@ -298,3 +298,35 @@ async def test_the_run_settings_keep_the_template_for_later_commands(tmp_path: P
             settings = await store.run_settings()
     assert settings is not None
     assert (settings.captions, settings.caption_template) == ("txt", TEMPLATE)
+
+
+async def test_exporting_the_folder_again_changes_nothing(tmp_path: Path) -> None:
+    """Same record, same export: the same files with the same bytes, none rewritten (images
+    and captions keep their inode and mtime), no temp file left."""
+
+    def listing(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+        return {
+            p.relative_to(folder).as_posix(): (
+                p.read_bytes(),
+                p.stat().st_ino,
+                p.stat().st_mtime_ns,
+            )
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+
+    with anyio.fail_after(90):
+        m = await run_consumers_batch(tmp_path)
+        to = tmp_path / "train"
+        first = await export(m.out, "folder", to=to, subsets="vars.style", repeats=3)
+        before = listing(to)
+        again = await export(m.out, "folder", to=to, subsets="var_style", repeats=3)
+        after = listing(to)
+    assert (first.rows, first.files) == (again.rows, again.files) == (8, 2)
+    assert sorted(before) == sorted(after)
+    assert len([n for n in after if n.endswith(".jpg")]) == 8
+    assert {n.split("/")[0] for n in after if "/" in n} == {"3_ink", "3_oil paint"}
+    for name, (data, inode, mtime) in after.items():
+        assert data == before[name][0]
+        if name != "metadata.jsonl":  # replaced atomically on every export
+            assert (inode, mtime) == before[name][1:], name
