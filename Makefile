@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint system demo wheel bench torture fuzz-emulator emulator clean
+.PHONY: all test lint system pythons demo wheel bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
@@ -39,6 +39,32 @@ system:
 	  echo "make test needs these Debian packages:$$missing"; \
 	  echo "  apt-get install -y$$missing   (or run .ci/run, which installs them)"; exit 1; fi
 
+# The test suite on every CPython minor version of PYTHONS this machine has: python3.X on
+# PATH, pyenv's, or one `uv python find` knows (the first that really is 3.X). One venv each
+# (.venv-3.X), pytest in each; not part of `make test`. A version not found is named, not
+# counted as passed; any failure fails the target.
+PYTHONS ?= 3.11 3.12 3.13 3.14
+PYENV_ROOT ?= $(HOME)/.pyenv
+pythons:
+	@passed=""; missing=""; failed=""; \
+	for v in $(PYTHONS); do \
+	  py=""; \
+	  for c in $$(command -v python$$v) $(PYENV_ROOT)/versions/$$v.*/bin/python$$v \
+	           $$(command -v uv >/dev/null && uv python find --no-project $$v 2>/dev/null); do \
+	    if "$$c" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$$v')" 2>/dev/null; \
+	    then py=$$c; break; fi; \
+	  done; \
+	  if [ -z "$$py" ]; then missing="$$missing $$v"; continue; fi; \
+	  echo "== Python $$v: $$py"; \
+	  { test -x .venv-$$v/bin/python || "$$py" -m venv .venv-$$v; } \
+	  && .venv-$$v/bin/python -m pip install -q --disable-pip-version-check --upgrade 'pip>=25.1' \
+	  && .venv-$$v/bin/python -m pip install -q --disable-pip-version-check --group dev -e . \
+	  && .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
+	  && passed="$$passed $$v" || failed="$$failed $$v"; \
+	done; \
+	echo "pythons: passed:$${passed:- none}; failed:$${failed:- none}; not on this machine:$${missing:- none}"; \
+	test -z "$$failed" && test -n "$$passed"
+
 # The main job on the embedded emulator: no token, no network. A second run does nothing.
 demo: $(STAMP)
 	$(BIN)/zbatch run jobs/demo.yaml --emulator
@@ -66,4 +92,4 @@ emulator: $(STAMP)
 	$(BIN)/zbatch emulator --host 127.0.0.1 --port 8765
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info out/demo
+	rm -rf $(VENV) .venv-3.* .mypy_cache .pytest_cache .ruff_cache build *.egg-info out/demo

@@ -145,15 +145,15 @@ def test_metadata_row_has_every_column_with_stable_types() -> None:
     assert list(row) == column_names(["animal", "place"])
     assert list(row)[: len(COLUMNS)] == list(COLUMNS)
     assert row["file_name"] == "images/ab/abcdef0123456789_1.jpg"
-    assert row["negativePrompt"] == ""
-    assert row["cfgScale"] == 1.0
-    assert isinstance(row["cfgScale"], float)
+    assert row["negative_prompt"] == ""
+    assert row["cfg_scale"] == 1.0
+    assert isinstance(row["cfg_scale"], float)
     assert row["buzz_charged"] == 1.5
     assert row["loras"] == [{"urn": LORA, "strength": 1.0}]
     assert row["text"] == row["prompt"] == "a fox"
-    assert row["vars.animal"] == "fox"
-    assert row["vars.place"] == ""
-    assert row["nsfwLevel"] is None
+    assert row["var_animal"] == "fox"
+    assert row["var_place"] == ""
+    assert row["nsfw_level"] is None
     assert row["reason"] == ""
     assert row["workflow_id"] == "wf-1"
     assert flat_row(row)["loras"] == json.dumps(
@@ -196,16 +196,16 @@ async def test_refresh_writes_one_row_per_downloaded_image_and_captions(tmp_path
             file = m.out / row["file_name"]
             assert hashlib.sha256(file.read_bytes()).hexdigest() == row["sha256"]
             assert row["bytes"] == file.stat().st_size
-            assert row["prompt"] == f"A {row['vars.animal']} in the snow"
+            assert row["prompt"] == f"A {row['var_animal']} in the snow"
             assert caption_path(m.out, row["file_name"]).read_text() == row["prompt"]
-            assert row["negativePrompt"] == ("blurry, watermark" if row["model"] == "base" else "")
+            assert row["negative_prompt"] == ("blurry, watermark" if row["model"] == "base" else "")
             assert json.loads(row["loras"]) in ([], [{"urn": LORA, "strength": 0.8}])
             assert row["text"] == row["prompt"]
             assert row["created_at"] <= row["finished_at"]
             assert row["workflow_id"]
             assert row["state"] == "downloaded"
         assert sum(r["buzz_charged"] for r in rows) == outcome.budget.charged_buzz
-        assert {r["vars.animal"] for r in rows} == {"fox", "owl", "café cat"}
+        assert {r["var_animal"] for r in rows} == {"fox", "owl", "café cat"}
         assert not list(m.out.glob(".*.tmp"))
 
 
@@ -232,7 +232,8 @@ async def test_refresh_copies_unchanged_lines_and_drops_images_no_longer_downloa
         metadata = m.out / METADATA_NAME
         lines = metadata.read_text().splitlines(keepends=True)
         kept, gone, changed = (json.loads(lines[n]) for n in (0, 5, 9))
-        lines[0] = lines[0].replace(kept["prompt"], "EDITED")
+        edited = f'"workflow_id":"{kept["workflow_id"]}"'
+        lines[0] = lines[0].replace(edited, '"workflow_id":"EDITED"')
         metadata.write_text("".join(lines))
         db = sqlite3.connect(m.out / "batch.sqlite")
         with db:
@@ -243,12 +244,29 @@ async def test_refresh_copies_unchanged_lines_and_drops_images_no_longer_downloa
         db.close()
         assert await refresh(m.out) == 23
         rows = {r["file_name"]: r for r in read_jsonl(metadata)}
-        assert rows[kept["file_name"]]["prompt"] == "EDITED"
+        assert rows[kept["file_name"]]["workflow_id"] == "EDITED"
         assert gone["file_name"] not in rows
         assert rows[changed["file_name"]]["sha256"] == "f" * 64
         async with await Store.open(m.out / "batch.sqlite", read_only=True) as store:
             assert await refresh_dataset(store, m.out, captions="txt", rebuild=True) == 23
-        assert read_jsonl(metadata)[0]["prompt"] == kept["prompt"]
+        assert read_jsonl(metadata)[0]["workflow_id"] == kept["workflow_id"]
+
+
+async def test_a_changed_caption_template_renders_every_row_again(tmp_path: Path) -> None:
+    """The template a later `zbatch run` records reaches every row and caption file at the
+    next refresh, not only the new images' (the lines kept would hold the old captions)."""
+    with anyio.fail_after(60):
+        m, _ = await run_small_batch(tmp_path)
+        await refresh(m.out)
+        db = sqlite3.connect(m.out / "batch.sqlite")
+        with db:
+            db.execute("UPDATE run_settings SET caption_template = 'zkfox, {var_animal}'")
+        db.close()
+        assert await refresh(m.out) == 24
+        rows = read_jsonl(m.out / METADATA_NAME)
+        assert {r["text"] for r in rows} == {"zkfox, fox", "zkfox, owl", "zkfox, café cat"}
+        for row in rows:
+            assert caption_path(m.out, row["file_name"]).read_text() == row["text"]
 
 
 async def test_refresh_without_captions_writes_no_txt(tmp_path: Path) -> None:
@@ -336,7 +354,7 @@ async def test_imagefolder_loads_out_with_every_column(tmp_path: Path) -> None:
             assert sample["prompt"] == rows[n]["prompt"]
             with (m.out / rows[n]["file_name"]).open("rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == sample["sha256"]
-        assert train.features["cfgScale"].dtype == "float64"
+        assert train.features["cfg_scale"].dtype == "float64"
         assert train.features["seed"].dtype == "int64"
 
 

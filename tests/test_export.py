@@ -71,12 +71,12 @@ async def test_csv_round_trips_text_with_commas_and_accents(tmp_path: Path) -> N
         want = await expected_rows(m.out)
         assert len(got) == len(want) == 24
         for g, w in zip(got, want, strict=True):
-            assert g["negativePrompt"] == w["negativePrompt"]  # "blurry, watermark" on base
-            assert g["vars.animal"] == w["vars.animal"]  # "café cat" among them
+            assert g["negative_prompt"] == w["negative_prompt"]  # "blurry, watermark" on base
+            assert g["var_animal"] == w["var_animal"]  # "café cat" among them
             assert json.loads(g["loras"]) == w["loras"]
             assert int(g["seed"]) == w["seed"]
             assert float(g["buzz_charged"]) == w["buzz_charged"]
-            assert g["nsfwLevel"] == ""  # None is an empty field
+            assert g["nsfw_level"] == ""  # None is an empty field
 
 
 async def test_parquet_is_typed_and_written_in_row_groups(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ async def test_parquet_is_typed_and_written_in_row_groups(tmp_path: Path) -> Non
         assert table.num_rows == 24
         assert pq.ParquetFile(result.path).num_row_groups == 5  # ceil(24 / 5)
         assert str(table.schema.field("seed").type) == "int64"
-        assert str(table.schema.field("cfgScale").type) == "double"
+        assert str(table.schema.field("cfg_scale").type) == "double"
         want = await expected_rows(m.out)
         got = table.to_pylist()
         assert [r["sha256"] for r in got] == [r["sha256"] for r in want]
@@ -195,12 +195,12 @@ async def test_a_failed_export_leaves_the_previous_one_intact(
         snapshot = {p: p.read_bytes() for p in files}
         calls = 0
 
-        def failing(image: DatasetImage, names: list[str]) -> dict[str, Any]:
+        def failing(image: DatasetImage, names: list[str], template: Any) -> dict[str, Any]:
             nonlocal calls
             calls += 1
             if calls > 7:
                 raise OSError(28, "No space left on device")
-            return metadata_row(image, names)
+            return metadata_row(image, names, template)
 
         monkeypatch.setattr("runner.dataset._export.metadata_row", failing)
         with pytest.raises(OSError, match="No space left"):

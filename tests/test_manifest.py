@@ -295,7 +295,7 @@ def test_template_variables_and_literal_braces():
                 "jobs/x.yaml:5:21: retries.attempts: 0 is not allowed"
                 " (allowed: a whole number 1..100)",
                 "jobs/x.yaml:7:11: captions: 'text' is not a captions mode; did you mean 'txt'?"
-                " (allowed: none, txt)",
+                " (allowed: none, txt, or {template: ..., files: ...})",
             ],
         ),
         (

@@ -293,7 +293,7 @@ CASES: list[tuple[str, dict[str, File], list[str], list[str]]] = [
             "b": _symlink("a"),
         },
         ["run", "{m}"],
-        ["{m}:4:23: grid.prompt.file: 'a' cannot be resolved (Symlink loop from '{d}/a')"],
+        ["{m}:4:23: grid.prompt.file: 'a' cannot be resolved (a loop of symbolic links)"],
     ),
     (
         "prompt-file-missing",

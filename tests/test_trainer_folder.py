@@ -26,7 +26,7 @@ import pytest
 from runner.cli._main import main
 from runner.dataset._export import export
 from runner.dataset._folder import FolderWriter, subset_name
-from runner.dataset._metadata import caption_text, metadata_row
+from runner.dataset._metadata import PROMPT_CAPTION, caption_text, metadata_row
 from runner.errors import ExportError
 from tests.test_dataset import LORA, image, load_imagefolder, read_jsonl, run_small_batch
 
@@ -93,7 +93,7 @@ async def test_the_flat_folder_is_what_kohya_globs(tmp_path: Path) -> None:
     assert kohya_subsets(result.path) == {}
     for path in images:
         row = rows[Path(path).name]
-        assert kohya_read_caption(path) == row["text"] == f"A {row['vars.animal']} in the snow"
+        assert kohya_read_caption(path) == row["text"] == f"A {row['var_animal']} in the snow"
         assert _sha256(path) == row["sha256"]
     top = read_jsonl(result.path / "metadata.jsonl")
     assert {r["file_name"] for r in top} == set(rows)
@@ -147,7 +147,7 @@ async def test_a_multi_line_prompt_makes_a_one_line_caption(tmp_path: Path) -> N
     (tmp_path / shot.path).write_bytes(b"jpeg bytes")
     row = metadata_row(shot, [])
     assert (row["prompt"], row["text"]) == (prompt, "A fox in the snow, at dawn")
-    writer = FolderWriter(tmp_path / "train", [], tmp_path, None, "b")
+    writer = FolderWriter(tmp_path / "train", ([], PROMPT_CAPTION), tmp_path, None, "b")
     writer.write([shot])
     writer.commit()
     (caption,) = (tmp_path / "train").glob("*.txt")

@@ -22,6 +22,7 @@ import structlog
 
 from runner.cli._command import Command
 from runner.cli._parser import build_parser
+from runner.disk import platform_problem
 from runner.errors import ExitCode, ZbatchError
 from runner.log import configure_logging
 
@@ -35,6 +36,9 @@ STRICT_EXIT_CODES = False
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `zbatch`; return the process exit code."""
     args = build_parser().parse_args(argv)
+    if (problem := platform_problem()) is not None:  # Windows: one line, not a traceback
+        print(f"zbatch: error: {problem}", file=sys.stderr)
+        return ExitCode.USAGE
     # stderr: warnings and errors only (a command with a batch folder sends every event from
     # info up to its log.jsonl); human lines on a terminal, JSON lines otherwise.
     configure_logging(level="info", console_level="warning")

@@ -191,8 +191,8 @@ def _add_all(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="only the cells whose FIELD (model, a request field such as steps, or vars.NAME)"
-        " is VALUE; repeat to require several",
+        help="only the cells whose FIELD (model, a column such as steps or cfg_scale, or"
+        " var_NAME) is VALUE; repeat to require several",
     )
     p.add_argument(
         "--all",
@@ -228,6 +228,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model=base only the rows that match. --format folder: every image beside its one-line
     .txt caption in one folder, for trainers (kohya-ss, OneTrainer, diffusers' imagefolder);
     --subsets FIELD --repeats N: kohya-ss subset folders N_<value> (docs/dataset.md).
+    A caption is the manifest's caption template filled in (the `text` column).
 
     Example:
         zbatch export out/demo                  # out/demo/export/dataset.jsonl
@@ -292,7 +293,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
         "--subsets",
         metavar="FIELD",
         help="folder: kohya-ss subset folders REPEATS_<value>, one per value of FIELD "
-        "(vars.NAME, model or a request field)",
+        "(var_NAME, model or a column such as steps)",
     )
     p.add_argument(
         "--repeats",

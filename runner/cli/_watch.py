@@ -9,9 +9,6 @@ rates of submissions (the panel shows "-" for them).
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 from pathlib import Path
 
 import anyio
@@ -19,30 +16,14 @@ from rich.console import Console
 
 from runner.cli._progress import OPEN_STATES, Sampler, render_line, show_samples
 from runner.disk import OutFolder
+from runner.disk import lock_held as disk_lock_held
 from runner.errors import NotABatch, StoreError
 from runner.store import Store
 
 
 def lock_held(out: Path) -> bool:
-    """Whether a process (a `zbatch run`, `retry`, `cancel`) holds the batch lock of `out`.
-
-    Probes with a shared, non-blocking flock released at once: a runner starting in that
-    instant could find the batch in use, so `watch` probes only once nothing is open.
-    """
-    path = OutFolder(out).db.with_name(OutFolder.DB_NAME + ".lock")
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)  # closing releases a lock it got
-    return False
+    """Whether a process (a `zbatch run`, `retry`, `cancel`) holds the batch lock of `out`."""
+    return disk_lock_held(OutFolder(out).db)
 
 
 async def watch(out: Path, *, interval_s: float, console: Console | None = None) -> None:

@@ -38,6 +38,8 @@ import anyio
 from runner.dataset._folder import FolderWriter, Subsets
 from runner.dataset._metadata import (
     COLUMNS,
+    Columns,
+    caption_template,
     column_names,
     flat_row,
     metadata_row,
@@ -118,13 +120,14 @@ async def export(
         await anyio.to_thread.run_sync(prepare_folder, target, fmt)
     async with await open_record(out) as store:
         names = await store.var_names()
+        template = await caption_template(store)
         batch = (await store.batch_info()).name if fmt == "folder" else ""
         if fmt == "folder":
-            folder = functools.partial(FolderWriter, target, names, out, layout, batch)
+            folder = functools.partial(FolderWriter, target, (names, template), out, layout, batch)
             writer: _Writer = _FolderExport(await anyio.to_thread.run_sync(folder))
         else:
             writer = await anyio.to_thread.run_sync(
-                functools.partial(_open_writer, fmt, target, names, out, shard_size)
+                functools.partial(_open_writer, fmt, target, (names, template), out, shard_size)
             )
         try:
             images_of = store.dataset_images(states, chunk=chunk, all_cells=all_cells)
@@ -222,26 +225,24 @@ class _Writer(Protocol):
     def abort(self) -> None: ...
 
 
-def _open_writer(
-    fmt: str, target: Path, names: Sequence[str], out: Path, shard_size: int
-) -> _Writer:
+def _open_writer(fmt: str, target: Path, columns: Columns, out: Path, shard_size: int) -> _Writer:
     if fmt == "jsonl":
-        return _JsonlWriter(target, names)
+        return _JsonlWriter(target, columns)
     if fmt == "csv":
-        return _CsvWriter(target, names)
+        return _CsvWriter(target, columns)
     if fmt == "parquet":
-        return _ParquetWriter(target, names)
-    return _WebDatasetWriter(target, names, out, shard_size)
+        return _ParquetWriter(target, columns)
+    return _WebDatasetWriter(target, columns, out, shard_size)
 
 
 class _JsonlWriter:
-    def __init__(self, target: Path, names: Sequence[str]) -> None:
-        self.names = names
+    def __init__(self, target: Path, columns: Columns) -> None:
+        self.names, self.template = columns
         self.file = AtomicFile(target)
         self.rows = 0
 
     def write(self, images: list[DatasetImage]) -> None:
-        lines = [_json(metadata_row(image, self.names)) for image in images]
+        lines = [_json(metadata_row(image, self.names, self.template)) for image in images]
         if lines:
             self.file.text().write("\n".join(lines) + "\n")
         self.rows += len(lines)
@@ -255,17 +256,19 @@ class _JsonlWriter:
 
 
 class _CsvWriter:
-    def __init__(self, target: Path, names: Sequence[str]) -> None:
-        self.names = names
+    def __init__(self, target: Path, columns: Columns) -> None:
+        self.names, self.template = columns
         self.file = AtomicFile(target)
         self.csv = csv.DictWriter(
-            self.file.text(), fieldnames=column_names(names), lineterminator="\n"
+            self.file.text(), fieldnames=column_names(self.names), lineterminator="\n"
         )
         self.csv.writeheader()
         self.rows = 0
 
     def write(self, images: list[DatasetImage]) -> None:
-        self.csv.writerows(flat_row(metadata_row(image, self.names)) for image in images)
+        self.csv.writerows(
+            flat_row(metadata_row(image, self.names, self.template)) for image in images
+        )
         self.rows += len(images)
 
     def commit(self) -> ExportResult:
@@ -278,7 +281,7 @@ class _CsvWriter:
 
 def parquet_schema(names: Sequence[str]) -> Any:
     """The Parquet schema (a `pyarrow.Schema`): the fixed columns typed (`loras` a list of
-    `{urn, strength}` structs), `vars.*` as strings."""
+    `{urn, strength}` structs), `var_*` as strings."""
     pa, _ = arrow()
     types: dict[str, Any] = {
         "index": pa.int32(),
@@ -286,7 +289,7 @@ def parquet_schema(names: Sequence[str]) -> Any:
         "seed": pa.int64(),
         "width": pa.int32(),
         "height": pa.int32(),
-        "cfgScale": pa.float64(),
+        "cfg_scale": pa.float64(),
         "steps": pa.int32(),
         "quantity": pa.int32(),
         "buzz_charged": pa.float64(),
@@ -300,11 +303,11 @@ def parquet_schema(names: Sequence[str]) -> Any:
 
 
 class _ParquetWriter:
-    def __init__(self, target: Path, names: Sequence[str]) -> None:
+    def __init__(self, target: Path, columns: Columns) -> None:
         _, pq = arrow()
-        self.names = names
+        self.names, self.template = columns
         self.target = target
-        self.schema = parquet_schema(names)
+        self.schema = parquet_schema(self.names)
         self.file = AtomicFile(target)
         self.writer = pq.ParquetWriter(self.file.release(), self.schema, compression="zstd")
         self.rows = 0
@@ -321,7 +324,9 @@ class _ParquetWriter:
         such conversion pyarrow imports pandas when pandas is installed, 50 MB for nothing."""
         from pyarrow import json as arrow_json
 
-        data = "\n".join(_json(metadata_row(image, self.names)) for image in images).encode()
+        data = "\n".join(
+            _json(metadata_row(image, self.names, self.template)) for image in images
+        ).encode()
         return arrow_json.read_json(
             io.BytesIO(data),
             read_options=arrow_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
@@ -346,9 +351,9 @@ class _ParquetWriter:
 class _WebDatasetWriter:
     """Tar shards of `shard_size` samples; each shard written under a temp name, then renamed."""
 
-    def __init__(self, folder: Path, names: Sequence[str], out: Path, shard_size: int) -> None:
+    def __init__(self, folder: Path, columns: Columns, out: Path, shard_size: int) -> None:
         self.folder = folder
-        self.names = names
+        self.names, self.template = columns
         self.out = out
         self.shard_size = shard_size
         folder.mkdir(parents=True, exist_ok=True)
@@ -368,7 +373,7 @@ class _WebDatasetWriter:
             except FileNotFoundError:
                 self.missing += 1
                 continue
-            row = metadata_row(image, self.names)
+            row = metadata_row(image, self.names, self.template)
             key = f"{image.cell_key}_{image.index}"
             ext = Path(image.path).suffix
             tar = self._shard()

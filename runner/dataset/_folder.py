@@ -1,20 +1,20 @@
 """`zbatch export --format folder`: the images and their captions side by side, for trainers.
 
-One folder (`--to`, outside OUT: `_export.check_folder_target`) holds every downloaded image as
-`<cell key>_<index>.<ext>` (the name it has under `OUT/images/`: stable across exports and
-unique in the batch), its caption `<cell key>_<index>.txt` (one line: `metadata.caption_text`
-of the prompt), and `metadata.jsonl` (the rows, `file_name` relative to the folder, with the
-`text` column). What each trainer takes from it:
+One folder (`--to`, outside OUT: `_export.check_folder_target`) holds every downloaded image
+as `<cell key>_<index>.<ext>` (the name it has under `OUT/images/`: stable across exports
+and unique in the batch), its caption `<cell key>_<index>.txt` (one line, the row's `text`:
+the batch's caption template filled in, by default the prompt), and `metadata.jsonl` (the
+rows, `file_name` relative to the folder, with the `text` column). What each trainer takes:
 
 * kohya-ss (DreamBooth-style `train_data_dir`), OneTrainer: a non-recursive glob of image
   files in a folder; the caption is the file of the same stem with `.txt` (its first line).
 * diffusers `train_text_to_image` / `datasets.load_dataset("imagefolder")`: the images and
   `metadata.jsonl`, whose `text` column is the default caption column.
 
-With `subsets` (`vars.NAME`, `model` or a request field) or `repeats`, the images go into
-kohya-ss's subset folders `<repeats>_<value>` (one per value of the field; without a field,
-one named after the batch) inside the folder, each a flat folder as above; `metadata.jsonl`
-stays at the top and names them (`10_fox/<key>_0.jpg`).
+With `subsets` (`var_NAME`, `model` or a request field: `_where.input_field`) or `repeats`,
+the images go into kohya-ss's subset folders `<repeats>_<value>` (one per value of the
+field; without a field, one named after the batch) inside the folder, each a flat folder as
+above; `metadata.jsonl` stays at the top and names them (`10_fox/<key>_0.jpg`).
 
 Every file is written under a temp name and renamed (`disk.AtomicFile`); an image already
 there with the same sha256 is left as it is, so exporting again copies only what changed.
@@ -28,13 +28,12 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.contract import FIELDS
-from runner.dataset._metadata import flat_row, metadata_row
+from runner.dataset._metadata import Columns, flat_row, metadata_row
+from runner.dataset._where import allowed_fields, field_value, input_field
 from runner.disk import AtomicFile, fsync_dir
 from runner.errors import ExportError
 from runner.store import DatasetImage
@@ -56,28 +55,28 @@ class Subsets:
 
     @classmethod
     def of(cls, field: str | None, repeats: int | None) -> Subsets | None:
-        """The subsets asked for by `--subsets` and `--repeats`; None for one flat folder.
-        Raises ExportError for a field that is not one, or a repeat count below 1."""
+        """The subsets asked for by `--subsets` (a column or manifest field name: `var_style`,
+        `vars.style`, `model`, `steps`) and `--repeats`; None for one flat folder. Raises
+        ExportError for a field that is not one, or a repeat count below 1."""
         if field is None and repeats is None:
             return None
         if repeats is not None and repeats < 1:
             raise ExportError(f"--repeats must be at least 1, not {repeats}")
-        if field is not None and field != "model" and field not in FIELDS:
-            if not (field.startswith("vars.") and len(field) > len("vars.")):
-                allowed = ", ".join(["model", *sorted(FIELDS), "vars.<name>"])
-                raise ExportError(f"--subsets: {field!r} is not a field (allowed: {allowed})")
+        if field is not None:
+            known = input_field(field)
+            if known is None:
+                raise ExportError(
+                    f"--subsets: {field!r} is not a field (allowed: {allowed_fields()})"
+                )
+            field = known
         return cls(field, repeats or 1)
 
     def folder(self, image: DatasetImage, batch: str) -> str:
         """The subset folder of `image`: `<repeats>_<value>`, the value made a safe name."""
         if self.field is None:
             value: Any = batch
-        elif self.field == "model":
-            value = image.model
-        elif self.field.startswith("vars."):
-            value = image.vars.get(self.field[len("vars.") :])
         else:
-            value = image.request.get(self.field)
+            value = field_value(self.field, image.model, image.request, image.vars)
         return f"{self.repeats}_{subset_name(value)}"
 
 
@@ -94,10 +93,10 @@ class FolderWriter:
     """Writes the folder export one chunk of images at a time (in a worker thread)."""
 
     def __init__(
-        self, folder: Path, names: Sequence[str], out: Path, subsets: Subsets | None, batch: str
+        self, folder: Path, columns: Columns, out: Path, subsets: Subsets | None, batch: str
     ) -> None:
         self.folder = folder
-        self.names = names
+        self.names, self.template = columns
         self.out = out
         self.subsets = subsets
         self.batch = batch
@@ -118,7 +117,7 @@ class FolderWriter:
                 continue
             sub = self.subsets.folder(image, self.batch) if self.subsets else ""
             name = Path(sub, Path(image.path).name).as_posix()
-            row = metadata_row(image, self.names)
+            row = metadata_row(image, self.names, self.template)
             _copy(source, self.folder / name, image.sha256)
             caption = str(Path(name).with_suffix(".txt"))
             _write_text(self.folder / caption, row["text"])

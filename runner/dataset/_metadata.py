@@ -2,16 +2,18 @@
 
 `OUT` follows the Hugging Face `imagefolder` convention: images under `OUT/images/`, and
 `OUT/metadata.jsonl` with one JSON object per downloaded image whose `file_name` is the
-image's path relative to `OUT`, then its inputs and results (`COLUMNS`, then one `vars.<name>`
-column per template variable). `refresh_dataset` rewrites it from the store atomically: rows
-stream from a read-only snapshot of the database into a temp file beside it, which is fsynced
-and renamed over the old one, so a reader sees the previous file or the new one, never half.
+image's path relative to `OUT`, then its inputs and results (`COLUMNS`, then one
+`var_<name>` column per template variable; every column snake_case, a plain name in SQL).
+`refresh_dataset` rewrites it from the store atomically: rows stream from a read-only
+snapshot of the database into a temp file beside it, which is fsynced and renamed over the
+old one, so a reader sees the previous file or the new one, never half.
 
 Column types never change from row to row: `imagefolder` fixes each column's type from the
 first ~10 MB of the file, so a column that starts null and later holds text fails to load.
 Text is `""` when absent, `loras` is the JSON text of its list of `{urn, strength}`, and
-`nsfwLevel` is always null (the store does not keep the service's level yet). `text` is the
-caption: the prompt on one line, its whitespace normalised (the column diffusers'
+`nsfw_level` is always null (the store does not keep the service's level yet). `text` is the
+caption: the batch's caption template (`runner.manifest._captions`, by default `{prompt}`)
+filled in from the row, on one line, its whitespace normalised (the column diffusers'
 `train_text_to_image` reads by default, and what a caption file holds). See docs/dataset.md.
 """
 
@@ -29,13 +31,20 @@ import structlog
 
 from runner.disk import AtomicFile, OutFolder, disk_error
 from runner.errors import StoreError
+from runner.manifest import (
+    DEFAULT_CAPTION_TEMPLATE,
+    VAR_COLUMN_PREFIX,
+    Template,
+    compile_caption,
+    render_caption,
+)
 from runner.store import BatchInfo, DatasetImage, Store
 
 log = structlog.get_logger(__name__)
 METADATA_NAME = OutFolder.METADATA_NAME
 CAPTIONS = ("none", "txt")
 
-# The fixed columns, in file order; `vars.<name>` columns follow, sorted by name.
+# The fixed columns, in file order; `var_<name>` columns follow, sorted by name.
 COLUMNS: tuple[str, ...] = (
     "file_name",  # relative to OUT: images/<ab>/<cell key>_<index>.<ext>
     "key",  # the cell key
@@ -44,32 +53,38 @@ COLUMNS: tuple[str, ...] = (
     "workflow_id",
     "model",
     "prompt",
-    "text",  # the caption: the prompt on one line, whitespace normalised (`caption_text`)
-    "negativePrompt",
+    "text",  # the caption: the caption template filled in, one line (`render_caption`)
+    "negative_prompt",
     "seed",
     "width",
     "height",
-    "cfgScale",
+    "cfg_scale",
     "steps",
-    "sampleMethod",
+    "sample_method",
     "schedule",
     "quantity",
     "loras",  # [{urn, strength}] sorted by urn; JSON text in metadata.jsonl and CSV
     "buzz_charged",  # the attempt's charge / quantity: this image's share
     "sha256",
     "bytes",
-    "nsfwLevel",  # always null: the store does not keep it yet
+    "nsfw_level",  # always null: the store does not keep it yet
     "created_at",  # when the service answered with the workflow id (UTC, ISO 8601)
     "finished_at",  # when the attempt's outcome was recorded
     "state",  # the image's: downloaded, pending or lost
     "reason",  # why it was lost; "" otherwise
     "revision",  # the manifest revision that last listed the cell (`run --keep`)
 )
-VAR_PREFIX = "vars."
+VAR_PREFIX = VAR_COLUMN_PREFIX  # `var_<name>`: a plain identifier in SQL, pandas, Arrow
+PROMPT_CAPTION = compile_caption(DEFAULT_CAPTION_TEMPLATE)
+# What a row is made of: the batch's template variables and its compiled caption template.
+Columns = tuple[Sequence[str], Template]
 
 
-def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any]:
-    """The dataset row of one image: `COLUMNS`, then `vars.<name>` for each of `var_names`.
+def metadata_row(
+    image: DatasetImage, var_names: Sequence[str], template: Template = PROMPT_CAPTION
+) -> dict[str, Any]:
+    """The dataset row of one image: `COLUMNS`, then `var_<name>` for each of `var_names`;
+    `text` is its caption, `template` (a compiled caption template) filled in from the row.
 
     Pure. `loras` is a list of `{"urn", "strength"}` here (every reader keeps every LoRA:
     an object keyed by URN is one struct field per LoRA to DuckDB and Arrow); `flat_row`
@@ -88,14 +103,14 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "workflow_id": image.workflow_id or "",
         "model": image.model,
         "prompt": prompt,
-        "text": caption_text(prompt),
-        "negativePrompt": _text(request.get("negativePrompt")),
+        "text": "",  # rendered from the row below
+        "negative_prompt": _text(request.get("negativePrompt")),
         "seed": _int(request.get("seed")),
         "width": image.width if image.width is not None else _int(request.get("width")),
         "height": image.height if image.height is not None else _int(request.get("height")),
-        "cfgScale": _float(request.get("cfgScale")),
+        "cfg_scale": _float(request.get("cfgScale")),
         "steps": _int(request.get("steps")),
-        "sampleMethod": _text(request.get("sampleMethod")),
+        "sample_method": _text(request.get("sampleMethod")),
         "schedule": _text(request.get("schedule")),
         "quantity": quantity,
         "loras": [
@@ -105,7 +120,7 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
         "buzz_charged": round(image.charged_buzz / quantity, 4),
         "sha256": image.sha256,
         "bytes": image.size_bytes,
-        "nsfwLevel": None,
+        "nsfw_level": None,
         "created_at": image.created_at,
         "finished_at": image.finished_at,
         "state": image.state,
@@ -114,6 +129,9 @@ def metadata_row(image: DatasetImage, var_names: Sequence[str]) -> dict[str, Any
     }
     for name in var_names:
         row[VAR_PREFIX + name] = _text(image.vars.get(name))
+    row["text"] = (
+        caption_text(prompt) if template is PROMPT_CAPTION else render_caption(template, row)
+    )
     return row
 
 
@@ -134,6 +152,13 @@ def column_names(var_names: Sequence[str]) -> list[str]:
     return [*COLUMNS, *(VAR_PREFIX + name for name in var_names)]
 
 
+async def caption_template(store: Store) -> Template:
+    """The batch's caption template, compiled: the manifest's (`captions: {template: ...}`,
+    recorded by `zbatch run`), or `{prompt}` for a batch that recorded none."""
+    settings = await store.run_settings()
+    return compile_caption(settings.caption_template if settings else DEFAULT_CAPTION_TEMPLATE)
+
+
 def caption_path(out: Path, image_path: str) -> Path:
     """Where an image's caption lives: beside it, `NAME.txt` (kohya-ss, OneTrainer)."""
     return (out / image_path).with_suffix(".txt")
@@ -143,16 +168,16 @@ async def refresh_dataset(store: Store, out: Path, *, captions: str, rebuild: bo
     """Rewrite `out/metadata.jsonl` from the store atomically; return the rows written.
 
     One row per downloaded image, ordered by path. With `captions == "txt"`, also write
-    `NAME.txt` beside each image holding its caption (`text`: the prompt on one line), when
+    `NAME.txt` beside each image holding its caption (`text`: the batch's template), when
     it is missing or different.
     Idempotent, and safe to call while the engine runs on `store`: rows are read from a
     read-only snapshot of their own (`Store.reader`), and every blocking write runs in a
     worker thread, one chunk of rows at a time.
 
     Cheap to repeat: the line of an image already in the previous file with the same path
-    and sha256 is copied as it was (same columns), so only new images are rendered and
-    have their captions checked. `rebuild=True` renders every row and checks every caption
-    (once at the end of a run, say).
+    and sha256 is copied as it was (same columns, same caption template), so only new
+    images are rendered and have their captions checked. `rebuild=True` renders every row
+    and checks every caption (once at the end of a run, say).
 
     A row is rendered only for an image whose file is there: one deleted under the run is
     left out (a loader would fail on it) with a warning that names `zbatch verify OUT
@@ -179,15 +204,16 @@ async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> 
     try:
         async with store.reader() as snapshot:
             names = await snapshot.var_names()
+            template = await caption_template(snapshot)
             if not rebuild:
                 columns = column_names(names)
                 previous = await anyio.to_thread.run_sync(PreviousLines.open, target, columns)
             async with aclosing(snapshot.dataset_images(("downloaded",))) as chunks:
                 async for chunk in chunks:
                     write = functools.partial(
-                        _write_chunk, writer, chunk, names, out, captions, previous, missing
+                        _write_chunk, writer, chunk, (names, template), out, captions, previous
                     )
-                    rows += await anyio.to_thread.run_sync(write)
+                    rows += await anyio.to_thread.run_sync(write, missing)
         await anyio.to_thread.run_sync(writer.commit)
     except BaseException:
         writer.abort()  # close and unlink the temp file: quick, safe while cancelled
@@ -208,24 +234,29 @@ async def _refresh(store: Store, out: Path, *, captions: str, rebuild: bool) -> 
 def _write_chunk(
     writer: AtomicFile,
     chunk: list[DatasetImage],
-    names: Sequence[str],
+    columns: Columns,
     out: Path,
     captions: str,
     previous: PreviousLines | None,
     missing: list[int],
 ) -> int:
+    names, template = columns
     lines = []
     for image in chunk:
         if image.path is None:
             continue
         kept = previous.take(image.path, image.sha256) if previous is not None else None
-        if kept is not None:
+        if (
+            kept is not None
+            and previous is not None
+            and previous.same_captions(kept, image, columns)
+        ):
             lines.append(kept)
             continue
         if not (out / image.path).is_file():  # deleted under the run: `verify --repair`
             missing[0] += 1
             continue
-        row = metadata_row(image, names)
+        row = metadata_row(image, names, template)
         lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
         if captions == "txt":
             write_caption(caption_path(out, image.path), row["text"])
@@ -245,6 +276,7 @@ class PreviousLines:
         self._handle = handle
         self._line = ""
         self._path: str | None = None
+        self._same_captions: bool | None = None  # None: not checked yet
         self._advance()
 
     @classmethod
@@ -285,6 +317,16 @@ class PreviousLines:
         if sha256 and f'"sha256":"{sha256}"' in line and line.endswith("\n"):
             return line
         return None
+
+    def same_captions(self, line: str, image: DatasetImage, columns: Columns) -> bool:
+        """Whether the previous file's captions are the current caption template's: checked
+        once, on the first line kept (one template makes every row's caption), so a changed
+        template renders every row and writes every caption again."""
+        if self._same_captions is None:
+            names, template = columns
+            now = metadata_row(image, names, template)["text"]
+            self._same_captions = json.loads(line).get("text") == now
+        return self._same_captions
 
     def close(self) -> None:
         self._handle.close()

@@ -26,6 +26,7 @@ from runner.errors import InvalidManifest
 from runner.manifest import _checks as checks
 from runner.manifest import _textfile as textfile
 from runner.manifest._advice import advise_manifest
+from runner.manifest._captions import DEFAULT_CAPTION_TEMPLATE
 from runner.manifest._fields import (
     BAD,
     INPUT_KEYS,
@@ -107,7 +108,8 @@ class Manifest:
     repeat: int = 1
     limits: Limits = field(default_factory=Limits)
     retries: Retries = field(default_factory=Retries)
-    captions: str = "none"
+    captions: str = "none"  # the caption files beside the images: none | txt
+    caption_template: str = DEFAULT_CAPTION_TEMPLATE  # what a caption holds (`_captions.py`)
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -182,7 +184,7 @@ class _Parser(SettingsReader):
         limits = self._limits(nodes.get("limits"))
         retry_pairs = self._sub(nodes.get("retries"), "retries", ("attempts",))
         retries = Retries(int(self._setting(retry_pairs, "attempts", 3, "retries")))
-        captions = self._captions(nodes.get("captions"))
+        captions, caption_template = self._captions(nodes.get("captions"), var_names)
         if self.report.errors:
             return None
         sections = checks.Sections(defaults, models, constants, axes, include)
@@ -212,6 +214,7 @@ class _Parser(SettingsReader):
             limits=limits,
             retries=retries,
             captions=captions,
+            caption_template=caption_template,
             warnings=tuple(self.report.warnings),
         )
 

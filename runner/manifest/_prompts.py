@@ -107,8 +107,12 @@ def source_path(base_dir: Path, name: str) -> Path:
     try:
         base = base_dir.resolve()
         candidate = (base / name).resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symbolic links
+    except RuntimeError:  # Python 3.11, 3.12: a loop of symbolic links
+        raise SourceError(f"{shown(name)} cannot be resolved (a loop of symbolic links)") from None
+    except OSError as exc:
         raise SourceError(f"{shown(name)} cannot be resolved ({exc})") from None
+    if candidate.is_symlink():  # Python 3.13 resolves a loop to a link it cannot follow
+        raise SourceError(f"{shown(name)} cannot be resolved (a loop of symbolic links)")
     if Path(name).is_absolute() or not candidate.is_relative_to(base):
         raise SourceError(
             f"{shown(name)} leaves the manifest's folder (allowed: a path inside {base})"

@@ -18,8 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from runner import contract
 from runner.contract import shown
+from runner.manifest._captions import (
+    DEFAULT_CAPTION_TEMPLATE,
+    caption_problem,
+    may_render_empty,
+)
 from runner.manifest._fields import FieldReader
 from runner.manifest._yaml import Node, Report, entries, join, known
 
@@ -187,13 +194,50 @@ class SettingsReader:
             downloads=int(self._setting(pairs, "downloads", default.downloads, "limits")),
         )
 
-    def _captions(self, node: Node | None) -> str:
+    def _captions(self, node: Node | None, var_names: tuple[str, ...]) -> tuple[str, str]:
+        """`captions`: a mode (`none`, `txt`) or `{template: TEXT, files: txt | none}` (files
+        `txt` unless it says `none`); returns (files, template). `captions: txt` is
+        `{files: txt}`: the template `{prompt}`."""
         if node is None:
-            return "none"
+            return "none", DEFAULT_CAPTION_TEMPLATE
+        if not isinstance(node, yaml.MappingNode):
+            return self._caption_files(node, "captions"), DEFAULT_CAPTION_TEMPLATE
+        pairs = self._sub(node, "captions", ("template", "files"))
+        files = "txt"
+        if "files" in pairs:
+            files = self._caption_files(pairs["files"][1], "captions.files")
+        if "template" not in pairs:
+            return files, DEFAULT_CAPTION_TEMPLATE
+        template_node = pairs["template"][1]
+        value = self.reader.scalars.value(template_node)
+        if not isinstance(value, str):
+            problem: str | None = (
+                f"{shown(value)} is not a caption template (allowed: text with"
+                " {fields}, e.g. '{prompt}' or 'mytoken, {prompt}')"
+            )
+        else:
+            problem = caption_problem(value, var_names)
+            problem = None if problem is None else f"{shown(value)}: {problem}"
+        if problem is not None:
+            self.report.error(template_node, "captions.template", problem)
+            return files, DEFAULT_CAPTION_TEMPLATE
+        assert isinstance(value, str)
+        if may_render_empty(value):
+            message = (
+                f"{shown(value)} may make an empty caption (a cell whose fields here are empty),"
+                " which kohya-ss refuses; add text or {prompt}"
+            )
+            self.report.warn(template_node, "captions.template", message)
+        return files, value
+
+    def _caption_files(self, node: Node, path: str) -> str:
         value = self.reader.scalars.value(node)
         if isinstance(value, str) and value in CAPTIONS:
             return value
         hint = contract.suggestion(value, CAPTIONS) if isinstance(value, str) else ""
-        message = f"{shown(value)} is not a captions mode{hint} (allowed: {', '.join(CAPTIONS)})"
-        self.report.error(node, "captions", message)
+        allowed = ", ".join(CAPTIONS)
+        if path == "captions":
+            allowed += ", or {template: ..., files: ...}"
+        message = f"{shown(value)} is not a captions mode{hint} (allowed: {allowed})"
+        self.report.error(node, path, message)
         return "none"

@@ -6,7 +6,7 @@ value's line and column. It rejects, as located problems rather than crashes: sy
 nesting deeper than ``MAX_DEPTH`` (stopped while composing, before Python's recursion limit),
 aliases that refer to themselves, alias "bombs" that would expand to more than
 ``MAX_VALUES`` values, tags other than the plain ones (``!!python/…``, ``!foo``,
-``!!binary``, ``!!set``…), and text holding a lone UTF-16 surrogate (``"\ud800"``: YAML's
+``!!binary``, ``!!set``…), and text holding a lone UTF-16 surrogate (``"\\ud800"``: YAML's
 escapes can write one; it is not Unicode, and the service refuses it with a 400), located at
 the escape that wrote it. ``Report`` collects the problems and warnings of one manifest;
 ``entries`` reads a mapping node's keys (strings, no duplicates, no ``<<`` merge keys) and

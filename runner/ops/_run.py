@@ -320,6 +320,7 @@ def run_settings(manifest: Manifest) -> RunSettings:
         submit_per_s=limits.submit_per_s,
         downloads=limits.downloads,
         attempts=manifest.retries.attempts,
+        caption_template=manifest.caption_template,
     )
 
 

@@ -108,6 +108,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE cells ADD COLUMN standing TEXT NOT NULL DEFAULT 'listed'
         CHECK (standing IN ('listed', 'kept', 'replaced'));
     """,
+    # 6: the manifest's caption template (`captions: {template: ...}`), so every command that
+    # writes the dataset or exports it renders the captions the manifest asked for; a record
+    # made before has the template captions always had, the prompt.
+    """
+    ALTER TABLE run_settings ADD COLUMN caption_template TEXT NOT NULL DEFAULT '{prompt}';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

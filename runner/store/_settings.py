@@ -1,4 +1,5 @@
-"""The run settings a batch remembers: captions, limits and retries, as its manifest set them.
+"""The run settings a batch remembers: captions and their template, limits and retries, as its
+manifest set them.
 
 `zbatch run` saves them when it plans the batch (`save_run_settings`, one row, replaced on
 every run), so the commands that take only the output folder (`zbatch retry`,
@@ -28,6 +29,7 @@ class RunSettings:
     submit_per_s: float  # submissions a second
     downloads: int  # images downloaded at once
     attempts: int  # attempts per cell (`retries.attempts`)
+    caption_template: str = "{prompt}"  # what a caption holds (`captions: {template: ...}`)
 
     def describe(self) -> str:
         """`captions txt, 8 in flight, 2 submissions/s, 4 downloads, 3 attempts per cell`."""
@@ -42,18 +44,19 @@ def save_run_settings(tx: Tx, settings: RunSettings) -> None:
     """Record `settings` as the batch's (replacing what an earlier run saved)."""
     tx.db.execute(
         "INSERT INTO run_settings"
-        " (id, captions, in_flight, submit_per_s, downloads, attempts, saved_at)"
-        " VALUES (1, ?, ?, ?, ?, ?, ?)"
+        " (id, captions, in_flight, submit_per_s, downloads, attempts, caption_template,"
+        " saved_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET captions = excluded.captions,"
         " in_flight = excluded.in_flight, submit_per_s = excluded.submit_per_s,"
         " downloads = excluded.downloads, attempts = excluded.attempts,"
-        " saved_at = excluded.saved_at",
+        " caption_template = excluded.caption_template, saved_at = excluded.saved_at",
         (
             settings.captions,
             settings.in_flight,
             settings.submit_per_s,
             settings.downloads,
             settings.attempts,
+            settings.caption_template,
             tx.now,
         ),
     )
@@ -63,8 +66,8 @@ def read_run_settings(db: sqlite3.Connection) -> RunSettings | None:
     """The batch's recorded settings, or None for a record made before they were kept."""
     with cursor(
         db,
-        "SELECT captions, in_flight, submit_per_s, downloads, attempts FROM run_settings"
-        " WHERE id = 1",
+        "SELECT captions, in_flight, submit_per_s, downloads, attempts, caption_template"
+        " FROM run_settings WHERE id = 1",
     ) as cur:
         row = cur.fetchone()
     if row is None:
@@ -75,4 +78,5 @@ def read_run_settings(db: sqlite3.Connection) -> RunSettings | None:
         submit_per_s=float(row[2]),
         downloads=int(row[3]),
         attempts=int(row[4]),
+        caption_template=str(row[5]),
     )

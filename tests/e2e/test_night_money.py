@@ -245,7 +245,7 @@ def test_a_sample_shows_every_axis_value_and_the_full_run_reuses_it(
     rows = metadata(tmp_path)
     assert len(rows) == 3
     assert {r["prompt"] for r in rows} == {"a fox", "a lighthouse", "a bowl of ramen"}
-    assert {r["cfgScale"] for r in rows} == {1.0, 1.5}
+    assert {r["cfg_scale"] for r in rows} == {1.0, 1.5}
     assert charged(tmp_path, capsys) == 3
     assert run(str(path), "--sample", "3") == 0  # the same sample: nothing new to pay
     assert charged(tmp_path, capsys) == 3
