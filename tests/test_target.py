@@ -131,7 +131,7 @@ def test_a_scheme_whose_package_is_missing_names_the_extra(monkeypatch: pytest.M
 
     monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
     with pytest.raises(
-        MissingExtra, match=r"gs:// needs fsspec and gcsfs: pip install 'zbatch\[gcs\]'"
+        MissingExtra, match="gs:// needs fsspec and gcsfs: pip install fsspec gcsfs"
     ):
         open_target("gs://bucket/x")
 

@@ -18,7 +18,7 @@ Credentials come from where each filesystem looks for them (environment, profile
 instance metadata), never from the URL: a URL with a user or password in it is refused, and
 no error raised here contains more of the URL than its scheme, bucket and path
 (`display`). fsspec and the scheme's package (s3fs, gcsfs, adlfs) are optional: naming a
-URL without them installed says which extra to install.
+URL without them installed says which package to install.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ from urllib.parse import urlsplit
 from runner.disk._atomic import atomic_write_bytes
 from runner.errors import MissingExtra, TargetError, UsageError
 
-# The scheme's package, and the extra of zbatch that installs it.
-_PACKAGES = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
-_PACKAGES |= {"az": ("adlfs", "azure"), "abfs": ("adlfs", "azure")}
+# The scheme's fsspec package. (Extras of zbatch's own come when a run can use a URL out.)
+_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
@@ -109,14 +108,14 @@ class StoreTarget:
     @classmethod
     def open(cls, url: str, **storage_options: Any) -> StoreTarget:
         scheme = urlsplit(url).scheme
-        package, extra = _PACKAGES.get(scheme, (scheme + "fs", scheme))
+        package = _PACKAGES.get(scheme, scheme + "fs")
         try:
             import fsspec
 
             fs, base = fsspec.core.url_to_fs(url, **storage_options)
         except ImportError as exc:
             raise MissingExtra(
-                f"out: {scheme}:// needs fsspec and {package}: pip install 'zbatch[{extra}]'"
+                f"out: {scheme}:// needs fsspec and {package}: pip install fsspec {package}"
             ) from exc
         except ValueError as exc:  # fsspec knows no such protocol
             raise UsageError(f"out: {scheme}:// is not a storage fsspec knows: {exc}") from None
