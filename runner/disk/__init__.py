@@ -5,6 +5,7 @@ translated once into errors.py.
 
 from runner.disk._atomic import AtomicFile, atomic_write_bytes, fsync_dir, sweep_batch_temps
 from runner.disk._faults import BUSY_TIMEOUT_MS, damaged, database_error, disk_error, local_failure
+from runner.disk._folder_syncs import FolderSyncs
 from runner.disk._lock import BatchLock
 from runner.disk._out_folder import OutFolder, check_out_folder, image_path, out_folder_problem
 from runner.disk._private import create_private, open_private
@@ -13,6 +14,7 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "AtomicFile",
     "BatchLock",
+    "FolderSyncs",
     "OutFolder",
     "atomic_write_bytes",
     "check_out_folder",

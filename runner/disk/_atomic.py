@@ -5,8 +5,9 @@ half of one. `AtomicFile` is the one implementation: `atomic_write_bytes` (image
 gallery) is a whole write through it; `metadata.jsonl` and the exports stream through it;
 Parquet and tar writers, which open files by name, write to its `tmp` path. `durable`
 (the default) fsyncs the file before the rename and the folder after it, so a committed
-file survives a power cut; captions, derived from the record and rewritten by the next
-refresh when they differ, skip both.
+file survives a power cut (the folder's fsync may be one shared with other writers through
+`FolderSyncs`: one that started after this rename); captions, derived from the record and
+rewritten by the next refresh when they differ, skip both.
 
 A crash leaves at most a `.<name>.<random>.tmp` file beside the target, which
 `sweep_batch_temps` removes under the batch lock. Blocking by design: async callers run
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from runner.disk._faults import disk_error
+from runner.disk._folder_syncs import FolderSyncs
 from runner.disk._out_folder import OutFolder
 
 # New files get 0o666 & ~umask, like any other program's (os.open applies the umask).
@@ -37,10 +39,13 @@ class AtomicFile:
     ```
     """
 
-    def __init__(self, target: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, target: Path, *, durable: bool = True, folder_syncs: FolderSyncs | None = None
+    ) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         self.target = target
         self.durable = durable
+        self.folder_syncs = folder_syncs  # the folder's fsync shared with other writers
         self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         self._fd: int | None = os.open(
             self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE
@@ -76,7 +81,10 @@ class AtomicFile:
             self._close()
         os.replace(self.tmp, self.target)
         if self.durable:
-            fsync_dir(self.target.parent)
+            if self.folder_syncs is not None:
+                self.folder_syncs.sync(self.target.parent)
+            else:
+                fsync_dir(self.target.parent)
 
     def abort(self) -> None:
         """Close and remove the temp file; the target is left as it was. Safe to call twice."""
@@ -119,16 +127,19 @@ class AtomicFile:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(
+    path: Path, data: bytes, *, durable: bool = True, folder_syncs: FolderSyncs | None = None
+) -> None:
     """Write `data` to `path` so a reader sees the old file or the whole new one, never half.
 
     The parent folder is created if needed. After a crash at any point, `path` holds either
     its previous content or `data`; a stray `.tmp` file may remain and is harmless. When the
     disk refuses (full, read-only, an I/O error) the temp file is removed, `path` is left as
     it was, and a `LocalDiskError` naming the folder and its free space is raised.
+    `folder_syncs` shares the folder's fsync with other threads writing into it.
     """
     try:
-        with AtomicFile(path, durable=durable) as file:
+        with AtomicFile(path, durable=durable, folder_syncs=folder_syncs) as file:
             file.write(data)
     except OSError as exc:
         translated = disk_error(exc, path.parent, f"writing {path.name}")
