@@ -51,17 +51,18 @@ def check_image(
         raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
     expected = PILLOW_FORMATS.get(output_format, output_format)
     try:
-        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
-            got_format, (got_w, got_h) = img.format, img.size
+        img = Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values()))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(f"a decompression bomb, refused undecoded: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"bytes are not a JPEG, PNG or WebP image: {exc}") from exc
-    if got_format != expected:
-        raise InvalidImage(f"image is {got_format}, expected {expected}")
-    if (got_w, got_h) != (width, height):
-        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
-    return verify_image(data, width=width, height=height, max_bytes=max_bytes)
+    with img:  # opened once: the strict decode below reads the same parsed header
+        got_format, (got_w, got_h) = img.format, img.size
+        if got_format != expected:
+            raise InvalidImage(f"image is {got_format}, expected {expected}")
+        if (got_w, got_h) != (width, height):
+            raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
+        return _decoded(img, data)
 
 
 class InvalidImage(ValueError):
@@ -92,10 +93,19 @@ def verify_image(
     try:
         with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
             got_w, got_h = img.size
-            fmt = (img.format or "").lower()
             if (got_w, got_h) != (width, height):
                 raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height}")
-            _decode_strictly(img, data)
+            return _decoded(img, data)
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
+        if isinstance(exc, InvalidImage):
+            raise
+        raise InvalidImage(f"bytes do not decode as an image: {exc}") from exc
+
+
+def _decoded(img: Image.Image, data: bytes) -> VerifiedImage:
+    """Decode the opened `img` strictly (`_decode_strictly`); what was learned of `data`."""
+    try:
+        _decode_strictly(img, data)
     except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
         if isinstance(exc, InvalidImage):
             raise
@@ -103,9 +113,9 @@ def verify_image(
     return VerifiedImage(
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
-        width=got_w,
-        height=got_h,
-        format=fmt,
+        width=img.width,
+        height=img.height,
+        format=(img.format or "").lower(),
     )
 
 

@@ -60,9 +60,12 @@ def available() -> bool:
     return _library() is not None
 
 
-def strict_jpeg_problem(data: bytes) -> str | None:
+def strict_jpeg_problem(data: bytes, *, scale: int = 8) -> str | None:
     """None when `data` decodes as a JPEG without an error or a warning; else what libjpeg said.
 
+    `scale` 8 decodes at 1/8 size: libjpeg still Huffman-decodes every coefficient of every
+    block (the entropy-coded data is read to its end; a bad code or a premature end is still
+    a warning), and only the inverse DCT shrinks to each block's DC term. 1 is the full size.
     The caller has already read the header and checked the size (no bomb reaches here).
     Raises RuntimeError when libturbojpeg is absent (check `available()` first).
     """
@@ -77,9 +80,11 @@ def strict_jpeg_problem(data: bytes) -> str | None:
         args = (handle, data, len(data))
         if lib.tjDecompressHeader3(*args, w, h, sub, space) != 0:
             return _message(lib, handle)
-        pixels = ctypes.create_string_buffer(max(1, w.value * h.value))
+        # tjDecompress2 picks the largest scaling factor whose output fits width x height.
+        out_w, out_h = -(-w.value // scale), -(-h.value // scale)
+        pixels = ctypes.create_string_buffer(max(1, out_w * out_h))
         flags = TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS
-        if lib.tjDecompress2(*args, pixels, w.value, 0, h.value, TJPF_GRAY, flags) != 0:
+        if lib.tjDecompress2(*args, pixels, out_w, 0, out_h, TJPF_GRAY, flags) != 0:
             return _message(lib, handle)
         return None
     finally:
