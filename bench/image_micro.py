@@ -7,11 +7,24 @@ which does: fsync waits on the disk). Steps: the header read (`Image.open`), the
 decode (libjpeg-turbo, full size and with 1/8 DCT scaling), sha256, the write of a new temp
 file (open + write + close), its fsync, the rename, the folder's fsync. Prints a markdown
 table of microseconds per image (docs/performance.md, "An image, step by step").
+
+`--path` times the downloader's whole work on an image once its bytes are in hand, as the
+source tree it runs from does it: `--workers` tasks on one event loop, each image checked,
+hashed and written (temp, fsync, rename, folder fsync) under `images/<ab>/` through
+`anyio.to_thread.run_sync`, as `Downloader._download` does. The tree of this file does it in
+one worker-thread call with a shared folder fsync; a tree without `atomic_write_hashed` (the
+one before lever d) as it did, a call to check and hash then a call to write. CPU is the
+process's (`time.process_time`: every thread's). Copy this file into the tree before to
+compare (docs/performance.md, lever d):
+
+    git archive 0d892bd | tar -x -C /tmp/before && cp bench/image_micro.py /tmp/before/bench/
+    (cd /tmp/before && python -m bench.image_micro --path); python -m bench.image_micro --path
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import os
@@ -20,10 +33,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 from PIL import Image
 
+import runner.disk
 from runner.emulator.images import render_image
-from runner.engine import _jpeg
+from runner.engine import _images, _jpeg
 
 
 def timed(step: Callable[[int], object], count: int) -> tuple[float, float]:
@@ -76,11 +91,86 @@ def steps(data: bytes, folder: Path) -> dict[str, Callable[[int], object]]:
     }
 
 
+def one_image(data: bytes, out: Path, size: int) -> Callable[[int], object]:
+    """The downloader's work on image `i` once its bytes are in hand, as this tree does it."""
+    check = functools.partial(
+        _images.check_image, width=size, height=size, output_format="jpeg", max_bytes=1 << 24
+    )
+    hashed = getattr(runner.disk, "atomic_write_hashed", None)
+    if hashed is None:  # the tree before lever d: check and hash, then write
+
+        async def before(i: int) -> object:
+            info = await anyio.to_thread.run_sync(check, data)
+            await anyio.to_thread.run_sync(runner.disk.atomic_write_bytes, target(out, i), data)
+            return info
+
+        return before
+    from runner.engine._downloader import _check_then_keep
+
+    syncs = runner.disk.FolderSyncs()
+
+    async def after(i: int) -> object:
+        keep = functools.partial(hashed, target(out, i), folder_syncs=syncs)
+        call = functools.partial(
+            _check_then_keep,
+            data,
+            keep,
+            width=size,
+            height=size,
+            output_format="jpeg",
+            max_bytes=1 << 24,
+        )
+        return await anyio.to_thread.run_sync(call)
+
+    return after
+
+
+def target(out: Path, i: int) -> Path:
+    """Image `i`'s path, in the downloader's layout (`images/<ab>/<cell key>_0.jpeg`)."""
+    key = hashlib.sha256(str(i).encode()).hexdigest()[:16]
+    return out / runner.disk.image_path(key, 0, "jpeg")
+
+
+def time_path(data: bytes, out: Path, size: int, images: int, workers: int) -> tuple[float, float]:
+    """Microseconds of process CPU and of wall per image, `workers` images at a time."""
+    step = one_image(data, out, size)
+
+    async def run() -> None:
+        numbers = iter(range(images))
+
+        async def worker() -> None:
+            for i in numbers:
+                await step(i)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker)
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    anyio.run(run)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / images * 1e6, wall / images * 1e6
+
+
+def main_path(args: argparse.Namespace) -> None:
+    for size in (64, 1024):
+        data = render_image(prompt="p", seed=1, index=0, width=size, height=size, fmt="jpeg")
+        with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
+            time_path(data, Path(tmp) / "warm", size, 20, args.workers)  # threads, imports
+            cpu, wall = time_path(data, Path(tmp), size, args.images, args.workers)
+        print(f"{size}x{size}: {cpu:,.0f} us CPU, {wall:,.0f} us wall per image", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--folder", type=Path, default=None, help="where to write (a real disk)")
+    parser.add_argument("--path", action="store_true", help="the whole path, as this tree does it")
+    parser.add_argument("--workers", type=int, default=16, help="--path: images at a time")
     args = parser.parse_args()
+    if args.path:
+        main_path(args)
+        return
     rows: dict[str, list[str]] = {}
     sizes = (64, 1024)
     for size in sizes:

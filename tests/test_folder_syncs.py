@@ -3,6 +3,7 @@ folder that STARTED after its rename has finished, however many writers share th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -151,7 +152,9 @@ class RecordingStore:
 
     async def mark_downloaded(self, attempt_id: int, index: int, **fields: Any) -> None:
         path = self.out / fields["path"]
-        assert path.is_file()
+        assert (
+            fields["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        )  # hashed as written
         self.events.add("record", path.name, path.parent)
 
 

@@ -3,7 +3,13 @@ paths (`OutFolder`), the batch lock, private files, and the disk's and SQLite's 
 translated once into errors.py.
 """
 
-from runner.disk._atomic import AtomicFile, atomic_write_bytes, fsync_dir, sweep_batch_temps
+from runner.disk._atomic import (
+    AtomicFile,
+    atomic_write_bytes,
+    atomic_write_hashed,
+    fsync_dir,
+    sweep_batch_temps,
+)
 from runner.disk._faults import BUSY_TIMEOUT_MS, damaged, database_error, disk_error, local_failure
 from runner.disk._folder_syncs import FolderSyncs
 from runner.disk._lock import BatchLock
@@ -17,6 +23,7 @@ __all__ = [
     "FolderSyncs",
     "OutFolder",
     "atomic_write_bytes",
+    "atomic_write_hashed",
     "check_out_folder",
     "create_private",
     "damaged",

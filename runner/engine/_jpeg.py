@@ -6,8 +6,11 @@ is damaged ("Corrupt JPEG data: premature end of data segment", "bad Huffman cod
 while djpeg and browsers report it. `strict_jpeg_problem` decodes every scan with
 `TJFLAG_STOPONWARNING` (a warning stops the decode and is reported) and `TJFLAG_LIMITSCANS`
 (a progressive file of more than 500 scans, a known CPU bomb, is refused), to one grey
-channel: the entropy decoding, where damage shows, is all done, and the colour conversion
-skipped. At 1024² it costs about half of Pillow's full decode.
+channel, at 1/8 scale: the entropy decoding, where damage shows, is all done (every
+coefficient of every block of every component), and the colour conversion, the chroma's
+inverse DCT and all but the DC term of the luma's skipped. At 1024² the full-size grey decode
+cost about half of Pillow's full decode; the 1/8-scale one costs about half of that again
+(bench/image_micro.py). `jpeg_size` reads the header alone, for the size check before it.
 
 The library is libturbojpeg (Debian: `libturbojpeg0`; macOS: Homebrew's `jpeg-turbo`),
 loaded once with ctypes. Where it is absent, `available()` is False and the caller falls
@@ -58,6 +61,28 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether libturbojpeg can be loaded (the strict check runs)."""
     return _library() is not None
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height `data`'s JPEG header declares, or None when it has none we read.
+
+    Reads the markers up to the first scan (no pixel is decoded). Raises RuntimeError when
+    libturbojpeg is absent (check `available()` first).
+    """
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("libturbojpeg is not installed")
+    handle = lib.tjInitDecompress()
+    if not handle:
+        raise MemoryError("tjInitDecompress failed")
+    try:
+        w, h, sub, space = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        if lib.tjDecompressHeader3(handle, data, len(data), w, h, sub, space) != 0:
+            return None
+        # A header cut short before its frame can "succeed" with a size of 0 x 0.
+        return (w.value, h.value) if w.value > 0 and h.value > 0 else None
+    finally:
+        lib.tjDestroy(handle)
 
 
 def strict_jpeg_problem(data: bytes, *, scale: int = 8) -> str | None:
