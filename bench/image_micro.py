@@ -14,8 +14,8 @@ hashed and written (temp, fsync, rename, folder fsync) under `images/<ab>/` thro
 `anyio.to_thread.run_sync`, as `Downloader._download` does. The tree of this file does it in
 one worker-thread call with a shared folder fsync; a tree without `atomic_write_hashed` (the
 one before lever d) as it did, a call to check and hash then a call to write. CPU is the
-process's (`time.process_time`: every thread's). Copy this file into the tree before to
-compare (docs/performance.md, lever d):
+process's (`getrusage`: every thread's, user and system apart). Copy this file into the tree
+before to compare (docs/performance.md, lever d):
 
     git archive 0d892bd | tar -x -C /tmp/before && cp bench/image_micro.py /tmp/before/bench/
     (cd /tmp/before && python -m bench.image_micro --path); python -m bench.image_micro --path
@@ -28,6 +28,7 @@ import functools
 import hashlib
 import io
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -131,8 +132,12 @@ def target(out: Path, i: int) -> Path:
     return out / runner.disk.image_path(key, 0, "jpeg")
 
 
-def time_path(data: bytes, out: Path, size: int, images: int, workers: int) -> tuple[float, float]:
-    """Microseconds of process CPU and of wall per image, `workers` images at a time."""
+def time_path(
+    data: bytes, out: Path, size: int, images: int, workers: int
+) -> tuple[float, float, float]:
+    """Microseconds per image of the process's user CPU, its system CPU (the kernel's file
+    work: creating, writing, fsyncing; a loaded disk moves it most) and wall, `workers`
+    images at a time."""
     step = one_image(data, out, size)
 
     async def run() -> None:
@@ -146,10 +151,11 @@ def time_path(data: bytes, out: Path, size: int, images: int, workers: int) -> t
             for _ in range(workers):
                 tg.start_soon(worker)
 
-    cpu, wall = time.process_time(), time.perf_counter()
+    before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     anyio.run(run)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return cpu / images * 1e6, wall / images * 1e6
+    after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return user / images * 1e6, system / images * 1e6, wall / images * 1e6
 
 
 def main_path(args: argparse.Namespace) -> None:
@@ -157,8 +163,12 @@ def main_path(args: argparse.Namespace) -> None:
         data = render_image(prompt="p", seed=1, index=0, width=size, height=size, fmt="jpeg")
         with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
             time_path(data, Path(tmp) / "warm", size, 20, args.workers)  # threads, imports
-            cpu, wall = time_path(data, Path(tmp), size, args.images, args.workers)
-        print(f"{size}x{size}: {cpu:,.0f} us CPU, {wall:,.0f} us wall per image", flush=True)
+            user, system, wall = time_path(data, Path(tmp), size, args.images, args.workers)
+        print(
+            f"{size}x{size}: {user + system:,.0f} us CPU ({user:,.0f} user, {system:,.0f} system),"
+            f" {wall:,.0f} us wall per image",
+            flush=True,
+        )
 
 
 def main() -> None:
