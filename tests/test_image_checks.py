@@ -10,18 +10,24 @@ breaks its CRC, so every changed PNG must be refused. .ci/run installs djpeg and
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import subprocess
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from runner.disk import atomic_write_hashed
 from runner.emulator.content import corrupt
 from runner.emulator.images import render_image
-from runner.engine import _jpeg
+from runner.engine import _images, _jpeg
+from runner.engine._downloader import _check_then_keep
 from runner.engine._images import InvalidImage, check_image, inspect_image
 
 W, H = 96, 64
@@ -206,3 +212,21 @@ def test_a_jpeg_is_read_by_libjpeg_alone_its_size_checked_before_its_data(
     with pytest.raises(InvalidImage, match="a decompression bomb, refused undecoded"):
         check_image(good, width=W, height=H, output_format="jpeg", max_bytes=1 << 20)
     assert (len(opened), decoded) == (3, [1])
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webP"])
+def test_the_downloaders_check_reads_no_hash_its_write_gives_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """One pass for the hash: the check hashes nothing, the write returns the sha256 of the
+    bytes it wrote, and that is what the downloader records."""
+    monkeypatch.setattr(_images, "hashlib", SimpleNamespace())  # any hash here would fail
+    data = ORIGINALS[fmt][0]
+    target = tmp_path / "images" / "ab" / f"x.{fmt}"
+    keep = functools.partial(atomic_write_hashed, target)
+    info = _check_then_keep(data, keep, width=W, height=H, output_format=fmt, max_bytes=1 << 20)
+    assert info.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert target.read_bytes() == data
+    assert (info.size_bytes, info.width, info.height, info.format) == (len(data), W, H, fmt.lower())
+    with pytest.raises(InvalidImage):  # bytes that fail the check are never written
+        _check_then_keep(data[:-9], keep, width=W, height=H, output_format=fmt, max_bytes=1 << 20)

@@ -48,14 +48,16 @@ class AtomicFile:
     def __init__(
         self, target: Path, *, durable: bool = True, folder_syncs: FolderSyncs | None = None
     ) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
         self.target = target
         self.durable = durable
         self.folder_syncs = folder_syncs  # the folder's fsync shared with other writers
         self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        self._fd: int | None = os.open(
-            self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE
-        )
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
+        except FileNotFoundError:  # the folder is made once, not asked after on every write
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
+        self._fd: int | None = fd
         self._text: IO[str] | None = None
 
     def write(self, data: bytes, *, digest: hashlib._Hash | None = None) -> None:

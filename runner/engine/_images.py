@@ -141,17 +141,8 @@ def verify_image(
             got_w, got_h = img.size
             if (got_w, got_h) != (width, height):
                 raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height}")
-            return _decoded(img, data)
-    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
-        if isinstance(exc, InvalidImage):
-            raise
-        raise InvalidImage(f"bytes do not decode as an image: {exc}") from exc
-
-
-def _decoded(img: Image.Image, data: bytes) -> VerifiedImage:
-    """Decode the opened `img` strictly (`_decode_strictly`); what was learned of `data`."""
-    try:
-        _decode_strictly(img, data)
+            _decoded(img, data)
+            fmt = (img.format or "").lower()
     except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
         if isinstance(exc, InvalidImage):
             raise
@@ -159,10 +150,20 @@ def _decoded(img: Image.Image, data: bytes) -> VerifiedImage:
     return VerifiedImage(
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
-        width=img.width,
-        height=img.height,
-        format=(img.format or "").lower(),
+        width=got_w,
+        height=got_h,
+        format=fmt,
     )
+
+
+def _decoded(img: Image.Image, data: bytes) -> None:
+    """Decode the opened `img` strictly (`_decode_strictly`); any fault as `InvalidImage`."""
+    try:
+        _decode_strictly(img, data)
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
+        if isinstance(exc, InvalidImage):
+            raise
+        raise InvalidImage(f"bytes do not decode as an image: {exc}") from exc
 
 
 def _decode_strictly(img: Image.Image, data: bytes) -> None:
