@@ -1,7 +1,7 @@
 """A lever's before and after: `zbatch run` from two source trees, alternating, one emulator.
 
     git archive BEFORE | tar -x -C /tmp/before
-    python -m bench.ab /tmp/before . --cells 2000 --rounds 2
+    python -m bench.ab /tmp/before . --cells 2000 --rounds 2 [--size 1024]
 
 The emulator's image cache is warmed first by the script of baseline (c), so neither tree
 pays for a render. Each run's CPU is its own process's (`RUSAGE_CHILDREN` before and after
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("after", type=Path)
     parser.add_argument("--cells", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64, help="images are size x size")
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
@@ -43,11 +44,11 @@ def main() -> None:
         h.emulator(time_scale=0, image_cache=args.cells + 100) as emu,
     ):
         folder = Path(tmp)
-        run_script(emu.url, folder, cells=args.cells, size=64, run="warm")
+        run_script(emu.url, folder, cells=args.cells, size=args.size, run="warm")
         for round_ in range(args.rounds):
             for name, tree in trees.items():
                 m = h.write_manifest(folder, name=f"ab{name}{round_}", cells=args.cells,
-                                     first_seed=0)  # fmt: skip
+                                     size=args.size, first_seed=0)  # fmt: skip
                 cpu_s, started = children_cpu_s(), time.monotonic()
                 done = subprocess.run(
                     [sys.executable, "-m", "runner.cli", "run", str(m), "--api-url", emu.url,

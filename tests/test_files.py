@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import runner.disk._atomic
 from runner.disk._atomic import (
     AtomicFile,
     atomic_write_bytes,
+    atomic_write_hashed,
     remove_stray_temps,
     sweep_batch_temps,
 )
@@ -46,6 +49,29 @@ def test_atomic_write_replaces_existing_file(tmp_path: Path) -> None:
     atomic_write_bytes(target, b"old")
     atomic_write_bytes(target, b"new content")
     assert target.read_bytes() == b"new content"
+
+
+@pytest.mark.parametrize("size", [0, 1, 256 * 1024, 3 * 256 * 1024 + 7])
+def test_a_hashed_write_returns_the_sha256_of_the_bytes_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Hashed slice by slice as written (each slice through the write boundary once), the
+    digest is the whole file's; the file is whole and no temp file remains."""
+    data = bytes(n * 7 % 251 for n in range(size))
+    written: list[int] = []
+    real_write_all = runner.disk._atomic.write_all
+
+    def counting_write_all(fd: int, piece: bytes | memoryview) -> None:
+        written.append(len(piece))
+        real_write_all(fd, piece)
+
+    monkeypatch.setattr(runner.disk._atomic, "write_all", counting_write_all)
+    target = tmp_path / "images" / "ab" / "x.jpg"
+    assert atomic_write_hashed(target, data) == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data
+    assert sum(written) == size
+    assert all(n <= 256 * 1024 for n in written)
+    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
 
 
 def test_failed_write_keeps_old_content_and_cleans_up(

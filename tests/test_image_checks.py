@@ -10,19 +10,25 @@ breaks its CRC, so every changed PNG must be refused. .ci/run installs djpeg and
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import subprocess
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from runner.disk import atomic_write_hashed
 from runner.emulator.content import corrupt
 from runner.emulator.images import render_image
-from runner.engine import _jpeg
-from runner.engine._images import InvalidImage, check_image
+from runner.engine import _images, _jpeg
+from runner.engine._downloader import _check_then_keep
+from runner.engine._images import InvalidImage, check_image, inspect_image
 
 W, H = 96, 64
 
@@ -148,3 +154,79 @@ def test_without_libturbojpeg_the_check_falls_back_to_pillow_and_an_end_marker(
     assert accepted("jpeg", good)
     assert not accepted("jpeg", good[:-2] + b"\0\0")  # the end-of-image marker overwritten
     assert not accepted("jpeg", good[: len(good) // 2])
+
+
+JPEGS = [*ORIGINALS["jpeg"], _render("jpeg", 3, (256, 192)), _pillow_jpeg(subsampling=0)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(JPEGS), st.data())
+def test_the_scaled_strict_decode_judges_every_jpeg_as_the_full_size_one(
+    original: bytes, draw: st.DataObject
+) -> None:
+    """1/8 DCT scaling still entropy-decodes every block: damage the full-size strict decode
+    reports, the scaled one reports too, and a whole file passes both (issue 14)."""
+    data = bytearray(original)
+    if draw.draw(st.booleans()):
+        data = data[: draw.draw(st.integers(1, len(data) - 1))]
+    else:
+        for at in draw.draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=4)):
+            data[at] ^= draw.draw(st.integers(1, 255))
+    full = _jpeg.strict_jpeg_problem(bytes(data), scale=1)
+    scaled = _jpeg.strict_jpeg_problem(bytes(data), scale=8)
+    assert (full is None) == (scaled is None), (full, scaled)
+    assert _jpeg.strict_jpeg_problem(original, scale=8) is None
+
+
+def test_a_jpeg_is_read_by_libjpeg_alone_its_size_checked_before_its_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No parse by Pillow for a JPEG libjpeg-turbo reads; a wrong size or a bomb is still
+    refused before any data is decoded (a bomb by Pillow, which names it)."""
+    opened: list[int] = []
+    decoded: list[int] = []
+    real_open, real_decode = Image.open, _jpeg.strict_jpeg_problem
+
+    def counting_open(*args: object, **kwargs: object) -> Image.Image:
+        opened.append(1)
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_decode(data: bytes, **kwargs: int) -> str | None:
+        decoded.append(1)
+        return real_decode(data, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(_jpeg, "strict_jpeg_problem", counting_decode)
+    good = _render("jpeg")
+    assert inspect_image(good, width=W, height=H, output_format="jpeg", max_bytes=1 << 20) == "jpeg"
+    assert (opened, decoded) == ([], [1])
+    with pytest.raises(InvalidImage, match=rf"image is {W}x{H}, expected 64x64 \(not decoded"):
+        check_image(good, width=64, height=64, output_format="jpeg", max_bytes=1 << 20)
+    assert (opened, decoded) == ([], [1])
+    with pytest.raises(InvalidImage, match="image is PNG, expected JPEG"):
+        check_image(_render("png"), width=W, height=H, output_format="jpeg", max_bytes=1 << 20)
+    with pytest.raises(InvalidImage, match="bytes are not a JPEG, PNG or WebP"):
+        check_image(good[:40], width=W, height=H, output_format="jpeg", max_bytes=1 << 20)
+    assert decoded == [1]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", W * H // 4)
+    with pytest.raises(InvalidImage, match="a decompression bomb, refused undecoded"):
+        check_image(good, width=W, height=H, output_format="jpeg", max_bytes=1 << 20)
+    assert (len(opened), decoded) == (3, [1])
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webP"])
+def test_the_downloaders_check_reads_no_hash_its_write_gives_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """One pass for the hash: the check hashes nothing, the write returns the sha256 of the
+    bytes it wrote, and that is what the downloader records."""
+    monkeypatch.setattr(_images, "hashlib", SimpleNamespace())  # any hash here would fail
+    data = ORIGINALS[fmt][0]
+    target = tmp_path / "images" / "ab" / f"x.{fmt}"
+    keep = functools.partial(atomic_write_hashed, target)
+    info = _check_then_keep(data, keep, width=W, height=H, output_format=fmt, max_bytes=1 << 20)
+    assert info.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert target.read_bytes() == data
+    assert (info.size_bytes, info.width, info.height, info.format) == (len(data), W, H, fmt.lower())
+    with pytest.raises(InvalidImage):  # bytes that fail the check are never written
+        _check_then_keep(data[:-9], keep, width=W, height=H, output_format=fmt, max_bytes=1 << 20)

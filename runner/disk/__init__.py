@@ -4,9 +4,17 @@ object store's URL (`open_target`), and the disk's and SQLite's failures transla
 into errors.py.
 """
 
-from runner.disk._atomic import AtomicFile, atomic_write_bytes, fsync_dir, sweep_batch_temps
+from runner.disk._atomic import (
+    AtomicFile,
+    atomic_write_bytes,
+    atomic_write_hashed,
+    fsync_dir,
+    sweep_batch_temps,
+)
 from runner.disk._faults import BUSY_TIMEOUT_MS, damaged, database_error, disk_error, local_failure
 from runner.disk._lock import BatchLock, lock_held, platform_problem
+from runner.disk._folder_syncs import FolderSyncs
+from runner.disk._lock import BatchLock
 from runner.disk._out_folder import OutFolder, check_out_folder, image_path, out_folder_problem
 from runner.disk._private import create_private, open_private
 from runner.disk._target import LocalTarget, StoreTarget, Target, is_url, open_target
@@ -15,11 +23,13 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "AtomicFile",
     "BatchLock",
+    "FolderSyncs",
     "LocalTarget",
     "OutFolder",
     "StoreTarget",
     "Target",
     "atomic_write_bytes",
+    "atomic_write_hashed",
     "check_out_folder",
     "create_private",
     "damaged",

@@ -2,11 +2,13 @@
 
 A reader (a trainer, a browser, the next run) sees the old file or the whole new one, never
 half of one. `AtomicFile` is the one implementation: `atomic_write_bytes` (images, the
-gallery) is a whole write through it; `metadata.jsonl` and the exports stream through it;
+gallery) is a whole write through it, and `atomic_write_hashed` (the downloader's images) one
+that hashes the bytes as it writes them; `metadata.jsonl` and the exports stream through it;
 Parquet and tar writers, which open files by name, write to its `tmp` path. `durable`
 (the default) fsyncs the file before the rename and the folder after it, so a committed
-file survives a power cut; captions, derived from the record and rewritten by the next
-refresh when they differ, skip both.
+file survives a power cut (the folder's fsync may be one shared with other writers through
+`FolderSyncs`: one that started after this rename); captions, derived from the record and
+rewritten by the next refresh when they differ, skip both.
 
 A crash leaves at most a `.<name>.<random>.tmp` file beside the target, which
 `sweep_batch_temps` removes under the batch lock. Blocking by design: async callers run
@@ -15,6 +17,7 @@ these through `anyio.to_thread.run_sync`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -22,10 +25,15 @@ from types import TracebackType
 from typing import IO, Self
 
 from runner.disk._faults import disk_error
+from runner.disk._folder_syncs import FolderSyncs
 from runner.disk._out_folder import OutFolder
 
 # New files get 0o666 & ~umask, like any other program's (os.open applies the umask).
 _NEW_FILE_MODE = 0o666
+
+# A hashed write goes a slice at a time: each slice is hashed, then copied to the kernel while
+# it is still in the CPU's cache, so the bytes make one trip through memory, not two.
+_HASHED_SLICE = 256 * 1024
 
 
 class AtomicFile:
@@ -37,19 +45,35 @@ class AtomicFile:
     ```
     """
 
-    def __init__(self, target: Path, *, durable: bool = True) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self, target: Path, *, durable: bool = True, folder_syncs: FolderSyncs | None = None
+    ) -> None:
         self.target = target
         self.durable = durable
+        self.folder_syncs = folder_syncs  # the folder's fsync shared with other writers
         self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        self._fd: int | None = os.open(
-            self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE
-        )
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
+        except FileNotFoundError:  # the folder is made once, not asked after on every write
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
+        self._fd: int | None = fd
         self._text: IO[str] | None = None
 
-    def write(self, data: bytes) -> None:
-        """Write every byte of `data` (unbuffered: a full disk fails here, not at close)."""
-        write_all(self._open_fd(), data)
+    def write(self, data: bytes, *, digest: hashlib._Hash | None = None) -> None:
+        """Write every byte of `data` (unbuffered: a full disk fails here, not at close).
+
+        `digest` (a hashlib object) is fed the same bytes, slice by slice as they are written.
+        """
+        fd = self._open_fd()
+        if digest is None:
+            write_all(fd, data)
+            return
+        view = memoryview(data)
+        for at in range(0, len(view), _HASHED_SLICE):
+            piece = view[at : at + _HASHED_SLICE]
+            digest.update(piece)
+            write_all(fd, piece)
 
     def text(self) -> IO[str]:
         """A UTF-8 text handle on the temp file (buffered; flushed by `commit`)."""
@@ -76,7 +100,10 @@ class AtomicFile:
             self._close()
         os.replace(self.tmp, self.target)
         if self.durable:
-            fsync_dir(self.target.parent)
+            if self.folder_syncs is not None:
+                self.folder_syncs.sync(self.target.parent)
+            else:
+                fsync_dir(self.target.parent)
 
     def abort(self) -> None:
         """Close and remove the temp file; the target is left as it was. Safe to call twice."""
@@ -119,17 +146,42 @@ class AtomicFile:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(
+    path: Path, data: bytes, *, durable: bool = True, folder_syncs: FolderSyncs | None = None
+) -> None:
     """Write `data` to `path` so a reader sees the old file or the whole new one, never half.
 
     The parent folder is created if needed. After a crash at any point, `path` holds either
     its previous content or `data`; a stray `.tmp` file may remain and is harmless. When the
     disk refuses (full, read-only, an I/O error) the temp file is removed, `path` is left as
     it was, and a `LocalDiskError` naming the folder and its free space is raised.
+    `folder_syncs` shares the folder's fsync with other threads writing into it.
     """
+    _write_whole(path, data, durable=durable, folder_syncs=folder_syncs, digest=None)
+
+
+def atomic_write_hashed(path: Path, data: bytes, *, folder_syncs: FolderSyncs | None = None) -> str:
+    """`atomic_write_bytes`, durable, hashing `data` while writing it: its sha256 (hex).
+
+    When it returns, the file is in place, fsynced, and its folder fsynced after the rename
+    (by a shared fsync that began after it when `folder_syncs` is given).
+    """
+    digest = hashlib.sha256()
+    _write_whole(path, data, durable=True, folder_syncs=folder_syncs, digest=digest)
+    return digest.hexdigest()
+
+
+def _write_whole(
+    path: Path,
+    data: bytes,
+    *,
+    durable: bool,
+    folder_syncs: FolderSyncs | None,
+    digest: hashlib._Hash | None,
+) -> None:
     try:
-        with AtomicFile(path, durable=durable) as file:
-            file.write(data)
+        with AtomicFile(path, durable=durable, folder_syncs=folder_syncs) as file:
+            file.write(data, digest=digest)
     except OSError as exc:
         translated = disk_error(exc, path.parent, f"writing {path.name}")
         if translated is None:
@@ -137,7 +189,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         raise translated from exc
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write every byte of `data` to `fd` (unbuffered: a full disk fails here, not at close).
 
     The write boundary of images: tests inject ENOSPC here where they cannot mount a small

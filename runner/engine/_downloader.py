@@ -2,10 +2,14 @@
 
 A feeder hands `pending` images from the store to `downloads` workers. A worker fetches the
 signed URL without the token, refreshing it through the workflow (or the blob route) when it
-has expired; checks the bytes (`check_image`: the requested format and exact size read from
-the header before a pixel is decoded, so a decompression bomb is refused unopened; then a
-full decode within the byte limit); writes them to a path made only from the cell key and
-image index (temp, fsync, rename, directory fsync); then records path, sha256 and size.
+has expired; checks the bytes (`inspect_image`: the requested format and exact size read
+from the header before a pixel is decoded, so a decompression bomb is refused unopened; then
+a strict decode within the byte limit); writes them to a path made only from the cell key
+and image index (temp, fsync, rename, directory fsync), hashing them as it writes; then
+records path, sha256 and size. The check, the hash and the write are one trip to a worker
+thread per image, and the folder's fsync is shared by the downloaders that renamed into it
+meanwhile (`FolderSyncs`: an fsync that started after this image's rename), so the record
+follows a durable file.
 `lost` is recorded only when the service no longer has the blob, or the bytes stay wrong
 after every try.
 """
@@ -13,6 +17,7 @@ after every try.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +27,8 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runner.api import Client, Workflow
-from runner.disk import atomic_write_bytes, image_path
-from runner.engine._images import InvalidImage, VerifiedImage, check_image
+from runner.disk import FolderSyncs, atomic_write_hashed, image_path
+from runner.engine._images import InvalidImage, VerifiedImage, check_image, inspect_image
 from runner.engine._pacing import Backoff, Outage, is_outage, retrying
 from runner.engine._shared import Changes, RunStats
 from runner.errors import NotFoundError, RetryableError, UrlExpiredError
@@ -66,11 +71,16 @@ class ImageFetcher:
             if image.url:
                 self._urls[(attempt_id, image.index)] = (image.url, image.url_expires_at)
 
-    async def fetch(self, item: PendingImage) -> FetchedImage | str:
+    async def fetch(
+        self, item: PendingImage, *, keep: Callable[[bytes], str] | None = None
+    ) -> FetchedImage | str:
         """The image's verified bytes, or the reason they could not be had.
 
         A reason means the service no longer has the image, or its bytes stayed wrong
         through `MAX_TRIES` tries. API errors other than retryable ones and 404 propagate.
+        `keep` (the downloader's atomic write) is given the bytes once they pass the check,
+        in the same worker thread, and returns their sha256 (hashed as it wrote them); what
+        it raises propagates.
         """
         key = (item.attempt_id, item.index)
         width, height = int(item.request["width"]), int(item.request["height"])
@@ -89,8 +99,9 @@ class ImageFetcher:
                     raise InvalidImage(f"Content-Type is {got.content_type or 'missing'}")
                 info = await anyio.to_thread.run_sync(
                     functools.partial(
-                        check_image,
+                        _check_then_keep,
                         got.content,
+                        keep,
                         width=width,
                         height=height,
                         output_format=fmt,
@@ -155,6 +166,31 @@ class ImageFetcher:
         return blob.url
 
 
+def _check_then_keep(
+    data: bytes,
+    keep: Callable[[bytes], str] | None,
+    *,
+    width: int,
+    height: int,
+    output_format: str,
+    max_bytes: int,
+) -> VerifiedImage:
+    """The check, then `keep(data)` (its sha256) when the bytes passed: one worker-thread call.
+
+    Without `keep`, `check_image` hashes the bytes itself.
+    """
+    if keep is None:
+        return check_image(
+            data, width=width, height=height, output_format=output_format, max_bytes=max_bytes
+        )
+    fmt = inspect_image(
+        data, width=width, height=height, output_format=output_format, max_bytes=max_bytes
+    )
+    return VerifiedImage(
+        sha256=keep(data), size_bytes=len(data), width=width, height=height, format=fmt
+    )
+
+
 class Downloader:
     """Feeds the store's pending images to a pool of `workers` download workers.
 
@@ -179,6 +215,7 @@ class Downloader:
         self.stats = stats
         self.changes = changes
         self._in_flight: set[ImageKey] = set()
+        self._folder_syncs = FolderSyncs()
 
     def idle(self) -> bool:
         return not self._in_flight
@@ -217,15 +254,16 @@ class Downloader:
 
     async def _download(self, item: PendingImage) -> None:
         fmt = str(item.request.get("outputFormat") or "jpeg")
-        got = await self.fetcher.fetch(item)
+        relative = image_path(item.cell_key, item.index, fmt)
+        write = functools.partial(
+            atomic_write_hashed, self.out_dir / relative, folder_syncs=self._folder_syncs
+        )
+        got = await self.fetcher.fetch(item, keep=write)  # written (durably) when it returns
         if isinstance(got, str):
             await self.store.mark_lost(item.attempt_id, item.index, got)
             self.stats.images_lost += 1
             log.error("image_lost", cell=item.cell_key, index=item.index, reason=got)
             return
-        relative = image_path(item.cell_key, item.index, fmt)
-        target = self.out_dir / relative
-        await anyio.to_thread.run_sync(atomic_write_bytes, target, got.content)
         await self.store.mark_downloaded(
             item.attempt_id,
             item.index,

@@ -2,12 +2,15 @@
 
 `check_image` is the one gate: the requested format and exact size read from the header
 before a pixel is decoded (so a decompression bomb is refused unopened), then a strict full
-decode within the byte limit (`verify_image`): an image counts only when it decodes without
-an error *or a warning*. JPEG: libjpeg-turbo with its warnings as errors (`_jpeg`), since
-Pillow swallows them and a file with damaged entropy-coded data ("Corrupt JPEG data:
-premature end of data segment") would pass, half grey. PNG: every chunk's CRC (IDAT's too)
-through to IEND (`Image.verify`), then a full decode. WebP: the RIFF sizes must add up to
-the file, then a full decode. The downloader and `zbatch verify` use this one check.
+decode within the byte limit: an image counts only when it decodes without an error *or a
+warning*. JPEG: libjpeg-turbo with its warnings as errors (`_jpeg`), since Pillow swallows
+them and a file with damaged entropy-coded data ("Corrupt JPEG data: premature end of data
+segment") would pass, half grey; where libjpeg-turbo is present it alone reads a JPEG, its
+header (the size check) and then its data, with no parse by Pillow besides. PNG: every
+chunk's CRC (IDAT's too) through to IEND (`Image.verify`), then a full decode. WebP: the
+RIFF sizes must add up to the file, then a full decode. The downloader and `zbatch verify`
+use this one check (the downloader as `inspect_image`, the check without the sha256: it
+hashes the bytes while writing them).
 Blocking by design: async callers run these through `anyio.to_thread.run_sync`.
 """
 
@@ -44,24 +47,68 @@ def check_image(
     The header must name `output_format` and exactly `width` x `height`: a decompression
     bomb (a small file declaring millions of pixels, past Pillow's `MAX_IMAGE_PIXELS` or
     merely past the size asked for) and an image of the wrong size are refused here, before
-    any pixel is decoded. Then `verify_image` decodes every byte. Raises `InvalidImage`.
+    any pixel is decoded. Then every byte is decoded strictly. Raises `InvalidImage`.
     Blocking: run it through `anyio.to_thread.run_sync`.
+    """
+    fmt = inspect_image(
+        data, width=width, height=height, output_format=output_format, max_bytes=max_bytes
+    )
+    return VerifiedImage(
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        width=width,
+        height=height,
+        format=fmt,
+    )
+
+
+def inspect_image(
+    data: bytes, *, width: int, height: int, output_format: str, max_bytes: int
+) -> str:
+    """`check_image` without the sha256 (the downloader hashes the bytes as it writes them).
+
+    Returns the format's name ("jpeg", "png", "webp"). A JPEG goes to libjpeg-turbo alone
+    (`_strict_jpeg`: its header read, the size checked, then the strict decode), with no
+    parse by Pillow besides; anything else, or a JPEG whose header libjpeg-turbo cannot read
+    or which declares more than `MAX_IMAGE_PIXELS`, is opened by Pillow first.
     """
     if len(data) > max_bytes:
         raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
     expected = PILLOW_FORMATS.get(output_format, output_format)
+    if expected == "JPEG" and _strict_jpeg(data, width=width, height=height):
+        return "jpeg"
     try:
-        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
-            got_format, (got_w, got_h) = img.format, img.size
+        img = Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values()))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(f"a decompression bomb, refused undecoded: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"bytes are not a JPEG, PNG or WebP image: {exc}") from exc
-    if got_format != expected:
-        raise InvalidImage(f"image is {got_format}, expected {expected}")
-    if (got_w, got_h) != (width, height):
-        raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
-    return verify_image(data, width=width, height=height, max_bytes=max_bytes)
+    with img:  # opened once: the strict decode below reads the same parsed header
+        got_format, (got_w, got_h) = img.format, img.size
+        if got_format != expected:
+            raise InvalidImage(f"image is {got_format}, expected {expected}")
+        if (got_w, got_h) != (width, height):
+            raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height} (not decoded)")
+        _decoded(img, data)
+        return got_format.lower()
+
+
+def _strict_jpeg(data: bytes, *, width: int, height: int) -> bool:
+    """Check a JPEG with libjpeg-turbo alone: True when it passed; raise InvalidImage when it
+    failed; False when Pillow's path must judge it (no libturbojpeg, no JPEG header that
+    libjpeg-turbo reads, or more pixels than `MAX_IMAGE_PIXELS`: Pillow names the fault)."""
+    if not data.startswith(b"\xff\xd8\xff") or not _jpeg.available():
+        return False
+    size = _jpeg.jpeg_size(data)
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is None or (limit is not None and size[0] * size[1] > limit):
+        return False
+    if size != (width, height):
+        raise InvalidImage(f"image is {size[0]}x{size[1]}, expected {width}x{height} (not decoded)")
+    problem = _jpeg.strict_jpeg_problem(data)
+    if problem is not None:
+        raise InvalidImage(f"bytes do not decode as an image: {problem}")
+    return True
 
 
 class InvalidImage(ValueError):
@@ -92,10 +139,10 @@ def verify_image(
     try:
         with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS.values())) as img:
             got_w, got_h = img.size
-            fmt = (img.format or "").lower()
             if (got_w, got_h) != (width, height):
                 raise InvalidImage(f"image is {got_w}x{got_h}, expected {width}x{height}")
-            _decode_strictly(img, data)
+            _decoded(img, data)
+            fmt = (img.format or "").lower()
     except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
         if isinstance(exc, InvalidImage):
             raise
@@ -107,6 +154,16 @@ def verify_image(
         height=got_h,
         format=fmt,
     )
+
+
+def _decoded(img: Image.Image, data: bytes) -> None:
+    """Decode the opened `img` strictly (`_decode_strictly`); any fault as `InvalidImage`."""
+    try:
+        _decode_strictly(img, data)
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as exc:
+        if isinstance(exc, InvalidImage):
+            raise
+        raise InvalidImage(f"bytes do not decode as an image: {exc}") from exc
 
 
 def _decode_strictly(img: Image.Image, data: bytes) -> None:
