@@ -47,6 +47,37 @@ _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "pas
 
 _secrets: tuple[str, ...] = ()
 _file_sink: _JsonlFileSink | None = None
+# `--color`: "auto" (colors on a terminal unless $NO_COLOR is set), "always" or "never".
+COLOR_MODES = ("auto", "always", "never")
+_color_mode = "auto"
+
+
+def set_color(mode: str) -> None:
+    """Set the process's color mode (`zbatch --color`); `color_for` obeys it."""
+    global _color_mode
+    if mode not in COLOR_MODES:
+        raise ValueError(f"color mode {mode!r} is not one of {', '.join(COLOR_MODES)}")
+    _color_mode = mode
+
+
+def color_mode() -> str:
+    """The mode `set_color` set: "auto", "always" or "never"."""
+    return _color_mode
+
+
+def color_for(stream: IO[str]) -> bool:
+    """Whether to color what goes to `stream`: --color always/never, else on a terminal
+    unless $NO_COLOR is set to anything non-empty (https://no-color.org)."""
+    if _color_mode != "auto":
+        return _color_mode == "always"
+    if os.environ.get("NO_COLOR", ""):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 # While a live display owns the terminal, rendered log lines go through it (see `console_sink`).
 _console_write: Callable[[str], None] | None = None
 
@@ -253,8 +284,9 @@ def configure_logging(
     `console_level`, when set above `level`, keeps stderr quieter than `log_file` (a live
     display owns the terminal; the file still gets every event at `level`).
 
-    `json=None` renders JSON lines when stderr is not a TTY and the console renderer when it
-    is. `level` is one of debug, info, warning, error, critical. `secrets` (and the token in
+    `json=None` renders JSON lines when stderr is not a TTY (unless `set_color("always")`)
+    and the console renderer when it is, colored as `color_for(sys.stderr)` says. `level`
+    is one of debug, info, warning, error, critical. `secrets` (and the token in
     `$CIVITAI_API_TOKEN`) are replaced by `[REDACTED]` in every event. `log_file` adds a JSONL
     copy of every event (appended). Logs go to stderr, never to stdout.
     """
@@ -265,8 +297,8 @@ def configure_logging(
     if _file_sink is not None:
         _file_sink.close()
         _file_sink = None
-    if json is None:
-        json = not sys.stderr.isatty()
+    if json is None:  # --color always: the colored console lines, even through a pipe
+        json = not sys.stderr.isatty() and _color_mode != "always"
 
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -287,7 +319,7 @@ def configure_logging(
     if json:
         processors.append(structlog.processors.JSONRenderer(default=str))
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors.append(structlog.dev.ConsoleRenderer(colors=color_for(sys.stderr)))
 
     structlog.configure(
         processors=processors,

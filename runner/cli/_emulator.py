@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from runner.cli._command import Command
+from runner.cli._help import doc_url
 from runner.cli._options import non_negative_float, positive_float
 from runner.errors import ExitCode, UsageError
 
@@ -79,7 +80,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     Example:
         zbatch emulator --port 8765 --time-scale 0.1
-        zbatch emulator --faults jobs/faults/flaky.yaml --url-ttl 30 --blocked-words gore
+        zbatch init && zbatch emulator --faults faults/flaky.yaml --url-ttl 30 --blocked-words gore
         CIVITAI_API_BASE_URL=http://127.0.0.1:8765 CIVITAI_API_TOKEN=dev zbatch ...
     """
     from runner.emulator.config import EmulatorConfig
@@ -115,7 +116,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="YAML/JSON fault profile (see docs/emulator.md); default: no faults",
+        help="YAML/JSON fault profile (`zbatch init` writes examples in faults/;"
+        f" {doc_url('emulator')}); default: no faults",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed for images, runtimes and faults (default: 0)"

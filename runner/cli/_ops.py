@@ -10,7 +10,7 @@ import anyio
 
 from runner.cli._command import Command
 from runner.cli._emulator import api_target
-from runner.cli._options import add_out, add_target_options
+from runner.cli._options import add_json, add_out, add_target_options
 from runner.disk import OutFolder
 from runner.errors import ExitCode
 from runner.log import configure_logging
@@ -109,11 +109,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             report = verify(target)
     else:
         report = verify(Target())
-    print(render_verify(report, out=args.out))
+    if args.json:
+        from runner.cli._help import result_json
+
+        print(result_json(report, intact=report.intact, damaged=report.damaged))
+    else:
+        print(render_verify(report, out=args.out))
     return ExitCode.OK if report.intact else ExitCode.DAMAGED
 
 
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    add_json(p)
     add_out(p)
     p.add_argument(
         "--repair", action="store_true", help="fetch damaged images again, else mark them lost"
