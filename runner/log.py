@@ -271,6 +271,13 @@ class _DropBelow:
         return event_dict
 
 
+def _level_number(level: str) -> int:
+    """The stdlib number of the level named `level` (one of `LEVELS`); ValueError if none."""
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    return logging.getLevelNamesMapping()[level.upper()]
+
+
 def configure_logging(
     *,
     json: bool | None = None,
@@ -291,8 +298,7 @@ def configure_logging(
     copy of every event (appended). Logs go to stderr, never to stdout.
     """
     global _secrets, _file_sink
-    if level.lower() not in LEVELS:
-        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    threshold = _level_number(level)
     _secrets = tuple(s.strip() for s in secrets if s and s.strip())
     if _file_sink is not None:
         _file_sink.close()
@@ -313,8 +319,7 @@ def configure_logging(
         _file_sink = _JsonlFileSink(log_file)
         processors.append(_file_sink)
     if console_level is not None:
-        if console_level.lower() not in LEVELS:
-            raise ValueError(f"log level {console_level!r} is not one of {', '.join(LEVELS)}")
+        _level_number(console_level)  # refused here, not at the first event
         processors.append(_DropBelow(console_level))
     if json:
         processors.append(structlog.processors.JSONRenderer(default=str))
@@ -323,12 +328,10 @@ def configure_logging(
 
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # httpx logs every request URL (with its signature) through stdlib logging at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

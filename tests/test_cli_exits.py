@@ -284,6 +284,7 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ("verify", P.BATCH_UNUSABLE): lambda e: ["verify", e.garbage_record(), "--repair"],
     ("emulator", P.OK): _emulator_serves,
     ("emulator", P.USAGE): lambda e: ["emulator", "--faults", str(e.tmp / "none.yaml")],
+    ("completion", P.OK): lambda e: ["completion", "bash"],
 }
 
 # Declared, and not driven here: why. The codes every command shares (COMMON) come from the
@@ -294,6 +295,8 @@ NOT_DRIVEN: dict[tuple[str, ExitCode], str] = {
     ("status", P.DISK): "an I/O error reading batch.sqlite (SQLITE_IOERR): not made here",
     ("report", P.DISK): "an I/O error reading batch.sqlite (SQLITE_IOERR): not made here",
     ("emulator", P.ERROR): "uvicorn failing to serve",
+    ("completion", P.USAGE): "argparse's alone (a SHELL not offered), before the command runs:"
+    " tests/test_cli_completion.py",
 }
 for _command in COMMANDS:
     for _code in (P.ERROR, P.INTERRUPTED, P.BROKEN_PIPE):

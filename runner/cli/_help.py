@@ -108,13 +108,19 @@ def safe_streams(streams: tuple[IO[str], ...] = ()) -> None:
 
 
 def rich_console(*, stderr: bool = False) -> Console:
-    """A rich Console on stdout (or stderr) that obeys --color and NO_COLOR."""
+    """A rich Console on stdout (or stderr) that obeys --color and NO_COLOR.
+
+    Without color it writes no style at all (`color_system=None`: no bold either, where
+    rich's `no_color` keeps it); on a terminal a live display still moves the cursor.
+    """
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     if color_mode() == "always":
         return Console(stderr=stderr, force_terminal=True)
-    return Console(stderr=stderr, no_color=not color_for(stream))
+    if not color_for(stream):
+        return Console(stderr=stderr, color_system=None)
+    return Console(stderr=stderr)
 
 
 def _plain(value: object) -> object:

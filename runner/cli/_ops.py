@@ -35,7 +35,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     Needs CIVITAI_API_TOKEN when workflows are in flight; without one and none in flight, it
     cancels the record alone and says so (exit 0). --emulator cancels on the embedded
-    emulator the batch was made on (its state is kept in OUT/.emulator/).
+    emulator the batch was made on (its state is kept in OUT/.emulator/). --json prints
+    the counts (unsubmitted, canceled, refunded_buzz, withdrawn, finished, vanished), the
+    workflows left running (started) and whether the service was asked (offline).
 
     Example:
         zbatch cancel out/demo
@@ -49,11 +51,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         report = anyio.run(
             functools.partial(cancel_out, args.out, target=target), backend="asyncio"
         )
-    print(render_cancel(report, out=str(args.out)))
+    if args.json:
+        from runner.cli._help import result_json
+
+        print(result_json(report, out=args.out))
+    else:
+        print(render_cancel(report, out=str(args.out)))
     return ExitCode.OK
 
 
 def _cancel_arguments(p: argparse.ArgumentParser) -> None:
+    add_json(p)
     add_out(p)
     add_target_options(p, faults=False)
 

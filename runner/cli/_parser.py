@@ -6,6 +6,7 @@ import argparse
 
 from runner import __version__
 from runner.cli._command import Command, add_command, exit_codes_help
+from runner.cli._completion import COMPLETION
 from runner.cli._emulator import EMULATOR
 from runner.cli._help import top_epilog
 from runner.cli._init import INIT
@@ -31,6 +32,7 @@ COMMANDS: tuple[Command, ...] = (
     CANCEL,
     VERIFY,
     EMULATOR,
+    COMPLETION,
 )
 
 
@@ -54,4 +56,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
     for command in COMMANDS:
         add_command(sub, command)
+    parser.set_defaults(root_parser=parser)  # `zbatch completion` writes its script from it
     return parser

@@ -267,13 +267,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     so and exits 0. --emulator runs the embedded emulator instead, from the state the run
     kept in OUT/.emulator/ (it knows the batch's earlier workflows).
 
+    --json prints what was chosen (`plan`: the cells, and those skipped with why) and how
+    the run ended (`run`: as `zbatch run --json` prints it; null when nothing matched).
+
     Example:
         zbatch retry out/demo
         zbatch retry out/demo --state canceled --budget 500
         zbatch retry out/demo --cell 3f2a9c0d11e4b7a85c6d2e1f0a9b8c7d
     """
+    from runner.cli._help import result_json
     from runner.cli._progress import show_progress
-    from runner.cli._summary import render_summary
     from runner.ops import execute_retry, render_retry
 
     configure_logging(
@@ -291,15 +294,28 @@ def cmd_retry(args: argparse.Namespace) -> int:
             )
     except CapReached as exc:
         if exc.outcome is not None:
-            print(render_summary(exc.outcome, out=args.out))
+            print_run(exc.outcome, out=args.out, json=args.json)
         raise
-    print(render_retry(outcome.plan))
+    if args.json:
+        print(result_json(outcome, out=args.out))
+    else:
+        print_retry(render_retry(outcome.plan), outcome.run, out=args.out)
     if outcome.run is None:
-        print("Nothing to retry: no cell matched.")
         unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
         return ExitCode.USAGE if unknown else ExitCode.OK
-    print(render_summary(outcome.run, out=args.out))
     return verdict(outcome.run)
+
+
+def print_retry(chosen: str, run: RunOutcome | None, *, out: Path) -> None:
+    """What `zbatch retry` prints on stdout: the cells it chose (`chosen`, rendered), then
+    the run's summary."""
+    from runner.cli._summary import render_summary
+
+    print(chosen)
+    if run is None:
+        print("Nothing to retry: no cell matched.")
+    else:
+        print(render_summary(run, out=out))
 
 
 def _retry_settings(args: argparse.Namespace) -> RetrySettings:
@@ -366,6 +382,7 @@ def _retry_arguments(p: argparse.ArgumentParser) -> None:
     add_give_up_after(p)
     add_target_options(p, faults=False)
     add_quiet(p)
+    add_json(p)
 
 
 RETRY = Command(
