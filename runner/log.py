@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,10 +160,16 @@ class _JsonlFileSink:
         self.path = path
         self._handle: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
         self._failed: str | None = None  # why the file stopped taking events
+        self._lock = threading.Lock()
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
+        with self._lock:  # an embedded emulator's thread logs too (forward_stdlib)
+            self._write(event_dict)
+        return event_dict
+
+    def _write(self, event_dict: MutableMapping[str, Any]) -> None:
         if self._failed is None:
             try:
                 self._handle.write(jsonlib.dumps(dict(event_dict), default=str) + "\n")
@@ -170,7 +177,6 @@ class _JsonlFileSink:
             except OSError as exc:  # a full disk must not turn every log call into a crash:
                 self._failed = exc.strerror or str(exc)  # the file stops, stderr goes on
                 event_dict["log_file_failed"] = f"{self.path}: {self._failed}"
-        return event_dict
 
     def close(self) -> None:
         try:
@@ -335,3 +341,42 @@ def configure_logging(
     # httpx logs every request URL (with its signature) through stdlib logging at INFO.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# The attributes every LogRecord has: what a record carries beyond them came in `extra`.
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
+class _ToStructlog(logging.Handler):
+    """A stdlib handler that logs each record as the structlog event `event`: its level,
+    its message and what it carried in `extra` (redacted, to stderr and the log file as
+    `configure_logging` set them)."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(logging.INFO)
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
+        structlog.get_logger(record.name).log(
+            record.levelno, self.event, message=record.getMessage(), **fields
+        )
+
+
+@contextmanager
+def forward_stdlib(name: str, *, event: str) -> Iterator[None]:
+    """Within the block, the stdlib logger `name`'s records from INFO up become structlog
+    events `event` (an embedded emulator's faults land in OUT/log.jsonl, and on stderr only
+    from the console's level up, as every event does)."""
+    logger = logging.getLogger(name)
+    handler, level = _ToStructlog(event), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

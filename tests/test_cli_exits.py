@@ -198,7 +198,7 @@ def _damaged_image(e: Env) -> list[str]:
 
 
 def _emulator_serves(e: Env) -> list[str]:
-    e.monkeypatch.setattr("runner.emulator.server.serve", lambda config, host, port: None)
+    e.monkeypatch.setattr("runner.emulator.server.serve", lambda config, **where: None)
     return ["emulator", "--port", "0"]
 
 

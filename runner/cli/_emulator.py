@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from runner.cli._command import Command
 from runner.cli._help import doc_url
 from runner.cli._options import non_negative_float, positive_float
 from runner.errors import ExitCode, UsageError
+from runner.log import color_for, forward_stdlib
 
 if TYPE_CHECKING:
     from runner.ops import Target
@@ -61,6 +63,8 @@ def api_target(args: argparse.Namespace, out: Path | None = None) -> Iterator[Ta
         state_path=None if out is None else emulator_state(out),
     )
     with ExitStack() as stack:
+        # its faults, one line each with their kind, to OUT/log.jsonl: not the user's stderr
+        stack.enter_context(forward_stdlib("runner.emulator", event="emulator"))
         try:
             base_url = stack.enter_context(running_server(config))
         except StateError as exc:
@@ -97,7 +101,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError) as exc:  # a fault profile that is missing or wrong
         raise UsageError(f"--faults: {exc}") from exc
-    serve(config, host=args.host, port=args.port)
+    serve(config, host=args.host, port=args.port, use_colors=color_for(sys.stderr))
     return 0
 
 
