@@ -42,7 +42,10 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY", "proxies for the API (never for loopback)"),
     ("SSL_CERT_FILE", "the certificates that verify the API's TLS"),
     ("NO_COLOR", "any non-empty value: no colors (like --color never)"),
-    ("PYTHONIOENCODING", "the output's encoding; characters it cannot encode print as '?'"),
+    (
+        "PYTHONIOENCODING",
+        "the output's encoding; what it cannot encode prints as a stand-in ('-' for '·') or '?'",
+    ),
 )
 
 
