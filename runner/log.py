@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,37 @@ _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "pas
 
 _secrets: tuple[str, ...] = ()
 _file_sink: _JsonlFileSink | None = None
+# `--color`: "auto" (colors on a terminal unless $NO_COLOR is set), "always" or "never".
+COLOR_MODES = ("auto", "always", "never")
+_color_mode = "auto"
+
+
+def set_color(mode: str) -> None:
+    """Set the process's color mode (`zbatch --color`); `color_for` obeys it."""
+    global _color_mode
+    if mode not in COLOR_MODES:
+        raise ValueError(f"color mode {mode!r} is not one of {', '.join(COLOR_MODES)}")
+    _color_mode = mode
+
+
+def color_mode() -> str:
+    """The mode `set_color` set: "auto", "always" or "never"."""
+    return _color_mode
+
+
+def color_for(stream: IO[str]) -> bool:
+    """Whether to color what goes to `stream`: --color always/never, else on a terminal
+    unless $NO_COLOR is set to anything non-empty (https://no-color.org)."""
+    if _color_mode != "auto":
+        return _color_mode == "always"
+    if os.environ.get("NO_COLOR", ""):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 # While a live display owns the terminal, rendered log lines go through it (see `console_sink`).
 _console_write: Callable[[str], None] | None = None
 
@@ -128,10 +160,16 @@ class _JsonlFileSink:
         self.path = path
         self._handle: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
         self._failed: str | None = None  # why the file stopped taking events
+        self._lock = threading.Lock()
 
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
+        with self._lock:  # an embedded emulator's thread logs too (forward_stdlib)
+            self._write(event_dict)
+        return event_dict
+
+    def _write(self, event_dict: MutableMapping[str, Any]) -> None:
         if self._failed is None:
             try:
                 self._handle.write(jsonlib.dumps(dict(event_dict), default=str) + "\n")
@@ -139,7 +177,6 @@ class _JsonlFileSink:
             except OSError as exc:  # a full disk must not turn every log call into a crash:
                 self._failed = exc.strerror or str(exc)  # the file stops, stderr goes on
                 event_dict["log_file_failed"] = f"{self.path}: {self._failed}"
-        return event_dict
 
     def close(self) -> None:
         try:
@@ -240,6 +277,13 @@ class _DropBelow:
         return event_dict
 
 
+def _level_number(level: str) -> int:
+    """The stdlib number of the level named `level` (one of `LEVELS`); ValueError if none."""
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    return logging.getLevelNamesMapping()[level.upper()]
+
+
 def configure_logging(
     *,
     json: bool | None = None,
@@ -253,20 +297,20 @@ def configure_logging(
     `console_level`, when set above `level`, keeps stderr quieter than `log_file` (a live
     display owns the terminal; the file still gets every event at `level`).
 
-    `json=None` renders JSON lines when stderr is not a TTY and the console renderer when it
-    is. `level` is one of debug, info, warning, error, critical. `secrets` (and the token in
+    `json=None` renders JSON lines when stderr is not a TTY (unless `set_color("always")`)
+    and the console renderer when it is, colored as `color_for(sys.stderr)` says. `level`
+    is one of debug, info, warning, error, critical. `secrets` (and the token in
     `$CIVITAI_API_TOKEN`) are replaced by `[REDACTED]` in every event. `log_file` adds a JSONL
     copy of every event (appended). Logs go to stderr, never to stdout.
     """
     global _secrets, _file_sink
-    if level.lower() not in LEVELS:
-        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    threshold = _level_number(level)
     _secrets = tuple(s.strip() for s in secrets if s and s.strip())
     if _file_sink is not None:
         _file_sink.close()
         _file_sink = None
-    if json is None:
-        json = not sys.stderr.isatty()
+    if json is None:  # --color always: the colored console lines, even through a pipe
+        json = not sys.stderr.isatty() and _color_mode != "always"
 
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -281,22 +325,58 @@ def configure_logging(
         _file_sink = _JsonlFileSink(log_file)
         processors.append(_file_sink)
     if console_level is not None:
-        if console_level.lower() not in LEVELS:
-            raise ValueError(f"log level {console_level!r} is not one of {', '.join(LEVELS)}")
+        _level_number(console_level)  # refused here, not at the first event
         processors.append(_DropBelow(console_level))
     if json:
         processors.append(structlog.processors.JSONRenderer(default=str))
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors.append(structlog.dev.ConsoleRenderer(colors=color_for(sys.stderr)))
 
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # httpx logs every request URL (with its signature) through stdlib logging at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# The attributes every LogRecord has: what a record carries beyond them came in `extra`.
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
+class _ToStructlog(logging.Handler):
+    """A stdlib handler that logs each record as the structlog event `event`: its level,
+    its message and what it carried in `extra` (redacted, to stderr and the log file as
+    `configure_logging` set them)."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(logging.INFO)
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
+        structlog.get_logger(record.name).log(
+            record.levelno, self.event, message=record.getMessage(), **fields
+        )
+
+
+@contextmanager
+def forward_stdlib(name: str, *, event: str) -> Iterator[None]:
+    """Within the block, the stdlib logger `name`'s records from INFO up become structlog
+    events `event` (an embedded emulator's faults land in OUT/log.jsonl, and on stderr only
+    from the console's level up, as every event does)."""
+    logger = logging.getLogger(name)
+    handler, level = _ToStructlog(event), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from runner.cli._help import DOCS_URL
 from runner.errors import EXIT_CODES, ExitCode
 
 # What any command may end with: done, an unexpected error, a usage error (argparse's own,
@@ -48,8 +49,9 @@ class Command:
 
     @property
     def doc(self) -> str:
-        """The command's help text: its function's docstring."""
-        return inspect.cleandoc(self.run.__doc__ or "")
+        """The command's help text: its function's docstring, `{docs}` the documentation's
+        address (an installed zbatch has no docs/ folder beside it)."""
+        return inspect.cleandoc(self.run.__doc__ or "").replace("{docs}", DOCS_URL)
 
     @property
     def summary(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from runner.cli._command import Command
+from runner.cli._help import doc_url
 from runner.cli._options import non_negative_float, positive_float
 from runner.errors import ExitCode, UsageError
+from runner.log import color_for, forward_stdlib
 
 if TYPE_CHECKING:
     from runner.ops import Target
@@ -60,6 +63,8 @@ def api_target(args: argparse.Namespace, out: Path | None = None) -> Iterator[Ta
         state_path=None if out is None else emulator_state(out),
     )
     with ExitStack() as stack:
+        # its faults, one line each with their kind, to OUT/log.jsonl: not the user's stderr
+        stack.enter_context(forward_stdlib("runner.emulator", event="emulator"))
         try:
             base_url = stack.enter_context(running_server(config))
         except StateError as exc:
@@ -79,7 +84,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     Example:
         zbatch emulator --port 8765 --time-scale 0.1
-        zbatch emulator --faults jobs/faults/flaky.yaml --url-ttl 30 --blocked-words gore
+        zbatch init && zbatch emulator --faults faults/flaky.yaml --url-ttl 30 --blocked-words gore
         CIVITAI_API_BASE_URL=http://127.0.0.1:8765 CIVITAI_API_TOKEN=dev zbatch ...
     """
     from runner.emulator.config import EmulatorConfig
@@ -96,7 +101,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError) as exc:  # a fault profile that is missing or wrong
         raise UsageError(f"--faults: {exc}") from exc
-    serve(config, host=args.host, port=args.port)
+    serve(config, host=args.host, port=args.port, use_colors=color_for(sys.stderr))
     return 0
 
 
@@ -115,7 +120,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="YAML/JSON fault profile (see docs/emulator.md); default: no faults",
+        help="YAML/JSON fault profile (`zbatch init` writes examples in faults/;"
+        f" {doc_url('emulator')}); default: no faults",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed for images, runtimes and faults (default: 0)"

@@ -13,6 +13,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from runner.cli._command import Command
+from runner.cli._options import add_json
 from runner.errors import ExitCode, UsageError
 
 EXAMPLES = "examples"
@@ -39,7 +40,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     FOLDER (default: the current folder) gets demo.yaml (the demo batch: 12 cells on both
     models, with the common settings shown as comments), prompts.txt (its prompts) and
     faults/*.yaml (the fault profiles of `zbatch emulator --faults`). It writes over no file
-    unless --force; the folder is created if needed.
+    unless --force; the folder is created if needed. --json prints what it wrote as
+    {"folder", "wrote": [paths relative to FOLDER], "manifest"}.
 
     Example:
         zbatch init my-batch && cd my-batch
@@ -63,6 +65,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     for rel, data in examples.items():
         atomic_write_bytes(folder / rel, data)
     manifest = folder / "demo.yaml"
+    if args.json:
+        import json
+
+        document = {"folder": str(folder), "wrote": list(examples), "manifest": str(manifest)}
+        print(json.dumps(document, indent=2))
+        return ExitCode.OK
     print(f"wrote {', '.join(examples)} in {folder}")
     print(f"next: zbatch plan {manifest}   then: zbatch run {manifest} --emulator")
     return ExitCode.OK
@@ -75,6 +83,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace the files of the same names in FOLDER"
     )
+    add_json(parser)
 
 
 INIT = Command(

@@ -21,10 +21,11 @@ from collections.abc import Sequence
 import structlog
 
 from runner.cli._command import Command
+from runner.cli._help import safe_streams
 from runner.cli._parser import build_parser
 from runner.disk import platform_problem
 from runner.errors import ExitCode, ZbatchError
-from runner.log import configure_logging
+from runner.log import configure_logging, set_color
 
 __all__ = ["build_parser", "checked", "dispatch", "main"]
 
@@ -35,10 +36,12 @@ STRICT_EXIT_CODES = False
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `zbatch`; return the process exit code."""
+    safe_streams()
     args = build_parser().parse_args(argv)
     if (problem := platform_problem()) is not None:  # Windows: one line, not a traceback
         print(f"zbatch: error: {problem}", file=sys.stderr)
         return ExitCode.USAGE
+    set_color(args.color)
     # stderr: warnings and errors only (a command with a batch folder sends every event from
     # info up to its log.jsonl); human lines on a terminal, JSON lines otherwise.
     configure_logging(level="info", console_level="warning")

@@ -10,7 +10,7 @@ import anyio
 
 from runner.cli._command import Command
 from runner.cli._emulator import api_target
-from runner.cli._options import add_out, add_target_options
+from runner.cli._options import add_json, add_out, add_target_options
 from runner.disk import OutFolder
 from runner.errors import ExitCode
 from runner.log import configure_logging
@@ -35,7 +35,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     Needs CIVITAI_API_TOKEN when workflows are in flight; without one and none in flight, it
     cancels the record alone and says so (exit 0). --emulator cancels on the embedded
-    emulator the batch was made on (its state is kept in OUT/.emulator/).
+    emulator the batch was made on (its state is kept in OUT/.emulator/). --json prints
+    the counts (unsubmitted, canceled, refunded_buzz, withdrawn, finished, vanished), the
+    workflows left running (started) and whether the service was asked (offline).
 
     Example:
         zbatch cancel out/demo
@@ -49,11 +51,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         report = anyio.run(
             functools.partial(cancel_out, args.out, target=target), backend="asyncio"
         )
-    print(render_cancel(report, out=str(args.out)))
+    if args.json:
+        from runner.cli._help import result_json
+
+        print(result_json(report, out=args.out))
+    else:
+        print(render_cancel(report, out=str(args.out)))
     return ExitCode.OK
 
 
 def _cancel_arguments(p: argparse.ArgumentParser) -> None:
+    add_json(p)
     add_out(p)
     add_target_options(p, faults=False)
 
@@ -109,11 +117,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             report = verify(target)
     else:
         report = verify(Target())
-    print(render_verify(report, out=args.out))
+    if args.json:
+        from runner.cli._help import result_json
+
+        print(result_json(report, intact=report.intact, damaged=report.damaged))
+    else:
+        print(render_verify(report, out=args.out))
     return ExitCode.OK if report.intact else ExitCode.DAMAGED
 
 
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    add_json(p)
     add_out(p)
     p.add_argument(
         "--repair", action="store_true", help="fetch damaged images again, else mark them lost"

@@ -39,9 +39,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     externalId, and reports where it differs from the formula.
 
     Example:
-        zbatch plan jobs/demo.yaml
-        zbatch plan jobs/dataset-interiors.yaml --json | jq .buzz.total
-        CIVITAI_API_TOKEN=... zbatch plan jobs/compare-models.yaml --whatif
+        zbatch init && zbatch plan demo.yaml
+        zbatch plan demo.yaml --json | jq .buzz.total
+        CIVITAI_API_TOKEN=... zbatch plan demo.yaml --whatif
     """
     from runner.manifest import load_manifest
     from runner.plan import make_plan

@@ -25,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.cli._help import rich_console
 from runner.cli._summary import images_text, states_text
 from runner.contract import runtime_s
 from runner.engine import Engine
@@ -254,7 +255,7 @@ async def show_progress(
     sampler = Sampler(engine.store, total_cells, engine=engine)
     await show_samples(
         sampler,
-        console=console or Console(stderr=True),
+        console=console or rich_console(stderr=True),
         interval_s=interval_s,
         plain_every_s=plain_every_s,
         title="zbatch run",

@@ -12,8 +12,13 @@ from pathlib import Path
 import anyio
 
 from runner.cli._command import Command
+from runner.cli._help import result_json
 from runner.cli._options import add_json, add_out, positive_float, positive_int
 from runner.errors import ExitCode
+
+# runner.dataset's export formats (not imported here: `zbatch --help` loads no dataset code;
+# tests/test_cli_conventions.py keeps the two equal).
+EXPORT_FORMATS = ("jsonl", "csv", "parquet", "webdataset", "folder")
 
 # A record that cannot be read (locked past busy_timeout, damaged pages) and a disk that
 # fails a read or refuses a write end these commands as they end `zbatch run`.
@@ -121,7 +126,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     image PX wide (default: a position is 200 px on the page, 160 on the sheet, shared).
     Shows the cells of the current manifest (and those a `run --keep` kept); --all also
     those a `run --replace` left out; --where model=base only the cells that match. See
-    docs/gallery.md.
+    {docs}/gallery.md.
 
     Example:
         zbatch gallery out/demo
@@ -145,7 +150,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         ),  # fmt: skip
         backend="asyncio",
     )
-    print(render_result(result))
+    print(result_json(result) if args.json else render_result(result))
     return ExitCode.OK
 
 
@@ -165,6 +170,7 @@ def thumb_px(text: str) -> int:
 
 
 def _gallery_arguments(p: argparse.ArgumentParser) -> None:
+    add_json(p)
     add_out(p)
     p.add_argument("--x", metavar="FIELD", help="the axis across the columns (default: chosen)")
     p.add_argument("--y", metavar="FIELD", help="the axis down the rows (default: chosen)")
@@ -215,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a batch's images and metadata as JSONL, CSV, Parquet or WebDataset shards.
 
     Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
-    row per image, with every input that made it and what it cost (docs/dataset.md), to
+    row per image, with every input that made it and what it cost ({docs}/dataset.md), to
     --to (default: OUT/export/dataset.<format>, or the folder OUT/export/webdataset/).
     Without --format it writes JSON Lines (jsonl) and says so. --to creates the last folder
     of its path when that one alone is missing, never more.
@@ -227,7 +233,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     those a `run --keep` kept); --all also those a `run --replace` left out; --where
     model=base only the rows that match. --format folder: every image beside its one-line
     .txt caption in one folder, for trainers (kohya-ss, OneTrainer, diffusers' imagefolder);
-    --subsets FIELD --repeats N: kohya-ss subset folders N_<value> (docs/dataset.md).
+    --subsets FIELD --repeats N: kohya-ss subset folders N_<value> ({docs}/dataset.md).
     A caption is the manifest's caption template filled in (the `text` column).
 
     Example:
@@ -252,6 +258,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             "were left out (zbatch verify finds them)",
             file=sys.stderr,
         )
+    if args.json:
+        print(result_json(result))
+        return ExitCode.OK
     said = describe(result)
     if args.format is None:
         said += (
@@ -262,9 +271,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
+    add_json(p)
     add_out(p)
     p.add_argument(
         "--format",
+        choices=EXPORT_FORMATS,
         metavar="FORMAT",
         help="jsonl, csv, parquet, webdataset or folder (default: jsonl, JSON Lines)",
     )

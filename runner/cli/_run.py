@@ -13,6 +13,7 @@ from runner.cli._emulator import api_target, check_faults
 from runner.cli._options import (
     add_engine_options,
     add_give_up_after,
+    add_json,
     add_out,
     add_quiet,
     add_target_options,
@@ -46,31 +47,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     refused (exit 2, nothing spent; `zbatch plan` compares) unless --replace (the old cells
     leave the dataset; their images stay) or --keep (both stay). The manifest's captions,
     limits and retries are recorded with the batch, for `zbatch retry` and `zbatch verify
-    --repair` (docs/operations.md).
+    --repair` ({docs}/operations.md).
 
     Ctrl-C (or SIGTERM) stops new submissions and lets in-flight work finish for a few
     seconds; a second Ctrl-C stops at once. Both are safe, as is kill -9.
 
     --adopt first records the workflows the service already has for this batch (found by
     its tag, matched to cells by externalId; paid, never resubmitted): for a batch whose
-    batch.sqlite was lost, or picked up on another machine (docs/operations.md).
+    batch.sqlite was lost, or picked up on another machine ({docs}/operations.md).
 
-    Refuses an existing output folder that every user may write to (docs/reliability.md),
+    Refuses an existing output folder that every user may write to ({docs}/reliability.md),
     unless --allow-shared-out; batch.sqlite and log.jsonl are created readable by you only.
 
     A full or read-only disk stops the run before it submits more (exit 6); a batch.sqlite
     locked by another program, damaged, or written by a newer zbatch is refused untouched
     (exit 7). Fix the cause and run again: nothing is lost. With --adopt, a damaged
-    batch.sqlite is moved aside (kept) and rebuilt from the service (docs/reliability.md).
+    batch.sqlite is moved aside (kept) and rebuilt from the service ({docs}/reliability.md).
 
     An API out of reach at the start is exit 2, naming the URL; an outage later is waited
-    out for --give-up-after (default 6h), then exit 130, resumable (docs/reliability.md).
+    out for --give-up-after (default 6h), then exit 130, resumable ({docs}/reliability.md).
 
     Needs CIVITAI_API_TOKEN, unless --emulator runs the embedded emulator for this run.
 
     Example:
-        zbatch run jobs/demo.yaml --emulator
-        CIVITAI_API_TOKEN=... zbatch run jobs/dataset-interiors.yaml --concurrency 16
+        zbatch init && zbatch run demo.yaml --emulator
+        CIVITAI_API_TOKEN=... zbatch run my-dataset.yaml --concurrency 16
     """
     from runner.cli._progress import show_progress
     from runner.ops import execute
@@ -86,9 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else show_progress,
             )
     except (CapReached, ServiceOutage) as exc:  # run_batch attaches what the run did
-        print_run(exc.outcome, out=manifest.out)
+        print_run(exc.outcome, out=manifest.out, json=args.json)
         raise
-    print_run(outcome, out=manifest.out)
+    print_run(outcome, out=manifest.out, json=args.json)
     return verdict(outcome)
 
 
@@ -127,9 +128,15 @@ def _load_for_run(args: argparse.Namespace) -> Manifest:
     return manifest
 
 
-def print_run(outcome: RunOutcome | None, *, out: Path) -> None:
-    """What `zbatch run` prints on stdout once the run ends: its summary and notes."""
+def print_run(outcome: RunOutcome | None, *, out: Path, json: bool = False) -> None:
+    """What `zbatch run` prints on stdout once the run ends: its summary and notes (with
+    `json`, the outcome as one JSON document)."""
     if outcome is None:
+        return
+    if json:
+        from runner.cli._help import result_json
+
+        print(result_json(outcome, out=out))
         return
     from runner.cli._summary import render_summary
 
@@ -216,6 +223,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     add_give_up_after(p)
     add_target_options(p, faults=True)
     add_quiet(p)
+    add_json(p)
     p.add_argument(
         "--allow-shared-out",
         action="store_true",
@@ -259,13 +267,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     so and exits 0. --emulator runs the embedded emulator instead, from the state the run
     kept in OUT/.emulator/ (it knows the batch's earlier workflows).
 
+    --json prints what was chosen (`plan`: the cells, and those skipped with why) and how
+    the run ended (`run`: as `zbatch run --json` prints it; null when nothing matched).
+
     Example:
         zbatch retry out/demo
         zbatch retry out/demo --state canceled --budget 500
         zbatch retry out/demo --cell 3f2a9c0d11e4b7a85c6d2e1f0a9b8c7d
     """
+    from runner.cli._help import result_json
     from runner.cli._progress import show_progress
-    from runner.cli._summary import render_summary
     from runner.ops import execute_retry, render_retry
 
     configure_logging(
@@ -283,15 +294,28 @@ def cmd_retry(args: argparse.Namespace) -> int:
             )
     except CapReached as exc:
         if exc.outcome is not None:
-            print(render_summary(exc.outcome, out=args.out))
+            print_run(exc.outcome, out=args.out, json=args.json)
         raise
-    print(render_retry(outcome.plan))
+    if args.json:
+        print(result_json(outcome, out=args.out))
+    else:
+        print_retry(render_retry(outcome.plan), outcome.run, out=args.out)
     if outcome.run is None:
-        print("Nothing to retry: no cell matched.")
         unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
         return ExitCode.USAGE if unknown else ExitCode.OK
-    print(render_summary(outcome.run, out=args.out))
     return verdict(outcome.run)
+
+
+def print_retry(chosen: str, run: RunOutcome | None, *, out: Path) -> None:
+    """What `zbatch retry` prints on stdout: the cells it chose (`chosen`, rendered), then
+    the run's summary."""
+    from runner.cli._summary import render_summary
+
+    print(chosen)
+    if run is None:
+        print("Nothing to retry: no cell matched.")
+    else:
+        print(render_summary(run, out=out))
 
 
 def _retry_settings(args: argparse.Namespace) -> RetrySettings:
@@ -358,6 +382,7 @@ def _retry_arguments(p: argparse.ArgumentParser) -> None:
     add_give_up_after(p)
     add_target_options(p, faults=False)
     add_quiet(p)
+    add_json(p)
 
 
 RETRY = Command(

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
+from runner.cli._help import rich_console
 from runner.cli._progress import OPEN_STATES, Sampler, render_line, show_samples
 from runner.disk import OutFolder
 from runner.disk import lock_held as disk_lock_held
@@ -33,7 +34,7 @@ async def watch(out: Path, *, interval_s: float, console: Console | None = None)
         store = await Store.open(db, read_only=True)
     except StoreError as exc:
         raise NotABatch(str(exc)) from exc
-    console = console or Console()
+    console = console or rich_console()
     async with store:
         sampler = Sampler(store, await store.cell_total())
         async with anyio.create_task_group() as tg:

@@ -12,9 +12,8 @@ from runner.disk._atomic import (
     sweep_batch_temps,
 )
 from runner.disk._faults import BUSY_TIMEOUT_MS, damaged, database_error, disk_error, local_failure
-from runner.disk._lock import BatchLock, lock_held, platform_problem
 from runner.disk._folder_syncs import FolderSyncs
-from runner.disk._lock import BatchLock
+from runner.disk._lock import BatchLock, lock_held, platform_problem
 from runner.disk._out_folder import OutFolder, check_out_folder, image_path, out_folder_problem
 from runner.disk._private import create_private, open_private
 from runner.disk._target import LocalTarget, StoreTarget, Target, is_url, open_target

@@ -7,6 +7,7 @@ for the n-th time always gets the same answer, whatever other requests ran in be
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from typing import Any
 
@@ -14,6 +15,10 @@ from runner.emulator.config import FaultProfile
 
 DEFAULT_STATUSES: dict[str, tuple[int, ...]] = {"submit_5xx_after": (502,)}
 GENERIC_STATUSES = (500, 502, 503)
+# Each fault that fires is one INFO line here, with its kind (`fault`) and subject: `zbatch
+# emulator` prints it among uvicorn's lines; an embedded emulator's go to the run's
+# OUT/log.jsonl (runner.cli's api_target), never to the user's terminal.
+log = logging.getLogger("runner.emulator")
 
 
 def derive_bytes(*parts: object) -> bytes:
@@ -55,6 +60,9 @@ class FaultInjector:
             return False
         self.fired[kind] += 1
         self.events.append({"kind": kind, "subject": subject, "n": n})
+        log.info(
+            "emulated fault %s on %s", kind, subject, extra={"fault": kind, "subject": subject}
+        )
         return True
 
     def status_for(self, kind: str, subject: str) -> int:

@@ -45,11 +45,32 @@ def quiet_emulated_faults() -> None:
         logger.addFilter(EmulatedFaults())
 
 
-def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Run the emulator until interrupted (blocking); `zbatch emulator` calls this."""
+def serve(
+    config: EmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    use_colors: bool | None = None,
+) -> None:
+    """Run the emulator until interrupted (blocking); `zbatch emulator` calls this.
+
+    Its log is uvicorn's on stderr (colored when `use_colors`; None: on a terminal), each
+    emulated fault one INFO line in it with its kind (`runner.emulator`'s records).
+    """
     server = uvicorn.Server(
-        uvicorn.Config(make_app(config), host=host, port=port, log_level="info", access_log=False)
-    )
+        uvicorn.Config(
+            make_app(config),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            use_colors=use_colors,
+        )
+    )  # uvicorn.Config has configured uvicorn's loggers: the emulator's lines join theirs
+    emulator_log = logging.getLogger("runner.emulator")
+    emulator_log.handlers = list(logging.getLogger("uvicorn").handlers)
+    emulator_log.setLevel(logging.INFO)
+    emulator_log.propagate = False
     quiet_emulated_faults()
     server.run()
 
