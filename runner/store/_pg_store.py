@@ -1,0 +1,76 @@
+"""`PostgresStore`: the batch's record in a PostgreSQL database (`--store postgresql://...`).
+
+The same `Store`: the same transitions, reads and rows, run by the same writer thread (one
+connection, group commits with a savepoint per transition), on a psycopg 3 connection
+(`_pg.py`) instead of a sqlite3 one. What is its own: how it opens (`_pg_open.py`: the URL,
+the durability check, the runner's advisory lock, the migrations), how it plans
+(`_pg_plan.py`), and its reader (a second connection to the same database). The URL's
+password never leaves it: `location` is the URL without password and query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from runner.store import _pg_plan
+from runner.store._pg_open import connect_postgresql, is_store_url, redact
+from runner.store._store import Store, _utc_now
+
+
+class PostgresStore(Store):
+    """The batch database on PostgreSQL. Open with `await PostgresStore.open_url(url)`."""
+
+    _plan = staticmethod(_pg_plan.plan)
+    _url = ""
+
+    @classmethod
+    async def open_url(
+        cls,
+        url: str,
+        *,
+        lock: bool = True,
+        read_only: bool = False,
+        now: Callable[[], str] = _utc_now,
+    ) -> PostgresStore:
+        """Open (creating the schema and migrating it) the batch at `url`.
+
+        `lock` takes the runner's lock of the batch (one runner per batch, `BatchInUse` for
+        a second); `read_only` (for `zbatch status`) migrates nothing, takes no lock and
+        opens a read-only session.
+        """
+        store = cls(None, now, None)
+        store._url = url
+        store.read_only = read_only
+        await store._connect(lambda: connect_postgresql(url, read_only=read_only, lock=lock))
+        return store
+
+    @property
+    def location(self) -> str:
+        """Where the batch is, as a message may show it (no password, no query)."""
+        return redact(self._url)
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Store]:
+        """A read-only store of its own on the same database (a second session)."""
+        async with await PostgresStore.open_url(self._url, read_only=True) as store:
+            yield store
+
+
+async def open_store(
+    location: Path | str,
+    *,
+    lock: bool = True,
+    read_only: bool = False,
+    set_aside_damaged: bool = False,
+    now: Callable[[], str] = _utc_now,
+) -> Store:
+    """The batch at `location`: a `postgresql://` URL (`PostgresStore`) or a database file
+    (`Store.open`; only a file has damage to set aside)."""
+    if is_store_url(location):
+        return await PostgresStore.open_url(str(location), lock=lock, read_only=read_only, now=now)
+    return await Store.open(
+        Path(location), lock=lock, read_only=read_only, set_aside_damaged=set_aside_damaged,
+        now=now,
+    )  # fmt: skip
