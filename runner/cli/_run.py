@@ -15,6 +15,7 @@ from runner.cli._options import (
     add_give_up_after,
     add_out,
     add_quiet,
+    add_store,
     add_target_options,
     captions_mode,
     positive_int,
@@ -105,6 +106,7 @@ def run_overrides(args: argparse.Namespace) -> RunOverrides:
         leftover="replaced" if args.replace else "kept" if args.keep else None,
         sample=args.sample,
         give_up_after_s=args.give_up_after,
+        store=args.store,
     )
 
 
@@ -214,6 +216,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_engine_options(p, defaults="the manifest's")
     add_give_up_after(p)
+    add_store(p)
     add_target_options(p, faults=True)
     add_quiet(p)
     p.add_argument(

@@ -148,4 +148,13 @@ class PgConnection:
         return self.raw.info.transaction_status != TransactionStatus.IDLE
 
     def close(self) -> None:
-        self.raw.close()
+        """Release the session's advisory locks (the runner's lock of the batch) before
+        closing: the server ends a closed session a moment later, and the next runner must
+        not find the lock still held then."""
+        try:
+            if not self.raw.closed and not self.in_transaction:
+                self.raw.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            pass  # the session is gone: so is its lock
+        finally:
+            self.raw.close()
