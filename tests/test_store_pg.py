@@ -1,13 +1,16 @@
 """The PostgreSQL store's own guarantees: the dialect, the schema, the refusals at open, the
 cap across two stores on one database, `zbatch run --store`, and no password anywhere.
 
-The store's behaviour on both backends is tests/test_store*.py (`store_backend`); these are
-what only PostgreSQL has.
+The store's behaviour on both backends is tests/test_store*.py (`store_backend`, whose
+PostgreSQL runs are marked `postgresql`: `make test-pg`); these are what only PostgreSQL has,
+and `make test` runs them.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +28,6 @@ from runner.store._pg_migrations import PG_MIGRATIONS
 from tests.cells import turbo_cell
 from tests.services import PostgresCluster, free_port
 
-pytestmark = pytest.mark.postgresql
 SECRET = "s3cret-Pa55word-zbatch"
 
 
@@ -52,6 +54,23 @@ def test_the_migrations_are_numbered_alike_on_both() -> None:
 def test_redact_keeps_user_host_port_database_only() -> None:
     url = f"postgresql://zb:{SECRET}@db.example:5433/batches?sslpassword={SECRET}&x=1"
     assert redact(url) == "postgresql://zb@db.example:5433/batches"
+    assert redact(f"postgresql://zb:{SECRET}@h:port/db") == "postgresql://zb@h/db"
+
+
+def test_a_sqlite_batch_never_imports_the_postgresql_driver(tmp_path: Path) -> None:
+    """psycopg is an extra (`zbatch[postgresql]`): a batch in OUT/batch.sqlite runs without."""
+    check = (
+        "import sys, anyio; from pathlib import Path; from runner.store import open_store\n"
+        "async def main():\n"
+        f"    async with await open_store(Path({str(tmp_path / 'b.sqlite')!r})) as s:\n"
+        "        await s.init_batch(name='t', tag='zbatch:t', cap_buzz=1)\n"
+        "anyio.run(main); print('psycopg' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert done.stdout.strip() == "False"
 
 
 async def test_a_new_database_gets_the_schema_and_its_version(database: str) -> None:

@@ -6,8 +6,8 @@ docs/states.md draws the state machine and names where each transition lives.
 
 from runner.store._more import mark_image_refetched, retry_preview
 from runner.store._ops import RETRY_STATES
-from runner.store._pg_open import is_store_url, redact
 from runner.store._pg_store import PostgresStore, open_store
+from runner.store._pg_url import is_store_url, redact
 from runner.store._rows import (
     Attempt,
     AttemptState,

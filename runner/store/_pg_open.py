@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -27,36 +26,10 @@ from runner.errors import BatchInUse, BatchUnusable, NewerSchema, StoreError
 from runner.store._migrations import SCHEMA_VERSION
 from runner.store._pg import PgConnection
 from runner.store._pg_migrations import PG_MIGRATIONS, SCHEMA_TABLE
+from runner.store._pg_url import redact, scrub
 
-SCHEMES = ("postgresql", "postgres")
 _BATCH_LOCK = 0x7A62_6174  # the runner's session lock: one runner per batch
 _MIGRATION_LOCK = 0x7A62_6D67  # taken by whoever migrates, for that transaction
-
-
-def is_store_url(location: object) -> bool:
-    """Whether `location` (a `--store` or `ZBATCH_STORE` value) names a PostgreSQL batch."""
-    return isinstance(location, str) and urlsplit(location).scheme in SCHEMES
-
-
-def redact(url: str) -> str:
-    """`url` without its password and query: what a message may show of it."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _scrub(message: str, url: str) -> str:
-    """`message` with any secret of `url` (password, query) cut out."""
-    parts = urlsplit(url)
-    for secret in (url, parts.password, parts.query):
-        if secret:
-            message = message.replace(secret, "***")
-    return message
 
 
 def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, None]:
@@ -66,7 +39,7 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
     try:
         raw = psycopg.connect(url, autocommit=True)
     except psycopg.Error as exc:
-        reason = _scrub(str(exc).strip(), url)
+        reason = scrub(str(exc).strip(), url)
         raise BatchUnusable(f"cannot connect to {shown}: {reason}") from None
     db = PgConnection(raw)
     try:
@@ -80,7 +53,7 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
             migrate(db, shown)
     except psycopg.Error as exc:
         db.close()
-        raise BatchUnusable(f"{shown}: {_scrub(str(exc).strip(), url)}") from None
+        raise BatchUnusable(f"{shown}: {scrub(str(exc).strip(), url)}") from None
     except BaseException:
         db.close()
         raise

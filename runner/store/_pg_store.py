@@ -10,19 +10,49 @@ password never leaves it: `location` is the URL without password and query.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from runner.store import _pg_plan
-from runner.store._pg_open import connect_postgresql, is_store_url, redact
+from runner.errors import BatchUnusable
+from runner.identity import PlanRow
+from runner.store._pg_url import is_store_url, redact
 from runner.store._store import Store, _utc_now
+
+
+def _pg_plan(
+    db: sqlite3.Connection, rows: Iterable[PlanRow], *, generation: int, revision: int,
+    leftover: str | None, max_attempts: int, now: Callable[[], str],
+    commit: Callable[[sqlite3.Connection], None], stop: threading.Event,
+) -> tuple[int, int]:  # fmt: skip
+    """`_pg_plan.plan` (imported when a PostgreSQL store plans: psycopg is an extra)."""
+    from runner.store._pg_plan import plan
+
+    return plan(
+        db, rows, generation=generation, revision=revision, leftover=leftover,
+        max_attempts=max_attempts, now=now, commit=commit, stop=stop,
+    )  # fmt: skip
+
+
+def _connect(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, Any]:
+    """`_pg_open.connect_postgresql`, or why it cannot run: psycopg is not installed."""
+    try:
+        from runner.store._pg_open import connect_postgresql
+    except ImportError as exc:
+        raise BatchUnusable(
+            f"{redact(url)}: a batch in PostgreSQL needs psycopg ({exc.name} is missing):"
+            " pip install 'zbatch[postgresql]'"
+        ) from None
+    return connect_postgresql(url, read_only=read_only, lock=lock)
 
 
 class PostgresStore(Store):
     """The batch database on PostgreSQL. Open with `await PostgresStore.open_url(url)`."""
 
-    _plan = staticmethod(_pg_plan.plan)
+    _plan = staticmethod(_pg_plan)
     _url = ""
 
     @classmethod
@@ -43,7 +73,7 @@ class PostgresStore(Store):
         store = cls(None, now, None)
         store._url = url
         store.read_only = read_only
-        await store._connect(lambda: connect_postgresql(url, read_only=read_only, lock=lock))
+        await store._connect(lambda: _connect(url, read_only=read_only, lock=lock))
         return store
 
     @property
