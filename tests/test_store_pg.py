@@ -300,3 +300,30 @@ async def test_the_same_run_reads_the_same_on_both_backends(tmp_path: Path, data
     on_postgresql = await _run_and_read(tmp_path, "postgresql", database)
     assert on_sqlite["counts"]  # the run did something
     assert on_postgresql == on_sqlite
+
+
+async def test_a_lost_connection_is_a_clear_error_and_the_next_open_resumes(
+    database: str,
+) -> None:
+    """The server ends the store's session (a restart, a cut): the next transition fails
+    as BatchUnusable, without the password; what was committed is there on reopening."""
+    with_password = database.replace("postgres@", f"postgres:{SECRET}@")
+    store = await PostgresStore.open_url(with_password)
+    try:
+        await store.init_batch(name="t", tag="zbatch:t", cap_buzz=100)
+        await store.plan_rows([turbo_cell(i, estimate_buzz=10) for i in range(3)], max_attempts=1)
+        first, second, _ = await store.next_planned(3)
+        assert await store.reserve(first.id, 10)
+        with psycopg.connect(database, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(BatchUnusable, match="lost the connection to postgresql://") as lost:
+            await store.reserve(second.id, 10)
+        assert SECRET not in str(lost.value)
+    finally:
+        await store.close()
+    async with await PostgresStore.open_url(database) as again:
+        assert (await again.budget()).committed_buzz == 10
+        assert await again.counts() == {"planned": 2, "submitting": 1}

@@ -23,6 +23,7 @@ import psycopg
 from psycopg.adapt import Loader
 from psycopg.pq import TransactionStatus
 
+from runner.errors import BatchUnusable
 from runner.store._dialect import postgres
 
 
@@ -119,9 +120,16 @@ class PgCursor:
 
 
 class PgConnection:
-    """The part of `sqlite3.Connection` the store uses, on a psycopg 3 connection."""
+    """The part of `sqlite3.Connection` the store uses, on a psycopg 3 connection.
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    A statement that fails because the connection is gone (the server restarted, the
+    network cut) is raised as `BatchUnusable` naming `shown` (the URL without its password):
+    nothing of the group was committed, or its COMMIT's answer was lost; either way each
+    intent is recorded with its externalId or not at all, and the next run resumes from
+    what the database holds."""
+
+    def __init__(self, raw: psycopg.Connection[Any], shown: str = "the PostgreSQL batch") -> None:
+        self.shown = shown
         raw.autocommit = True
         raw.row_factory = _row_factory
         raw.adapters.register_loader("numeric", _IntegralNumeric)
@@ -131,17 +139,36 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         self.statements += 1
         cursor = self.raw.cursor()
-        if params:
-            cursor.execute(postgres(sql, with_params=True), tuple(params))
-        else:
-            cursor.execute(postgres(sql, with_params=False))
+        try:
+            if params:
+                cursor.execute(postgres(sql, with_params=True), tuple(params))
+            else:
+                cursor.execute(postgres(sql, with_params=False))
+        except psycopg.OperationalError as exc:
+            if self.raw.closed or self.raw.broken:
+                raise self._lost(exc) from None
+            raise
         return PgCursor(self, cursor)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
         self.statements += 1
         cursor = self.raw.cursor()
-        cursor.executemany(postgres(sql, with_params=True), rows)
+        try:
+            cursor.executemany(postgres(sql, with_params=True), rows)
+        except psycopg.OperationalError as exc:
+            if self.raw.closed or self.raw.broken:
+                raise self._lost(exc) from None
+            raise
         return PgCursor(self, cursor)
+
+    def _lost(self, exc: psycopg.OperationalError) -> BatchUnusable:
+        """`exc` (the connection is gone) as `BatchUnusable`. Other operational errors (a
+        deadlock, a statement timeout) are the statement's, raised as they are."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return BatchUnusable(
+            f"lost the connection to {self.shown} ({first}): what was committed stays;"
+            " run again to resume"
+        )
 
     @property
     def in_transaction(self) -> bool:

@@ -41,7 +41,7 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
     except psycopg.Error as exc:
         reason = scrub(str(exc).strip(), url)
         raise BatchUnusable(f"cannot connect to {shown}: {reason}") from None
-    db = PgConnection(raw)
+    db = PgConnection(raw, shown)
     try:
         _check_durable(db, shown)
         if read_only:
