@@ -8,6 +8,7 @@ and `make test` runs them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -271,6 +272,11 @@ async def _run_and_read(tmp_path: Path, name: str, store: str | None) -> dict[st
         location = store or manifest.out / "batch.sqlite"
         async with await open_store(location, read_only=True) as s:
             downloaded = await s.downloaded_images((0, -1), 100)
+            dataset = []
+            async with contextlib.aclosing(s.dataset_images(("downloaded", "lost"), chunk=5)) as it:
+                async for part in it:
+                    assert len(part) <= 5
+                    dataset += [(i.path, i.sha256, i.cell_key, i.index) for i in part]
             gallery = await s.gallery_cells(all_cells=True)
             return {
                 "budget": await s.budget(),
@@ -281,6 +287,7 @@ async def _run_and_read(tmp_path: Path, name: str, store: str | None) -> dict[st
                 "refunds": (await s.activity()).refunded_buzz,
                 "vars": await s.var_names(),
                 "tally": await tally(s),
+                "dataset": dataset,
                 "downloaded": sorted((i.cell_key, i.index, i.path, i.sha256) for i in downloaded),
                 "gallery": [
                     (

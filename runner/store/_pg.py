@@ -161,6 +161,19 @@ class PgConnection:
             raise
         return PgCursor(self, cursor)
 
+    def stream(self, sql: str, params: Sequence[Any]) -> PgCursor:
+        """`sql`'s rows fetched a `fetchmany` at a time from a server-side cursor (WITH
+        HOLD: it outlives the statement's own transaction), not all at once into memory."""
+        self.statements += 1
+        cursor = self.raw.cursor(name=f"zbatch_stream_{self.statements}", withhold=True)
+        try:
+            cursor.execute(postgres(sql, with_params=bool(params)), tuple(params) or None)
+        except psycopg.OperationalError as exc:
+            if self.raw.closed or self.raw.broken:
+                raise self._lost(exc) from None
+            raise
+        return PgCursor(self, cursor)
+
     def _lost(self, exc: psycopg.OperationalError) -> BatchUnusable:
         """`exc` (the connection is gone) as `BatchUnusable`. Other operational errors (a
         deadlock, a statement timeout) are the statement's, raised as they are."""

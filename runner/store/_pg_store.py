@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
 
 from runner.errors import BatchUnusable
 from runner.identity import PlanRow
+from runner.store import _reads as reads
 from runner.store._pg_url import is_store_url, redact
+from runner.store._rows import DatasetImage
 from runner.store._store import Store, _utc_now
+
+if TYPE_CHECKING:
+    from runner.store._pg import PgConnection
 
 
 def _pg_plan(
@@ -80,6 +87,25 @@ class PostgresStore(Store):
     def location(self) -> str:
         """Where the batch is, as a message may show it (no password, no query)."""
         return redact(self._url)
+
+    async def dataset_images(
+        self,
+        states: Sequence[str] = ("downloaded",),
+        *,
+        chunk: int = 2_000,
+        all_cells: bool = False,
+    ) -> AsyncGenerator[list[DatasetImage], None]:
+        """`Store.dataset_images`, its rows streamed from a server-side cursor (a client
+        cursor of psycopg would fetch every row at once)."""
+        sql = reads.dataset_images_sql(states, all_cells=all_cells)
+        params = tuple(states)
+        cur = await self._read(lambda db: cast("PgConnection", db).stream(sql, params))
+        try:
+            while rows := await self._read(lambda _: cur.fetchmany(chunk)):
+                yield reads.dataset_images(rows)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._read(lambda _: cur.close())
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Store]:
