@@ -22,9 +22,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The store suite's runs on PostgreSQL (marked `postgresql`: the same tests as on SQLite,
-# about a minute more on this machine) are `make test-pg`; `make test` runs the rest, with
-# what only PostgreSQL has (tests/test_store_pg.py: the cap across two stores, credentials).
+# The store and engine suites' runs on PostgreSQL (marked `postgresql`: the same tests as on
+# SQLite, 32 of them, 30 to 100 s more in one process on this shared 2-core machine) are
+# `make test-pg`; `make test` runs the rest, with what only PostgreSQL has
+# (tests/test_store_pg.py: the cap across two stores, credentials, a lost connection).
 test: lint system
 	$(BIN)/pytest -q -m "not postgresql"
 
