@@ -6,13 +6,13 @@ does. Its password and query never leave this module: every message, log line an
 names the batch by `redact(url)` (user, host, port and database only), and an error from
 libpq is re-raised without the original chained to it.
 
-A writable store takes a session advisory lock of the database (`pg_try_advisory_lock`): one
-runner per batch, as the folder lock gives on SQLite, until the claims and leases of
-docs/design/scale-out.md let several share it; PostgreSQL frees it when the session ends,
-however the runner died. The migrations run under a transaction advisory lock, all of them
-and the version bump in one transaction (PostgreSQL's DDL is transactional).
-`synchronous_commit = off` is refused: a committed intent must be durable before its request
-leaves.
+A writable store takes a session advisory lock of the database (`pg_advisory_lock`, waiting
+`LOCK_WAIT` at most): one runner per batch, as the folder lock gives on SQLite, until the
+claims and leases of docs/design/scale-out.md let several share it; PostgreSQL frees it when
+the session ends, however the runner died. The migrations run under a transaction advisory
+lock, all of them and the version bump in one transaction (PostgreSQL's DDL is
+transactional). `synchronous_commit = off` is refused: a committed intent must be durable
+before its request leaves.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from runner.store._pg_url import redact, scrub
 
 _BATCH_LOCK = 0x7A62_6174  # the runner's session lock: one runner per batch
 _MIGRATION_LOCK = 0x7A62_6D67  # taken by whoever migrates, for that transaction
+LOCK_WAIT = "3s"  # how long a runner waits for the batch's lock before BatchInUse
 
 
 def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, None]:
@@ -48,8 +49,8 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
             db.execute("SET default_transaction_read_only = on")
             _check_version(db, shown, exact=True)
         else:
-            if lock and not _one(db, "SELECT pg_try_advisory_lock(?)", _BATCH_LOCK):
-                raise BatchInUse(f"{shown} is in use by another zbatch ({_holder(db)})")
+            if lock:
+                _take_batch_lock(db, shown)
             migrate(db, shown)
     except psycopg.Error as exc:
         db.close()
@@ -60,6 +61,19 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
     # The store's functions are typed against sqlite3.Connection; this is the part of it
     # they use (`_pg.py`).
     return cast(sqlite3.Connection, db), None
+
+
+def _take_batch_lock(db: PgConnection, shown: str) -> None:
+    """Take the runner's lock of the batch, waiting `LOCK_WAIT` at most: a runner killed a
+    moment ago holds it until the server has ended its session (it reads the closed socket
+    and exits, which the next runner may overtake). Then `BatchInUse`."""
+    db.execute(f"SET lock_timeout = '{LOCK_WAIT}'").close()
+    try:
+        db.execute("SELECT pg_advisory_lock(?)", (_BATCH_LOCK,)).close()
+    except psycopg.errors.LockNotAvailable:
+        raise BatchInUse(f"{shown} is in use by another zbatch ({_holder(db)})") from None
+    finally:
+        db.execute("SET lock_timeout = 0").close()
 
 
 def _holder(db: PgConnection) -> str:
