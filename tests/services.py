@@ -16,18 +16,25 @@ Both are plain classes (start, stop) so the torture harness can use them outside
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from runner.store import Store, open_store
+from runner.store._dialect import postgres
 
 _PG_USER = "postgres"
+_DATABASES = itertools.count(1)
 
 
 def free_port() -> int:
@@ -114,6 +121,20 @@ class PostgresCluster:
         self.stop(mode)
         self._pg_ctl_start()
 
+    @contextlib.contextmanager
+    def new_database(self) -> Iterator[str]:
+        """A new empty database in this cluster (its URL), dropped on exit."""
+        import psycopg
+
+        name = f"t{next(_DATABASES)}_{os.getpid()}"
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield self.dsn.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            with psycopg.connect(self.dsn, autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
     def remove(self) -> None:
         """Stop the server (if running) and delete the cluster's folder."""
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -129,6 +150,32 @@ def postgres_cluster(root: Path) -> Iterator[PostgresCluster]:
         yield cluster.start()
     finally:
         cluster.remove()
+
+
+@dataclass(frozen=True)
+class StoreBackend:
+    """A store test's backend (`store_backend`): its name and where its batch is."""
+
+    name: str  # sqlite | postgresql
+    location: Path | str  # the database file, or the database's URL
+
+    async def open(self, **options: Any) -> Store:
+        """Open the batch (`open_store`), with `Store.open`'s options."""
+        return await open_store(self.location, **options)
+
+    def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        """The rows of `sql` (SQLite's `?` placeholders), read on a connection of its own."""
+        if self.name == "sqlite":
+            db = sqlite3.connect(self.location)
+            try:
+                return db.execute(sql, params).fetchall()
+            finally:
+                db.close()
+        import psycopg
+
+        with psycopg.connect(str(self.location)) as pg:
+            text = postgres(sql, with_params=bool(params))
+            return pg.execute(text, params or None).fetchall()
 
 
 # fake credentials for moto: the clients the tests make read them from these variables
@@ -219,3 +266,15 @@ else:
         """One moto S3 server for the session; each test makes its own bucket."""
         with moto_s3() as server:
             yield server
+
+    @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+    def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+        """Where a store test keeps its batch: a `batch.sqlite` in its temp folder, or a
+        database of its own in the session's PostgreSQL cluster (`pg_cluster`), dropped
+        after. The store tests take it, so each runs on both backends."""
+        if request.param == "sqlite":
+            yield StoreBackend("sqlite", tmp_path / "batch.sqlite")
+            return
+        cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+        with cluster.new_database() as url:
+            yield StoreBackend("postgresql", url)

@@ -2,13 +2,13 @@
 
 The submitter reserves the free slots' intents together (`Store.reserve_many`, one group
 commit) and sends them after. At the moment each submit is sent, a SECOND connection to
-batch.sqlite (another reader, seeing only what is committed, not the writer thread's open
-transaction) must find that attempt `submitting` with its Buzz reserved.
+the record (another reader, seeing only what is committed, not the writer thread's open
+transaction) must find that attempt `submitting` with its Buzz reserved: on batch.sqlite,
+and on PostgreSQL (`zbatch run --store`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import pytest
 from runner.api._client import Client
 from runner.emulator import EmulatorConfig, EmulatorTransport, make_app
 from runner.manifest._load import parse_manifest
-from runner.ops._run import run_batch
+from runner.ops._run import RunOverrides, run_batch
+from tests.services import StoreBackend
 
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
 MANIFEST = """
@@ -38,32 +39,30 @@ CELLS = 2 * 3 * 15
 
 @pytest.mark.parametrize("in_flight", [1, 64])
 async def test_every_submit_leaves_with_its_intent_already_on_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_flight: int, store_backend: StoreBackend
 ) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(MANIFEST.format(in_flight=in_flight))
     m = parse_manifest(path.read_text(), path=path)
-    db_path = m.out / "batch.sqlite"
+    if store_backend.name == "sqlite":  # the run keeps its record in OUT
+        record, overrides = StoreBackend("sqlite", m.out / "batch.sqlite"), RunOverrides()
+    else:
+        record, overrides = store_backend, RunOverrides(store=str(store_backend.location))
     seen: list[tuple[str, int, int, int]] = []  # state, reserved, committed, submitting
     real_submit = Client.submit
 
     async def watched_submit(self: Client, steps: Any, **kw: Any) -> Any:
         external_id = kw.get("external_id")
         if external_id is not None:  # a real submit, not a whatif price
-            other = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
-            try:
-                row = other.execute(
-                    "SELECT state, reserved_buzz FROM attempts WHERE external_id = ?",
-                    (external_id,),
-                ).fetchone()
-                (committed,) = other.execute("SELECT committed_buzz FROM batch").fetchone()
-                (submitting,) = other.execute(
-                    "SELECT COUNT(*) FROM attempts WHERE state = 'submitting'"
-                ).fetchone()
-            finally:
-                other.close()
-            assert row is not None, f"{external_id} left before its attempt was on disk"
-            seen.append((row[0], int(row[1]), int(committed), int(submitting)))
+            rows = record.rows(
+                "SELECT a.state, a.reserved_buzz, b.committed_buzz,"
+                " (SELECT COUNT(*) FROM attempts WHERE state = 'submitting')"
+                " FROM attempts a, batch b WHERE a.external_id = ?",
+                external_id,
+            )
+            assert rows, f"{external_id} left before its attempt was on disk"
+            ((state, reserved, committed, submitting),) = rows
+            seen.append((str(state), int(str(reserved)), int(str(committed)), int(str(submitting))))
         return await real_submit(self, steps, **kw)
 
     monkeypatch.setattr(Client, "submit", watched_submit)
@@ -72,7 +71,7 @@ async def test_every_submit_leaves_with_its_intent_already_on_disk(
         async with Client(
             base_url="http://emulator", token="t", transport=EmulatorTransport(app)
         ) as client:
-            outcome = await run_batch(m, client, tuning=FAST)
+            outcome = await run_batch(m, client, tuning=FAST, overrides=overrides)
     assert outcome.counts["succeeded"] == CELLS
     assert len(seen) == CELLS  # each sent once, and each looked at as it left
     for state, reserved, committed, _ in seen:

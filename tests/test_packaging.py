@@ -55,7 +55,8 @@ def _metadata(wheel: Path) -> email.message.Message:
 def test_the_wheel_metadata_declares_license_platforms_and_no_dev_extra(
     dists: tuple[Path, Path],
 ) -> None:
-    """MIT with its LICENSE file, POSIX classifiers, and `dev` is a group, not an extra."""
+    """MIT with its LICENSE file, POSIX classifiers, the extras users may ask for (parquet,
+    postgresql), and `dev` is a group, not an extra."""
     _, wheel = dists
     meta = _metadata(wheel)
     assert meta["License-Expression"] == "MIT"
@@ -63,7 +64,7 @@ def test_the_wheel_metadata_declares_license_platforms_and_no_dev_extra(
     classifiers = set(meta.get_all("Classifier") or ())
     assert {"Operating System :: POSIX :: Linux", "Operating System :: MacOS"} <= classifiers
     assert f"Programming Language :: Python :: 3.{sys.version_info.minor}" in classifiers
-    assert meta.get_all("Provides-Extra") == ["parquet"]
+    assert sorted(meta.get_all("Provides-Extra") or ()) == ["parquet", "postgresql"]
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
     assert "zbatch-0.1.0.dist-info/licenses/LICENSE" in names

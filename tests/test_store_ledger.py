@@ -9,19 +9,28 @@ The only assumption is the engine's: an attempt is never charged more than it re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
+from runner.store import Store, open_store
 from runner.store._rows import AttemptState
-from runner.store._store import Store
 from tests.cells import planned_cell
+from tests.services import PostgresCluster
 
 T = TypeVar("T")
 CAP = 100
@@ -39,6 +48,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.folder = Path(tempfile.mkdtemp(prefix="zbatch-ledger-"))
+        self.location: Path | str = self.folder / "batch.sqlite"
         self.store: Store | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -51,7 +61,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(estimates=st.lists(st.integers(1, 40), min_size=1, max_size=12))
     def start(self, estimates: list[int]) -> None:
-        self.store = self.run(Store.open(self.folder / "batch.sqlite"))
+        self.store = self.run(open_store(self.location))
         self.run(self.s.init_batch(name="prop", tag="zbatch:prop", cap_buzz=CAP))
         cells = [
             planned_cell(f"{i:032x}", {"i": i}, model="turbo", estimate_buzz=estimate)
@@ -93,7 +103,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def crash_and_reopen(self) -> None:
         self.run(self.s.close())
-        self.store = self.run(Store.open(self.folder / "batch.sqlite"))
+        self.store = self.run(open_store(self.location))
 
     @invariant()
     def cap_holds_and_ledger_adds_up(self) -> None:
@@ -114,3 +124,26 @@ LedgerMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None, derandomize=True
 )
 TestLedger = LedgerMachine.TestCase
+
+
+@pytest.mark.postgresql
+def test_the_ledger_adds_up_on_postgresql(pg_cluster: PostgresCluster) -> None:
+    """The same machine, each example on a database of its own in the test cluster."""
+
+    class PostgresLedger(LedgerMachine):
+        def __init__(self) -> None:
+            self.database = contextlib.ExitStack()
+            url = self.database.enter_context(pg_cluster.new_database())
+            super().__init__()
+            self.location = url
+
+        def teardown(self) -> None:
+            try:
+                super().teardown()
+            finally:
+                self.database.close()
+
+    run_state_machine_as_test(
+        PostgresLedger,
+        settings=settings(max_examples=15, stateful_step_count=25, deadline=None, derandomize=True),
+    )

@@ -9,6 +9,7 @@ manifest's wording. `add_engine_options` adds the engine's limits to `run` and `
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,36 @@ def add_out(parser: argparse.ArgumentParser) -> None:
         type=out_folder,
         metavar="OUT",
         help="the batch's output folder, or its manifest (whose `out` is used)",
+    )
+
+
+STORE_ENV = "ZBATCH_STORE"
+
+
+def store_url(text: str) -> str | None:
+    """`--store`: a postgresql:// URL; an empty value keeps OUT/batch.sqlite. A refusal never
+    repeats the text: it may hold a password."""
+    from runner.store import is_store_url
+
+    if not text.strip():
+        return None
+    if not is_store_url(text.strip()):
+        raise argparse.ArgumentTypeError(
+            "takes a postgresql://user@host:port/database URL (the text given is not shown:"
+            " it may hold a password)"
+        )
+    return text.strip()
+
+
+def add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        type=store_url,
+        default=os.environ.get(STORE_ENV, ""),
+        metavar="URL",
+        help=f"keep the batch's record in PostgreSQL (postgresql://user@host:port/database;"
+        f" default: ${STORE_ENV}, else OUT/batch.sqlite). Give the password by PGPASSWORD or"
+        " ~/.pgpass rather than in the URL; it is never shown",
     )
 
 

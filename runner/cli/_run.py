@@ -16,6 +16,7 @@ from runner.cli._options import (
     add_json,
     add_out,
     add_quiet,
+    add_store,
     add_target_options,
     captions_mode,
     positive_int,
@@ -106,6 +107,7 @@ def run_overrides(args: argparse.Namespace) -> RunOverrides:
         leftover="replaced" if args.replace else "kept" if args.keep else None,
         sample=args.sample,
         give_up_after_s=args.give_up_after,
+        store=args.store,
     )
 
 
@@ -221,6 +223,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_engine_options(p, defaults="the manifest's")
     add_give_up_after(p)
+    add_store(p)
     add_target_options(p, faults=True)
     add_quiet(p)
     add_json(p)

@@ -39,6 +39,7 @@ from runner.store import (
     Store,
     Tally,
     fetch_again,
+    open_store,
     recorded_files,
     tally,
 )
@@ -63,6 +64,9 @@ class RunOverrides:
     # manifest listed and this one does not; None refuses such a manifest (ManifestChanged)
     leftover: str | None = None
     sample: int | None = None  # `--sample N`: only N cells spread across every axis run
+    # `--store` / ZBATCH_STORE: the batch's record in PostgreSQL (a postgresql:// URL) rather
+    # than OUT/batch.sqlite; kept out of repr: the URL may hold a password
+    store: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ async def run_batch(
     config = engine_config(manifest, overrides, runtime_scale, tuning)
     # --adopt rebuilds the record from the service, so a damaged database is moved aside
     # (kept) rather than refused (docs/reliability.md, "The local machine").
-    async with await Store.open(OutFolder(out).db, set_aside_damaged=overrides.adopt) as store:
+    location = overrides.store or OutFolder(out).db
+    async with await open_store(location, set_aside_damaged=overrides.adopt) as store:
         planned, canceled_at = await plan_batch(store, manifest, config.tag, overrides)
         cells, sampled = planned.added + planned.kept, None
         if overrides.sample is not None and canceled_at is None:

@@ -1,10 +1,13 @@
-"""The batch's record (`OUT/batch.sqlite`): one `Store` owns the connection and runs every
-state transition and read as a function of it; the rows it hands out; its migrations.
+"""The batch's record (`OUT/batch.sqlite`, or a PostgreSQL database: `PostgresStore`): one
+`Store` owns the connection and runs every state transition and read as a function of it;
+the rows it hands out; its migrations. `open_store` opens either by where it is.
 docs/states.md draws the state machine and names where each transition lives.
 """
 
 from runner.store._more import mark_image_refetched, retry_preview
 from runner.store._ops import RETRY_STATES
+from runner.store._pg_store import PostgresStore, open_store
+from runner.store._pg_url import is_store_url, redact
 from runner.store._rows import (
     Attempt,
     AttemptState,
@@ -41,6 +44,7 @@ __all__ = [
     "ImageState",
     "PendingImage",
     "PlanResult",
+    "PostgresStore",
     "RETRY_STATES",
     "RetryPlan",
     "RunSettings",
@@ -49,8 +53,11 @@ __all__ = [
     "Tally",
     "ended_cells",
     "fetch_again",
+    "is_store_url",
     "mark_image_refetched",
+    "open_store",
     "recorded_files",
+    "redact",
     "retry_preview",
     "tally",
 ]

@@ -123,8 +123,8 @@ def retry_candidates(
         marks = ",".join("?" for _ in states) or "NULL"
         with cursor(
             db,
-            f"SELECT * FROM ({_LATEST} AND c.standing <> 'replaced') WHERE kind IN ({marks})"
-            " ORDER BY key",
+            f"SELECT * FROM ({_LATEST} AND c.standing <> 'replaced') AS latest"
+            f" WHERE kind IN ({marks}) ORDER BY key",
             tuple(states),
         ) as cur:
             return [(r[0], int(r[1]), r[2]) for r in cur.fetchall()], {}

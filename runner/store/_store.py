@@ -86,6 +86,8 @@ def _utc_now() -> str:
 class Store(Connected):
     """The batch database. Open with `await Store.open(path)`; use as an async context manager."""
 
+    _plan = staticmethod(planning.plan)  # PostgreSQL's store plans with its own (_pg_plan.py)
+
     @classmethod
     async def open(
         cls,
@@ -159,7 +161,7 @@ class Store(Connected):
         stop = threading.Event()
 
         def job(db: sqlite3.Connection) -> tuple[int, int]:
-            return planning.plan(
+            return self._plan(
                 db, rows, generation=generation, revision=revision, leftover=leftover,
                 max_attempts=max_attempts, now=self._now, commit=self._commit, stop=stop,
             )  # fmt: skip

@@ -160,7 +160,7 @@ class Writer:
         try:
             db.execute("ROLLBACK TO job")
             db.execute("RELEASE job")
-        except sqlite3.Error:
+        except Exception:  # sqlite3's or psycopg's
             return False
         return True
 
@@ -169,7 +169,7 @@ class Writer:
         if db.in_transaction:  # SQLite may have rolled back already
             try:
                 db.execute("ROLLBACK")
-            except sqlite3.Error:
+            except Exception:  # sqlite3's or psycopg's
                 pass
 
     def _fail(self, jobs: list[_Job], exc: BaseException) -> None:

@@ -73,8 +73,18 @@ def account_of(token: str) -> str:
     return "acct-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def read_record(out: Path, *, scratch: Path) -> Record | None:
-    """The batch record under `out`, read from a copy of the database and its WAL."""
+# a request's quantity, as each database reads its JSON
+_QUANTITY = {
+    "sqlite": "json_extract(c.request, '$.quantity')",
+    "postgresql": "(c.request::json ->> 'quantity')::int",
+}
+
+
+def read_record(out: Path, *, scratch: Path, store: str | None = None) -> Record | None:
+    """The batch record under `out`, read from a copy of the database and its WAL; or, with
+    `store` (a PostgreSQL URL, `zbatch run --store`), read from that database."""
+    if store is not None:
+        return _read_postgresql(store)
     db_path = out / DB_NAME
     if not db_path.exists():
         return None
@@ -95,13 +105,26 @@ def read_record(out: Path, *, scratch: Path) -> Record | None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _read(db: sqlite3.Connection) -> Record:
+def _read_postgresql(url: str) -> Record | None:
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT to_regclass('batch') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
+            return None
+        count = db.execute("SELECT COUNT(*) FROM batch").fetchone()
+        if count is None or count[0] == 0:
+            return None
+        return _read(db, "postgresql")
+
+
+def _read(db: Any, backend: str = "sqlite") -> Record:
     cap, committed = db.execute("SELECT cap_buzz, committed_buzz FROM batch").fetchone()
     attempts: dict[str, AttemptRow] = {}
     ids: dict[str, int] = {}
     for row in db.execute(
         "SELECT a.id, a.external_id, a.cell_key, a.attempt, a.state, a.workflow_id,"
-        " a.reserved_buzz, a.charged_buzz, json_extract(c.request, '$.quantity')"
+        f" a.reserved_buzz, a.charged_buzz, {_QUANTITY[backend]}"
         " FROM attempts a JOIN cells c ON c.key = a.cell_key"
     ):
         ids[row[1]] = row[0]

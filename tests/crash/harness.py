@@ -285,11 +285,17 @@ class Runner:
         api_url: str,
         *,
         prefix: Sequence[str] = (),
+        store: str | None = None,
     ) -> None:
-        """`prefix` replaces `python -m runner.cli._main` (the matrix's injected-disk wrapper)."""
+        """`prefix` replaces `python -m runner.cli._main` (the matrix's injected-disk wrapper);
+        `store` keeps the record in PostgreSQL (`ZBATCH_STORE`) instead of OUT/batch.sqlite."""
         self.cmd = [*(prefix or zbatch()), "run", str(manifest), "--api-url", api_url, "--quiet"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CIVITAI_")}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("CIVITAI_", "ZBATCH_STORE"))
+        }
         self.env = {**env, "CIVITAI_API_TOKEN": scenario.token}
+        if store is not None:
+            self.env["ZBATCH_STORE"] = store
         self.stdout = workdir / "run.stdout"
         self.stderr = workdir / "run.stderr"
 
@@ -322,8 +328,9 @@ class Runner:
                     proc.wait(timeout=10.0)
 
 
-def run_scenario(scenario: Scenario, workdir: Path) -> Report:
-    """Kill `zbatch run` `scenario.kills` times, run it to the end, and check everything."""
+def run_scenario(scenario: Scenario, workdir: Path, *, store: str | None = None) -> Report:
+    """Kill `zbatch run` `scenario.kills` times, run it to the end, and check everything;
+    with `store`, the batch's record is in that PostgreSQL database."""
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     report = Report(scenario)
@@ -334,7 +341,7 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
     with EmulatorProcess(
         workdir, seed=scenario.seed, time_scale=scenario.time_scale, faults_path=faults
     ) as emulator:
-        runner = Runner(scenario, workdir, manifest, emulator.url)
+        runner = Runner(scenario, workdir, manifest, emulator.url, store=store)
         for _ in range(scenario.kills):
             rc = runner.run(rng.uniform(*scenario.kill_delay_s), timeout_s=scenario.final_timeout_s)
             if rc == KILLED:
@@ -343,7 +350,8 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
                 report.early_exits += 1
             else:
                 report.violations.append(f"run {report.kills + report.early_exits}: exit {rc}")
-            check_instant(report, emulator.state(), out, account, f"after kill {report.kills}")
+            when = f"after kill {report.kills}"
+            check_instant(report, emulator.state(), out, account, when, store)
         rc = runner.run(None, timeout_s=scenario.final_timeout_s)
         report.final_rc = rc
         expected = EXIT_CAP if scenario.binding else EXIT_DONE
@@ -352,8 +360,8 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
         elif rc != expected:
             report.violations.append(f"the final run exited {rc}, expected {expected}")
         state = emulator.state()
-        check_instant(report, state, out, account, "at the end")
-        check_end(report, state, out, account)
+        check_instant(report, state, out, account, "at the end", store)
+        check_end(report, state, out, account, store)
         before = state["workflow_count"]
         rc = runner.run(None, timeout_s=scenario.final_timeout_s)
         after = emulator.state()["workflow_count"]
@@ -368,18 +376,25 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
 
 
 def check_instant(
-    report: Report, state: Mapping[str, Any], out: Path, account: str, when: str
+    report: Report,
+    state: Mapping[str, Any],
+    out: Path,
+    account: str,
+    when: str,
+    store: str | None = None,
 ) -> None:
-    record = read_record(out, scratch=out.parent / "snapshot")
+    record = read_record(out, scratch=out.parent / "snapshot", store=store)
     obs, problems = check_any_instant(state, record, out, account, report.scenario.cap_buzz)
     report.observe(obs)
     report.violations += [f"{when}: {p}" for p in problems]
 
 
-def check_end(report: Report, state: Mapping[str, Any], out: Path, account: str) -> None:
+def check_end(
+    report: Report, state: Mapping[str, Any], out: Path, account: str, store: str | None = None
+) -> None:
     if account not in state["accounts"]:
         report.violations.append("at the end: the sentinel token never reached the service")
-    record = read_record(out, scratch=out.parent / "snapshot")
+    record = read_record(out, scratch=out.parent / "snapshot", store=store)
     if record is None:
         report.violations.append("at the end: no batch database")
         return

@@ -4,7 +4,7 @@ the cap held, with and without faults, in-process and over a real socket."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from runner.errors import AuthError, CapReached, FundsError
 from runner.manifest._load import Manifest, parse_manifest
 from runner.ops._run import RunOutcome, RunOverrides, run_batch
 from runner.store._store import Store
+from tests.services import StoreBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"poll_min_s": 0.001, "backoff_base_s": 0.001, "backoff_cap_s": 0.01}
@@ -52,9 +53,16 @@ def manifest(tmp_path: Path, *, budget: int = 1000, seeds: int = 2) -> Manifest:
 
 
 async def run(
-    m: Manifest, emulator_config: EmulatorConfig, **kw: Any
+    m: Manifest,
+    emulator_config: EmulatorConfig,
+    backend: StoreBackend | None = None,
+    **kw: Any,
 ) -> tuple[RunOutcome, Emulator]:
+    """Run `m` on the emulator; on `backend` (`store_backend`) when given: its PostgreSQL
+    database (`RunOverrides.store`), or OUT/batch.sqlite."""
     app = make_app(emulator_config)
+    if backend is not None and backend.name == "postgresql":
+        kw["overrides"] = replace(kw.get("overrides", RunOverrides()), store=str(backend.location))
     async with Client(
         base_url="http://emulator", token="e2e-token", transport=EmulatorTransport(app)
     ) as client:
@@ -62,29 +70,32 @@ async def run(
     return outcome, app.state.emulator
 
 
-def assert_record_matches_disk(m: Manifest) -> int:
+def record(m: Manifest, backend: StoreBackend | None = None) -> StoreBackend:
+    """Where the run of `m` kept its record: the backend's database, or OUT/batch.sqlite."""
+    if backend is not None and backend.name == "postgresql":
+        return backend
+    return StoreBackend("sqlite", m.out / "batch.sqlite")
+
+
+def assert_record_matches_disk(m: Manifest, backend: StoreBackend | None = None) -> int:
     """Every downloaded image is on disk with its recorded sha256; no temp files remain."""
-    db = sqlite3.connect(m.out / "batch.sqlite")
-    rows = db.execute("SELECT path, sha256 FROM images WHERE state = 'downloaded'").fetchall()
+    rows = record(m, backend).rows("SELECT path, sha256 FROM images WHERE state = 'downloaded'")
     for path, sha in rows:
-        assert hashlib.sha256((m.out / path).read_bytes()).hexdigest() == sha
+        assert hashlib.sha256((m.out / str(path)).read_bytes()).hexdigest() == sha
     files = [p for p in (m.out / "images").rglob("*") if p.is_file()]
-    assert sorted(p.relative_to(m.out).as_posix() for p in files) == sorted(r[0] for r in rows)
+    assert sorted(p.relative_to(m.out).as_posix() for p in files) == sorted(str(r[0]) for r in rows)
     assert not [p for p in m.out.rglob("*.tmp")]
-    db.close()
     return len(rows)
 
 
-def cells_resolved(m: Manifest) -> int:
+def cells_resolved(m: Manifest, backend: StoreBackend | None = None) -> int:
     """Cells that succeeded, or whose last attempt ended and may not be retried."""
-    db = sqlite3.connect(m.out / "batch.sqlite")
-    (count,) = db.execute(
+    ((count,),) = record(m, backend).rows(
         "SELECT COUNT(*) FROM cells c WHERE EXISTS (SELECT 1 FROM attempts a"
         " WHERE a.cell_key = c.key AND (a.state IN ('succeeded', 'blocked', 'rejected')"
         " OR (a.state IN ('failed', 'expired', 'canceled') AND a.attempt = c.max_attempts)))"
-    ).fetchone()
-    db.close()
-    return int(count)
+    )
+    return int(str(count))
 
 
 def assert_one_workflow_per_external_id(emulator: Emulator) -> None:
@@ -92,51 +103,61 @@ def assert_one_workflow_per_external_id(emulator: Emulator) -> None:
         assert len(entry["ids"]) == 1, f"{key} made {len(entry['ids'])} workflows"
 
 
-async def test_clean_run_delivers_every_image_and_a_rerun_does_nothing(tmp_path: Path) -> None:
+async def test_clean_run_delivers_every_image_and_a_rerun_does_nothing(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     with anyio.fail_after(30):
         m = manifest(tmp_path)
-        outcome, emulator = await run(m, EmulatorConfig(time_scale=0))
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0), store_backend)
         assert outcome.counts == {"succeeded": 12, "image:downloaded": 24}
         charged = emulator.state()["buzz"]["net_buzz"]
         assert outcome.budget.charged_buzz == charged == 6 * 1 + 6 * 1  # 64x64: 1 Buzz min
-        assert assert_record_matches_disk(m) == 24
+        assert assert_record_matches_disk(m, store_backend) == 24
         metadata = (m.out / "metadata.jsonl").read_text().splitlines()
         assert len(metadata) == 24  # the run leaves the dataset current
-        again, emulator2 = await run(m, EmulatorConfig(time_scale=0))
+        again, emulator2 = await run(m, EmulatorConfig(time_scale=0), store_backend)
         assert again.stats.submitted == 0
         assert emulator2.state()["workflow_count"] == 0
 
 
-async def test_faults_slow_the_run_but_lose_nothing(tmp_path: Path) -> None:
+async def test_faults_slow_the_run_but_lose_nothing(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     """The flaky profile: 5xx after create, drops, failed/expired steps, bad blobs."""
     with anyio.fail_after(60):
         m = manifest(tmp_path, seeds=4)
         faults = load_faults(ROOT / "jobs" / "faults" / "flaky.yaml")
-        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, seed=3, faults=faults))
+        config = EmulatorConfig(time_scale=0, seed=3, faults=faults)
+        outcome, emulator = await run(m, config, store_backend)
         state = emulator.state()
         assert_one_workflow_per_external_id(emulator)
         assert state["faults_fired"], "the profile fired no fault"
         assert outcome.budget.charged_buzz == state["buzz"]["net_buzz"]
         assert outcome.budget.reserved_buzz == 0
         succeeded = outcome.counts.get("succeeded", 0)
-        assert cells_resolved(m) == 24
+        assert cells_resolved(m, store_backend) == 24
         assert "planned" not in outcome.counts
         assert "submitting" not in outcome.counts
         assert "running" not in outcome.counts
-        assert assert_record_matches_disk(m) + outcome.counts.get("image:lost", 0) == 2 * succeeded
+        on_disk = assert_record_matches_disk(m, store_backend)
+        assert on_disk + outcome.counts.get("image:lost", 0) == 2 * succeeded
 
 
-async def test_created_then_502_is_resubmitted_not_duplicated(tmp_path: Path) -> None:
+async def test_created_then_502_is_resubmitted_not_duplicated(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     with anyio.fail_after(30):
         m = manifest(tmp_path, seeds=1)
         faults = FaultProfile(submit_5xx_after=FaultRule(p=0.5), submit_drop_after=FaultRule(p=0.3))
-        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults))
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults), store_backend)
         assert_one_workflow_per_external_id(emulator)
         assert outcome.counts["succeeded"] == 6
         assert outcome.stats.retries > 0
 
 
-async def test_cap_holds_and_reports_what_is_left(tmp_path: Path) -> None:
+async def test_cap_holds_and_reports_what_is_left(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     """The run the cap stopped raises CapReached (exit 4) saying what was charged and
     reserved, the cap, and the command that resumes; the run's outcome rides along."""
     with anyio.fail_after(30):
@@ -145,8 +166,10 @@ async def test_cap_holds_and_reports_what_is_left(tmp_path: Path) -> None:
         async with Client(
             base_url="http://emulator", token="e2e-token", transport=EmulatorTransport(app)
         ) as client:
+            store = str(store_backend.location) if store_backend.name == "postgresql" else None
+            overrides = RunOverrides(budget_buzz=5, store=store)
             with pytest.raises(CapReached) as caught:
-                await run_batch(m, client, tuning=FAST, overrides=RunOverrides(budget_buzz=5))
+                await run_batch(m, client, tuning=FAST, overrides=overrides)
         assert caught.value.exit_code == 4
         assert str(caught.value) == (
             "the Buzz cap of 5 stopped the batch: 5 Buzz charged and 0 reserved; 7 cells not"
@@ -162,11 +185,13 @@ async def test_cap_holds_and_reports_what_is_left(tmp_path: Path) -> None:
         assert (outcome.unsubmitted, outcome.unsubmitted_buzz) == (7, 7)
 
 
-async def test_failed_steps_are_retried_as_new_attempts_and_refunded(tmp_path: Path) -> None:
+async def test_failed_steps_are_retried_as_new_attempts_and_refunded(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     with anyio.fail_after(30):
         m = manifest(tmp_path, seeds=1)
         faults = FaultProfile(step_fail=FaultRule(p=1.0, times=3))
-        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults))
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults), store_backend)
         assert outcome.counts["failed"] == 3
         assert outcome.counts["succeeded"] == 6
         state = emulator.state()
@@ -174,11 +199,11 @@ async def test_failed_steps_are_retried_as_new_attempts_and_refunded(tmp_path: P
         assert outcome.budget.charged_buzz == state["buzz"]["net_buzz"] == 6
 
 
-async def test_blocked_prompt_is_not_retried(tmp_path: Path) -> None:
+async def test_blocked_prompt_is_not_retried(tmp_path: Path, store_backend: StoreBackend) -> None:
     with anyio.fail_after(30):
         m = manifest(tmp_path, seeds=1)
         config = EmulatorConfig(time_scale=0, blocked_words=frozenset({"lighthouse"}))
-        outcome, emulator = await run(m, config)
+        outcome, emulator = await run(m, config, store_backend)
         assert outcome.counts["blocked"] == 2  # both models of the lighthouse prompt
         assert emulator.state()["submit_attempts"]  # and nothing more was sent for them
         assert len(emulator.state()["workflows"]) == 6
