@@ -101,10 +101,10 @@ def commit_delta(db: sqlite3.Connection, delta_buzz: int) -> None:
 
 def insert_attempt(tx: Tx, cell_key: str, number: int, detail: str | None = None) -> int:
     """-> planned: attempt `number` of the cell, with its externalId; its id."""
+    external_id(cell_key, number)  # raises for a key or number no externalId can spell
     cur = tx.db.execute(
-        "INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (cell_key, number, external_id(cell_key, number), "planned", tx.now),
+        "INSERT INTO attempts (cell_key, attempt, state, updated_at) VALUES (?, ?, ?, ?)",
+        (cell_key, number, "planned", tx.now),
     )
     attempt_id = int(cur.lastrowid or 0)
     event(tx, attempt_id, None, AttemptState.PLANNED, None, detail)
