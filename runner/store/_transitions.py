@@ -177,12 +177,18 @@ def mark_finished(
     charged_buzz: int,
     images: Sequence[ImageOutcome],
     reason: str | None,
+    running: tuple[str, int] | None = None,
 ) -> int | None:
     """submitting | running -> `outcome`: a terminal workflow, what it finally cost, its
     images (pending to download, or lost), and the next attempt when it is retried (its id).
-    """
+
+    `running` (workflow id, charge): the submit's own answer was already terminal, so the
+    attempt is recorded `running` first (`mark_running`, its event and ledger change) and
+    finished in the same transition: one trip and one commit for both, the same rows."""
     if not outcome.is_final or outcome is AttemptState.REJECTED:
         raise StoreError(f"attempt {attempt_id}: {outcome} is not a workflow outcome")
+    if running is not None:
+        mark_running(tx, attempt_id, *running)
     rows = list(
         fetchall(
             tx.db,
