@@ -7,8 +7,9 @@ deduplicates submits by, and by the workflow metadata `{"zbatch": {"cell": <key>
 "attempt": <n>}}`; every workflow of a batch carries the tag `zbatch:<batch name>`
 (docs/operations.md, "the tag scheme"). `external_id` builds an externalId and
 `parse_external_id` reads one back (`zbatch run --adopt`: the service alone says which cell
-and attempt a workflow was for); `external_id_sql` spells the same text in SQL, for the
-attempts a plan inserts in bulk. tests/test_identity.py checks that the three agree.
+and attempt a workflow was for); the record derives the same text in SQL (`attempts.
+external_id`, a generated column since schema 7). tests/test_identity.py checks that the
+three agree.
 
 A planned cell travels from the grid to the store as a `PlanRow`, its JSON columns spelled
 by `record_json`: the grid (`grid.store_rows`) makes them, the store (`Store.plan_rows`)
@@ -57,15 +58,6 @@ def parse_external_id(text: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match.group(1), int(match.group(2))
-
-
-def external_id_sql(key: str, attempt: str) -> str:
-    """`external_id` as an SQL expression of a key column and an attempt expression.
-
-    For rows the grid made (their keys are hex): it cannot raise, so it does not check.
-    Portable: `||` joins text and an integer in SQLite and PostgreSQL alike.
-    """
-    return f"'{EXTERNAL_ID_PREFIX}-' || {key} || '-{ATTEMPT_MARK}' || {attempt}"
 
 
 def workflow_metadata(cell_key: str, attempt: int) -> dict[str, Any]:

@@ -384,9 +384,7 @@ async def fill_batch(out: Path, cells: int, *, quantity: int = 1, lost_every: in
                 }  # fmt: skip
                 variables = json.dumps({"n": str(n % 7)})
                 cell_rows.append((key, n, 0, "turbo", json.dumps(request), variables, 1, 1, 1))
-                attempt_rows.append(
-                    (n + 1, key, 1, f"zb-{key}-a1", "succeeded", quantity, f"wf-{n}", "t1")
-                )
+                attempt_rows.append((n + 1, key, 1, "succeeded", quantity, f"wf-{n}", "t1"))
                 event_rows.append(("t0", n + 1, "submitting", "running", quantity, f"wf-{n}"))
                 for i in range(quantity):
                     if lost_every and (n * quantity + i) % lost_every == 0:
@@ -401,8 +399,8 @@ async def fill_batch(out: Path, cells: int, *, quantity: int = 1, lost_every: in
                 cell_rows,
             )
             db.executemany(
-                "INSERT INTO attempts (id, cell_key, attempt, external_id, state, charged_buzz,"
-                " workflow_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO attempts (id, cell_key, attempt, state, charged_buzz,"
+                " workflow_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 attempt_rows,
             )
             db.executemany(

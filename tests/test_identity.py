@@ -1,9 +1,11 @@
-"""A cell's identity: the externalId, its inverse, its SQL twin and the workflow metadata agree."""
+"""A cell's identity: the externalId, its inverse, the record's derived column and the workflow
+metadata agree."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,12 +17,11 @@ from runner.identity import (
     MAX_ATTEMPT,
     batch_tag,
     external_id,
-    external_id_sql,
-    parse_external_id,
     parse_workflow_metadata,
     workflow_metadata,
 )
 from runner.ops._adopt import identity_of
+from runner.store._migrations import MIGRATIONS
 
 # every key length alike (a regex strategy draws mostly short ones), and the bounds always
 KEYS = st.integers(8, 64).flatmap(lambda n: st.text("0123456789abcdef", min_size=n, max_size=n))
@@ -29,35 +30,34 @@ API_EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what the service accept
 KEY = "64e2e08a9c7287c7d160b88ea97cded8"
 
 
-@given(key=KEYS, attempt=ATTEMPTS)
-@example(key="0" * 8, attempt=1)
-@example(key="f" * 64, attempt=MAX_ATTEMPT)
-def test_parse_inverts_external_id(key: str, attempt: int) -> None:
-    """Every externalId zbatch makes reads back as the cell and attempt it was made for."""
-    made = external_id(key, attempt)
-    assert API_EXTERNAL_ID.fullmatch(made)
-    assert parse_external_id(made) == (key, attempt)
-
-
-@given(text=st.one_of(st.text(max_size=90), st.from_regex(r"zb-[0-9a-fA-F]{0,70}-a-?[0-9]{0,8}")))
-def test_only_ids_external_id_makes_are_parsed(text: str) -> None:
-    """What parses is exactly what `external_id` would make again: no other text is ours."""
-    found = parse_external_id(text)
-    if found is not None:
-        assert external_id(*found) == text
+@pytest.fixture(scope="module")
+def record() -> Iterator[sqlite3.Connection]:
+    """An empty batch.sqlite schema, every migration applied, in memory."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    for script in MIGRATIONS:
+        db.executescript(script)
+    yield db
+    db.close()
 
 
 @given(key=KEYS, attempt=ATTEMPTS)
 @example(key="0" * 8, attempt=1)
 @example(key="f" * 64, attempt=MAX_ATTEMPT)
-def test_the_sql_expression_spells_the_same_external_id(key: str, attempt: int) -> None:
-    """The bulk plan's SQL (run in SQLite) and the function give the same text."""
-    db = sqlite3.connect(":memory:")
+def test_the_records_derived_column_spells_the_same_external_id(
+    record: sqlite3.Connection, key: str, attempt: int
+) -> None:
+    """`attempts.external_id` is computed by the schema (migration 7): it and the function
+    give the same text, so a resumed run looks its workflows up under the ids it sent."""
+    record.execute(
+        "INSERT INTO attempts (cell_key, attempt, state, updated_at) VALUES (?, ?, 'planned', 't')",
+        (key, attempt),
+    )
     try:
-        sql = f"SELECT {external_id_sql('k', 'a')} FROM (SELECT ? AS k, ? AS a)"
-        (found,) = db.execute(sql, (key, attempt)).fetchone()
+        (found,) = record.execute(
+            "SELECT external_id FROM attempts WHERE cell_key = ? AND attempt = ?", (key, attempt)
+        ).fetchone()
     finally:
-        db.close()
+        record.execute("DELETE FROM attempts")
     assert found == external_id(key, attempt)
 
 

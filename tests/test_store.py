@@ -113,6 +113,39 @@ async def test_succeeded_images_become_pending_then_downloaded_or_lost(store: St
         assert (counts["image:downloaded"], counts["image:lost"]) == (1, 1)
 
 
+async def test_a_submit_answered_with_the_end_is_recorded_running_and_finished_at_once(
+    store: Store, store_backend: StoreBackend
+) -> None:
+    """`mark_finished(..., running=...)` from submitting: the same events and ledger as
+    mark_running then mark_finished; refused whole (nothing written) unless submitting."""
+    with anyio.fail_after(10):
+        await store.plan_rows([cell(1, estimate=10), cell(2, estimate=10)], max_attempts=2)
+        a, b = await store.next_planned(10)
+        assert await store.reserve(a.id, 10)
+        retry_id = await store.mark_finished(
+            a.id, AttemptState.FAILED, charged_buzz=0, running=("wf-1", 8)
+        )
+        assert retry_id is not None  # retried, as a failure after running is
+        done = await store.attempt(a.id)
+        assert (done.state, done.workflow_id, done.charged_buzz) == ("failed", "wf-1", 0)
+        assert (await store.budget()).committed_buzz == 0
+        with pytest.raises(StoreError, match="cannot move planned -> running"):
+            await store.mark_finished(
+                b.id, AttemptState.SUCCEEDED, charged_buzz=8, running=("wf-2", 8)
+            )
+        assert (await store.attempt(b.id)).state is AttemptState.PLANNED
+    events = store_backend.rows(
+        "SELECT attempt_id, from_state, to_state, buzz FROM events ORDER BY id"
+    )
+    assert [e for e in events if e[0] == a.id] == [
+        (a.id, None, "planned", None),
+        (a.id, "planned", "submitting", 10),
+        (a.id, "submitting", "running", 8),
+        (a.id, "running", "failed", 0),
+    ]
+    assert [e for e in events if e[0] == b.id] == [(b.id, None, "planned", None)]
+
+
 async def test_illegal_transition_names_both_states(store: Store) -> None:
     with anyio.fail_after(10):
         await store.plan_rows([cell(1)], max_attempts=1)

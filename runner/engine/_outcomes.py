@@ -9,6 +9,7 @@ waiting tasks; the submitter and the poller call it, and nothing else ends an at
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import anyio
 import structlog
@@ -18,6 +19,14 @@ from runner.engine._shared import Changes, RunStats
 from runner.store import Attempt, AttemptState, ImageOutcome, Store
 
 log = structlog.get_logger(__name__)
+
+
+class Ended(NamedTuple):
+    """What `Outcomes.record` recorded: the outcome, the final charge, whether retried."""
+
+    outcome: AttemptState
+    charged_buzz: int
+    retry: bool
 
 
 class Outcomes:
@@ -40,6 +49,14 @@ class Outcomes:
 
     async def finish(self, attempt: Attempt, wf: Workflow) -> None:
         """Record a terminal workflow; hand its images to the downloaders."""
+        self.finished(attempt, wf, await self.record(attempt, wf))
+
+    async def record(
+        self, attempt: Attempt, wf: Workflow, *, running: tuple[str, int] | None = None
+    ) -> Ended:
+        """`finish`'s first half: the store's record of the end. With `running` (workflow
+        id, charge) the attempt is still `submitting` in the record, its submit answered
+        with the end already: both are recorded in one transition (`Store.mark_finished`)."""
         outcome = outcome_of(wf)
         charged = charge_of(wf, fallback_buzz=attempt.charged_buzz, final=True)
         retry = await self.store.mark_finished(
@@ -48,16 +65,22 @@ class Outcomes:
             charged_buzz=charged,
             images=image_outcomes(wf),
             reason=reason_of(wf, outcome),
+            running=running,
         )
+        return Ended(outcome, charged, retry is not None)
+
+    def finished(self, attempt: Attempt, wf: Workflow, ended: Ended) -> None:
+        """`finish`'s second half, once recorded: the images' URLs to the downloaders, the
+        count, the log line, the slot freed."""
         self.remember_urls(attempt.id, wf)
-        self.stats.count_finished(outcome.value)
+        self.stats.count_finished(ended.outcome.value)
         log.info(
             "cell_finished",
             cell=attempt.cell_key,
             attempt=attempt.attempt,
-            outcome=str(outcome),
-            charged_buzz=charged,
-            retry=retry is not None,
+            outcome=str(ended.outcome),
+            charged_buzz=ended.charged_buzz,
+            retry=ended.retry,
         )
         self.release(attempt.id)
 

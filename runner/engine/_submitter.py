@@ -190,14 +190,7 @@ class Submitter:
             raise ApiError(f"submit of {attempt.external_id} returned a preview, no id")
         self.limiter.speed_up()
         charged = charge_of(wf, fallback_buzz=attempt.estimate_buzz)
-        await self.store.mark_running(attempt.id, wf.id, charged)
-        if resumed:
-            self.stats.resubmitted += 1
-        else:
-            self.stats.submitted += 1
-        self.changes.notify()  # the reservation became the charge: budget may be free
-        log.info("cell_submitted", cell=attempt.cell_key, attempt=attempt.attempt, workflow=wf.id)
-        running = dataclasses.replace(  # what mark_running wrote, without reading it back
+        running = dataclasses.replace(  # what mark_running writes, without reading it back
             attempt,
             state=AttemptState.RUNNING,
             workflow_id=wf.id,
@@ -205,10 +198,26 @@ class Submitter:
             charged_buzz=charged,
         )
         if wf.status.is_terminal and not refund_pending(wf):
-            await self.outcomes.finish(running, wf)
+            # The answer is the end already: running and finished in one transition.
+            ended = await self.outcomes.record(running, wf, running=(wf.id, charged))
+            self._acknowledged(attempt, wf.id, resumed)
+            self.outcomes.finished(running, wf, ended)
+            return
+        await self.store.mark_running(attempt.id, wf.id, charged)
+        self._acknowledged(attempt, wf.id, resumed)
+        low_s, _ = zimage_runtime(attempt)
+        self.poller.watch(running, first_poll_s=low_s * self.runtime_scale)
+
+    def _acknowledged(self, attempt: Attempt, workflow_id: str, resumed: bool) -> None:
+        """Count and log a submit the record now holds as sent (running, or ended)."""
+        if resumed:
+            self.stats.resubmitted += 1
         else:
-            low_s, _ = zimage_runtime(attempt)
-            self.poller.watch(running, first_poll_s=low_s * self.runtime_scale)
+            self.stats.submitted += 1
+        self.changes.notify()  # the reservation became the charge: budget may be free
+        log.info(
+            "cell_submitted", cell=attempt.cell_key, attempt=attempt.attempt, workflow=workflow_id
+        )
 
 
 def zimage_runtime(attempt: Attempt) -> tuple[float, float]:

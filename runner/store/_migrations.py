@@ -114,6 +114,44 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE run_settings ADD COLUMN caption_template TEXT NOT NULL DEFAULT '{prompt}';
     """,
+    # 7: an attempt's externalId is derived from its cell and number (`identity.external_id`,
+    # the one spelling it has ever had), not stored: the column is computed when read, and
+    # its UNIQUE index, which `UNIQUE (cell_key, attempt)` already implied, is gone (a planned
+    # cell wrote 40 bytes and one index entry fewer: docs/performance.md, lever f). The table
+    # is rebuilt (SQLite drops neither a UNIQUE column nor its index in place), its rows and
+    # ids kept; `migrate` runs this one with foreign keys off and checks them before COMMIT.
+    # A record whose stored externalId were not that spelling would stop here, at schema 6,
+    # rather than have its in-flight workflows looked up under another name: the check
+    # table's CHECK refuses a count other than 0.
+    """
+    CREATE TEMP TABLE migration_7_check (
+        stored_external_ids_not_derived INTEGER NOT NULL
+        CHECK (stored_external_ids_not_derived = 0)
+    );
+    INSERT INTO migration_7_check SELECT count(*) FROM attempts
+        WHERE external_id IS NOT ('zb-' || cell_key || '-a' || attempt);
+    DROP TABLE migration_7_check;
+    CREATE TABLE attempts_v7 (
+        id INTEGER PRIMARY KEY,
+        cell_key TEXT NOT NULL REFERENCES cells (key),
+        attempt INTEGER NOT NULL,
+        external_id TEXT GENERATED ALWAYS AS ('zb-' || cell_key || '-a' || attempt) VIRTUAL,
+        state TEXT NOT NULL,
+        reserved_buzz INTEGER NOT NULL DEFAULT 0,
+        charged_buzz INTEGER NOT NULL DEFAULT 0,
+        workflow_id TEXT,
+        reason TEXT,
+        updated_at TEXT NOT NULL,
+        UNIQUE (cell_key, attempt)
+    );
+    INSERT INTO attempts_v7 (id, cell_key, attempt, state, reserved_buzz, charged_buzz,
+        workflow_id, reason, updated_at)
+        SELECT id, cell_key, attempt, state, reserved_buzz, charged_buzz, workflow_id, reason,
+        updated_at FROM attempts ORDER BY id;
+    DROP TABLE attempts;
+    ALTER TABLE attempts_v7 RENAME TO attempts;
+    CREATE INDEX attempts_by_state ON attempts (state, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -169,21 +169,48 @@ def connect(path: Path, *, check: bool) -> sqlite3.Connection:
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Apply the migrations past the database's `PRAGMA user_version`, each whole or not at all."""
+    """Apply the migrations past the database's `PRAGMA user_version`, each whole or not at all.
+
+    Foreign keys are off while they run (a table rebuilt, migration 7, would otherwise take
+    its children's references with it: SQLite's own recipe for changing a table), and every
+    reference is checked (`PRAGMA foreign_key_check`) before each one commits."""
     version = int((run(db, "PRAGMA user_version"))[0][0])
     if version > SCHEMA_VERSION:  # another zbatch upgraded it since `connect` looked
         raise newer_schema(path, version)
-    for number in range(version, SCHEMA_VERSION):
-        # executescript commits whatever is open first, so the script is its own
-        # transaction: the schema change and the version bump land together or not at all.
-        bump = f"PRAGMA user_version = {number + 1};"
-        script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n{bump}\nCOMMIT;"
-        try:
-            db.executescript(script)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+    if version == SCHEMA_VERSION:
+        return
+    run(db, "PRAGMA foreign_keys=OFF")  # only outside a transaction does it take effect
+    try:
+        for number in range(version, SCHEMA_VERSION):
+            _migrate_one(db, number)
+    finally:
+        run(db, "PRAGMA foreign_keys=ON")
+
+
+def _migrate_one(db: sqlite3.Connection, number: int) -> None:
+    """Migration `number` (0-based) and the version bump in one transaction."""
+    # executescript commits whatever is open first; the script opens the transaction and
+    # leaves it open, so the schema change and the version bump land together or not at all.
+    script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};"
+    try:
+        db.executescript(script)
+        broken = run(db, "PRAGMA foreign_key_check")
+        if broken:
+            raise StoreError(
+                f"migration {number + 1} would leave {len(broken)} broken reference(s),"
+                f" the first in table {broken[0][0]}: nothing was changed"
+            )
+        db.execute("COMMIT")
+    except sqlite3.IntegrityError as exc:  # a migration's own check refused this record
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise StoreError(
+            f"migration {number + 1} refused this record ({exc}): nothing was changed"
+        ) from None
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:

@@ -172,12 +172,12 @@ def adopt_workflow(
         row = cur.fetchone()
     detail = f"adopted {workflow_id}"
     if row is None:
+        external_id(cell_key, attempt)  # raises for a key or number no externalId can spell
         cur = tx.db.execute(
-            "INSERT INTO attempts (cell_key, attempt, external_id, state, charged_buzz,"
-            " workflow_id, updated_at) VALUES (?, ?, ?, 'running', ?, ?, ?)",
-            (cell_key, attempt, external_id(cell_key, attempt), charged_buzz, workflow_id,
-             tx.now),
-        )  # fmt: skip
+            "INSERT INTO attempts (cell_key, attempt, state, charged_buzz, workflow_id,"
+            " updated_at) VALUES (?, ?, 'running', ?, ?, ?)",
+            (cell_key, attempt, charged_buzz, workflow_id, tx.now),
+        )
         attempt_id = int(cur.lastrowid or 0)
         commit_delta(tx.db, charged_buzz)
         event(tx, attempt_id, None, "running", charged_buzz, detail)

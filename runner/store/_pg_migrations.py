@@ -107,4 +107,18 @@ PG_MIGRATIONS: tuple[str, ...] = (
     """,
     # 6: the manifest's caption template
     f"ALTER TABLE run_settings ADD COLUMN caption_template {_T} NOT NULL DEFAULT '{{prompt}}';",
+    # 7: an attempt's externalId derived, not stored (SQLite's migration 7). PostgreSQL 15
+    # has no virtual generated column: a STORED one keeps the name every read uses; its
+    # UNIQUE constraint goes with the old column. A stored spelling that differs stops it.
+    f"""
+    DO $$ BEGIN
+        IF EXISTS (SELECT 1 FROM attempts
+                   WHERE external_id IS DISTINCT FROM ('zb-' || cell_key || '-a' || attempt::text))
+        THEN RAISE EXCEPTION 'migration 7 refused this record: stored_external_ids_not_derived';
+        END IF;
+    END $$;
+    ALTER TABLE attempts DROP COLUMN external_id;
+    ALTER TABLE attempts ADD COLUMN external_id {_T}
+        GENERATED ALWAYS AS ('zb-' || cell_key || '-a' || attempt::text) STORED;
+    """,
 )

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import cast
 
-from runner.identity import PlanRow, external_id_sql
+from runner.identity import PlanRow
 from runner.store import _plan
 from runner.store._pg import PgConnection
 from runner.store._plan import LEFTOVER, PlanStopped
@@ -36,8 +36,8 @@ _MERGE_NEW = (
     " estimate_buzz, max_attempts, generation, revision)"
     " SELECT DISTINCT ON (key) key, seq, replica, model, request, vars, estimate_buzz, ?, ?, ?"
     " FROM plan_rows ORDER BY key, seq DESC ON CONFLICT (key) DO NOTHING RETURNING key),"
-    " new_attempts AS (INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
-    f" SELECT key, 1, {external_id_sql('key', '1')}, 'planned', ? FROM new_cells ORDER BY key"
+    " new_attempts AS (INSERT INTO attempts (cell_key, attempt, state, updated_at)"
+    " SELECT key, 1, 'planned', ? FROM new_cells ORDER BY key"
     " RETURNING id)"
     " INSERT INTO events (at, attempt_id, from_state, to_state)"
     " SELECT ?, id, NULL, 'planned' FROM new_attempts ORDER BY id"

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from runner.errors import StoreError
-from runner.identity import PlanRow, external_id_sql
+from runner.identity import PlanRow
 from runner.store._open import run
 from runner.store._reads import scalar
 from runner.store._rows import Comparison, PlanResult
@@ -266,8 +266,8 @@ def merge_stage(
     # Every cell past the last rowid, and every attempt past the last id, before this
     # merge is one it just inserted: the transaction holds the write lock.
     db.execute(
-        "INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
-        f" SELECT key, 1, {external_id_sql('key', '1')}, 'planned', ? FROM cells"
+        "INSERT INTO attempts (cell_key, attempt, state, updated_at)"
+        " SELECT key, 1, 'planned', ? FROM cells"
         " WHERE rowid > ? ORDER BY rowid",
         (tx.now, last_cell),
     )

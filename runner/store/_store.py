@@ -233,11 +233,14 @@ class Store(Connected):
         charged_buzz: int,
         images: Sequence[ImageOutcome] = (),
         reason: str | None = None,
+        running: tuple[str, int] | None = None,
     ) -> int | None:
         """-> `outcome`: a terminal workflow, its final charge, its images; the id of the next
-        attempt when a failed or expired one has attempts left."""
+        attempt when a failed or expired one has attempts left. With `running` (workflow id,
+        charge) a submitting attempt is first recorded running, in the same transaction (the
+        submit's answer was already terminal)."""
         return await self._tx(
-            transitions.mark_finished, attempt_id, outcome, charged_buzz, images, reason
+            transitions.mark_finished, attempt_id, outcome, charged_buzz, images, reason, running
         )
 
     async def mark_downloaded(

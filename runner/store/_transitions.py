@@ -101,10 +101,10 @@ def commit_delta(db: sqlite3.Connection, delta_buzz: int) -> None:
 
 def insert_attempt(tx: Tx, cell_key: str, number: int, detail: str | None = None) -> int:
     """-> planned: attempt `number` of the cell, with its externalId; its id."""
+    external_id(cell_key, number)  # raises for a key or number no externalId can spell
     cur = tx.db.execute(
-        "INSERT INTO attempts (cell_key, attempt, external_id, state, updated_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (cell_key, number, external_id(cell_key, number), "planned", tx.now),
+        "INSERT INTO attempts (cell_key, attempt, state, updated_at) VALUES (?, ?, ?, ?)",
+        (cell_key, number, "planned", tx.now),
     )
     attempt_id = int(cur.lastrowid or 0)
     event(tx, attempt_id, None, AttemptState.PLANNED, None, detail)
@@ -177,12 +177,18 @@ def mark_finished(
     charged_buzz: int,
     images: Sequence[ImageOutcome],
     reason: str | None,
+    running: tuple[str, int] | None = None,
 ) -> int | None:
     """submitting | running -> `outcome`: a terminal workflow, what it finally cost, its
     images (pending to download, or lost), and the next attempt when it is retried (its id).
-    """
+
+    `running` (workflow id, charge): the submit's own answer was already terminal, so the
+    attempt is recorded `running` first (`mark_running`, its event and ledger change) and
+    finished in the same transition: one trip and one commit for both, the same rows."""
     if not outcome.is_final or outcome is AttemptState.REJECTED:
         raise StoreError(f"attempt {attempt_id}: {outcome} is not a workflow outcome")
+    if running is not None:
+        mark_running(tx, attempt_id, *running)
     rows = list(
         fetchall(
             tx.db,
