@@ -7,9 +7,9 @@ from the header before a pixel is decoded, so a decompression bomb is refused un
 a strict decode within the byte limit); writes them to a path made only from the cell key
 and image index (temp, fsync, rename, directory fsync), hashing them as it writes; then
 records path, sha256 and size. The check, the hash and the write are one trip to a worker
-thread per image, and the folder's fsync is shared by the downloaders that renamed into it
-meanwhile (`FolderSyncs`: an fsync that started after this image's rename), so the record
-follows a durable file.
+thread per image (`run_whole`: it runs whole even when its caller is cancelled), and the
+folder's fsync is shared by the downloaders that renamed into it meanwhile (`FolderSyncs`:
+an fsync that started after this image's rename), so the record follows a durable file.
 `lost` is recorded only when the service no longer has the blob, or the bytes stay wrong
 after every try.
 """
@@ -31,6 +31,7 @@ from runner.disk import FolderSyncs, atomic_write_hashed, image_path
 from runner.engine._images import InvalidImage, VerifiedImage, check_image, inspect_image
 from runner.engine._pacing import Backoff, Outage, is_outage, retrying
 from runner.engine._shared import Changes, RunStats
+from runner.engine._threads import run_whole
 from runner.errors import NotFoundError, RetryableError, UrlExpiredError
 from runner.store import PendingImage, Store
 
@@ -97,7 +98,7 @@ class ImageFetcher:
                 got = await self.client.download(url, max_bytes=self.max_bytes)
                 if not got.content_type.startswith("image/"):
                     raise InvalidImage(f"Content-Type is {got.content_type or 'missing'}")
-                info = await anyio.to_thread.run_sync(
+                info = await run_whole(
                     functools.partial(
                         _check_then_keep,
                         got.content,

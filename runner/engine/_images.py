@@ -11,7 +11,7 @@ chunk's CRC (IDAT's too) through to IEND (`Image.verify`), then a full decode. W
 RIFF sizes must add up to the file, then a full decode. The downloader and `zbatch verify`
 use this one check (the downloader as `inspect_image`, the check without the sha256: it
 hashes the bytes while writing them).
-Blocking by design: async callers run these through `anyio.to_thread.run_sync`.
+Blocking by design: async callers run these on a worker thread (`run_whole`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def check_image(
     bomb (a small file declaring millions of pixels, past Pillow's `MAX_IMAGE_PIXELS` or
     merely past the size asked for) and an image of the wrong size are refused here, before
     any pixel is decoded. Then every byte is decoded strictly. Raises `InvalidImage`.
-    Blocking: run it through `anyio.to_thread.run_sync`.
+    Blocking: run it on a worker thread (`run_whole`).
     """
     fmt = inspect_image(
         data, width=width, height=height, output_format=output_format, max_bytes=max_bytes
@@ -132,7 +132,7 @@ def verify_image(
     """Check that `data` decodes fully and strictly as an image of exactly `width` x `height`.
 
     Raises InvalidImage naming what is wrong. Blocking (every byte is decoded): call it
-    through `anyio.to_thread.run_sync` from async code.
+    on a worker thread (`run_whole`) from async code.
     """
     if len(data) > max_bytes:
         raise InvalidImage(f"image is {len(data)} bytes, over the limit of {max_bytes}")
