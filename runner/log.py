@@ -43,6 +43,8 @@ _CONTENT_PATH_RE = re.compile(r"(/blobs/content/)[^\s\"'<>]+")
 _USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#@]*@", re.IGNORECASE)
 _URL_SECRET_PARAM_RE = re.compile(r"(?i)([?&][^=&#]*(?:sig|token|credential)[^=&#]*=)[^&#]*")
 _URL_CONTENT_TAIL_RE = re.compile(r"(/blobs/content/).*")
+# A string none of the patterns above can match in: what most values are (names, ids, keys).
+_MAY_HOLD_SECRET_RE = re.compile(r"(?i)bearer|sig|token|credential|/blobs/content/")
 # Whole values of these keys are secrets, whatever they look like.
 _SECRET_KEYS = frozenset({"authorization", "token", "api_token", "api_key", "password"})
 
@@ -92,6 +94,8 @@ def redact(text: str) -> str:
     for secret in _active_secrets():
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if _MAY_HOLD_SECRET_RE.search(text) is None:  # one search, not three substitutions
+        return text
     text = _BEARER_RE.sub(rf"\1 {REDACTED}", text)
     text = _QUERY_SECRET_RE.sub(rf"\1={REDACTED}", text)
     return _CONTENT_PATH_RE.sub(rf"\1{REDACTED}", text)
@@ -145,6 +149,10 @@ def redact_event(
     return event_dict
 
 
+# One encoder for every line (`json.dumps` with an argument builds a new one per call).
+_ENCODER = jsonlib.JSONEncoder(default=str)
+
+
 class _JsonlFileSink:
     """structlog processor: append each event as one JSON line to a file, pass it on unchanged."""
 
@@ -172,7 +180,7 @@ class _JsonlFileSink:
     def _write(self, event_dict: MutableMapping[str, Any]) -> None:
         if self._failed is None:
             try:
-                self._handle.write(jsonlib.dumps(dict(event_dict), default=str) + "\n")
+                self._handle.write(_ENCODER.encode(event_dict) + "\n")
                 self._handle.flush()
             except OSError as exc:  # a full disk must not turn every log call into a crash:
                 self._failed = exc.strerror or str(exc)  # the file stops, stderr goes on
@@ -268,11 +276,12 @@ class _DropBelow:
     """A processor that drops events under a level (after the file sink has kept them)."""
 
     def __init__(self, level: str) -> None:
-        self.threshold = logging.getLevelNamesMapping()[level.upper()]
+        self.levels = logging.getLevelNamesMapping()  # a copy per call: taken once
+        self.threshold = self.levels[level.upper()]
 
     def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
         name = str(event_dict.get("level", method_name)).upper()
-        if logging.getLevelNamesMapping().get(name, logging.INFO) < self.threshold:
+        if self.levels.get(name, logging.INFO) < self.threshold:
             raise structlog.DropEvent
         return event_dict
 
@@ -314,12 +323,13 @@ def configure_logging(
 
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         # Plain text tracebacks (no locals), so they pass through redaction like any string.
         structlog.processors.format_exc_info,
         redact_event,
+        # After redaction: the level and the time hold nothing to hide (same keys, same order).
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_file is not None:
         _file_sink = _JsonlFileSink(log_file)
