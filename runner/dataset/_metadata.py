@@ -135,9 +135,16 @@ def metadata_row(
     return row
 
 
+# One encoder each, built once (`json.dumps` with arguments builds a new one per call): a
+# refresh at the end of a run renders every row.
+_LORAS_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_LINE_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def flat_row(row: dict[str, Any]) -> dict[str, Any]:
     """`row` with `loras` as canonical JSON text: for metadata.jsonl and CSV."""
-    return {**row, "loras": json.dumps(row["loras"], sort_keys=True, separators=(",", ":"))}
+    loras = row["loras"]
+    return {**row, "loras": _LORAS_JSON(loras) if loras else "[]"}
 
 
 def caption_text(prompt: str) -> str:
@@ -257,7 +264,7 @@ def _write_chunk(
             missing[0] += 1
             continue
         row = metadata_row(image, names, template)
-        lines.append(json.dumps(flat_row(row), ensure_ascii=False, separators=(",", ":")) + "\n")
+        lines.append(_LINE_JSON(flat_row(row)) + "\n")
         if captions == "txt":
             write_caption(caption_path(out, image.path), row["text"])
     writer.text().write("".join(lines))
