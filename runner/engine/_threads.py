@@ -8,7 +8,9 @@ capacity limiter per call) was the run's single costliest frame.
 
 Cancellation keeps anyio's default (`abandon_on_cancel=False`): a caller cancelled while
 `fn` runs waits for `fn` to end, then the cancellation goes on. The work is never abandoned
-half-way and its caller never goes on as if it had not run.
+half-way and its caller never goes on as if it had not run. (While it waits so, anyio keeps
+delivering the cancellation, once per loop turn: a cost paid only by a cancelled run, for
+the length of one image's work.)
 """
 
 from __future__ import annotations
