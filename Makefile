@@ -22,12 +22,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The store and engine suites' runs on PostgreSQL (marked `postgresql`: the same tests as on
-# SQLite, 32 of them, 30 to 100 s more in one process on this shared 2-core machine) are
-# `make test-pg`; `make test` runs the rest, with what only PostgreSQL has
-# (tests/test_store_pg.py: the cap across two stores, credentials, a lost connection).
+# The whole suite, the store and engine suites' runs on PostgreSQL (marked `postgresql`)
+# included, in two pytest-xdist workers (CI's machine has 2 cores). `make test-pg` runs
+# only the PostgreSQL ones.
 test: lint system
-	$(BIN)/pytest -q -m "not postgresql"
+	$(BIN)/pytest -q -n 2
 
 test-pg: $(STAMP) system
 	$(BIN)/pytest -q -m postgresql
