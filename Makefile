@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test test-pg lint system pythons demo wheel bench torture fuzz-emulator emulator clean
+.PHONY: all test test-pg lint system pythons demo wheel size bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
@@ -79,6 +79,19 @@ demo: $(STAMP)
 # installs the wheel in a fresh venv and runs it from an empty folder; `make test` runs it).
 wheel: $(STAMP)
 	$(BIN)/python -m build --no-isolation --outdir build/dist .
+
+# The installed size, measured (issue 17): the wheel installed plain and with [parquet],
+# each into a fresh venv from the index; each site-packages minus a bare venv's, in MiB.
+SIZE := build/size
+size: wheel
+	@rm -rf $(SIZE); for v in bare plain parquet; do $(BIN)/python -m venv $(SIZE)/$$v || exit 1; done; \
+	whl=$$(ls build/dist/zbatch-*.whl | tail -n 1); \
+	$(SIZE)/plain/bin/pip install -q --disable-pip-version-check "$$whl" || exit 1; \
+	$(SIZE)/parquet/bin/pip install -q --disable-pip-version-check "$$whl[parquet]" || exit 1; \
+	kib() { du -sk $(SIZE)/$$1/lib/python3*/site-packages | cut -f1; }; \
+	for v in plain parquet; do \
+	  echo "installed size, $$v: $$(( ($$(kib $$v) - $$(kib bare)) / 1024 )) MiB"; done; \
+	rm -rf $(SIZE)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -50,6 +50,14 @@ def test_no_help_text_names_a_repository_path() -> None:
     assert seen == 1 + len(COMMANDS)  # the top level and every command were read
 
 
+def test_the_export_summary_names_every_format() -> None:
+    """Its first line (the command list's too) names each of --format's choices."""
+    export = dict(_parsers(build_parser()))["zbatch export"]
+    summary = (export.description or "").splitlines()[0].lower()
+    for fmt in EXPORT_FORMATS:
+        assert fmt in summary, fmt
+
+
 def test_the_help_links_to_the_documentation_and_zbatch_init() -> None:
     helps = {prog: p.format_help() for prog, p in _parsers(build_parser())}
     assert DOCS_URL in helps["zbatch"]

@@ -218,7 +218,7 @@ GALLERY = Command(
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a batch's images and metadata as JSONL, CSV, Parquet or WebDataset shards.
+    """Export a batch's images and metadata: JSONL, CSV, Parquet, WebDataset shards or a folder.
 
     Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
     row per image, with every input that made it and what it cost ({docs}/dataset.md), to
