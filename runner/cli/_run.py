@@ -20,6 +20,7 @@ from runner.cli._options import (
     add_target_options,
     captions_mode,
     positive_int,
+    record_at,
     whole_setting,
 )
 from runner.disk import OutFolder
@@ -223,7 +224,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_engine_options(p, defaults="the manifest's")
     add_give_up_after(p)
-    add_store(p)
+    add_store(p, role="run")
     add_target_options(p, faults=True)
     add_quiet(p)
     add_json(p)
@@ -273,6 +274,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     --json prints what was chosen (`plan`: the cells, and those skipped with why) and how
     the run ended (`run`: as `zbatch run --json` prints it; null when nothing matched).
 
+    --store URL (or $ZBATCH_STORE): the record is in that PostgreSQL database (locked there,
+    from any host), as `zbatch run --store` put it; the images are written under OUT.
+
     Example:
         zbatch retry out/demo
         zbatch retry out/demo --state canceled --budget 500
@@ -282,11 +286,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from runner.cli._progress import show_progress
     from runner.ops import execute_retry, render_retry
 
-    configure_logging(
-        level="info",
-        log_file=OutFolder(args.out).log,
-        console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
-    )
+    # stderr: warnings and errors; log.jsonl: every event
+    configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
     try:
         with api_target(args, out=args.out) as target:
             outcome = execute_retry(
@@ -294,6 +295,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 _retry_settings(args),
                 target=target,
                 progress=None if args.quiet else show_progress,
+                at=record_at(args),
             )
     except CapReached as exc:
         if exc.outcome is not None:
@@ -383,6 +385,7 @@ def _retry_arguments(p: argparse.ArgumentParser) -> None:
         help="none or txt: write a .txt caption beside each image (default: the batch's)",
     )
     add_give_up_after(p)
+    add_store(p)
     add_target_options(p, faults=False)
     add_quiet(p)
     add_json(p)

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from runner.dataset._failures import failure_lines
-from runner.dataset._metadata import read_batch
+from runner.dataset._metadata import HERE, RecordAt, read_batch
 from runner.disk import OutFolder
 from runner.store import AttemptState, Budget, FailureReason, tally
 
@@ -40,9 +40,12 @@ class BatchStatus:
     more_failures: int = 0  # cells and images that ended for reasons not in `failures`
 
 
-async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
-    """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
-    async with read_batch(out) as (store, info):
+async def read_status(
+    out: Path, *, at: RecordAt = HERE, top_reasons: int = TOP_REASONS
+) -> BatchStatus:
+    """Read the batch's record (`at`: OUT/batch.sqlite by default) read-only, and count the
+    image files under `out`; raise NotABatch when there is no batch."""
+    async with read_batch(out, at) as (store, info):
         counts = await store.counts()
         by_cell = await tally(store, top_reasons)
         budget = await store.budget()
