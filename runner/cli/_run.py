@@ -89,9 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else show_progress,
             )
     except (CapReached, ServiceOutage) as exc:  # run_batch attaches what the run did
-        print_run(exc.outcome, out=manifest.out, json=args.json)
+        print_run(exc.outcome, out=manifest.out, json=args.json, store=args.store)
         raise
-    print_run(outcome, out=manifest.out, json=args.json)
+    print_run(outcome, out=manifest.out, json=args.json, store=args.store)
     return verdict(outcome)
 
 
@@ -131,7 +131,9 @@ def _load_for_run(args: argparse.Namespace) -> Manifest:
     return manifest
 
 
-def print_run(outcome: RunOutcome | None, *, out: Path, json: bool = False) -> None:
+def print_run(
+    outcome: RunOutcome | None, *, out: Path, json: bool = False, store: str | None = None
+) -> None:
     """What `zbatch run` prints on stdout once the run ends: its summary and notes (with
     `json`, the outcome as one JSON document)."""
     if outcome is None:
@@ -148,7 +150,7 @@ def print_run(outcome: RunOutcome | None, *, out: Path, json: bool = False) -> N
             f"set aside   the damaged {OutFolder(out).db} is now"
             f" {outcome.set_aside} (kept); the record was rebuilt from the service"
         )
-    print(render_summary(outcome, out=out))
+    print(render_summary(outcome, out=out, store=store))
     if outcome.adopted is not None:  # operations: --adopt
         from runner.ops import render_adoption
 
@@ -299,19 +301,21 @@ def cmd_retry(args: argparse.Namespace) -> int:
             )
     except CapReached as exc:
         if exc.outcome is not None:
-            print_run(exc.outcome, out=args.out, json=args.json)
+            print_run(exc.outcome, out=args.out, json=args.json, store=args.store)
         raise
     if args.json:
         print(result_json(outcome, out=args.out))
     else:
-        print_retry(render_retry(outcome.plan), outcome.run, out=args.out)
+        print_retry(render_retry(outcome.plan), outcome.run, out=args.out, store=args.store)
     if outcome.run is None:
         unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
         return ExitCode.USAGE if unknown else ExitCode.OK
     return verdict(outcome.run)
 
 
-def print_retry(chosen: str, run: RunOutcome | None, *, out: Path) -> None:
+def print_retry(
+    chosen: str, run: RunOutcome | None, *, out: Path, store: str | None = None
+) -> None:
     """What `zbatch retry` prints on stdout: the cells it chose (`chosen`, rendered), then
     the run's summary."""
     from runner.cli._summary import render_summary
@@ -320,7 +324,7 @@ def print_retry(chosen: str, run: RunOutcome | None, *, out: Path) -> None:
     if run is None:
         print("Nothing to retry: no cell matched.")
     else:
-        print(render_summary(run, out=out))
+        print(render_summary(run, out=out, store=store))
 
 
 def _retry_settings(args: argparse.Namespace) -> RetrySettings:

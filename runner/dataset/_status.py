@@ -17,7 +17,7 @@ import anyio
 from runner.dataset._failures import failure_lines
 from runner.dataset._metadata import HERE, RecordAt, read_batch
 from runner.disk import OutFolder
-from runner.store import AttemptState, Budget, FailureReason, tally
+from runner.store import AttemptState, Budget, FailureReason, redact, tally
 
 TOP_REASONS = 10
 
@@ -38,6 +38,7 @@ class BatchStatus:
     failures: list[FailureReason]  # cells by their latest attempt, and lost images
     last_event_at: str | None
     more_failures: int = 0  # cells and images that ended for reasons not in `failures`
+    record: str = ""  # where the record is (a PostgreSQL URL without password); "": OUT's
 
 
 async def read_status(
@@ -66,6 +67,7 @@ async def read_status(
         more_failures=by_cell.failed_cells
         + by_cell.lost_images
         - sum(f.count for f in by_cell.failures),
+        record=redact(at.url) if at.url else "",
     )
 
 
@@ -88,7 +90,7 @@ def render_status(status: BatchStatus) -> str:
     b, img = status.budget, status.images
     lines = [
         f"batch       {status.name}  (tag {status.tag}, created {status.created_at})",
-        f"record      {OutFolder(status.out).db}",
+        f"record      {status.record or OutFolder(status.out).db}",
         f"cells       {_by_state(status.cells)}",
         f"attempts    {_by_state(status.attempts)}",
         f"images      {img['downloaded']} downloaded · {img['pending']} pending · "
@@ -114,7 +116,7 @@ def status_json(status: BatchStatus) -> dict[str, Any]:
         "tag": status.tag,
         "created_at": status.created_at,
         "out": str(status.out),
-        "record": str(OutFolder(status.out).db),
+        "record": status.record or str(OutFolder(status.out).db),
         "cells": {"total": sum(status.cells.values()), "by_state": status.cells},
         "attempts": {"total": sum(status.attempts.values()), "by_state": status.attempts},
         "images": {**status.images, "on_disk": status.files_on_disk},
