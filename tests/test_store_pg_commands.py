@@ -231,3 +231,32 @@ def test_a_manifest_naming_another_batch_is_refused(
         assert code == ExitCode.USAGE, (argv_text, err)
         assert "holds the batch 'twin', not the manifest's 'other'" in err, err
     assert main(["status", str(first), "--store", store]) == 0
+
+
+def test_a_runner_holding_the_batch_on_another_host_is_seen_and_waited_for(
+    tmp_path: Path, database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session holding the runner's advisory lock (a `zbatch run` anywhere): `list` says
+    the batch is running, `cancel` is refused as in use (exit 7); once it lets go, `cancel`
+    goes through."""
+    from runner.store._pg_open import _BATCH_LOCK
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST.format(out=tmp_path / "out"), encoding="utf-8")
+    store = _with_password(database)
+    run = ["run", str(manifest), "--emulator", "--time-scale", "0", "--quiet", "--store", store]
+    assert main(run) == ExitCode.CAP_REACHED
+    capsys.readouterr()
+    with psycopg.connect(database, autocommit=True) as runner:
+        runner.execute("SELECT pg_advisory_lock(%s)", (_BATCH_LOCK,))
+        assert main(["list", "--store", store, "--json"]) == 0
+        (line,) = json.loads(capsys.readouterr().out)
+        assert (line["state"], line["path"], line["cells"]["open"]) == ("running", database, 2)
+        code, err = _refused(["cancel", "{out}", "--emulator"], tmp_path / "out", store, capsys)
+        assert code == ExitCode.BATCH_UNUSABLE, err
+        assert "is in use by another zbatch" in err, err
+    assert main(["cancel", str(tmp_path / "out"), "--emulator", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["list", "--store", store, "--json"]) == 0
+    (line,) = json.loads(capsys.readouterr().out)
+    assert (line["state"], line["cells"]["open"]) == ("failed cells", 0)
