@@ -282,10 +282,19 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ("verify", P.DAMAGED): _damaged_image,
     ("verify", P.DISK): _repair_disk_full,
     ("verify", P.BATCH_UNUSABLE): lambda e: ["verify", e.garbage_record(), "--repair"],
+    # a database nobody serves: refused at once (no server listens on a free port)
+    ("list", P.BATCH_UNUSABLE): lambda e: ["list", "--store", _unreachable_store()],
     ("emulator", P.OK): _emulator_serves,
     ("emulator", P.USAGE): lambda e: ["emulator", "--faults", str(e.tmp / "none.yaml")],
     ("completion", P.OK): lambda e: ["completion", "bash"],
 }
+
+
+def _unreachable_store() -> str:
+    from tests.services import free_port
+
+    return f"postgresql://zbatch@127.0.0.1:{free_port()}/none"
+
 
 # Declared, and not driven here: why. The codes every command shares (COMMON) come from the
 # dispatcher alone; they are driven for `plan` and in tests/test_cli.py.

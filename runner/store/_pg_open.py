@@ -33,9 +33,13 @@ _MIGRATION_LOCK = 0x7A62_6D67  # taken by whoever migrates, for that transaction
 LOCK_WAIT = "3s"  # how long a runner waits for the batch's lock before BatchInUse
 
 
-def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, None]:
+def connect_postgresql(
+    url: str, *, read_only: bool, lock: bool, create: bool = True
+) -> tuple[sqlite3.Connection, None]:
     """The connection to the batch at `url`, checked, locked (when `lock`) and migrated
-    (unless `read_only`), with the face the store's functions use (`PgConnection`)."""
+    (unless `read_only`), with the face the store's functions use (`PgConnection`). Without
+    `create` (every command but `zbatch run`) a database with no zbatch schema is refused
+    (`StoreError`) before anything is written to it."""
     shown = redact(url)
     try:
         raw = psycopg.connect(url, autocommit=True)
@@ -49,6 +53,8 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
             db.execute("SET default_transaction_read_only = on")
             _check_version(db, shown, exact=True)
         else:
+            if not create and _version(db) is None:
+                raise StoreError(f"{shown} holds no zbatch batch (no zbatch schema)")
             if lock:
                 _take_batch_lock(db, shown)
             migrate(db, shown)
@@ -78,6 +84,13 @@ def _take_batch_lock(db: PgConnection, shown: str) -> None:
 
 def _holder(db: PgConnection) -> str:
     """Which PostgreSQL session holds the runner's lock of the batch."""
+    pid = runner_pid(db)
+    return "no session holds it now: try again" if pid is None else f"its session's pid {pid}"
+
+
+def runner_pid(db: PgConnection) -> int | None:
+    """The pid of the PostgreSQL session that holds the runner's lock of the batch (a
+    `zbatch run`, `retry`, `cancel` or `verify --repair` on any host), or None; never locks."""
     pid = _one(
         db,
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -85,7 +98,7 @@ def _holder(db: PgConnection) -> str:
         " AND objid = ? LIMIT 1",
         _BATCH_LOCK,
     )
-    return "no session holds it now: try again" if pid is None else f"its session's pid {pid}"
+    return None if pid is None else int(pid)
 
 
 def _one(db: PgConnection, sql: str, *params: Any) -> Any:
