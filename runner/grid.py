@@ -409,6 +409,7 @@ class Expansion:
         axes = [plan.patches(axis.name, axis.values) for axis in m.axes]
         last: tuple[_Patch, ...] = axes.pop() if axes else (((), None),)
         last_sets_var = any(var is not None for _, var in last)
+        last_fields = [(dict(items), var) for items, var in last]  # made once, not per cell
         seed_base = m.seed_base
         exclude = bool(m.exclude)
         for outer in itertools.product(*axes):
@@ -419,16 +420,15 @@ class Expansion:
                 if var is not None:
                     outer_vars[var[0]] = var[1]
             rendered: dict[tuple[str, str], str] = {}  # prompts of this outer combination
-            for items, var in last:
+            for own, var in last_fields:
                 if var is None:
                     fields, variables = outer_fields, outer_vars
-                    if items:
-                        fields = {**outer_fields, **dict(items)}
+                    if own:
+                        fields = {**outer_fields, **own}
                 else:
                     fields, variables = outer_fields, {**outer_vars, var[0]: var[1]}
                 model = str(fields.get("model") or plan.default_model)
-                request = dict(plan.bases[model])
-                request.update(fields)
+                request = {**plan.bases[model], **fields}  # in FIELDS order: bases have all
                 request["model"] = model
                 request["loras"] = dict(request["loras"])  # type: ignore[call-overload]
                 written: dict[str, str] = {}
