@@ -20,9 +20,10 @@ does not matter (renaming a batch keeps its images).
 
 **Duplicates.** Two cells with the same request (seed pinned, replica 0) are one: the later
 is dropped and counted. Seen requests are kept as their replica-0 key's 16-byte BLAKE2b
-digest in a ``set``: about 90 bytes per distinct request (90 MB for a million), against 32
-in the open-addressing table of ``array('Q')``s it replaced, which cost ten times the CPU
-(3 us a cell against 0.3: a third of the expansion; docs/performance.md, lever i).
+digest in a ``set``: about 70 bytes per distinct request (the expand bench's peak rose 38 MB
+at a million), against 32 in the open-addressing table of ``array('Q')``s it replaced,
+which cost ten times the CPU (3 us a cell against 0.3: a third of the expansion;
+docs/performance.md, lever i).
 
 **Speed.** A grid cell differs from its model's merged base only in the fields the axes set,
 its prompts and its seed, so the canonical JSON of the other fields is written once per
