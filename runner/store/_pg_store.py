@@ -44,7 +44,9 @@ def _pg_plan(
     )  # fmt: skip
 
 
-def _connect(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, Any]:
+def _connect(
+    url: str, *, read_only: bool, lock: bool, worker: bool = False
+) -> tuple[sqlite3.Connection, Any]:
     """`_pg_open.connect_postgresql`, or why it cannot run: psycopg is not installed."""
     try:
         from runner.store._pg_open import connect_postgresql
@@ -53,7 +55,7 @@ def _connect(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connecti
             f"{redact(url)}: a batch in PostgreSQL needs psycopg ({exc.name} is missing):"
             " pip install 'zbatch[postgresql]'"
         ) from None
-    return connect_postgresql(url, read_only=read_only, lock=lock)
+    return connect_postgresql(url, read_only=read_only, lock=lock, worker=worker)
 
 
 class PostgresStore(Store):
@@ -69,18 +71,20 @@ class PostgresStore(Store):
         *,
         lock: bool = True,
         read_only: bool = False,
+        worker: bool = False,
         now: Callable[[], str] = _utc_now,
     ) -> PostgresStore:
         """Open (creating the schema and migrating it) the batch at `url`.
 
         `lock` takes the runner's lock of the batch (one runner per batch, `BatchInUse` for
         a second); `read_only` (for `zbatch status`) migrates nothing, takes no lock and
-        opens a read-only session.
+        opens a read-only session; a `worker`'s lock (`zbatch worker`, `runner.store.Worker`)
+        is shared with the other workers' and refused only beside a runner's.
         """
         store = cls(None, now, None)
         store._url = url
         store.read_only = read_only
-        await store._connect(lambda: _connect(url, read_only=read_only, lock=lock))
+        await store._connect(lambda: _connect(url, read_only=read_only, lock=lock, worker=worker))
         return store
 
     @property

@@ -33,7 +33,7 @@ from runner.store._rows import (
 from runner.store._sql import cursor, fetchall
 
 Db = sqlite3.Connection
-_CURRENT = "c.generation = (SELECT generation FROM batch WHERE id = 1)"
+CURRENT = "c.generation = (SELECT generation FROM batch WHERE id = 1)"
 # `a` is its cell's latest attempt: the one a cell counts as (`cell_counts`, failures).
 LATEST = "a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
 # The states a cell's latest attempt ends in without success, whose reasons are failures.
@@ -91,7 +91,7 @@ def next_planned(db: Db, limit: int) -> list[Attempt]:
     """Up to `limit` planned attempts of cells in the current manifest, in grid order."""
     return attempts(
         db,
-        f"a.state = 'planned' AND {_CURRENT} ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
+        f"a.state = 'planned' AND {CURRENT} ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
         limit,
     )
 
@@ -164,7 +164,7 @@ def unsubmitted(db: Db) -> tuple[int, int]:
     row = _one(
         db,
         "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
-        f" JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned' AND {_CURRENT}",
+        f" JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned' AND {CURRENT}",
     )
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
@@ -397,7 +397,7 @@ def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
         db,
         "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
         " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
-        f" AS charged FROM cells c WHERE {standing}({_CURRENT}"
+        f" AS charged FROM cells c WHERE {standing}({CURRENT}"
         " OR EXISTS (SELECT 1 FROM attempts b JOIN images i ON i.attempt_id = b.id"
         " WHERE b.cell_key = c.key))"
         " ORDER BY c.seq, c.replica, c.key",
