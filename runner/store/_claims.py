@@ -11,6 +11,7 @@ the rows it claims are picked `FOR UPDATE SKIP LOCKED`. SQLite has one writer an
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runner.store import _reads as reads
@@ -23,6 +24,11 @@ from runner.store._transitions import Tx, reserve
 _NOW_SQLITE = "((julianday('now') - 2440587.5) * 86400.0)"
 _NOW_PG = "(extract(epoch from now())::double precision)"
 _IN_FLIGHT = "('submitting', 'running')"
+# What an owner must finish: in flight, or ended with images still to download.
+_UNFINISHED = (
+    f"(state IN {_IN_FLIGHT} OR EXISTS (SELECT 1 FROM images i"
+    " WHERE i.attempt_id = attempts.id AND i.state = 'pending'))"
+)
 
 
 def _pg(db: sqlite3.Connection) -> bool:
@@ -42,8 +48,9 @@ def _locking(db: sqlite3.Connection, clause: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """What one claim took: planned attempts now `submitting` with their reservations (the
-    intents, committed before any request leaves), and orphans (`submitting` / `running`
-    attempts of dead workers) to resubmit by externalId or poll; each with its epoch."""
+    intents, committed before any request leaves), and orphans (unfinished attempts of dead
+    or departed workers: `submitting` to resubmit by externalId, `running` to poll, ended
+    with images to download); each with its epoch."""
 
     planned: list[tuple[Attempt, int]]
     orphans: list[tuple[Attempt, int]]
@@ -76,8 +83,9 @@ def heartbeat(tx: Tx, worker: int, lease_s: float) -> None:
 
 
 def sweep(tx: Tx) -> list[int]:
-    """Workers whose lease ran out become dead, their in-flight attempts orphans (owner
-    NULL: the next claim's epoch fences their old owner out); the workers declared dead."""
+    """Workers whose lease ran out become dead, their unfinished attempts (in flight, or
+    with images to download) orphans (owner NULL: the next claim's epoch fences their old
+    owner out); the workers declared dead."""
     now = db_now(tx.db)
     dead = [
         int(r[0])
@@ -100,7 +108,7 @@ def leave(tx: Tx, worker: int) -> None:
 
 def _release(tx: Tx, worker: int) -> None:
     tx.db.execute(
-        f"UPDATE attempts SET owner = NULL WHERE owner = ? AND state IN {_IN_FLIGHT}",
+        f"UPDATE attempts SET owner = NULL WHERE owner = ? AND {_UNFINISHED}",
         (worker,),
     )
 
@@ -113,10 +121,16 @@ def live_workers(db: sqlite3.Connection) -> list[tuple[int, str, float]]:
     return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
 
 
-def claim(tx: Tx, worker: int, in_flight: int, limit: int) -> Claimed:
+def claim(
+    tx: Tx, worker: int, in_flight: int, limit: int,
+    priced: Sequence[tuple[int, int]] | None = None,
+) -> Claimed:  # fmt: skip
     """In one transaction: the orphans of dead workers, then up to `limit` planned attempts
     reserved (`reserve`: the cap's guard on the ledger row), never more than make the
-    batch's `submitting + running` total, across all workers, exceed `in_flight`.
+    batch's `submitting + running` total, across all workers, exceed `in_flight`. `priced`
+    (attempt id, price to reserve): the candidates, as the submitter priced them (the
+    service's whatif price when it is higher than the formula's); else the next in grid
+    order at their cells' estimates.
 
     `LeaseLost` when `worker` is not live with a lease still running: a worker whose lease
     ran out claims nothing, even before a sweep declared it dead."""
@@ -132,7 +146,7 @@ def claim(tx: Tx, worker: int, in_flight: int, limit: int) -> Claimed:
     orphans = _own(
         tx, worker,
         [int(r[0]) for r in tx.db.execute(
-            f"SELECT id FROM attempts WHERE owner IS NULL AND state IN {_IN_FLIGHT}"
+            f"SELECT id FROM attempts WHERE owner IS NULL AND {_UNFINISHED}"
             " ORDER BY id LIMIT ?" + _locking(tx.db, "FOR UPDATE SKIP LOCKED"),
             (max(limit, 1),),
         ).fetchall()],
@@ -143,7 +157,22 @@ def claim(tx: Tx, worker: int, in_flight: int, limit: int) -> Claimed:
     room = min(limit, in_flight - busy)
     taken: list[int] = []
     unfenced = Tx(tx.db, tx.now)  # planned rows are no one's yet: this claim makes them ours
-    if room > 0:
+    for attempt_id, estimate_buzz in _candidates(tx, max(room, 0), priced)[: max(room, 0)]:
+        if not reserve(unfenced, attempt_id, estimate_buzz):
+            break
+        taken.append(attempt_id)
+    return Claimed(planned=_own(tx, worker, taken), orphans=orphans)
+
+
+def _candidates(
+    tx: Tx, room: int, priced: Sequence[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
+    """The planned attempts to reserve, each with its price, locked for this claim (rows
+    another claim holds are skipped): of `priced` (attempt id, price), those still planned,
+    in its order; else the next `room` in grid order at their cells' estimates."""
+    if room <= 0:
+        return []
+    if priced is None:
         rows = tx.db.execute(
             "SELECT a.id, c.estimate_buzz FROM attempts a JOIN cells c ON c.key = a.cell_key"
             f" WHERE a.state = 'planned' AND {reads.CURRENT}"
@@ -151,11 +180,19 @@ def claim(tx: Tx, worker: int, in_flight: int, limit: int) -> Claimed:
             + _locking(tx.db, "FOR UPDATE OF a SKIP LOCKED"),
             (room,),
         ).fetchall()
-        for attempt_id, estimate_buzz in rows:
-            if not reserve(unfenced, int(attempt_id), int(estimate_buzz)):
-                break
-            taken.append(int(attempt_id))
-    return Claimed(planned=_own(tx, worker, taken), orphans=orphans)
+        return [(int(r[0]), int(r[1])) for r in rows]
+    if not priced:
+        return []
+    marks = ",".join("?" for _ in priced)
+    free = {
+        int(r[0])
+        for r in tx.db.execute(
+            f"SELECT id FROM attempts WHERE state = 'planned' AND id IN ({marks})"
+            + _locking(tx.db, "FOR UPDATE SKIP LOCKED"),
+            tuple(i for i, _ in priced),
+        ).fetchall()
+    }
+    return [(i, price) for i, price in priced if i in free]
 
 
 def _own(tx: Tx, worker: int, ids: list[int]) -> list[tuple[Attempt, int]]:

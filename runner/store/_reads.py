@@ -109,17 +109,21 @@ def attempt(db: Db, attempt_id: int) -> Attempt:
     return found[0]
 
 
-def pending_images(db: Db, limit: int, skip: Container[tuple[int, int]] = ()) -> list[PendingImage]:
+def pending_images(
+    db: Db, limit: int, skip: Container[tuple[int, int]] = (), owner: int | None = None
+) -> list[PendingImage]:
     """Up to `limit` images delivered by the service and not yet on disk, but those whose
     (attempt id, index) is in `skip` (the downloader's in-flight ones: their requests are
-    not parsed again each time the downloader looks for more)."""
+    not parsed again each time the downloader looks for more); only those of attempts the
+    worker `owner` owns, when given."""
+    mine = "" if owner is None else " AND a.owner = ?"
     rows = fetchall(
         db,
         "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
         " FROM images i JOIN attempts a ON a.id = i.attempt_id"
         " JOIN cells c ON c.key = a.cell_key"
-        " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
-        (limit,),
+        f" WHERE i.state = 'pending'{mine} ORDER BY i.attempt_id, i.idx LIMIT ?",
+        (limit,) if owner is None else (owner, limit),
     )
     return [
         PendingImage(

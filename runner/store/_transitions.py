@@ -285,6 +285,7 @@ def mark_lost(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
 def _image_move(
     tx: Tx, attempt_id: int, index: int, to: ImageState, sets: str, params: Sequence[Any]
 ) -> None:
+    check_fence(tx, attempt_id)
     cur = tx.db.execute(
         f"UPDATE images SET state = ?, updated_at = ?{sets}"
         " WHERE attempt_id = ? AND idx = ? AND state = 'pending'",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
 from runner.store._claims import Claimed, claim, heartbeat, join, leave, live_workers, sweep
 from runner.store._fence import Fence, LeaseLost
@@ -59,13 +60,16 @@ class Worker:
         """Declare dead the workers whose lease ran out; their in-flight attempts orphans."""
         return await self.store._tx(sweep)
 
-    async def claim(self, in_flight: int, limit: int) -> Claimed:
-        """Orphans to take over and up to `limit` planned attempts reserved, within the
-        batch's in-flight total `in_flight` and its cap; each now this worker's."""
+    async def claim(
+        self, in_flight: int, limit: int, priced: Sequence[tuple[int, int]] | None = None
+    ) -> Claimed:
+        """Orphans to take over and up to `limit` planned attempts reserved (of `priced`,
+        (attempt id, price), when given), within the batch's in-flight total `in_flight`
+        and its cap; each now this worker's."""
         fence = self.fence
         if fence is None:
             raise LeaseLost(f"worker {self.name!r} has not joined the batch")
-        claimed = await self.store._tx(claim, fence.worker, in_flight, limit)
+        claimed = await self.store._tx(claim, fence.worker, in_flight, limit, priced)
         for attempt, epoch in (*claimed.planned, *claimed.orphans):
             fence.epochs[attempt.id] = epoch
         return claimed
