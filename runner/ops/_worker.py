@@ -28,6 +28,7 @@ from runner.api import Client
 from runner.disk import OutFolder
 from runner.engine import Engine, EngineConfig, RunStats
 from runner.errors import NotABatch, StoreError
+from runner.ops._run import Target, with_client
 from runner.store import PostgresStore, Store, Worker, is_store_url, open_store, redact
 
 log = structlog.get_logger(__name__)
@@ -93,3 +94,17 @@ async def work_batch(
             await _leave(worker)
         log.info("worker_done", batch=name, worker=me, submitted=stats.submitted)
         return stats
+
+
+def execute_worker(
+    name: str, location: str, *, out: Path, target: Target, lease_s: float = LEASE_S
+) -> RunStats:
+    """`zbatch worker` against `target`. Blocking: it owns the event loop (`with_client`)."""
+
+    async def work(client: Client, runtime_scale: float) -> RunStats:
+        return await work_batch(
+            name, location, client, out=out, runtime_scale=runtime_scale, lease_s=lease_s,
+            handle_signals=True,
+        )  # fmt: skip
+
+    return with_client(work, target)
