@@ -15,9 +15,9 @@ from runner.errors import ExitCode
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join the batch NAME in PostgreSQL and work on it beside other workers until it is done.
 
-    The batch is planned first (`zbatch run MANIFEST --store URL`, or `zbatch plan` then a
-    run, stopped or not); any number of workers, on any hosts that reach the database and
-    the API, then drain it together: each claims attempts with their Buzz reservations in
+    The batch is recorded first by `zbatch run MANIFEST --store URL` (a runner alone on the
+    batch: workers join once it has stopped, e.g. by Ctrl-C); any number of workers, on
+    any hosts that reach the database and the API, then drain it together: each claims attempts with their Buzz reservations in
     one transaction (the batch's in-flight limit is a total across all workers, the cap
     holds), submits and follows them, and downloads their images into its own --out.
     A worker renews its lease every third of --lease; one silent longer is declared dead
