@@ -17,9 +17,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     The batch is recorded first by `zbatch run MANIFEST --store URL` (a runner alone on the
     batch: workers join once it has stopped, e.g. by Ctrl-C); any number of workers, on
-    any hosts that reach the database and the API, then drain it together: each claims attempts with their Buzz reservations in
-    one transaction (the batch's in-flight limit is a total across all workers, the cap
-    holds), submits and follows them, and downloads their images into its own --out.
+    any hosts that reach the database and the API, then drain it together: each claims
+    attempts with their Buzz reservations in one transaction (the batch's in-flight limit
+    is a total across all workers, the cap holds), submits and follows them, and downloads
+    their images into its own --out.
     A worker renews its lease every third of --lease; one silent longer is declared dead
     by the others, which take over its attempts (an intent is resubmitted with its
     externalId: the service hands back the workflow it made, never a second). A worker
