@@ -92,7 +92,11 @@ def test_the_environment_variables_listed_are_read_by_zbatch() -> None:
 
 CLI_DOC = ROOT / "docs" / "cli.md"
 # The commands that report nothing to print as JSON: a server, and a shell script.
-NO_REPORT = {"emulator": "serves until stopped", "completion": "prints a shell script"}
+NO_REPORT = {
+    "emulator": "serves until stopped",
+    "completion": "prints a shell script",
+    "worker": "logs what it does; the batch's report is zbatch status / report",
+}
 
 
 def test_every_documentation_page_the_help_links_exists() -> None:
@@ -366,6 +370,7 @@ def _each_command(batch: Path, name: str) -> list[tuple[list[str], str | None]]:
         (["verify", "out/demo"], None),
         (["emulator", "--port", "0"], "startup complete"),
         (["completion", "bash"], None),
+        (["worker", "--help"], None),  # its runs need PostgreSQL: tests/test_workers_pg.py
     ]
 
 

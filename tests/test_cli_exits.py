@@ -304,6 +304,13 @@ NOT_DRIVEN: dict[tuple[str, ExitCode], str] = {
     ("status", P.DISK): "an I/O error reading batch.sqlite (SQLITE_IOERR): not made here",
     ("report", P.DISK): "an I/O error reading batch.sqlite (SQLITE_IOERR): not made here",
     ("emulator", P.ERROR): "uvicorn failing to serve",
+    ("worker", P.OK): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.USAGE): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.AUTH_OR_FUNDS): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.CAP_REACHED): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.DISK): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.BATCH_UNUSABLE): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.FENCED): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
     ("completion", P.USAGE): "argparse's alone (a SHELL not offered), before the command runs:"
     " tests/test_cli_completion.py",
 }

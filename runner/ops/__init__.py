@@ -9,6 +9,7 @@ from runner.ops._retry import RetrySettings, execute_retry, render_retry
 from runner.ops._run import RunOutcome, RunOverrides, Target, execute
 from runner.ops._verify import VerifyReport, render_verify, verify_out
 from runner.ops._whatif import plan_with_whatif
+from runner.ops._worker import execute_worker
 
 __all__ = [
     "RetrySettings",
@@ -21,6 +22,7 @@ __all__ = [
     "comparison_json",
     "execute",
     "execute_retry",
+    "execute_worker",
     "plan_with_whatif",
     "render_adoption",
     "render_cancel",

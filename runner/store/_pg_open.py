@@ -7,12 +7,13 @@ names the batch by `redact(url)` (user, host, port and database only), and an er
 libpq is re-raised without the original chained to it.
 
 A writable store takes a session advisory lock of the database (`pg_advisory_lock`, waiting
-`LOCK_WAIT` at most): one runner per batch, as the folder lock gives on SQLite, until the
-claims and leases of docs/design/scale-out.md let several share it; PostgreSQL frees it when
-the session ends, however the runner died. The migrations run under a transaction advisory
-lock, all of them and the version bump in one transaction (PostgreSQL's DDL is
-transactional). `synchronous_commit = off` is refused: a committed intent must be durable
-before its request leaves.
+`LOCK_WAIT` at most): one runner per batch, as the folder lock gives on SQLite; workers
+(`zbatch worker`, the claims and leases of docs/design/scale-out.md) each take it shared
+(`pg_advisory_lock_shared`): any number of workers together, never beside a runner that does
+not claim. PostgreSQL frees it when the session ends, however the runner died. The
+migrations run under a transaction advisory lock, all of them and the version bump in one
+transaction (PostgreSQL's DDL is transactional). `synchronous_commit = off` is refused: a
+committed intent must be durable before its request leaves.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ LOCK_WAIT = "3s"  # how long a runner waits for the batch's lock before BatchInU
 
 
 def connect_postgresql(
-    url: str, *, read_only: bool, lock: bool, create: bool = True
+    url: str, *, read_only: bool, lock: bool, create: bool = True, worker: bool = False
 ) -> tuple[sqlite3.Connection, None]:
     """The connection to the batch at `url`, checked, locked (when `lock`) and migrated
     (unless `read_only`), with the face the store's functions use (`PgConnection`). Without
-    `create` (every command but `zbatch run`) a database with no zbatch schema is refused
-    (`StoreError`) before anything is written to it."""
+    `create` (every command but `zbatch run` and `zbatch worker`) a database with no zbatch
+    schema is refused (`StoreError`) before anything is written to it; a `worker`'s lock is
+    shared with the other workers'."""
     shown = redact(url)
     try:
         raw = psycopg.connect(url, autocommit=True)
@@ -56,7 +58,7 @@ def connect_postgresql(
             if not create and _version(db) is None:
                 raise StoreError(f"{shown} holds no zbatch batch (no zbatch schema)")
             if lock:
-                _take_batch_lock(db, shown)
+                _take_batch_lock(db, shown, shared=worker)
             migrate(db, shown)
     except psycopg.Error as exc:
         db.close()
@@ -69,13 +71,15 @@ def connect_postgresql(
     return cast(sqlite3.Connection, db), None
 
 
-def _take_batch_lock(db: PgConnection, shown: str) -> None:
+def _take_batch_lock(db: PgConnection, shown: str, *, shared: bool = False) -> None:
     """Take the runner's lock of the batch, waiting `LOCK_WAIT` at most: a runner killed a
     moment ago holds it until the server has ended its session (it reads the closed socket
-    and exits, which the next runner may overtake). Then `BatchInUse`."""
+    and exits, which the next runner may overtake). Then `BatchInUse`. `shared`: a
+    worker's, held with the other workers'."""
     db.execute(f"SET lock_timeout = '{LOCK_WAIT}'").close()
+    take = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
     try:
-        db.execute("SELECT pg_advisory_lock(?)", (_BATCH_LOCK,)).close()
+        db.execute(f"SELECT {take}(?)", (_BATCH_LOCK,)).close()
     except psycopg.errors.LockNotAvailable:
         raise BatchInUse(f"{shown} is in use by another zbatch ({_holder(db)})") from None
     finally:

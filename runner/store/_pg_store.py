@@ -45,7 +45,7 @@ def _pg_plan(
 
 
 def _connect(
-    url: str, *, read_only: bool, lock: bool, create: bool
+    url: str, *, read_only: bool, lock: bool, create: bool = True, worker: bool = False
 ) -> tuple[sqlite3.Connection, Any]:
     """`_pg_open.connect_postgresql`, or why it cannot run: psycopg is not installed."""
     try:
@@ -55,7 +55,7 @@ def _connect(
             f"{redact(url)}: a batch in PostgreSQL needs psycopg ({exc.name} is missing):"
             " pip install 'zbatch[postgresql]'"
         ) from None
-    return connect_postgresql(url, read_only=read_only, lock=lock, create=create)
+    return connect_postgresql(url, read_only=read_only, lock=lock, create=create, worker=worker)
 
 
 class PostgresStore(Store):
@@ -72,6 +72,7 @@ class PostgresStore(Store):
         lock: bool = True,
         read_only: bool = False,
         create: bool = True,
+        worker: bool = False,
         now: Callable[[], str] = _utc_now,
     ) -> PostgresStore:
         """Open (creating the schema and migrating it) the batch at `url`.
@@ -79,12 +80,16 @@ class PostgresStore(Store):
         `lock` takes the runner's lock of the batch (one runner per batch, `BatchInUse` for
         a second); `read_only` (for `zbatch status`) migrates nothing, takes no lock and
         opens a read-only session; without `create` a database with no zbatch schema is
-        refused (`StoreError`) rather than given one.
+        refused (`StoreError`) rather than given one; a `worker`'s lock (`zbatch worker`,
+        `runner.store.Worker`) is shared with the other workers' and refused only beside a
+        runner's.
         """
         store = cls(None, now, None)
         store._url = url
         store.read_only = read_only
-        await store._connect(lambda: _connect(url, read_only=read_only, lock=lock, create=create))
+        await store._connect(
+            lambda: _connect(url, read_only=read_only, lock=lock, create=create, worker=worker)
+        )
         return store
 
     @property
