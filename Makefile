@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test test-pg lint system pythons demo wheel bench torture fuzz-emulator emulator clean
+.PHONY: all test test-pg lint system pythons demo wheel size bench torture fuzz-emulator emulator clean
 
 all: $(STAMP)
 
@@ -22,12 +22,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The store and engine suites' runs on PostgreSQL (marked `postgresql`: the same tests as on
-# SQLite, 32 of them, 30 to 100 s more in one process on this shared 2-core machine) are
-# `make test-pg`; `make test` runs the rest, with what only PostgreSQL has
-# (tests/test_store_pg.py: the cap across two stores, credentials, a lost connection).
+# The whole suite, the store and engine suites' runs on PostgreSQL (marked `postgresql`)
+# included, in two pytest-xdist workers (CI's machine has 2 cores). `make test-pg` runs
+# only the PostgreSQL ones.
 test: lint system
-	$(BIN)/pytest -q -m "not postgresql"
+	$(BIN)/pytest -q -n 2
 
 test-pg: $(STAMP) system
 	$(BIN)/pytest -q -m postgresql
@@ -80,6 +79,19 @@ demo: $(STAMP)
 # installs the wheel in a fresh venv and runs it from an empty folder; `make test` runs it).
 wheel: $(STAMP)
 	$(BIN)/python -m build --no-isolation --outdir build/dist .
+
+# The installed size, measured (issue 17): the wheel installed plain and with [parquet],
+# each into a fresh venv from the index; each site-packages minus a bare venv's, in MiB.
+SIZE := build/size
+size: wheel
+	@rm -rf $(SIZE); for v in bare plain parquet; do $(BIN)/python -m venv $(SIZE)/$$v || exit 1; done; \
+	whl=$$(ls build/dist/zbatch-*.whl | tail -n 1); \
+	$(SIZE)/plain/bin/pip install -q --disable-pip-version-check "$$whl" || exit 1; \
+	$(SIZE)/parquet/bin/pip install -q --disable-pip-version-check "$$whl[parquet]" || exit 1; \
+	kib() { du -sk $(SIZE)/$$1/lib/python3*/site-packages | cut -f1; }; \
+	for v in plain parquet; do \
+	  echo "installed size, $$v: $$(( ($$(kib $$v) - $$(kib bare)) / 1024 )) MiB"; done; \
+	rm -rf $(SIZE)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -301,6 +301,7 @@ class ExitCode(IntEnum):
     DAMAGED = 5  # `zbatch verify`: damaged images found (or left)
     DISK = 6  # LocalDiskError
     BATCH_UNUSABLE = 7  # BatchUnusable
+    FENCED = 8  # store.Fenced / LeaseLost: a worker declared dead, its work taken over
     INTERRUPTED = 130  # Ctrl-C or SIGTERM: stopped cleanly, resumable
     BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
@@ -313,6 +314,8 @@ EXIT_CODES: Mapping[ExitCode, str] = {
     ExitCode.CAP_REACHED: "the Buzz cap stopped the batch; raise it and run again to resume",
     ExitCode.DAMAGED: "damaged images found",
     ExitCode.DISK: "the disk refused a write (full, read-only, I/O error); fix, run again",
+    ExitCode.FENCED: "this worker was declared dead (its lease ran out) and its attempts"
+    " taken over by another worker: it stopped; start it again to rejoin",
     ExitCode.BATCH_UNUSABLE: "batch.sqlite is in use, locked, damaged or from a newer zbatch",
     ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
     ExitCode.BROKEN_PIPE: "the reader of the output went away",

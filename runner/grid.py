@@ -20,12 +20,17 @@ does not matter (renaming a batch keeps its images).
 
 **Duplicates.** Two cells with the same request (seed pinned, replica 0) are one: the later
 is dropped and counted. Seen requests are kept as their replica-0 key's 16-byte BLAKE2b
-digest in an open-addressing table of two ``array('Q')``s, about 32 bytes per distinct request.
+digest in a ``set``: about 70 bytes per distinct request (the expand bench's peak rose 38 MB
+at a million), against 32 in the open-addressing table of ``array('Q')``s it replaced,
+which cost ten times the CPU (3 us a cell against 0.3: a third of the expansion;
+docs/performance.md, lever i).
 
 **Speed.** A grid cell differs from its model's merged base only in the fields the axes set,
 its prompts and its seed, so the canonical JSON of the other fields is written once per
 model and each cell fills in only its own (the result is byte for byte ``canonical_json``);
 the fields and variables of all axes but the last are merged once per combination of theirs.
+A key's text up to its request is hashed once per replica (``identity.key_prefix``); each
+cell's key copies that state and hashes its request's JSON on.
 
 **Keys.** ``key`` is the hex BLAKE2b-128 of the canonical JSON (sorted keys, no spaces, UTF-8)
 of ``{"batch": name, "replica": r, "request": request, "v": 1}``: independent of YAML key
@@ -47,13 +52,12 @@ from dataclasses import dataclass, field, replace
 
 from runner import contract
 from runner.identity import (
-    KeySet,
     PlanRow,
     canonical_json,
     encode_text,
     external_id,
-    key_digest,
-    key_hex,
+    key_from,
+    key_prefix,
     record_json,
     value_json,
 )
@@ -343,9 +347,10 @@ class Expansion:
     def _expanded(self) -> Iterator[tuple[str, int, dict[str, object], str, dict[str, str]]]:
         """(key, replica, request, its canonical JSON, variables) of every cell, in order."""
         plan = _Plan(self.manifest)
-        seen = KeySet()
+        seen: set[bytes] = set()  # the replica-0 key digests of the requests so far
         repeat = self.manifest.repeat
-        batch_json = plan.batch_json
+        prefixes = [key_prefix(plan.batch_json, replica) for replica in range(repeat)]
+        first = prefixes[0]
         seed_base = self.manifest.seed_base
         excluded = included = duplicates = cells = images = 0
         for found in self._requests(plan):
@@ -357,10 +362,11 @@ class Expansion:
                 included += 1
             request = one.request
             request_json = one.request_json
-            digest = key_digest(batch_json, 0, request_json)
-            if not seen.add(digest):  # the replica-0 key of an identical, earlier request
+            digest = key_from(first, request_json)
+            if digest in seen:  # the replica-0 key of an identical, earlier request
                 duplicates += 1
                 continue
+            seen.add(digest)
             cells += repeat
             images += int(request["quantity"]) * repeat  # type: ignore[call-overload]
             yield digest.hex(), 0, request, request_json, one.variables
@@ -368,7 +374,7 @@ class Expansion:
                 if one.random_json is not None:
                     request = {**one.request, "seed": _pin(seed_base, one.random_json, replica)}
                     request_json = _request_json(plan, request, from_grid)
-                key = key_hex(batch_json, replica, request_json)
+                key = key_from(prefixes[replica], request_json).hex()
                 yield key, replica, request, request_json, one.variables
         self._stats = replace(
             self._stats,
@@ -404,6 +410,7 @@ class Expansion:
         axes = [plan.patches(axis.name, axis.values) for axis in m.axes]
         last: tuple[_Patch, ...] = axes.pop() if axes else (((), None),)
         last_sets_var = any(var is not None for _, var in last)
+        last_fields = [(dict(items), var) for items, var in last]  # made once, not per cell
         seed_base = m.seed_base
         exclude = bool(m.exclude)
         for outer in itertools.product(*axes):
@@ -414,16 +421,15 @@ class Expansion:
                 if var is not None:
                     outer_vars[var[0]] = var[1]
             rendered: dict[tuple[str, str], str] = {}  # prompts of this outer combination
-            for items, var in last:
+            for own, var in last_fields:
                 if var is None:
                     fields, variables = outer_fields, outer_vars
-                    if items:
-                        fields = {**outer_fields, **dict(items)}
+                    if own:
+                        fields = {**outer_fields, **own}
                 else:
                     fields, variables = outer_fields, {**outer_vars, var[0]: var[1]}
                 model = str(fields.get("model") or plan.default_model)
-                request = dict(plan.bases[model])
-                request.update(fields)
+                request = {**plan.bases[model], **fields}  # in FIELDS order: bases have all
                 request["model"] = model
                 request["loras"] = dict(request["loras"])  # type: ignore[call-overload]
                 written: dict[str, str] = {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from array import array
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -116,47 +115,23 @@ def key_digest(batch_json: str, replica: int, request_json: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-class KeySet:
-    """A set of keys' 128-bit digests in two flat arrays (open addressing, linear probing):
-    about 32 bytes a key, so a million-cell grid drops its duplicates in ~32 MB."""
+_KEY_TAIL = f',"v":{KEY_VERSION}}}'.encode()
 
-    def __init__(self) -> None:
-        self._slots = 1024
-        self._high = array("Q", bytes(8 * self._slots))
-        self._low = array("Q", bytes(8 * self._slots))
-        self._count = 0
 
-    def add(self, digest: bytes) -> bool:
-        """Add ``digest`` (16 bytes); True if it was new."""
-        high = int.from_bytes(digest[:8], "little") | 1  # 0 marks an empty slot
-        low = int.from_bytes(digest[8:16], "little")
-        if not self._insert(high, low):
-            return False
-        self._count += 1
-        if 2 * self._count > self._slots:
-            self._grow()
-        return True
+def key_prefix(batch_json: str, replica: int) -> hashlib.blake2b:
+    """The BLAKE2b state of a key's text up to its request, for one batch and replica:
+    `key_from(prefix, request_json)` is `key_digest(batch_json, replica, request_json)`,
+    the shared part hashed once (a `.copy()` per key, not the whole text)."""
+    head = f'{{"batch":{batch_json},"replica":{replica},"request":'
+    return hashlib.blake2b(head.encode(), digest_size=16)
 
-    def _insert(self, high: int, low: int) -> bool:
-        highs, lows = self._high, self._low
-        mask = self._slots - 1
-        index = low & mask
-        while found := highs[index]:
-            if found == high and lows[index] == low:
-                return False
-            index = (index + 1) & mask
-        highs[index] = high
-        lows[index] = low
-        return True
 
-    def _grow(self) -> None:
-        old_high, old_low = self._high, self._low
-        self._slots *= 2
-        self._high = array("Q", bytes(8 * self._slots))
-        self._low = array("Q", bytes(8 * self._slots))
-        for index, high in enumerate(old_high):
-            if high:
-                self._insert(high, old_low[index])
+def key_from(prefix: hashlib.blake2b, request_json: str) -> bytes:
+    """`key_digest` from a `key_prefix` state (left as it was) and the request's JSON."""
+    state = prefix.copy()
+    state.update(request_json.encode())
+    state.update(_KEY_TAIL)
+    return state.digest()
 
 
 def batch_tag(name: str) -> str:

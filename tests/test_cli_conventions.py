@@ -50,6 +50,14 @@ def test_no_help_text_names_a_repository_path() -> None:
     assert seen == 1 + len(COMMANDS)  # the top level and every command were read
 
 
+def test_the_export_summary_names_every_format() -> None:
+    """Its first line (the command list's too) names each of --format's choices."""
+    export = dict(_parsers(build_parser()))["zbatch export"]
+    summary = (export.description or "").splitlines()[0].lower()
+    for fmt in EXPORT_FORMATS:
+        assert fmt in summary, fmt
+
+
 def test_the_help_links_to_the_documentation_and_zbatch_init() -> None:
     helps = {prog: p.format_help() for prog, p in _parsers(build_parser())}
     assert DOCS_URL in helps["zbatch"]
@@ -84,7 +92,11 @@ def test_the_environment_variables_listed_are_read_by_zbatch() -> None:
 
 CLI_DOC = ROOT / "docs" / "cli.md"
 # The commands that report nothing to print as JSON: a server, and a shell script.
-NO_REPORT = {"emulator": "serves until stopped", "completion": "prints a shell script"}
+NO_REPORT = {
+    "emulator": "serves until stopped",
+    "completion": "prints a shell script",
+    "worker": "logs what it does; the batch's report is zbatch status / report",
+}
 
 
 def test_every_documentation_page_the_help_links_exists() -> None:
@@ -358,6 +370,7 @@ def _each_command(batch: Path, name: str) -> list[tuple[list[str], str | None]]:
         (["verify", "out/demo"], None),
         (["emulator", "--port", "0"], "startup complete"),
         (["completion", "bash"], None),
+        (["worker", "--help"], None),  # its runs need PostgreSQL: tests/test_workers_pg.py
     ]
 
 

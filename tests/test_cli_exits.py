@@ -282,10 +282,19 @@ CASES: dict[tuple[str, ExitCode], Case] = {
     ("verify", P.DAMAGED): _damaged_image,
     ("verify", P.DISK): _repair_disk_full,
     ("verify", P.BATCH_UNUSABLE): lambda e: ["verify", e.garbage_record(), "--repair"],
+    # a database nobody serves: refused at once (no server listens on a free port)
+    ("list", P.BATCH_UNUSABLE): lambda e: ["list", "--store", _unreachable_store()],
     ("emulator", P.OK): _emulator_serves,
     ("emulator", P.USAGE): lambda e: ["emulator", "--faults", str(e.tmp / "none.yaml")],
     ("completion", P.OK): lambda e: ["completion", "bash"],
 }
+
+
+def _unreachable_store() -> str:
+    from tests.services import free_port
+
+    return f"postgresql://zbatch@127.0.0.1:{free_port()}/none"
+
 
 # Declared, and not driven here: why. The codes every command shares (COMMON) come from the
 # dispatcher alone; they are driven for `plan` and in tests/test_cli.py.
@@ -295,6 +304,13 @@ NOT_DRIVEN: dict[tuple[str, ExitCode], str] = {
     ("status", P.DISK): "an I/O error reading batch.sqlite (SQLITE_IOERR): not made here",
     ("report", P.DISK): "an I/O error reading batch.sqlite (SQLITE_IOERR): not made here",
     ("emulator", P.ERROR): "uvicorn failing to serve",
+    ("worker", P.OK): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.USAGE): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.AUTH_OR_FUNDS): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.CAP_REACHED): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.DISK): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.BATCH_UNUSABLE): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
+    ("worker", P.FENCED): "needs PostgreSQL: tests/test_workers_pg.py (make test-pg)",
     ("completion", P.USAGE): "argparse's alone (a SHELL not offered), before the command runs:"
     " tests/test_cli_completion.py",
 }

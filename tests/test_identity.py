@@ -3,6 +3,7 @@ metadata agree."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -16,7 +17,11 @@ from runner.api._models import parse_workflow
 from runner.identity import (
     MAX_ATTEMPT,
     batch_tag,
+    cell_key,
     external_id,
+    key_digest,
+    key_from,
+    key_prefix,
     parse_workflow_metadata,
     workflow_metadata,
 )
@@ -130,3 +135,23 @@ def test_adoption_reads_a_workflows_identity_from_its_marks(
 ) -> None:
     """Metadata first, else the externalId; a workflow whose two marks disagree is not ours."""
     assert identity_of(_workflow(**fields)) == expected
+
+
+@given(
+    st.text(max_size=40).map(lambda s: json.dumps(s, ensure_ascii=False)),
+    st.integers(0, 50),
+    st.text(max_size=200),
+)
+def test_a_key_from_its_prefix_state_is_the_key(batch_json: str, replica: int, request: str):
+    """The grid's shortcut (the batch's part hashed once per replica, copied per cell) makes
+    the bytes `key_digest` makes, and leaves the prefix state as it was."""
+    prefix = key_prefix(batch_json, replica)
+    assert key_from(prefix, request) == key_digest(batch_json, replica, request)
+    assert key_from(prefix, request) == key_digest(batch_json, replica, request)
+
+
+def test_a_cell_key_is_pinned() -> None:
+    """`cell_key`'s bytes name batches on disk and workflows on the service: never changed."""
+    request = {"model": "turbo", "prompt": "a cat", "seed": 7}
+    assert cell_key("demo", 0, request) == "30b564b6754698f9b5efe4eb52d0df26"
+    assert cell_key("demo", 1, request) == "624d127791014f90e9be47c26e895e7f"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.cli._help import DOCS_URL
 from runner.cli._init import example_files
 from runner.cli._main import main
 from runner.emulator import load_faults
@@ -124,3 +125,17 @@ def test_init_into_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "f").write_text("")
     assert _init(str(tmp_path / "f")) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_the_files_init_writes_name_no_repository_path() -> None:
+    """An installed user has no docs/ or jobs/ to open: the examples link the documentation."""
+    linked = 0
+    for name, data in example_files().items():
+        text = data.decode()
+        linked += text.count(DOCS_URL)
+        bare = text.replace(DOCS_URL, "<docs>")
+        assert "docs/" not in bare, name
+        assert "jobs/" not in bare, name
+        for page in re.findall(r"<docs>/([\w-]+\.md)", bare):
+            assert (ROOT / "docs" / page).is_file(), (name, page)
+    assert linked >= 3  # the manifest reference, the emulator's faults, hostile responses

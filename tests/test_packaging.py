@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import email.parser
+import re
 import subprocess
 import sys
 import tarfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.cli._help import DOCS_URL
 from tests.dists import ROOT, build_dists
 
 # What a packager needs beside the code to run `pytest` from the unpacked sdist.
@@ -89,3 +91,15 @@ def test_python_dash_m_runs_zbatch(module: str, tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.strip() == "zbatch 0.1.0"
+
+
+def test_the_readme_links_work_on_the_index() -> None:
+    """README.md is the index's project page, where a relative link leads nowhere: every
+    link is an address (or an anchor of the page), and every docs page it names exists."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert links
+    relative = [link for link in links if not link.startswith(("https://", "#"))]
+    assert not relative
+    for page in re.findall(rf"{re.escape(DOCS_URL)}/([\w-]+\.md)", readme):
+        assert (ROOT / "docs" / page).is_file(), page

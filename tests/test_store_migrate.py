@@ -105,8 +105,8 @@ async def test_a_release_5_record_migrates_and_runs_on(tmp_path: Path) -> None:
     assert table(path, "PRAGMA foreign_key_check") == []
     indexes = table(path, "SELECT name FROM sqlite_schema WHERE tbl_name = 'attempts'")
     assert sorted(str(r[0]) for r in indexes) == [
-        "attempts", "attempts_by_state", "sqlite_autoindex_attempts_1",
-    ]  # fmt: skip  # the table, its state index, UNIQUE (cell_key, attempt): none for the id
+        "attempts", "attempts_by_owner", "attempts_by_state", "sqlite_autoindex_attempts_1",
+    ]  # fmt: skip  # the table, its state and owner indexes, UNIQUE (cell_key, attempt)
 
 
 def test_a_migration_that_would_break_a_reference_changes_nothing(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ async def test_a_new_database_gets_the_schema_and_its_version(database: str) -> 
             )
         }
     assert tables == {"batch", "cells", "attempts", "images", "events", "run_settings",
-                      "schema_version"}  # fmt: skip
+                      "workers", "schema_version"}  # fmt: skip
 
 
 async def test_a_newer_schema_is_refused_and_left_as_it_was(database: str) -> None:

@@ -16,7 +16,7 @@ import sys
 
 from runner.cli._command import Command
 from runner.cli._help import doc_url
-from runner.cli._options import out_folder
+from runner.cli._options import OutAction
 from runner.errors import ExitCode
 
 # The shells shtab writes a script for that the documentation says how to install.
@@ -64,7 +64,7 @@ def _mark_paths(parser: argparse.ArgumentParser, *, folder: object, file: object
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _mark_paths(sub, folder=folder, file=file)
-        elif action.type is out_folder or action.dest in FOLDER_DESTS:
+        elif isinstance(action, OutAction) or action.dest in FOLDER_DESTS:
             action.complete = folder  # type: ignore[attr-defined]
         elif action.type is Path:
             action.complete = file  # type: ignore[attr-defined]

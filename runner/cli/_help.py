@@ -39,6 +39,11 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "CIVITAI_API_BASE_URL",
         "the orchestration API's address (default: Civitai's); --api-url wins",
     ),
+    (
+        "ZBATCH_STORE",
+        "a postgresql:// URL: the batch's record is in that database, not OUT/batch.sqlite"
+        " (every command that opens a batch; --store wins); its password is never shown",
+    ),
     ("HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY", "proxies for the API (never for loopback)"),
     ("SSL_CERT_FILE", "the certificates that verify the API's TLS"),
     ("NO_COLOR", "any non-empty value: no colors (like --color never)"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 from runner.cli._command import Command
-from runner.cli._options import add_json
+from runner.cli._options import add_json, add_store
 from runner.errors import ExitCode
 
 
@@ -26,12 +26,34 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     `zbatch status FOLDER` on a folder with no batch.sqlite but batches below prints this list.
 
+    With --store URL (or $ZBATCH_STORE) it lists the batch kept in that PostgreSQL database
+    instead, and FOLDER is not searched: a database holds one batch, so the list is that
+    batch's line (named by the URL without its password; `running` when a runner on any host
+    holds its advisory lock), or says the database has none. An unreachable database exits 7.
+
     Example:
         zbatch list
         zbatch list out --json | jq '.[] | select(.state != "finished")'
+        zbatch list --store postgresql://zbatch@db.example/demo
     """
-    print_list(args.folder, as_json=args.json)
+    if args.store:
+        _print_store(args.store, as_json=args.json)
+    else:
+        print_list(args.folder, as_json=args.json)
     return ExitCode.OK
+
+
+def _print_store(url: str, *, as_json: bool) -> None:
+    from runner.dataset import batches_json, list_store, render_batches
+    from runner.store import redact
+
+    lines = anyio.run(list_store, url, backend="asyncio")
+    if as_json:
+        print(json.dumps(batches_json(lines, Path()), indent=2))
+    elif not lines:
+        print(f"no batch in {redact(url)} (it has no zbatch schema: `zbatch run --store` makes it)")
+    else:
+        print(render_batches(lines, Path()))
 
 
 def print_list(folder: Path, *, as_json: bool = False) -> None:
@@ -64,11 +86,17 @@ def _list_arguments(p: argparse.ArgumentParser) -> None:
         help="where to look for batches (default: the current folder)",
     )
     add_json(p)
+    add_store(p, role="list")
 
 
 LIST = Command(
     "list",
     cmd_list,
     _list_arguments,
-    notes={ExitCode.USAGE: "or FOLDER is not a folder"},
+    exits=frozenset({ExitCode.BATCH_UNUSABLE}),
+    notes={
+        ExitCode.USAGE: "or FOLDER is not a folder",
+        ExitCode.BATCH_UNUSABLE: "the --store database cannot be reached, or is from a newer"
+        " zbatch",
+    },
 )

@@ -10,7 +10,7 @@ import anyio
 
 from runner.cli._command import Command
 from runner.cli._emulator import api_target
-from runner.cli._options import add_json, add_out, add_target_options
+from runner.cli._options import add_json, add_out, add_store, add_target_options, record_at
 from runner.disk import OutFolder
 from runner.errors import ExitCode
 from runner.log import configure_logging
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 # Both can meet a token that is refused, a disk that refuses a write (cancel's record,
 # verify's repaired image) and a batch.sqlite in use, locked, damaged or newer.
 OPS_EXITS = frozenset({ExitCode.AUTH_OR_FUNDS, ExitCode.DISK, ExitCode.BATCH_UNUSABLE})
-NO_BATCH = "or OUT holds no batch"
+NO_BATCH = "or OUT (or the --store database) holds no batch, or another than the manifest's"
+UNREACHABLE = "or the --store database cannot be reached"
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -39,6 +40,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     the counts (unsubmitted, canceled, refunded_buzz, withdrawn, finished, vanished), the
     workflows left running (started) and whether the service was asked (offline).
 
+    With --store URL (or $ZBATCH_STORE) the record is in that PostgreSQL database, from any
+    host: cancel takes the batch's advisory lock there (a runner holding it on any host
+    refuses it, exit 7) and records through the same transitions; OUT keeps the log.
+
     Example:
         zbatch cancel out/demo
         zbatch cancel out/demo --emulator         # a batch made with run --emulator
@@ -49,7 +54,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
     with api_target(args, out=args.out) as target:
         report = anyio.run(
-            functools.partial(cancel_out, args.out, target=target), backend="asyncio"
+            functools.partial(cancel_out, args.out, target=target, at=record_at(args)),
+            backend="asyncio",
         )
     if args.json:
         from runner.cli._help import result_json
@@ -63,6 +69,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def _cancel_arguments(p: argparse.ArgumentParser) -> None:
     add_json(p)
     add_out(p)
+    add_store(p)
     add_target_options(p, faults=False)
 
 
@@ -74,7 +81,7 @@ CANCEL = Command(
     notes={
         ExitCode.OK: "canceled",
         ExitCode.USAGE: NO_BATCH,
-        ExitCode.BATCH_UNUSABLE: "in use by a runner: stop it first",
+        ExitCode.BATCH_UNUSABLE: "in use by a runner: stop it first; " + UNREACHABLE,
     },
 )
 
@@ -96,6 +103,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     --emulator repairs from the embedded emulator the batch was made on (its state is kept
     in OUT/.emulator/).
 
+    With --store URL (or $ZBATCH_STORE) the record is in that PostgreSQL database, from any
+    host: verify reads it in a read-only session; --repair takes the batch's advisory lock
+    there and records through the same transitions. The images checked are OUT's.
+
     Example:
         zbatch verify out/demo
         zbatch verify out/demo --repair
@@ -103,12 +114,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """
     from runner.ops import Target, render_verify, verify_out
 
-    if OutFolder(args.out).db.is_file():  # its events to log.jsonl, the report says the rest
+    at = record_at(args)
+    if at.url is not None or OutFolder(args.out).db.is_file():  # events to log.jsonl
         configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
 
     def verify(target: Target) -> VerifyReport:
         return anyio.run(
-            functools.partial(verify_out, args.out, repair=args.repair, target=target),
+            functools.partial(verify_out, args.out, repair=args.repair, target=target, at=at),
             backend="asyncio",
         )
 
@@ -129,6 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
     add_json(p)
     add_out(p)
+    add_store(p)
     p.add_argument(
         "--repair", action="store_true", help="fetch damaged images again, else mark them lost"
     )
@@ -144,5 +157,6 @@ VERIFY = Command(
         ExitCode.OK: "intact: every image matches its record, after any repairs",
         ExitCode.USAGE: NO_BATCH,
         ExitCode.DAMAGED: "not all repaired; with --repair, any image marked lost",
+        ExitCode.BATCH_UNUSABLE: UNREACHABLE,
     },
 )

@@ -13,9 +13,13 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.contract import number_text
 from runner.manifest import CAPTIONS, MAX_BUDGET_BUZZ, SETTING_RANGES
+
+if TYPE_CHECKING:
+    from runner.dataset import RecordAt
 
 MAX_FLAG_INT = MAX_BUDGET_BUZZ  # the manifest's largest Buzz cap; far inside SQLite's int64
 MAX_TIME_SCALE = 1000.0
@@ -133,27 +137,48 @@ def add_give_up_after(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def out_folder(text: str) -> Path:
-    """OUT: a batch's output folder, or the manifest that names it (its `out`)."""
+def out_and_name(text: str) -> tuple[Path, str | None]:
+    """OUT and, when OUT is a manifest, its batch name (None for a folder)."""
     path = Path(text)
     if not path.is_file():
-        return path  # a folder, or nothing: the command says which it wanted
+        return path, None  # a folder, or nothing: the command says which it wanted
     from runner.errors import ManifestError
     from runner.manifest import load_manifest
 
     try:
-        return load_manifest(path).out
+        manifest = load_manifest(path)
     except ManifestError as exc:
         first = str(exc).splitlines()[0]
         raise argparse.ArgumentTypeError(
             f"{text} is a file but not a manifest whose `out` could be read: {first}"
         ) from None
+    return manifest.out, manifest.name
+
+
+class OutAction(argparse.Action):
+    """Sets `out` and `batch_name` (the manifest's name when OUT is a manifest: a batch in
+    PostgreSQL (`--store`) of another name is refused rather than read)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            out, name = out_and_name(str(values))
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        setattr(namespace, self.dest, out)
+        namespace.batch_name = name
 
 
 def add_out(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(batch_name=None)
     parser.add_argument(
         "out",
-        type=out_folder,
+        action=OutAction,
         metavar="OUT",
         help="the batch's output folder, or its manifest (whose `out` is used)",
     )
@@ -177,16 +202,41 @@ def store_url(text: str) -> str | None:
     return text.strip()
 
 
-def add_store(parser: argparse.ArgumentParser) -> None:
+_NO_PASSWORD = (
+    "Give the password by PGPASSWORD or ~/.pgpass rather than in the URL; it is never shown"
+)
+STORE_HELP = {
+    "run": "keep the batch's record in PostgreSQL (postgresql://user@host:port/database;"
+    f" default: ${STORE_ENV}, else OUT/batch.sqlite); the images stay in OUT. {_NO_PASSWORD}",
+    "batch": "the batch's record is in PostgreSQL, as `zbatch run --store` put it there"
+    f" (postgresql://user@host:port/database; default: ${STORE_ENV}, else OUT/batch.sqlite);"
+    f" the images and files stay in OUT. {_NO_PASSWORD}",
+    "list": "list the batch kept in this PostgreSQL database instead of searching FOLDER (a"
+    f" database holds one batch; default: ${STORE_ENV}). {_NO_PASSWORD}",
+}
+
+
+def add_store(parser: argparse.ArgumentParser, *, role: str = "batch") -> None:
+    """--store URL (default: $ZBATCH_STORE): where the batch's record is; `role` picks the
+    help: "run" (it keeps it there), "batch" (a command that opens it), "list"."""
     parser.add_argument(
         "--store",
         type=store_url,
         default=os.environ.get(STORE_ENV, ""),
         metavar="URL",
-        help=f"keep the batch's record in PostgreSQL (postgresql://user@host:port/database;"
-        f" default: ${STORE_ENV}, else OUT/batch.sqlite). Give the password by PGPASSWORD or"
-        " ~/.pgpass rather than in the URL; it is never shown",
+        help=STORE_HELP[role],
     )
+
+
+def record_at(args: argparse.Namespace) -> RecordAt:
+    """Where the command finds the batch's record: `--store` / $ZBATCH_STORE, else OUT's
+    batch.sqlite; with a store, the name of the manifest given as OUT must be its batch's."""
+    from runner.dataset import RecordAt
+
+    url = getattr(args, "store", None)
+    if not url:
+        return RecordAt()
+    return RecordAt(url, getattr(args, "batch_name", None))
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from runner.cli._ops import CANCEL, VERIFY
 from runner.cli._plan import PLAN
 from runner.cli._read import EXPORT, GALLERY, REPORT, STATUS
 from runner.cli._run import RETRY, RUN
+from runner.cli._worker import WORKER
 from runner.errors import EXIT_CODES
 from runner.log import COLOR_MODES
 
@@ -23,6 +24,7 @@ COMMANDS: tuple[Command, ...] = (
     INIT,
     PLAN,
     RUN,
+    WORKER,
     STATUS,
     LIST,
     GALLERY,

@@ -1,5 +1,6 @@
 """The commands that read a batch's record without the batch lock: status, report, gallery,
-export. Each opens OUT/batch.sqlite read-only, so it works while `zbatch run` is running."""
+export. Each opens OUT/batch.sqlite (or, with `--store` / $ZBATCH_STORE, the PostgreSQL
+database holding the record) read-only, so it works while `zbatch run` is running."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import anyio
 
 from runner.cli._command import Command
 from runner.cli._help import result_json
-from runner.cli._options import add_json, add_out, positive_float, positive_int
+from runner.cli._options import (
+    add_json,
+    add_out,
+    add_store,
+    positive_float,
+    positive_int,
+    record_at,
+)
 from runner.errors import ExitCode
 
 # runner.dataset's export formats (not imported here: `zbatch --help` loads no dataset code;
@@ -23,7 +31,11 @@ EXPORT_FORMATS = ("jsonl", "csv", "parquet", "webdataset", "folder")
 # A record that cannot be read (locked past busy_timeout, damaged pages) and a disk that
 # fails a read or refuses a write end these commands as they end `zbatch run`.
 READ_EXITS = frozenset({ExitCode.DISK, ExitCode.BATCH_UNUSABLE})
-NO_BATCH = {ExitCode.USAGE: "OUT is missing or holds no zbatch batch"}
+NO_BATCH = {
+    ExitCode.USAGE: "OUT (or the --store database) holds no zbatch batch, or another batch than"
+    " the manifest's",
+    ExitCode.BATCH_UNUSABLE: "or the --store database cannot be reached",
+}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -39,6 +51,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     live panel, read from the record every --interval seconds, until the batch has no open
     cell and no run holds it (or Ctrl-C; both exit 0).
 
+    With --store URL (or $ZBATCH_STORE) the record is read from that PostgreSQL database
+    (a read-only session, no lock), from any host; OUT is still where the images and
+    files are. A runner on another host holds the batch's advisory lock in PostgreSQL:
+    --watch waits for it as for the folder's lock.
+
     Example:
         zbatch status out/demo
         zbatch status out/demo --json | jq .buzz
@@ -50,16 +67,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         from runner.cli._watch import watch
 
+        job = functools.partial(watch, args.out, interval_s=args.interval, at=record_at(args))
         try:
-            anyio.run(
-                functools.partial(watch, args.out, interval_s=args.interval), backend="asyncio"
-            )
+            anyio.run(job, backend="asyncio")
         except KeyboardInterrupt:
             pass  # watching ends on Ctrl-C; the batch is untouched
         return ExitCode.OK
-    if listed_instead(args.out, as_json=args.json):  # a folder of batches: `zbatch list`
+    at = record_at(args)
+    if at.url is None and listed_instead(args.out, as_json=args.json):  # `zbatch list`
         return ExitCode.OK
-    status = anyio.run(read_status, args.out, backend="asyncio")
+    status = anyio.run(functools.partial(read_status, args.out, at=at), backend="asyncio")
     print(json.dumps(status_json(status), indent=2) if args.json else render_status(status))
     return ExitCode.OK
 
@@ -67,6 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p)
     add_json(p)
+    add_store(p)
 
 
 def _status_only_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,13 +116,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     first recorded transition to the last (every run of the batch, pauses included) and
     images per minute over it. --json prints the same as one document.
 
+    With --store URL (or $ZBATCH_STORE) the record is read from that PostgreSQL database
+    (a read-only session, no lock), from any host; OUT is still where the images and
+    files are.
+
     Example:
         zbatch report out/demo
         zbatch report out/demo --json | jq .buzz
     """
     from runner.dataset import read_report, render_report, report_json
 
-    report = anyio.run(read_report, args.out, backend="asyncio")
+    job = functools.partial(read_report, args.out, at=record_at(args))
+    report = anyio.run(job, backend="asyncio")
     print(json.dumps(report_json(report), indent=2) if args.json else render_report(report))
     return ExitCode.OK
 
@@ -128,6 +151,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     those a `run --replace` left out; --where model=base only the cells that match. See
     {docs}/gallery.md.
 
+    With --store URL (or $ZBATCH_STORE) the record is read from that PostgreSQL database
+    (a read-only session, no lock), from any host; OUT is still where the images and
+    files are. The gallery is written under OUT.
+
     Example:
         zbatch gallery out/demo
         zbatch gallery out/demo --thumb 256
@@ -147,6 +174,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             thumb=args.thumb,
             all_cells=args.all,
             where=args.where,
+            at=record_at(args),
         ),  # fmt: skip
         backend="asyncio",
     )
@@ -172,6 +200,7 @@ def thumb_px(text: str) -> int:
 def _gallery_arguments(p: argparse.ArgumentParser) -> None:
     add_json(p)
     add_out(p)
+    add_store(p)
     p.add_argument("--x", metavar="FIELD", help="the axis across the columns (default: chosen)")
     p.add_argument("--y", metavar="FIELD", help="the axis down the rows (default: chosen)")
     p.add_argument(
@@ -213,12 +242,16 @@ GALLERY = Command(
     cmd_gallery,
     _gallery_arguments,
     exits=READ_EXITS,
-    notes={ExitCode.USAGE: "OUT holds no batch, or an axis or state is not one the batch has"},
+    notes={
+        ExitCode.USAGE: "OUT (or the --store database) holds no batch, or an axis or state is"
+        " not one the batch has",
+        ExitCode.BATCH_UNUSABLE: NO_BATCH[ExitCode.BATCH_UNUSABLE],
+    },
 )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a batch's images and metadata as JSONL, CSV, Parquet or WebDataset shards.
+    """Export a batch's images and metadata: JSONL, CSV, Parquet, WebDataset shards or a folder.
 
     Reads OUT/batch.sqlite read-only (safe while `zbatch run` is running) and streams one
     row per image, with every input that made it and what it cost ({docs}/dataset.md), to
@@ -236,6 +269,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     --subsets FIELD --repeats N: kohya-ss subset folders N_<value> ({docs}/dataset.md).
     A caption is the manifest's caption template filled in (the `text` column).
 
+    With --store URL (or $ZBATCH_STORE) the record is read from that PostgreSQL database
+    (a read-only session, no lock), from any host; OUT is still where the images and
+    files are. The images are read from OUT; the default --to is under OUT.
+
     Example:
         zbatch export out/demo                  # out/demo/export/dataset.jsonl
         zbatch export out/demo --format parquet
@@ -250,6 +287,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     job = functools.partial(
         export, args.out, fmt, to=args.to, states=states, shard_size=args.shard_size,
         all_cells=args.all, where=args.where, subsets=args.subsets, repeats=args.repeats,
+        at=record_at(args),
     )  # fmt: skip
     result = anyio.run(job, backend="asyncio")
     if result.missing:
@@ -273,6 +311,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     add_json(p)
     add_out(p)
+    add_store(p)
     p.add_argument(
         "--format",
         choices=EXPORT_FORMATS,
@@ -323,6 +362,8 @@ EXPORT = Command(
     exits=READ_EXITS,
     notes={
         ExitCode.ERROR: "or pyarrow is missing for parquet",
-        ExitCode.USAGE: "OUT holds no batch, or a format, state or shard size not allowed",
+        ExitCode.USAGE: "OUT (or the --store database) holds no batch, or a format, state or"
+        " shard size not allowed",
+        ExitCode.BATCH_UNUSABLE: NO_BATCH[ExitCode.BATCH_UNUSABLE],
     },
 )

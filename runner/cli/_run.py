@@ -20,6 +20,7 @@ from runner.cli._options import (
     add_target_options,
     captions_mode,
     positive_int,
+    record_at,
     whole_setting,
 )
 from runner.disk import OutFolder
@@ -88,9 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else show_progress,
             )
     except (CapReached, ServiceOutage) as exc:  # run_batch attaches what the run did
-        print_run(exc.outcome, out=manifest.out, json=args.json)
+        print_run(exc.outcome, out=manifest.out, json=args.json, store=args.store)
         raise
-    print_run(outcome, out=manifest.out, json=args.json)
+    print_run(outcome, out=manifest.out, json=args.json, store=args.store)
     return verdict(outcome)
 
 
@@ -130,7 +131,9 @@ def _load_for_run(args: argparse.Namespace) -> Manifest:
     return manifest
 
 
-def print_run(outcome: RunOutcome | None, *, out: Path, json: bool = False) -> None:
+def print_run(
+    outcome: RunOutcome | None, *, out: Path, json: bool = False, store: str | None = None
+) -> None:
     """What `zbatch run` prints on stdout once the run ends: its summary and notes (with
     `json`, the outcome as one JSON document)."""
     if outcome is None:
@@ -147,7 +150,7 @@ def print_run(outcome: RunOutcome | None, *, out: Path, json: bool = False) -> N
             f"set aside   the damaged {OutFolder(out).db} is now"
             f" {outcome.set_aside} (kept); the record was rebuilt from the service"
         )
-    print(render_summary(outcome, out=out))
+    print(render_summary(outcome, out=out, store=store))
     if outcome.adopted is not None:  # operations: --adopt
         from runner.ops import render_adoption
 
@@ -223,7 +226,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_engine_options(p, defaults="the manifest's")
     add_give_up_after(p)
-    add_store(p)
+    add_store(p, role="run")
     add_target_options(p, faults=True)
     add_quiet(p)
     add_json(p)
@@ -273,6 +276,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     --json prints what was chosen (`plan`: the cells, and those skipped with why) and how
     the run ended (`run`: as `zbatch run --json` prints it; null when nothing matched).
 
+    --store URL (or $ZBATCH_STORE): the record is in that PostgreSQL database (locked there,
+    from any host), as `zbatch run --store` put it; the images are written under OUT.
+
     Example:
         zbatch retry out/demo
         zbatch retry out/demo --state canceled --budget 500
@@ -282,11 +288,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from runner.cli._progress import show_progress
     from runner.ops import execute_retry, render_retry
 
-    configure_logging(
-        level="info",
-        log_file=OutFolder(args.out).log,
-        console_level="warning",  # stderr: warnings and errors; log.jsonl: every event
-    )
+    # stderr: warnings and errors; log.jsonl: every event
+    configure_logging(level="info", log_file=OutFolder(args.out).log, console_level="warning")
     try:
         with api_target(args, out=args.out) as target:
             outcome = execute_retry(
@@ -294,22 +297,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 _retry_settings(args),
                 target=target,
                 progress=None if args.quiet else show_progress,
+                at=record_at(args),
             )
     except CapReached as exc:
         if exc.outcome is not None:
-            print_run(exc.outcome, out=args.out, json=args.json)
+            print_run(exc.outcome, out=args.out, json=args.json, store=args.store)
         raise
     if args.json:
         print(result_json(outcome, out=args.out))
     else:
-        print_retry(render_retry(outcome.plan), outcome.run, out=args.out)
+        print_retry(render_retry(outcome.plan), outcome.run, out=args.out, store=args.store)
     if outcome.run is None:
         unknown = [k for k, why in outcome.plan.skipped.items() if why.startswith("no such")]
         return ExitCode.USAGE if unknown else ExitCode.OK
     return verdict(outcome.run)
 
 
-def print_retry(chosen: str, run: RunOutcome | None, *, out: Path) -> None:
+def print_retry(
+    chosen: str, run: RunOutcome | None, *, out: Path, store: str | None = None
+) -> None:
     """What `zbatch retry` prints on stdout: the cells it chose (`chosen`, rendered), then
     the run's summary."""
     from runner.cli._summary import render_summary
@@ -318,7 +324,7 @@ def print_retry(chosen: str, run: RunOutcome | None, *, out: Path) -> None:
     if run is None:
         print("Nothing to retry: no cell matched.")
     else:
-        print(render_summary(run, out=out))
+        print(render_summary(run, out=out, store=store))
 
 
 def _retry_settings(args: argparse.Namespace) -> RetrySettings:
@@ -383,6 +389,7 @@ def _retry_arguments(p: argparse.ArgumentParser) -> None:
         help="none or txt: write a .txt caption beside each image (default: the batch's)",
     )
     add_give_up_after(p)
+    add_store(p)
     add_target_options(p, faults=False)
     add_quiet(p)
     add_json(p)

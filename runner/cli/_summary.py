@@ -21,13 +21,25 @@ OPEN_STATES = (AttemptState.PLANNED, AttemptState.SUBMITTING, AttemptState.RUNNI
 LABEL = 12  # the width of the label column
 
 
-def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
+def record_line(out: Path, store: str | None) -> str:
+    """Where the record is, and the command that reads it (a URL without its password)."""
+    if store is None:
+        return f"record      {OutFolder(out).db}  (zbatch status {out})"
+    from runner.store import redact
+
+    shown = redact(store)
+    return f"record      {shown}  (zbatch status {out} --store {shown})"
+
+
+def render_summary(
+    outcome: RunOutcome, *, out: Path | None = None, store: str | None = None
+) -> str:
     """The final human summary `zbatch run` prints to stdout.
 
     Cells by state, attempts, images, Buzz against the cap, what this run did, and with
-    `out` where the images and the record are; the failures by reason with what to do;
-    when the cap stopped the run, how many cells were not submitted and what budget would
-    finish them.
+    `out` where the images and the record are (`store`: a PostgreSQL URL, shown redacted);
+    the failures by reason with what to do; when the cap stopped the run, how many cells
+    were not submitted and what budget would finish them.
     """
     t, b, stats, plan = _tally(outcome), outcome.budget, outcome.stats, outcome.plan
     total = t.total
@@ -60,7 +72,7 @@ def render_summary(outcome: RunOutcome, *, out: Path | None = None) -> str:
         )
     if out is not None:
         lines.append(f"images in   {out / 'images'}")
-        lines.append(f"record      {OutFolder(out).db}  (zbatch status {out})")
+        lines.append(record_line(out, store))
     lines.extend(_failures(t, out))
     if outcome.unsubmitted and stats.cap_reached:
         finish_buzz = b.committed_buzz + outcome.unsubmitted_buzz

@@ -1,15 +1,18 @@
 """`zbatch status --watch`: follow a batch that a `zbatch run` in another terminal is running.
 
-Reads OUT/batch.sqlite read-only every `--interval` seconds and shows the live panel of
-`zbatch run` (plain lines when stdout is not a terminal), on stdout. Ends when the batch has
+Reads OUT/batch.sqlite (or the PostgreSQL database of `--store`) read-only every
+`--interval` seconds and shows the live panel of `zbatch run` (plain lines when stdout is not
+a terminal), on stdout. Ends when the batch has
 no open cell (planned, submitting, running) and no process holds the batch lock; Ctrl-C
 ends it too, with exit 0. Knows only what the record says: not the run's retries, nor the
-rates of submissions (the panel shows "-" for them).
+rates of submissions (the panel shows "-" for them). A batch in PostgreSQL is held by the
+runner whose session holds its advisory lock, on any host (`PostgresStore.runner_pid`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from rich.console import Console
@@ -18,8 +21,10 @@ from runner.cli._help import rich_console
 from runner.cli._progress import OPEN_STATES, Sampler, render_line, show_samples
 from runner.disk import OutFolder
 from runner.disk import lock_held as disk_lock_held
-from runner.errors import NotABatch, StoreError
-from runner.store import Store
+from runner.store import PostgresStore, Store
+
+if TYPE_CHECKING:
+    from runner.dataset import RecordAt
 
 
 def lock_held(out: Path) -> bool:
@@ -27,13 +32,18 @@ def lock_held(out: Path) -> bool:
     return disk_lock_held(OutFolder(out).db)
 
 
-async def watch(out: Path, *, interval_s: float, console: Console | None = None) -> None:
-    """Show the batch at `out` every `interval_s` until it has nothing open and no runner."""
-    db = await anyio.to_thread.run_sync(OutFolder(out).existing_db)
-    try:
-        store = await Store.open(db, read_only=True)
-    except StoreError as exc:
-        raise NotABatch(str(exc)) from exc
+async def watch(
+    out: Path,
+    *,
+    interval_s: float,
+    console: Console | None = None,
+    at: RecordAt | None = None,
+) -> None:
+    """Show the batch at `out` (its record at `at`: OUT/batch.sqlite by default) every
+    `interval_s` until it has nothing open and no runner."""
+    from runner.dataset import RecordAt, open_record
+
+    store = await open_record(out, at or RecordAt())
     console = console or rich_console()
     async with store:
         sampler = Sampler(store, await store.cell_total())
@@ -59,6 +69,10 @@ async def _until_finished(
         counts = await store.counts()
         if any(counts.get(s.value, 0) for s in OPEN_STATES):
             continue
-        if not await anyio.to_thread.run_sync(lock_held, out):
+        if isinstance(store, PostgresStore):
+            held = await store.runner_pid() is not None
+        else:
+            held = await anyio.to_thread.run_sync(lock_held, out)
+        if not held:
             scope.cancel()
             return

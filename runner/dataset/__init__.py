@@ -11,10 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from runner.dataset._failures import failure_line, failure_lines
-from runner.dataset._metadata import refresh_dataset
+from runner.dataset._metadata import HERE, RecordAt, open_record, refresh_dataset
 
 if TYPE_CHECKING:
-    from runner.dataset._batches import batches_json, find_batches, list_batches, render_batches
+    from runner.dataset._batches import (
+        batches_json,
+        find_batches,
+        list_batches,
+        list_store,
+        render_batches,
+    )
     from runner.dataset._export import DEFAULT_FORMAT, describe, export
     from runner.dataset._gallery import make_gallery, render_result
     from runner.dataset._report import read_report, render_report, report_json
@@ -24,6 +30,7 @@ _HOME = {
     "batches_json": "_batches",
     "find_batches": "_batches",
     "list_batches": "_batches",
+    "list_store": "_batches",
     "render_batches": "_batches",
     "DEFAULT_FORMAT": "_export",
     "describe": "_export",
@@ -39,6 +46,8 @@ _HOME = {
 }
 
 __all__ = [
+    "HERE",
+    "RecordAt",
     "batches_json",
     "DEFAULT_FORMAT",
     "describe",
@@ -47,7 +56,9 @@ __all__ = [
     "failure_lines",
     "find_batches",
     "list_batches",
+    "list_store",
     "make_gallery",
+    "open_record",
     "read_report",
     "read_status",
     "refresh_dataset",

@@ -6,6 +6,10 @@ it, and counted by cell (`store.tally`). Whether a run holds it is read from the
 table of locks (`/proc/locks`, Linux) or, where there is none, from the pid the lock file
 names: never by taking the lock, so a run starting at that instant is never refused. A
 `batch.sqlite` that cannot be read (damaged, foreign, newer) is one line saying so.
+
+With a store (`zbatch list --store URL`, `ZBATCH_STORE`) the list is the database's batch: a
+database holds one batch (docs/design/scale-out.md), so it is one line, named by the URL
+without its password, `running` when a runner's session holds the batch's advisory lock.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from typing import Any
 
 import anyio
 
-from runner.dataset._metadata import read_batch
+from runner.dataset._metadata import RecordAt, read_batch
 from runner.disk import OutFolder
-from runner.errors import NotABatch, ZbatchError
-from runner.store import tally
+from runner.errors import BatchUnusable, NotABatch, ZbatchError
+from runner.store import PostgresStore, redact, tally
 
 MAX_DEPTH = 3
 OPEN_STATES = ("planned", "submitting", "running")
@@ -48,6 +52,7 @@ class BatchLine:
     state: str = ""  # running, finished, incomplete, failed cells; unreadable
     last_activity: str | None = None
     problem: str | None = None
+    store: str | None = None  # a batch in PostgreSQL: its URL without password (not `path`)
 
 
 def find_batches(folder: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
@@ -78,16 +83,35 @@ async def list_batches(folder: Path) -> list[BatchLine]:
     return [await read_line(path) for path in found]
 
 
-async def read_line(out: Path) -> BatchLine:
-    """One batch's line; a record that cannot be read is a line naming the problem."""
-    held = await anyio.to_thread.run_sync(functools.partial(lock_holder, OutFolder(out).db))
+async def list_store(url: str) -> list[BatchLine]:
+    """The batch of the PostgreSQL database at `url`, as `list_batches` lists a folder's: one
+    line (a database holds one batch), or none when the database has no zbatch schema.
+    An unreachable database is BatchUnusable, as for every command."""
+    line = await read_line(Path(), RecordAt(url))
+    if line.problem is not None and line.problem.endswith("(no zbatch schema)"):
+        return []
+    return [line]
+
+
+async def read_line(out: Path, at: RecordAt | None = None) -> BatchLine:
+    """One batch's line (`at`: its record in PostgreSQL, else `out`'s batch.sqlite); a record
+    that cannot be read is a line naming the problem."""
+    at = at or RecordAt()
+    shown = redact(at.url) if at.url else None
+    held = None
+    if at.url is None:
+        held = await anyio.to_thread.run_sync(functools.partial(lock_holder, OutFolder(out).db))
     try:
-        async with read_batch(out) as (store, info):
+        async with read_batch(out, at) as (store, info):
             by_cell = await tally(store, 0)
             budget = await store.budget()
             last = await store.last_event_at()
+            if isinstance(store, PostgresStore) and (pid := await store.runner_pid()):
+                held = f"PostgreSQL session {pid}"
     except (ZbatchError, sqlite3.Error, OSError) as exc:
-        return BatchLine(path=out, state="unreadable", problem=_first_line(str(exc)))
+        if at.url is not None and isinstance(exc, BatchUnusable):
+            raise  # unreachable, in use, newer: the command's error says it, exit 7
+        return BatchLine(path=out, state="unreadable", problem=_first_line(str(exc)), store=shown)
     open_cells = sum(by_cell.count(s) for s in OPEN_STATES)
     line = BatchLine(
         path=out,
@@ -101,6 +125,7 @@ async def read_line(out: Path) -> BatchLine:
         charged_buzz=budget.charged_buzz,
         cap_buzz=budget.cap_buzz,
         last_activity=last,
+        store=shown,
     )
     return _with_state(line, held)
 
@@ -175,7 +200,7 @@ def render_batches(lines: list[BatchLine], folder: Path) -> str:
     rows: list[tuple[str, ...]] = [HEADER]
     broken: list[str] = []
     for b in lines:
-        where = _relative(b.path, folder)
+        where = b.store or _relative(b.path, folder)
         if b.problem is not None:
             broken.append(f"{where}  unreadable: {b.problem}")
             continue
@@ -200,11 +225,11 @@ def batches_json(lines: list[BatchLine], folder: Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for b in lines:
         if b.problem is not None:
-            out.append({"path": str(b.path), "state": b.state, "problem": b.problem})
+            out.append({"path": b.store or str(b.path), "state": b.state, "problem": b.problem})
             continue
         out.append(
             {
-                "path": str(b.path),
+                "path": b.store or str(b.path),
                 "name": b.name,
                 "cells": {"total": b.cells, "done": b.done, "failed": b.failed, "open": b.open},
                 "images": {"lost": b.lost_images, "pending": b.pending_images},

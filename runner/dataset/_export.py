@@ -38,7 +38,9 @@ import anyio
 from runner.dataset._folder import FolderWriter, Subsets
 from runner.dataset._metadata import (
     COLUMNS,
+    HERE,
     Columns,
+    RecordAt,
     caption_template,
     column_names,
     flat_row,
@@ -94,15 +96,15 @@ async def export(
     where: Sequence[str] = (),
     subsets: str | None = None,
     repeats: int | None = None,
+    at: RecordAt = HERE,
 ) -> ExportResult:
     """Export the images of batch folder `out` in `states` as `fmt` to `to` (or the default):
     those of the current manifest's cells, or with `all_cells` of every cell (also those a
     `run --replace` left out). `where`: `FIELD=VALUE` conditions every row meets
     (`_where.py`). `subsets` (a field) and `repeats`: kohya-ss subset folders in a `folder`
-    export (`_folder.py`).
+    export (`_folder.py`). `at`: the record (default: OUT/batch.sqlite); images from `out`.
 
-    Raises ExportError for a format, state or size that is not allowed, MissingExtra when
-    Parquet is asked for without pyarrow, NotABatch when `out` holds no batch.
+    ExportError: a format, state or size not allowed; MissingExtra: Parquet without pyarrow.
     """
     check_request(fmt, states, shard_size)
     if fmt != "folder" and (subsets is not None or repeats is not None):
@@ -118,7 +120,7 @@ async def export(
     target = to if to is not None else default_target(out, fmt)
     if to is not None:
         await anyio.to_thread.run_sync(prepare_folder, target, fmt)
-    async with await open_record(out) as store:
+    async with await open_record(out, at) as store:
         names = await store.var_names()
         template = await caption_template(store)
         batch = (await store.batch_info()).name if fmt == "folder" else ""

@@ -24,7 +24,7 @@ from runner.dataset._gallery_grid import (
 )
 from runner.dataset._gallery_html import render_page
 from runner.dataset._gallery_sheet import render_sheet
-from runner.dataset._metadata import read_batch
+from runner.dataset._metadata import HERE, RecordAt, read_batch
 from runner.dataset._where import matches, parse_where
 from runner.disk import OutFolder, atomic_write_bytes
 
@@ -47,10 +47,12 @@ class GalleryResult:
     total_buzz: int
 
 
-async def read_cells(out: Path, *, all_cells: bool = False) -> tuple[str, list[GalleryCell]]:
-    """The batch's name and cells, from `out/batch.sqlite` opened read-only; with
-    `all_cells`, also those a `run --replace` left out."""
-    async with read_batch(out) as (store, info):
+async def read_cells(
+    out: Path, *, at: RecordAt = HERE, all_cells: bool = False
+) -> tuple[str, list[GalleryCell]]:
+    """The batch's name and cells, from its record (`at`: OUT/batch.sqlite by default)
+    opened read-only; with `all_cells`, also those a `run --replace` left out."""
+    async with read_batch(out, at) as (store, info):
         return info.name, await store.gallery_cells(all_cells=all_cells)
 
 
@@ -90,13 +92,15 @@ async def make_gallery(
     thumb: int | None = None,
     all_cells: bool = False,
     where: Sequence[str] = (),
+    at: RecordAt = HERE,
 ) -> GalleryResult:
     """Read the batch in `out`, lay it out on X/Y and write `out/gallery/`: the current
     manifest's cells, or with `all_cells` also those a `run --replace` left out; only those
     that meet the `where` conditions (`FIELD=VALUE`, `_where.py`). `thumb` is each image's
-    width in pixels (None: a grid position's width, shared by its images)."""
+    width in pixels (None: a grid position's width, shared by its images). `at`: where the
+    record is (OUT/batch.sqlite by default); the images and the gallery are in `out`."""
     conditions = parse_where(where)
-    name, cells = await read_cells(out, all_cells=all_cells)
+    name, cells = await read_cells(out, at=at, all_cells=all_cells)
     cells = [c for c in cells if matches(conditions, c.model, c.request, c.vars)]
     grid = build_grid(name, cells, x=x, y=y, states=states, thumb=thumb)
     return await anyio.to_thread.run_sync(functools.partial(write_gallery, out, grid))

@@ -23,6 +23,7 @@ import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,7 +39,7 @@ from runner.manifest import (
     compile_caption,
     render_caption,
 )
-from runner.store import BatchInfo, DatasetImage, Store
+from runner.store import BatchInfo, DatasetImage, Store, open_store, redact
 
 log = structlog.get_logger(__name__)
 METADATA_NAME = OutFolder.METADATA_NAME
@@ -357,28 +358,87 @@ def write_caption(path: Path, text: str) -> bool:
     return True
 
 
-async def open_record(out: Path) -> Store:
-    """Open `out/batch.sqlite` read-only (safe during a run); NotABatch when there is none."""
-    from runner.errors import NotABatch
+@dataclass(frozen=True)
+class RecordAt:
+    """Where a command finds a batch's record: the PostgreSQL database `url` (`--store`,
+    `ZBATCH_STORE`), else OUT/batch.sqlite. The files (images, metadata.jsonl, gallery) are
+    in OUT either way. `name` is the manifest's batch name when OUT was given as a manifest:
+    a database holding another batch is refused rather than read. Kept out of repr: the URL
+    may hold a password."""
 
-    db = await anyio.to_thread.run_sync(OutFolder(out).existing_db)
+    url: str | None = field(default=None, repr=False)
+    name: str | None = None
+
+    def shown(self, out: Path) -> str:
+        """Where the record is, as a message may show it (no password)."""
+        return redact(self.url) if self.url else str(OutFolder(out).db)
+
+
+HERE = RecordAt()
+
+
+async def open_record(out: Path, at: RecordAt = HERE, *, read_only: bool = True) -> Store:
+    """Open the batch's record (`at`), read-only (safe during a run, no lock) unless
+    `read_only` is False (the batch lock taken, as `retry`, `cancel`, `verify --repair` do).
+    NotABatch when there is none: no OUT/batch.sqlite, a database with no zbatch schema, or
+    (`at.name`) one holding another batch. An unreachable database is BatchUnusable."""
+    from runner.errors import BatchUnusable, NotABatch
+
+    if at.url is None:
+        db = await anyio.to_thread.run_sync(OutFolder(out).existing_db)
+        if not read_only:
+            return await Store.open(db)
+        try:
+            return await Store.open(db, read_only=True)
+        except StoreError as exc:
+            raise NotABatch(str(exc)) from exc
     try:
-        return await Store.open(db, read_only=True)
-    except StoreError as exc:
-        raise NotABatch(str(exc)) from exc
+        store = await open_store(at.url, read_only=read_only, create=False)
+    except BatchUnusable:
+        raise
+    except StoreError as exc:  # no zbatch schema, or an older one to migrate
+        raise NotABatch(str(exc)) from None
+    if at.name is not None:
+        async with _closing_on_error(store):
+            await _check_name(store, at)
+    return store
 
 
 @asynccontextmanager
-async def read_batch(out: Path) -> AsyncIterator[tuple[Store, BatchInfo]]:
-    """The batch at `out` opened read-only, with its batch row; NotABatch when `out` holds no
-    batch, or a run stopped before it recorded one."""
+async def _closing_on_error(store: Store) -> AsyncIterator[None]:
+    try:
+        yield
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _check_name(store: Store, at: RecordAt) -> None:
     from runner.errors import NotABatch
 
-    async with await open_record(out) as store:
+    shown = redact(at.url or "")
+    try:
+        recorded = (await store.batch_info()).name
+    except StoreError as exc:
+        raise NotABatch(f"{shown}: {exc}") from None
+    if recorded != at.name:
+        raise NotABatch(
+            f"{shown} holds the batch {recorded!r}, not the manifest's {at.name!r}"
+            " (a database holds one batch: give the URL of the manifest's)"
+        )
+
+
+@asynccontextmanager
+async def read_batch(out: Path, at: RecordAt = HERE) -> AsyncIterator[tuple[Store, BatchInfo]]:
+    """The batch at `at` (OUT/batch.sqlite by default) opened read-only, with its batch row;
+    NotABatch when there is no batch, or a run stopped before it recorded one."""
+    from runner.errors import NotABatch
+
+    async with await open_record(out, at) as store:
         try:
             info = await store.batch_info()
         except StoreError as exc:
-            raise NotABatch(f"{OutFolder(out).db}: {exc}") from exc
+            raise NotABatch(f"{at.shown(out)}: {exc}") from exc
         yield store, info
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.dataset._failures import failure_line, shorten
-from runner.dataset._metadata import read_batch
+from runner.dataset._metadata import HERE, RecordAt, read_batch
 from runner.store import Budget, EndedCell, FailureReason, ImageState, ended_cells, tally
 
 TOP_REASONS = 5
@@ -67,9 +67,10 @@ class Report:
         return self.budget.charged_buzz / usable if usable else None
 
 
-async def read_report(out: Path, *, top_reasons: int = TOP_REASONS) -> Report:
-    """Read `out/batch.sqlite` read-only; NotABatch when `out` holds no batch."""
-    async with read_batch(out) as (store, info):
+async def read_report(out: Path, *, at: RecordAt = HERE, top_reasons: int = TOP_REASONS) -> Report:
+    """Read the batch's record (`at`: OUT/batch.sqlite by default) read-only; NotABatch when
+    there is no batch."""
+    async with read_batch(out, at) as (store, info):
         by_cell = await tally(store, top_reasons)
         budget = await store.budget()
         activity = await store.activity()

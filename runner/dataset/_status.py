@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 
 from runner.dataset._failures import failure_lines
-from runner.dataset._metadata import read_batch
+from runner.dataset._metadata import HERE, RecordAt, read_batch
 from runner.disk import OutFolder
-from runner.store import AttemptState, Budget, FailureReason, tally
+from runner.store import AttemptState, Budget, FailureReason, redact, tally
 
 TOP_REASONS = 10
 
@@ -38,11 +38,15 @@ class BatchStatus:
     failures: list[FailureReason]  # cells by their latest attempt, and lost images
     last_event_at: str | None
     more_failures: int = 0  # cells and images that ended for reasons not in `failures`
+    record: str = ""  # where the record is (a PostgreSQL URL without password); "": OUT's
 
 
-async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStatus:
-    """Read `out/batch.sqlite` read-only; raise NotABatch when `out` holds no batch."""
-    async with read_batch(out) as (store, info):
+async def read_status(
+    out: Path, *, at: RecordAt = HERE, top_reasons: int = TOP_REASONS
+) -> BatchStatus:
+    """Read the batch's record (`at`: OUT/batch.sqlite by default) read-only, and count the
+    image files under `out`; raise NotABatch when there is no batch."""
+    async with read_batch(out, at) as (store, info):
         counts = await store.counts()
         by_cell = await tally(store, top_reasons)
         budget = await store.budget()
@@ -63,6 +67,7 @@ async def read_status(out: Path, *, top_reasons: int = TOP_REASONS) -> BatchStat
         more_failures=by_cell.failed_cells
         + by_cell.lost_images
         - sum(f.count for f in by_cell.failures),
+        record=redact(at.url) if at.url else "",
     )
 
 
@@ -85,7 +90,7 @@ def render_status(status: BatchStatus) -> str:
     b, img = status.budget, status.images
     lines = [
         f"batch       {status.name}  (tag {status.tag}, created {status.created_at})",
-        f"record      {OutFolder(status.out).db}",
+        f"record      {status.record or OutFolder(status.out).db}",
         f"cells       {_by_state(status.cells)}",
         f"attempts    {_by_state(status.attempts)}",
         f"images      {img['downloaded']} downloaded · {img['pending']} pending · "
@@ -111,7 +116,7 @@ def status_json(status: BatchStatus) -> dict[str, Any]:
         "tag": status.tag,
         "created_at": status.created_at,
         "out": str(status.out),
-        "record": str(OutFolder(status.out).db),
+        "record": status.record or str(OutFolder(status.out).db),
         "cells": {"total": sum(status.cells.values()), "by_state": status.cells},
         "attempts": {"total": sum(status.attempts.values()), "by_state": status.attempts},
         "images": {**status.images, "on_disk": status.files_on_disk},

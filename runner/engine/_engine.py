@@ -14,6 +14,7 @@ which is where it is turned, once, into the one zbatch error the run stops with.
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,6 +26,7 @@ import anyio
 import structlog
 
 from runner.api import Client
+from runner.engine._claiming import ClaimingSubmitter
 from runner.engine._downloader import Downloader, ImageFetcher
 from runner.engine._outcomes import Outcomes
 from runner.engine._outcomes import charge_of as charge_of
@@ -37,7 +39,7 @@ from runner.engine._shared import Changes
 from runner.engine._shared import RunStats as RunStats
 from runner.engine._submitter import Submitter
 from runner.errors import RetryableError, ZbatchError
-from runner.store import Store
+from runner.store import Store, Worker
 
 log = structlog.get_logger(__name__)
 Companion = Callable[[], Coroutine[Any, Any, None]]
@@ -68,8 +70,13 @@ class EngineConfig:
 class Engine:
     """Drive one batch to completion (or to its cap, or to a stop) against one API client."""
 
-    def __init__(self, store: Store, client: Client, config: EngineConfig) -> None:
+    def __init__(
+        self, store: Store, client: Client, config: EngineConfig, worker: Worker | None = None
+    ) -> None:
+        """`worker`: one of several draining the batch (`zbatch worker`): it claims what it
+        submits, heartbeats, and takes over dead workers' attempts (`ClaimingSubmitter`)."""
         self.store = store
+        self.worker = worker
         self.client = client
         self.config = config
         self.stats = RunStats()
@@ -101,7 +108,10 @@ class Engine:
         )
         timing = PollTiming(config.poll_min_s, config.poll_max_s, config.bulk_poll_min)
         self.poller = Poller(client, retry, self.outcomes, tag=config.tag, timing=timing)
-        self.submitter = Submitter(
+        submitter: Callable[..., Submitter] = Submitter
+        if worker is not None:
+            submitter = functools.partial(ClaimingSubmitter, worker=worker)
+        self.submitter = submitter(
             store,
             client,
             retry,
@@ -137,6 +147,8 @@ class Engine:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
                 for companion in companions:
                     tg.start_soon(companion)
+                if self.worker is not None:
+                    tg.start_soon(self._heartbeat, self.worker)
                 tg.start_soon(self.poller.run)
                 tg.start_soon(self.downloader.run)
                 await self.submitter.run(tg)
@@ -145,6 +157,14 @@ class Engine:
         except* ZbatchError as group:
             raise self._stopped_by(group) from None  # the part's own error, unwrapped
         return self.stats
+
+    async def _heartbeat(self, worker: Worker) -> None:
+        """Renew the worker's lease every third of it and sweep the dead (`LeaseLost`, which
+        ends the run, when this one was declared dead); wake the submitter to claim."""
+        while True:
+            await anyio.sleep(worker.heartbeat_s)
+            if await worker.heartbeat():
+                self.changes.notify()  # orphans to take over
 
     def request_stop(self, reason: str) -> None:
         """Submit nothing more; let in-flight workflows and downloads finish."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from runner.ops._retry import RetrySettings, execute_retry, render_retry
     from runner.ops._verify import VerifyReport, render_verify, verify_out
     from runner.ops._whatif import plan_with_whatif
+    from runner.ops._worker import execute_worker
 
 _HOME = {
     "cancel_out": "_cancel",
@@ -33,6 +34,7 @@ _HOME = {
     "render_verify": "_verify",
     "verify_out": "_verify",
     "plan_with_whatif": "_whatif",
+    "execute_worker": "_worker",
 }
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "comparison_json",
     "execute",
     "execute_retry",
+    "execute_worker",
     "plan_with_whatif",
     "render_adoption",
     "render_cancel",

@@ -27,7 +27,7 @@ from pathlib import Path
 import structlog
 
 from runner.api import Client, WorkflowStatus
-from runner.disk import OutFolder
+from runner.dataset import HERE, RecordAt, open_record
 from runner.engine import Backoff, charge_of, retrying
 from runner.errors import NotFoundError
 from runner.ops._adopt import record_terminal, tagged_workflows
@@ -149,15 +149,16 @@ def render_cancel(report: CancelReport, *, out: str) -> str:
     return "\n".join(lines)
 
 
-async def cancel_out(out: Path, *, target: Target = Target()) -> CancelReport:
+async def cancel_out(out: Path, *, target: Target = Target(), at: RecordAt = HERE) -> CancelReport:
     """`zbatch cancel OUT`: take the batch lock, then cancel through the API at `target`.
 
     A running `zbatch run` holds the lock: StoreError names it. The token is the target's or
     the environment's. Without one, a batch with no workflow in flight (no intent, nothing
     running) is canceled offline (`offline`); one with workflows in flight raises the
-    missing token, having changed nothing.
+    missing token, having changed nothing. `at`: the batch's record in PostgreSQL (the
+    runner's advisory lock taken, as the folder's lock is on SQLite), else OUT/batch.sqlite.
     """
-    async with await Store.open(OutFolder(out).existing_db()) as store:
+    async with await open_record(out, at, read_only=False) as store:
         info = await store.batch_info()
         if not has_token(target):
             in_flight = len(await store.active())

@@ -24,7 +24,8 @@ import anyio
 import structlog
 
 from runner.api import Client
-from runner.disk import OutFolder, sweep_batch_temps
+from runner.dataset import HERE, RecordAt, open_record
+from runner.disk import sweep_batch_temps
 from runner.engine import Engine, EngineConfig
 from runner.ops._run import (
     ProgressHook,
@@ -96,9 +97,11 @@ async def retry_batch(
     handle_signals: bool = False,
     tuning: Mapping[str, Any] | None = None,
     progress: ProgressHook | None = None,
+    at: RecordAt = HERE,
 ) -> RetryOutcome:
-    """Choose the cells, record their new attempts, then run the batch; see above."""
-    async with await Store.open(OutFolder(out).existing_db()) as store:
+    """Choose the cells, record their new attempts, then run the batch; see above. `at`:
+    the batch's record (OUT/batch.sqlite by default); the images are written under `out`."""
+    async with await open_record(out, at, read_only=False) as store:
         info = await store.batch_info()
         using = settings.over(await batch_settings(store, "zbatch retry"))
         plan = await store.retry_cells(
@@ -156,10 +159,10 @@ async def batch_settings(store: Store, command: str) -> RunSettings:
     return LEGACY_SETTINGS
 
 
-async def _offline_retry(out: Path, settings: RetrySettings) -> RetryOutcome:
+async def _offline_retry(out: Path, settings: RetrySettings, at: RecordAt) -> RetryOutcome:
     """A retry without a token: nothing chosen, or the missing token raised."""
     states = settings.states or (() if settings.cells else DEFAULT_STATES)
-    async with await Store.open(OutFolder(out).existing_db(), read_only=True) as store:
+    async with await open_record(out, at) as store:
         chosen, plan = await retry_preview(store, states=states, cells=settings.cells)
     if chosen:
         raise no_token("zbatch retry", f"{chosen} cells to submit again")
@@ -191,6 +194,7 @@ def execute_retry(
     *,
     target: Target = Target(),
     progress: ProgressHook | None = None,
+    at: RecordAt = HERE,
 ) -> RetryOutcome:
     """`zbatch retry` against `target`. Blocking, like `execute`: it owns the event loop.
 
@@ -200,7 +204,7 @@ def execute_retry(
     its state was kept in the batch folder (docs/emulator.md).
     """
     if not has_token(target):
-        return anyio.run(_offline_retry, out, settings, backend="asyncio")
+        return anyio.run(_offline_retry, out, settings, at, backend="asyncio")
 
     async def work(client: Client, runtime_scale: float) -> RetryOutcome:
         return await retry_batch(
@@ -210,6 +214,7 @@ def execute_retry(
             runtime_scale=runtime_scale,
             handle_signals=True,
             progress=progress,
+            at=at,
         )
 
     return with_client(work, target)

@@ -27,7 +27,7 @@ import anyio
 import structlog
 
 from runner.api import Client
-from runner.dataset import refresh_dataset
+from runner.dataset import HERE, RecordAt, open_record, refresh_dataset
 from runner.disk import OutFolder, atomic_write_bytes
 from runner.engine import Backoff, FetchedImage, ImageFetcher, InvalidImage, check_image
 from runner.ops._retry import batch_settings
@@ -95,11 +95,15 @@ def hash_file(path: Path) -> tuple[str, int] | str | None:
 
 
 async def verify_batch(
-    out: Path, *, client: Client | None = None, backoff: Backoff | None = None
+    out: Path,
+    *,
+    client: Client | None = None,
+    backoff: Backoff | None = None,
+    at: RecordAt = HERE,
 ) -> VerifyReport:
-    """Check every downloaded image of the batch in `out`; repair through `client` if given."""
-    db = OutFolder(out).existing_db()
-    store = await (Store.open(db) if client is not None else Store.open(db, read_only=True))
+    """Check every downloaded image of the batch in `out` (its record at `at`: OUT/batch.sqlite
+    by default); repair through `client` if given (the batch lock taken)."""
+    store = await open_record(out, at, read_only=client is None)
     fetcher = None
     if client is not None:
         fetcher = ImageFetcher(client, backoff or Backoff(), max_bytes=MAX_IMAGE_BYTES)
@@ -255,15 +259,18 @@ def render_verify(report: VerifyReport, *, out: Path) -> str:
     return "\n".join(lines)
 
 
-async def verify_out(out: Path, *, repair: bool, target: Target = Target()) -> VerifyReport:
+async def verify_out(
+    out: Path, *, repair: bool, target: Target = Target(), at: RecordAt = HERE
+) -> VerifyReport:
     """`zbatch verify OUT [--repair]`: with repair, through the API at `target` (its token or
     the environment's). Without a token, --repair first only checks: every image intact needs
     no service (the report says so: `offline`); a damaged one raises the missing token."""
-    OutFolder(out).existing_db()  # NotABatch before asking for a token
+    if at.url is None:
+        OutFolder(out).existing_db()  # NotABatch before asking for a token
     if not repair:
-        return await verify_batch(out)
+        return await verify_batch(out, at=at)
     if not has_token(target):
-        report = await verify_batch(out)
+        report = await verify_batch(out, at=at)
         if report.damaged:
             raise no_token(
                 "zbatch verify --repair", f"{report.damaged} damaged images to fetch again"
@@ -271,4 +278,4 @@ async def verify_out(out: Path, *, repair: bool, target: Target = Target()) -> V
         report.offline = True
         return report
     async with Client(base_url=target.base_url, token=target.token) as client:
-        return await verify_batch(out, client=client)
+        return await verify_batch(out, client=client, at=at)

@@ -4,6 +4,8 @@ the rows it hands out; its migrations. `open_store` opens either by where it is.
 docs/states.md draws the state machine and names where each transition lives.
 """
 
+from runner.store._claims import Claimed
+from runner.store._fence import Fenced, LeaseLost
 from runner.store._more import mark_image_refetched, retry_preview
 from runner.store._ops import RETRY_STATES
 from runner.store._pg_store import PostgresStore, open_store
@@ -28,20 +30,24 @@ from runner.store._rows import (
 from runner.store._settings import RunSettings
 from runner.store._store import Store
 from runner.store._tally import EndedCell, Tally, ended_cells, fetch_again, recorded_files, tally
+from runner.store._workers import Worker
 
 __all__ = [
     "Attempt",
     "EndedCell",
     "AttemptState",
     "BatchInfo",
+    "Claimed",
     "Budget",
     "Comparison",
     "DatasetImage",
     "FailureReason",
+    "Fenced",
     "GalleryCell",
     "GalleryImage",
     "ImageOutcome",
     "ImageState",
+    "LeaseLost",
     "PendingImage",
     "PlanResult",
     "PostgresStore",
@@ -50,6 +56,7 @@ __all__ = [
     "RunSettings",
     "Store",
     "StoredImage",
+    "Worker",
     "Tally",
     "ended_cells",
     "fetch_again",

@@ -19,6 +19,7 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 import anyio
 
 from runner.disk import BatchLock, database_error
+from runner.store._fence import Fence
 from runner.store._transitions import Tx
 from runner.store._writer import Writer
 
@@ -39,6 +40,8 @@ class Connected:
         self._writer = Writer("zbatch-store", lambda db: self._commit(db))
         self.set_aside: Path | None = None  # where a damaged database was moved (--adopt)
         self.read_only = False  # a reader (`open(read_only=True)`): a write is a bug here
+        # A worker's (`_workers.Worker`): its transitions are fenced by what it owns.
+        self.fence: Fence | None = None
 
     async def _connect(self, connect: Callable[[], tuple[sqlite3.Connection, Path | None]]) -> None:
         """Open the connection on the writer's thread (`connect`); stop the thread on failure."""
@@ -96,7 +99,7 @@ class Connected:
         now = self._now()
 
         def job(db: sqlite3.Connection) -> T:
-            return fn(Tx(db, now), *args, **kwargs)
+            return fn(Tx(db, now, self.fence), *args, **kwargs)
 
         with anyio.CancelScope(shield=True):
             try:

@@ -152,6 +152,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE attempts_v7 RENAME TO attempts;
     CREATE INDEX attempts_by_state ON attempts (state, id);
     """,
+    # 8: workers draining one batch together (docs/design/scale-out.md, section 3): each
+    # worker's row and lease, in database time (seconds since the epoch, as the database's
+    # clock tells them: hosts' clocks are never compared), and each attempt's owner and the
+    # epoch of its claim, which every transition of an owned attempt is fenced by. SQLite
+    # never has more than one worker; the tables are the same so one code path serves both.
+    """
+    CREATE TABLE workers (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        out TEXT,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        lease_until REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'live' CHECK (state IN ('live', 'dead', 'left'))
+    );
+    ALTER TABLE attempts ADD COLUMN owner INTEGER REFERENCES workers (id);
+    ALTER TABLE attempts ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX attempts_by_owner ON attempts (owner, state);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -121,4 +121,21 @@ PG_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE attempts ADD COLUMN external_id {_T}
         GENERATED ALWAYS AS ('zb-' || cell_key || '-a' || attempt::text) STORED;
     """,
+    # 8: workers, their leases in database time, each attempt's owner and claim epoch
+    f"""
+    CREATE TABLE workers (
+        id {_ID},
+        name {_T} NOT NULL,
+        host {_T} NOT NULL,
+        pid BIGINT NOT NULL,
+        out {_T},
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL,
+        state {_T} NOT NULL DEFAULT 'live' CHECK (state IN ('live', 'dead', 'left'))
+    );
+    ALTER TABLE attempts ADD COLUMN owner BIGINT REFERENCES workers (id);
+    ALTER TABLE attempts ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX attempts_by_owner ON attempts (owner, state);
+    """,
 )

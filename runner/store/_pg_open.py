@@ -7,12 +7,13 @@ names the batch by `redact(url)` (user, host, port and database only), and an er
 libpq is re-raised without the original chained to it.
 
 A writable store takes a session advisory lock of the database (`pg_advisory_lock`, waiting
-`LOCK_WAIT` at most): one runner per batch, as the folder lock gives on SQLite, until the
-claims and leases of docs/design/scale-out.md let several share it; PostgreSQL frees it when
-the session ends, however the runner died. The migrations run under a transaction advisory
-lock, all of them and the version bump in one transaction (PostgreSQL's DDL is
-transactional). `synchronous_commit = off` is refused: a committed intent must be durable
-before its request leaves.
+`LOCK_WAIT` at most): one runner per batch, as the folder lock gives on SQLite; workers
+(`zbatch worker`, the claims and leases of docs/design/scale-out.md) each take it shared
+(`pg_advisory_lock_shared`): any number of workers together, never beside a runner that does
+not claim. PostgreSQL frees it when the session ends, however the runner died. The
+migrations run under a transaction advisory lock, all of them and the version bump in one
+transaction (PostgreSQL's DDL is transactional). `synchronous_commit = off` is refused: a
+committed intent must be durable before its request leaves.
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ _MIGRATION_LOCK = 0x7A62_6D67  # taken by whoever migrates, for that transaction
 LOCK_WAIT = "3s"  # how long a runner waits for the batch's lock before BatchInUse
 
 
-def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, None]:
+def connect_postgresql(
+    url: str, *, read_only: bool, lock: bool, create: bool = True, worker: bool = False
+) -> tuple[sqlite3.Connection, None]:
     """The connection to the batch at `url`, checked, locked (when `lock`) and migrated
-    (unless `read_only`), with the face the store's functions use (`PgConnection`)."""
+    (unless `read_only`), with the face the store's functions use (`PgConnection`). Without
+    `create` (every command but `zbatch run` and `zbatch worker`) a database with no zbatch
+    schema is refused (`StoreError`) before anything is written to it; a `worker`'s lock is
+    shared with the other workers'."""
     shown = redact(url)
     try:
         raw = psycopg.connect(url, autocommit=True)
@@ -49,8 +55,10 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
             db.execute("SET default_transaction_read_only = on")
             _check_version(db, shown, exact=True)
         else:
+            if not create and _version(db) is None:
+                raise StoreError(f"{shown} holds no zbatch batch (no zbatch schema)")
             if lock:
-                _take_batch_lock(db, shown)
+                _take_batch_lock(db, shown, shared=worker)
             migrate(db, shown)
     except psycopg.Error as exc:
         db.close()
@@ -63,13 +71,15 @@ def connect_postgresql(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite
     return cast(sqlite3.Connection, db), None
 
 
-def _take_batch_lock(db: PgConnection, shown: str) -> None:
+def _take_batch_lock(db: PgConnection, shown: str, *, shared: bool = False) -> None:
     """Take the runner's lock of the batch, waiting `LOCK_WAIT` at most: a runner killed a
     moment ago holds it until the server has ended its session (it reads the closed socket
-    and exits, which the next runner may overtake). Then `BatchInUse`."""
+    and exits, which the next runner may overtake). Then `BatchInUse`. `shared`: a
+    worker's, held with the other workers'."""
     db.execute(f"SET lock_timeout = '{LOCK_WAIT}'").close()
+    take = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
     try:
-        db.execute("SELECT pg_advisory_lock(?)", (_BATCH_LOCK,)).close()
+        db.execute(f"SELECT {take}(?)", (_BATCH_LOCK,)).close()
     except psycopg.errors.LockNotAvailable:
         raise BatchInUse(f"{shown} is in use by another zbatch ({_holder(db)})") from None
     finally:
@@ -78,6 +88,13 @@ def _take_batch_lock(db: PgConnection, shown: str) -> None:
 
 def _holder(db: PgConnection) -> str:
     """Which PostgreSQL session holds the runner's lock of the batch."""
+    pid = runner_pid(db)
+    return "no session holds it now: try again" if pid is None else f"its session's pid {pid}"
+
+
+def runner_pid(db: PgConnection) -> int | None:
+    """The pid of the PostgreSQL session that holds the runner's lock of the batch (a
+    `zbatch run`, `retry`, `cancel` or `verify --repair` on any host), or None; never locks."""
     pid = _one(
         db,
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -85,7 +102,7 @@ def _holder(db: PgConnection) -> str:
         " AND objid = ? LIMIT 1",
         _BATCH_LOCK,
     )
-    return "no session holds it now: try again" if pid is None else f"its session's pid {pid}"
+    return None if pid is None else int(pid)
 
 
 def _one(db: PgConnection, sql: str, *params: Any) -> Any:

@@ -44,7 +44,9 @@ def _pg_plan(
     )  # fmt: skip
 
 
-def _connect(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connection, Any]:
+def _connect(
+    url: str, *, read_only: bool, lock: bool, create: bool = True, worker: bool = False
+) -> tuple[sqlite3.Connection, Any]:
     """`_pg_open.connect_postgresql`, or why it cannot run: psycopg is not installed."""
     try:
         from runner.store._pg_open import connect_postgresql
@@ -53,7 +55,7 @@ def _connect(url: str, *, read_only: bool, lock: bool) -> tuple[sqlite3.Connecti
             f"{redact(url)}: a batch in PostgreSQL needs psycopg ({exc.name} is missing):"
             " pip install 'zbatch[postgresql]'"
         ) from None
-    return connect_postgresql(url, read_only=read_only, lock=lock)
+    return connect_postgresql(url, read_only=read_only, lock=lock, create=create, worker=worker)
 
 
 class PostgresStore(Store):
@@ -69,18 +71,25 @@ class PostgresStore(Store):
         *,
         lock: bool = True,
         read_only: bool = False,
+        create: bool = True,
+        worker: bool = False,
         now: Callable[[], str] = _utc_now,
     ) -> PostgresStore:
         """Open (creating the schema and migrating it) the batch at `url`.
 
         `lock` takes the runner's lock of the batch (one runner per batch, `BatchInUse` for
         a second); `read_only` (for `zbatch status`) migrates nothing, takes no lock and
-        opens a read-only session.
+        opens a read-only session; without `create` a database with no zbatch schema is
+        refused (`StoreError`) rather than given one; a `worker`'s lock (`zbatch worker`,
+        `runner.store.Worker`) is shared with the other workers' and refused only beside a
+        runner's.
         """
         store = cls(None, now, None)
         store._url = url
         store.read_only = read_only
-        await store._connect(lambda: _connect(url, read_only=read_only, lock=lock))
+        await store._connect(
+            lambda: _connect(url, read_only=read_only, lock=lock, create=create, worker=worker)
+        )
         return store
 
     @property
@@ -107,6 +116,12 @@ class PostgresStore(Store):
             with anyio.CancelScope(shield=True):
                 await self._read(lambda _: cur.close())
 
+    async def runner_pid(self) -> int | None:
+        """The PostgreSQL session pid of the runner that holds the batch (any host), or None."""
+        from runner.store._pg_open import runner_pid
+
+        return await self._read(lambda db: runner_pid(cast("PgConnection", db)))
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Store]:
         """A read-only store of its own on the same database (a second session)."""
@@ -120,12 +135,16 @@ async def open_store(
     lock: bool = True,
     read_only: bool = False,
     set_aside_damaged: bool = False,
+    create: bool = True,
     now: Callable[[], str] = _utc_now,
 ) -> Store:
     """The batch at `location`: a `postgresql://` URL (`PostgresStore`) or a database file
-    (`Store.open`; only a file has damage to set aside)."""
+    (`Store.open`; only a file has damage to set aside). Without `create` a PostgreSQL
+    database with no zbatch schema is refused, not given one (every command but `run`)."""
     if is_store_url(location):
-        return await PostgresStore.open_url(str(location), lock=lock, read_only=read_only, now=now)
+        return await PostgresStore.open_url(
+            str(location), lock=lock, read_only=read_only, create=create, now=now
+        )
     return await Store.open(
         Path(location), lock=lock, read_only=read_only, set_aside_damaged=set_aside_damaged,
         now=now,

@@ -33,7 +33,7 @@ from runner.store._rows import (
 from runner.store._sql import cursor, fetchall
 
 Db = sqlite3.Connection
-_CURRENT = "c.generation = (SELECT generation FROM batch WHERE id = 1)"
+CURRENT = "c.generation = (SELECT generation FROM batch WHERE id = 1)"
 # `a` is its cell's latest attempt: the one a cell counts as (`cell_counts`, failures).
 LATEST = "a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.cell_key = a.cell_key)"
 # The states a cell's latest attempt ends in without success, whose reasons are failures.
@@ -91,7 +91,7 @@ def next_planned(db: Db, limit: int) -> list[Attempt]:
     """Up to `limit` planned attempts of cells in the current manifest, in grid order."""
     return attempts(
         db,
-        f"a.state = 'planned' AND {_CURRENT} ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
+        f"a.state = 'planned' AND {CURRENT} ORDER BY a.attempt > 1, c.seq, a.attempt LIMIT ?",
         limit,
     )
 
@@ -109,17 +109,21 @@ def attempt(db: Db, attempt_id: int) -> Attempt:
     return found[0]
 
 
-def pending_images(db: Db, limit: int, skip: Container[tuple[int, int]] = ()) -> list[PendingImage]:
+def pending_images(
+    db: Db, limit: int, skip: Container[tuple[int, int]] = (), owner: int | None = None
+) -> list[PendingImage]:
     """Up to `limit` images delivered by the service and not yet on disk, but those whose
     (attempt id, index) is in `skip` (the downloader's in-flight ones: their requests are
-    not parsed again each time the downloader looks for more)."""
+    not parsed again each time the downloader looks for more); only those of attempts the
+    worker `owner` owns, when given."""
+    mine = "" if owner is None else " AND a.owner = ?"
     rows = fetchall(
         db,
         "SELECT i.attempt_id, i.idx, i.blob_id, a.cell_key, a.workflow_id, c.request"
         " FROM images i JOIN attempts a ON a.id = i.attempt_id"
         " JOIN cells c ON c.key = a.cell_key"
-        " WHERE i.state = 'pending' ORDER BY i.attempt_id, i.idx LIMIT ?",
-        (limit,),
+        f" WHERE i.state = 'pending'{mine} ORDER BY i.attempt_id, i.idx LIMIT ?",
+        (limit,) if owner is None else (owner, limit),
     )
     return [
         PendingImage(
@@ -164,7 +168,7 @@ def unsubmitted(db: Db) -> tuple[int, int]:
     row = _one(
         db,
         "SELECT COUNT(*), COALESCE(SUM(c.estimate_buzz), 0) FROM attempts a"
-        f" JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned' AND {_CURRENT}",
+        f" JOIN cells c ON c.key = a.cell_key WHERE a.state = 'planned' AND {CURRENT}",
     )
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
@@ -397,7 +401,7 @@ def gallery_cells(db: Db, all_cells: bool = False) -> list[GalleryCell]:
         db,
         "SELECT c.key, c.seq, c.replica, c.model, c.request, c.vars, c.estimate_buzz,"
         " COALESCE((SELECT SUM(a.charged_buzz) FROM attempts a WHERE a.cell_key = c.key), 0)"
-        f" AS charged FROM cells c WHERE {standing}({_CURRENT}"
+        f" AS charged FROM cells c WHERE {standing}({CURRENT}"
         " OR EXISTS (SELECT 1 FROM attempts b JOIN images i ON i.attempt_id = b.id"
         " WHERE b.cell_key = c.key))"
         " ORDER BY c.seq, c.replica, c.key",

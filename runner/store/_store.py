@@ -320,8 +320,10 @@ class Store(Connected):
     async def pending_images(
         self, limit: int, *, skip: Container[tuple[int, int]] = ()
     ) -> list[PendingImage]:
-        """Up to `limit` images to download, but those in `skip` (attempt id, index)."""
-        return await self._read(reads.pending_images, limit, skip)
+        """Up to `limit` images to download, but those in `skip` (attempt id, index); a
+        worker's own only (those of attempts it owns)."""
+        owner = None if self.fence is None else self.fence.worker
+        return await self._read(reads.pending_images, limit, skip, owner)
 
     async def budget(self) -> Budget:
         """The cap, what is committed, and how much of it is charged vs only reserved."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.errors import StoreError
 from runner.identity import external_id
+from runner.store._fence import Fence, Fenced
 from runner.store._rows import (
     RETRYABLE_OUTCOMES,
     AttemptState,
@@ -40,6 +41,7 @@ class Tx:
 
     db: sqlite3.Connection
     now: str
+    fence: Fence | None = None  # a worker's: every attempt's transition is fenced by it
 
 
 # -- the helpers every transition is built from ----------------------------------------
@@ -71,16 +73,45 @@ def move(
 ) -> None:
     """Guarded transition: raise StoreError unless the attempt is in one of `expected`."""
     marks = ",".join("?" for _ in expected)
+    owned, owner = fenced_guard(tx, attempt_id)
     cur = tx.db.execute(
-        f"UPDATE attempts SET state = ?, updated_at = ?{sets} WHERE id = ? AND state IN ({marks})",
-        (to.value, tx.now, *params, attempt_id, *(s.value for s in expected)),
+        f"UPDATE attempts SET state = ?, updated_at = ?{sets}"
+        f" WHERE id = ? AND state IN ({marks}){owned}",
+        (to.value, tx.now, *params, attempt_id, *(s.value for s in expected), *owner),
     )
     if cur.rowcount != 1:
+        check_fence(tx, attempt_id)
         with cursor(tx.db, "SELECT state FROM attempts WHERE id = ?", (attempt_id,)) as c:
             row = c.fetchone()
         now = row[0] if row else "missing"
         allowed = "/".join(s.value for s in expected)
         raise StoreError(f"attempt {attempt_id}: cannot move {now} -> {to} (needs {allowed})")
+
+
+def fenced_guard(tx: Tx, attempt_id: int) -> tuple[str, tuple[int, ...]]:
+    """The guard a worker's transition of `attempt_id` adds (owner and epoch), and its
+    parameters; nothing when the store is no worker's."""
+    if tx.fence is None:
+        return "", ()
+    return " AND owner = ? AND owner_epoch = ?", (tx.fence.worker, tx.fence.epoch(attempt_id))
+
+
+def check_fence(tx: Tx, attempt_id: int) -> None:
+    """Raise `Fenced` (and forget the attempt) unless this worker still owns `attempt_id`
+    at its epoch; the row is locked until the transaction ends (an UPDATE that changes
+    nothing), so a sweep cannot take it between this check and the transition."""
+    if tx.fence is None:
+        return
+    cur = tx.db.execute(
+        "UPDATE attempts SET owner = owner WHERE id = ? AND owner = ? AND owner_epoch = ?",
+        (attempt_id, tx.fence.worker, tx.fence.epoch(attempt_id)),
+    )
+    if cur.rowcount != 1:
+        tx.fence.forget(attempt_id)
+        raise Fenced(
+            f"attempt {attempt_id} is no longer this worker's (another worker took it over)",
+            attempt_id=attempt_id,
+        )
 
 
 def reserved(db: sqlite3.Connection, attempt_id: int) -> int:
@@ -254,6 +285,7 @@ def mark_lost(tx: Tx, attempt_id: int, index: int, reason: str) -> None:
 def _image_move(
     tx: Tx, attempt_id: int, index: int, to: ImageState, sets: str, params: Sequence[Any]
 ) -> None:
+    check_fence(tx, attempt_id)
     cur = tx.db.execute(
         f"UPDATE images SET state = ?, updated_at = ?{sets}"
         " WHERE attempt_id = ? AND idx = ? AND state = 'pending'",

@@ -384,8 +384,10 @@ def make_schema_3(db: Path) -> None:
         con.executescript(
             "DROP TABLE run_settings; ALTER TABLE batch DROP COLUMN manifest_cap_buzz;"
             " ALTER TABLE batch DROP COLUMN revision; ALTER TABLE cells DROP COLUMN revision;"
-            " ALTER TABLE cells DROP COLUMN standing; PRAGMA user_version = 3;"
-        )  # migration 5 is undone too, so that 4 and 5 both run again
+            " ALTER TABLE cells DROP COLUMN standing; DROP TABLE workers;"
+            " PRAGMA user_version = 3;"
+        )  # migrations 5 and 8 are undone too, so that 4 to 8 all run again (7 rebuilds
+        # attempts without 8's columns)
     finally:
         con.close()
 
