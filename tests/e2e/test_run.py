@@ -267,9 +267,12 @@ async def test_the_token_goes_to_api_routes_only(tmp_path: Path) -> None:
     signed blob URLs or the content URLs they redirect to, retried downloads included."""
     with anyio.fail_after(30):
         m = manifest(tmp_path, seeds=1)
-        config = EmulatorConfig(time_scale=0, faults=FaultProfile(blob_5xx=FaultRule(p=0.3)))
-        outcome, emulator = await run(m, config)
+        # The first four content fetches fail: retries are certain, and fewer than the
+        # downloader's tries, so no image can be lost to a long run of seeded faults.
+        faults = FaultProfile(blob_5xx=FaultRule(p=1.0, times=4))
+        outcome, emulator = await run(m, EmulatorConfig(time_scale=0, faults=faults))
         assert outcome.counts == {"succeeded": 6, "image:downloaded": 12}
+        assert emulator.faults.fired["blob_5xx"] == 4
         requests = emulator.state()["requests"]
         seen = {route for route in requests["by_route"]}
         authorized = requests["with_authorization"]
