@@ -27,6 +27,7 @@ MANIFEST = (
     "grid: {{prompt: [a fox, a bowl], seed: {{count: 3}}}}\n"
 )
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
+RATE = re.compile(r"(?:-|\d+(?:\.\d+)?) (?=(?:cells/min|submits/s|images/min)\b)")
 VARYING = {"last_event_at", "first_event_at", "created_at", "last_activity", "wall_s"}
 
 
@@ -54,7 +55,7 @@ class Driver:
         self.printed += [got.out, got.err]
         text = got.out.replace(f" --store {self.record}", "")  # said where it is needed
         text = text.replace(self.record, "RECORD").replace(str(self.out), "OUT")
-        return code, TIME.sub("TIME", text)
+        return code, RATE.sub("RATE ", TIME.sub("TIME", text))  # rates are times too
 
     def json(self, *argv: str) -> tuple[int, Any]:
         code, text = self(*argv, "--json")
